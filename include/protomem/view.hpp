@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace protomem {
 
@@ -32,7 +33,10 @@ struct MatrixView {
   T& operator()(index_t i, index_t j) const { return data[i * row_stride + j]; }
   T* row(index_t i) const { return data + i * row_stride; }
   /// A mutable view converts to a read-only one.
-  operator MatrixView<const T>() const { return {data, rows, cols, row_stride}; }
+  template <class U, class = std::enable_if_t<std::is_same_v<U, const T> && !std::is_const_v<T>>>
+  operator MatrixView<U>() const {
+    return {data, rows, cols, row_stride};
+  }
 };
 
 /// View `rows` x `cols` values at `data`; row_stride defaults to cols (densely packed rows).
