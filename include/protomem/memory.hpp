@@ -1,0 +1,636 @@
+// protomem::PrototypeMemory — a fixed-size memory of recent class prototypes used as the classifier
+// of a margin softmax (Smirnov et al., "Prototype Memory for Large-Scale Face Representation
+// Learning", IEEE Access 2022; the rules we had to reconstruct are listed in docs/algorithm.md).
+//
+// One step (DESIGN.md section 2): the batch's exemplars are normalised; each batch class gets a
+// fresh prototype, the mean of its exemplars; the fresh prototypes (differentiable) and the stored
+// prototypes of every other class (constants) are the columns of a margin softmax; the loss and
+// dL/dE are returned; then the fresh prototypes are written into the memory: a class already
+// stored is refreshed, a new class takes an empty slot or evicts the oldest.
+//
+//   protomem::PrototypeMemory<float> memory({/*capacity=*/65536, /*dim=*/512});
+//   float loss = memory.step(embeddings, labels, gradient);   // or forward() ... commit()
+//
+// Requires: embeddings B x dim (row-major, row stride >= dim), finite and non-zero rows; labels
+// >= 0 (and < num_classes when declared); at most `capacity` distinct labels per batch.
+// Guarantees: per-step work O(B D M), independent of the number of identities; every failure throws
+// protomem::Error and leaves the memory exactly as it was.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <istream>
+#include <iterator>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <protomem/backend/cpu/backend.hpp>
+#include <protomem/detail/batch.hpp>
+#include <protomem/detail/serialize.hpp>
+#include <protomem/detail/slot_map.hpp>
+#include <protomem/detail/slot_queue.hpp>
+#include <protomem/device.hpp>
+#include <protomem/error.hpp>
+#include <protomem/policies/generator.hpp>
+#include <protomem/policies/margin.hpp>
+#include <protomem/policies/queue.hpp>
+#include <protomem/policies/refresh.hpp>
+#include <protomem/view.hpp>
+
+namespace protomem {
+
+/// Sizes and budgets of a memory.
+struct Config {
+  index_t capacity = 0;   ///< M: number of slots
+  index_t dim = 0;        ///< D: embedding dimension
+  label_t num_classes = 0;  ///< labels must be < num_classes; 0 leaves the range undeclared
+  /// Bytes a step may use for its tile of logits (B x T). The full B x M logits are never held
+  /// unless this budget allows them.
+  std::size_t workspace_bytes = std::size_t{64} << 20;
+  /// k: how many most-similar stored classes a step reports per batch class (0: none). The
+  /// similarities come from cosines the step computes anyway (the hard-example-mining seam).
+  index_t similar_k = 0;
+};
+
+/// What forward() returns besides the gradient.
+template <class Scalar>
+struct StepResult {
+  Scalar loss = 0;                    ///< mean margin-softmax cross-entropy over the batch
+  std::vector<label_t> classes;       ///< the batch's distinct labels, ascending (C)
+  index_t similar_k = 0;              ///< k of Config::similar_k
+  /// similar[c * k + r]: the r-th most similar stored class to classes[c] (-1 where the memory
+  /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
+  std::vector<label_t> similar;
+  std::vector<Scalar> similar_cosines;
+};
+
+/// Counters since construction (or the last clear()), saved in checkpoints.
+struct Stats {
+  std::uint64_t steps = 0;       ///< committed steps; step n writes last_written = n
+  std::uint64_t refreshes = 0;   ///< writes of a class already stored
+  std::uint64_t insertions = 0;  ///< classes that entered the memory (into empty or evicted slots)
+  std::uint64_t evictions = 0;   ///< classes that left the memory to make room
+};
+
+/// One stored class, as iteration over a memory yields it (oldest in eviction order first).
+template <class Scalar>
+struct Record {
+  label_t label;
+  Span<const Scalar> prototype;
+  std::uint64_t last_written;
+};
+
+template <class Scalar, class Device = cpu, class Margin = CosFace,
+          class Generator = ExemplarMean, class Refresh = Replace,
+          class Queue = LeastRecentlyWritten>
+class PrototypeMemory {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "PrototypeMemory stores float or double prototypes");
+  using Backend = typename detail::BackendFor<Scalar, Device>::type;
+
+ public:
+  using scalar_type = Scalar;
+  using margin_type = Margin;
+  using generator_type = Generator;
+  using refresh_type = Refresh;
+  using queue_type = Queue;
+
+  /// Checkpoint format version written by save() and the only one load() reads.
+  static constexpr std::uint32_t format_version = 1;
+
+  explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
+                           Generator generator = Generator{}, Refresh refresh = Refresh{},
+                           Queue queue = Queue{})
+      : config_(checked(config)),
+        margin_(std::move(margin)),
+        generator_(std::move(generator)),
+        refresh_(std::move(refresh)),
+        queue_(std::move(queue)),
+        book_(config_.capacity),
+        backend_(config_.capacity, config_.dim) {}
+
+  // ---- the step ---------------------------------------------------------------------------------
+
+  /// forward() then commit(): returns the loss, writes dL/dE into `gradient` (which may be the
+  /// embeddings' own buffer) and updates the memory.
+  Scalar step(MatrixView<const Scalar> embeddings, LabelView labels, MatrixView<Scalar> gradient) {
+    const Scalar loss = forward(embeddings, labels, gradient).loss;
+    commit();
+    return loss;
+  }
+
+  /// The loss and dL/dE of a step; the memory is not changed until commit() (or discard()).
+  StepResult<Scalar> forward(MatrixView<const Scalar> embeddings, LabelView labels,
+                             MatrixView<Scalar> gradient) {
+    if (pending_) {
+      detail::fail("forward() called while the previous forward's update is pending; call "
+                   "commit() or discard() first");
+    }
+    check_batch(embeddings, labels, gradient);
+    detail::BatchClasses batch = detail::group_by_class(labels);
+    check_classes(batch);
+
+    std::vector<index_t> excluded;  // stale copies of this batch's classes are no columns
+    for (label_t label : batch.labels) {
+      const index_t slot = book_.map.find(label);
+      if (slot >= 0) excluded.push_back(slot);
+    }
+    backend::SimilarSlots<Scalar> similar;
+    similar.k = config_.similar_k;
+    StepResult<Scalar> result;
+    result.loss = backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_,
+                                   generator_, config_.workspace_bytes, &similar);
+    result.classes = batch.labels;
+    result.similar_k = similar.k;
+    result.similar.reserve(similar.slots.size());
+    for (index_t slot : similar.slots) result.similar.push_back(slot < 0 ? -1 : book_.label[slot]);
+    result.similar_cosines = std::move(similar.cosines);
+    pending_classes_ = std::move(batch.labels);
+    pending_ = true;
+    return result;
+  }
+
+  /// Writes the fresh prototypes of the last forward() into the memory.
+  void commit() {
+    if (!pending_) {
+      detail::fail("commit() without a pending forward(): each forward() is committed at most once");
+    }
+    std::vector<backend::SlotWrite> writes = plan_writes(pending_classes_);
+    backend_.write(writes, refresh_);
+    apply_writes(writes);
+    pending_ = false;
+  }
+
+  /// Drops the update of the last forward() (e.g. a step skipped for a non-finite loss).
+  void discard() {
+    if (!pending_) detail::fail("discard() without a pending forward()");
+    pending_ = false;
+  }
+
+  bool pending() const { return pending_; }
+
+  // ---- what is stored ---------------------------------------------------------------------------
+
+  index_t size() const { return book_.used; }
+  index_t capacity() const { return config_.capacity; }
+  index_t dim() const { return config_.dim; }
+  const Config& config() const { return config_; }
+  const Stats& stats() const { return book_.stats; }
+  std::uint64_t step_count() const { return book_.stats.steps; }
+
+  bool contains(label_t label) const { return label >= 0 && book_.map.find(label) >= 0; }
+
+  /// The stored prototype of `label` (a view, valid until the next commit, load or clear).
+  Span<const Scalar> prototype(label_t label) const {
+    return {backend_.prototype(slot_of(label)), config_.dim};
+  }
+
+  /// The step that last wrote `label`'s prototype; its age is step_count() - last_written.
+  std::uint64_t last_written(label_t label) const { return book_.written[slot_of(label)]; }
+
+  /// Iterates over the stored classes in eviction order, the next to be evicted first.
+  class const_iterator {
+   public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = Record<Scalar>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = Record<Scalar>;
+
+    const_iterator() = default;
+    Record<Scalar> operator*() const {
+      return {memory_->book_.label[slot_], {memory_->backend_.prototype(slot_), memory_->dim()},
+              memory_->book_.written[slot_]};
+    }
+    const_iterator& operator++() {
+      slot_ = memory_->book_.queue.next(slot_);
+      return *this;
+    }
+    const_iterator operator++(int) {
+      const_iterator before = *this;
+      ++*this;
+      return before;
+    }
+    bool operator==(const const_iterator& other) const { return slot_ == other.slot_; }
+    bool operator!=(const const_iterator& other) const { return slot_ != other.slot_; }
+
+   private:
+    friend class PrototypeMemory;
+    const_iterator(const PrototypeMemory* memory, index_t slot) : memory_(memory), slot_(slot) {}
+    const PrototypeMemory* memory_ = nullptr;
+    index_t slot_ = -1;
+  };
+  const_iterator begin() const { return {this, book_.queue.front()}; }
+  const_iterator end() const { return {this, -1}; }
+
+  /// Empties the memory and resets the counters; policies keep their parameters.
+  void clear() {
+    book_ = Book(config_.capacity);
+    backend_.clear();
+    pending_ = false;
+  }
+
+  // ---- policies ---------------------------------------------------------------------------------
+
+  const Margin& margin() const { return margin_; }
+  Margin& margin() { return margin_; }
+  const Generator& generator() const { return generator_; }
+  const Refresh& refresh() const { return refresh_; }
+  const Queue& queue() const { return queue_; }
+
+  // ---- checkpoints (format: docs/algorithm.md, "Checkpoint format") ----------------------------
+
+  /// Writes the committed state (a pending forward is not part of it).
+  void save(std::ostream& out) const {
+    const std::string bytes = serialize();
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) detail::fail("save: writing the checkpoint to the stream failed");
+  }
+
+  /// Writes to `path` through a temporary file renamed into place, so that an existing checkpoint
+  /// is never left half-written.
+  void save(const std::string& path) const {
+    const std::string temporary = path + ".tmp";
+    {
+      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+      if (!out) detail::fail("save: cannot open '", temporary, "' for writing");
+      const std::string bytes = serialize();
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      out.close();
+      if (!out) detail::fail("save: writing '", temporary, "' failed");
+    }
+    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+      std::remove(temporary.c_str());
+      detail::fail("save: cannot rename '", temporary, "' to '", path, "'");
+    }
+  }
+
+  /// Replaces the state by a checkpoint's. Throws, leaving the memory untouched, when the
+  /// checkpoint is truncated, corrupt, of another version, scalar type, dimension or policy, or
+  /// holds more classes than this memory's capacity. Discards a pending forward.
+  void load(std::istream& in, const std::string& source = "checkpoint stream") {
+    const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    if (in.bad()) detail::fail(source, ": reading failed");
+    deserialize(bytes, source);
+  }
+
+  void load(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) detail::fail("load: cannot open '", path, "'");
+    load(in, "'" + path + "'");
+  }
+
+ private:
+  // The host-side bookkeeping of slots. Occupied slots are always [0, used): slots are taken in
+  // order and an evicted slot is reused at once, so there are no holes to track.
+  struct Book {
+    explicit Book(index_t capacity)
+        : label(static_cast<std::size_t>(capacity), -1),
+          written(static_cast<std::size_t>(capacity), 0),
+          map(static_cast<std::size_t>(capacity)),
+          queue(capacity) {}
+    std::vector<label_t> label;           // per slot
+    std::vector<std::uint64_t> written;   // per slot: the step that last wrote it
+    detail::SlotMap map;                  // label -> slot
+    detail::SlotQueue queue;              // eviction order
+    index_t used = 0;
+    Stats stats;
+  };
+
+  static const Config& checked(const Config& config) {
+    if (config.capacity < 1) detail::fail("Config::capacity = ", config.capacity, " must be >= 1");
+    if (config.capacity > (index_t{1} << 40)) {
+      detail::fail("Config::capacity = ", config.capacity, " is beyond any memory");
+    }
+    if (config.dim < 1) detail::fail("Config::dim = ", config.dim, " must be >= 1");
+    if (config.num_classes < 0) {
+      detail::fail("Config::num_classes = ", config.num_classes, " must be >= 0 (0: undeclared)");
+    }
+    if (config.similar_k < 0) detail::fail("Config::similar_k = ", config.similar_k, " must be >= 0");
+    if (config.workspace_bytes == 0) detail::fail("Config::workspace_bytes must be > 0");
+    return config;
+  }
+
+  index_t slot_of(label_t label) const {
+    const index_t slot = label >= 0 ? book_.map.find(label) : -1;
+    if (slot < 0) detail::fail("label ", label, " is not in the memory");
+    return slot;
+  }
+
+  void check_batch(MatrixView<const Scalar> e, LabelView y, MatrixView<Scalar> g) const {
+    if (y.size <= 0) detail::fail("empty batch: labels.size = ", y.size, " (must be >= 1)");
+    if (y.data == nullptr) detail::fail("labels.data is null");
+    if (e.data == nullptr) detail::fail("embeddings.data is null");
+    if (g.data == nullptr) detail::fail("gradient.data is null");
+    if (e.rows != y.size) {
+      detail::fail("embeddings.rows = ", e.rows, " but labels.size = ", y.size);
+    }
+    if (e.cols != config_.dim) {
+      detail::fail("embeddings.cols = ", e.cols, " but the memory's dim = ", config_.dim);
+    }
+    if (e.row_stride < e.cols) {
+      detail::fail("embeddings.row_stride = ", e.row_stride, " < embeddings.cols = ", e.cols);
+    }
+    if (g.rows != e.rows || g.cols != e.cols) {
+      detail::fail("gradient is ", g.rows, " x ", g.cols, " but embeddings are ", e.rows, " x ",
+                   e.cols);
+    }
+    if (g.row_stride < g.cols) {
+      detail::fail("gradient.row_stride = ", g.row_stride, " < gradient.cols = ", g.cols);
+    }
+    for (index_t i = 0; i < y.size; ++i) {
+      if (y[i] < 0) detail::fail("labels[", i, "] = ", y[i], " is negative (labels must be >= 0)");
+      if (config_.num_classes > 0 && y[i] >= config_.num_classes) {
+        detail::fail("labels[", i, "] = ", y[i], " is outside the declared range [0, ",
+                     config_.num_classes, ")");
+      }
+    }
+  }
+
+  void check_classes(const detail::BatchClasses& batch) const {
+    if (batch.size() > config_.capacity) {
+      detail::fail("the batch has ", batch.size(), " distinct classes but the memory's capacity is ",
+                   config_.capacity);
+    }
+    for (index_t c = 0; c < batch.size(); ++c) {
+      if (batch.count(c) < Generator::min_exemplars) {
+        detail::fail("class ", batch.labels[c], " has ", batch.count(c), " exemplar(s) in the batch",
+                     " but the ", Generator::name, " generator needs at least ",
+                     Generator::min_exemplars);
+      }
+    }
+  }
+
+  // Decides the slot of each batch class without changing anything: refresh where stored, else
+  // an empty slot, else the oldest slot in queue order that holds no class of this batch.
+  std::vector<backend::SlotWrite> plan_writes(const std::vector<label_t>& classes) const {
+    std::vector<backend::SlotWrite> writes;
+    writes.reserve(classes.size());
+    std::vector<index_t> fresh_classes;
+    std::vector<std::uint8_t> in_batch;  // per slot, built lazily only when evicting
+    for (index_t c = 0; c < static_cast<index_t>(classes.size()); ++c) {
+      const index_t slot = book_.map.find(classes[c]);
+      if (slot >= 0) {
+        writes.push_back({c, slot, true});
+      } else {
+        fresh_classes.push_back(c);
+      }
+    }
+    index_t next_empty = book_.used;
+    index_t victim = book_.queue.front();
+    for (index_t c : fresh_classes) {
+      if (next_empty < config_.capacity) {
+        writes.push_back({c, next_empty++, false});
+        continue;
+      }
+      if (in_batch.empty()) {
+        in_batch.assign(static_cast<std::size_t>(config_.capacity), 0);
+        for (const auto& w : writes) {
+          if (w.refresh) in_batch[static_cast<std::size_t>(w.slot)] = 1;
+        }
+      }
+      while (in_batch[static_cast<std::size_t>(victim)]) victim = book_.queue.next(victim);
+      writes.push_back({c, victim, false});
+      victim = book_.queue.next(victim);
+    }
+    return writes;
+  }
+
+  // Applies a plan: bookkeeping only (the backend has written the prototypes). Cannot throw.
+  void apply_writes(const std::vector<backend::SlotWrite>& writes) noexcept {
+    const std::uint64_t step = ++book_.stats.steps;
+    for (const backend::SlotWrite& w : writes) {
+      const label_t label = pending_classes_[static_cast<std::size_t>(w.batch_class)];
+      const auto slot = static_cast<std::size_t>(w.slot);
+      if (w.refresh) {
+        ++book_.stats.refreshes;
+        if (Queue::refresh_moves_to_back) book_.queue.move_to_back(w.slot);
+      } else {
+        if (w.slot < book_.used) {
+          ++book_.stats.evictions;
+          book_.map.erase(book_.label[slot]);
+          book_.queue.unlink(w.slot);
+        } else {
+          book_.used = w.slot + 1;
+        }
+        ++book_.stats.insertions;
+        book_.label[slot] = label;
+        book_.map.insert(label, w.slot);
+        book_.queue.push_back(w.slot);
+      }
+      book_.written[slot] = step;
+    }
+  }
+
+  // ---- checkpoint format, version 1 (all integers little-endian) --------------------------------
+  //   "PROTOMEM" | u32 version | u32 scalar bytes (4: float32, 8: float64) | u64 dim | u64 capacity
+  //   | i64 num_classes | u64 steps, refreshes, insertions, evictions
+  //   | 4 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes)
+  //   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
+  //   | u32 CRC-32 (zlib) of every byte before it
+  static constexpr char magic[9] = "PROTOMEM";
+
+  template <class Policy>
+  static void save_policy(detail::ByteWriter& out, const char* family, const Policy& policy) {
+    out.put_string(family);
+    out.put_string(Policy::name);
+    detail::ByteWriter state;
+    policy.save(state);
+    out.put_bytes(state.bytes());
+  }
+
+  // A policy as stored: family, name and state, checked against this memory's once the file's
+  // checksum holds.
+  struct StoredPolicy {
+    std::string family, name, state;
+  };
+
+  template <class Policy>
+  static Policy load_policy(const StoredPolicy& stored, const char* family, const Policy& current,
+                            const std::string& source) {
+    if (stored.family != family) {
+      detail::fail(source, ": expected the ", family, " policy, found '", stored.family, "'");
+    }
+    if (stored.name != Policy::name) {
+      detail::fail(source, ": its ", family, " policy is '", stored.name,
+                   "' but this memory uses '", Policy::name, "'");
+    }
+    detail::ByteReader in(stored.state.data(), stored.state.size(), source);
+    Policy policy = current;
+    policy.load(in);
+    if (in.remaining() != 0) {
+      detail::fail(source, ": the ", family, " policy state has ", in.remaining(),
+                   " unexpected trailing bytes");
+    }
+    return policy;
+  }
+
+  std::string serialize() const {
+    detail::ByteWriter out;
+    out.bytes().append(magic, 8);
+    out.put<std::uint32_t>(format_version);
+    out.put<std::uint32_t>(sizeof(Scalar));
+    out.put<std::uint64_t>(static_cast<std::uint64_t>(config_.dim));
+    out.put<std::uint64_t>(static_cast<std::uint64_t>(config_.capacity));
+    out.put<std::int64_t>(config_.num_classes);
+    out.put<std::uint64_t>(book_.stats.steps);
+    out.put<std::uint64_t>(book_.stats.refreshes);
+    out.put<std::uint64_t>(book_.stats.insertions);
+    out.put<std::uint64_t>(book_.stats.evictions);
+    save_policy(out, "margin", margin_);
+    save_policy(out, "generator", generator_);
+    save_policy(out, "refresh", refresh_);
+    save_policy(out, "queue", queue_);
+    out.put<std::uint64_t>(static_cast<std::uint64_t>(book_.used));
+    for (index_t slot = book_.queue.front(); slot >= 0; slot = book_.queue.next(slot)) {
+      out.put<std::int64_t>(book_.label[static_cast<std::size_t>(slot)]);
+      out.put<std::uint64_t>(static_cast<std::uint64_t>(slot));
+      out.put<std::uint64_t>(book_.written[static_cast<std::size_t>(slot)]);
+      const Scalar* p = backend_.prototype(slot);
+      for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
+    }
+    out.put<std::uint32_t>(detail::crc32(out.bytes().data(), out.bytes().size()));
+    return std::move(out.bytes());
+  }
+
+  void deserialize(const std::string& bytes, const std::string& source) {
+    // 1. Structure, read with bounds checks: a truncated file fails here or on its size below.
+    detail::ByteReader in(bytes.data(), bytes.size(), source);
+    in.need(8, "the magic bytes");
+    if (bytes.compare(0, 8, magic, 8) != 0) {
+      detail::fail(source, " is not a protomem checkpoint (its first bytes are not \"PROTOMEM\")");
+    }
+    in.get<std::uint64_t>("the magic bytes");
+    const auto version = in.get<std::uint32_t>("the format version");
+    if (version != format_version) {
+      detail::fail(source, " has checkpoint format version ", version,
+                   "; this build of protomem reads version ", format_version);
+    }
+    const auto scalar_bytes = in.get<std::uint32_t>("the scalar size");
+    const auto dim = in.get<std::uint64_t>("dim");
+    in.get<std::uint64_t>("capacity");  // informative: any memory large enough may load it
+    in.get<std::int64_t>("num_classes");
+    Stats stats;
+    stats.steps = in.get<std::uint64_t>("steps");
+    stats.refreshes = in.get<std::uint64_t>("refreshes");
+    stats.insertions = in.get<std::uint64_t>("insertions");
+    stats.evictions = in.get<std::uint64_t>("evictions");
+    StoredPolicy policies[4];
+    for (StoredPolicy& policy : policies) {
+      policy.family = in.get_string("a policy family");
+      policy.name = in.get_string("a policy name");
+      policy.state = in.get_bytes("a policy state");
+    }
+    const auto n = in.get<std::uint64_t>("the record count");
+    if (scalar_bytes != 4 && scalar_bytes != 8) {
+      detail::fail(source, " is corrupt: scalar size ", scalar_bytes, " is neither 4 nor 8");
+    }
+    if (dim == 0 || dim > bytes.size() || n > bytes.size()) {
+      detail::fail(source, " is corrupt: dim ", dim, " and record count ", n,
+                   " cannot fit in its ", bytes.size(), " bytes");
+    }
+    const std::uint64_t record_bytes = 24 + dim * scalar_bytes;
+    const std::uint64_t expected = in.offset() + n * record_bytes + 4;
+    if (bytes.size() < expected) {
+      detail::fail(source, " is truncated: ", bytes.size(), " bytes where its header announces ",
+                   expected, " (", n, " records)");
+    }
+    if (bytes.size() > expected) {
+      detail::fail(source, " has ", bytes.size() - expected, " unexpected bytes past its end");
+    }
+
+    // 2. Integrity.
+    const std::size_t body = bytes.size() - 4;
+    detail::ByteReader tail(bytes.data() + body, 4, source);
+    const auto stored_crc = tail.get<std::uint32_t>("the checksum");
+    const auto computed_crc = detail::crc32(bytes.data(), body);
+    if (computed_crc != stored_crc) {
+      detail::fail(source, " is corrupt: CRC-32 is ", computed_crc, " but the file says ",
+                   stored_crc);
+    }
+
+    // 3. Compatibility with this memory.
+    if (scalar_bytes != sizeof(Scalar)) {
+      detail::fail(source, " stores ", scalar_bytes == 4 ? "float32" : "float64",
+                   " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
+    }
+    if (dim != static_cast<std::uint64_t>(config_.dim)) {
+      detail::fail(source, " has dim ", dim, "; this memory has dim ", config_.dim);
+    }
+    if (n > static_cast<std::uint64_t>(config_.capacity)) {
+      detail::fail(source, " holds ", n, " classes; this memory's capacity is ", config_.capacity);
+    }
+    Margin margin = load_policy(policies[0], "margin", margin_, source);
+    Generator generator = load_policy(policies[1], "generator", generator_, source);
+    Refresh refresh = load_policy(policies[2], "refresh", refresh_, source);
+    Queue queue = load_policy(policies[3], "queue", queue_, source);
+
+    Book book(config_.capacity);
+    book.stats = stats;
+    book.used = static_cast<index_t>(n);
+    std::vector<Scalar> prototypes(static_cast<std::size_t>(n * dim));
+    std::vector<index_t> slots;
+    slots.reserve(static_cast<std::size_t>(n));
+    for (std::uint64_t r = 0; r < n; ++r) {
+      const auto label = in.get<std::int64_t>("a record's label");
+      const auto slot = in.get<std::uint64_t>("a record's slot");
+      const auto written = in.get<std::uint64_t>("a record's last_written");
+      if (label < 0) detail::fail(source, ": record ", r, " has negative label ", label);
+      if (slot >= n || book.label[static_cast<std::size_t>(slot)] >= 0) {
+        detail::fail(source, ": record ", r, " (label ", label, ") has slot ", slot,
+                     ", which is out of range or taken twice");
+      }
+      if (book.map.find(label) >= 0) {
+        detail::fail(source, ": label ", label, " appears in two records");
+      }
+      if (written > stats.steps) {
+        detail::fail(source, ": record ", r, " (label ", label, ") was written at step ", written,
+                     " after the checkpoint's last step ", stats.steps);
+      }
+      book.label[static_cast<std::size_t>(slot)] = label;
+      book.written[static_cast<std::size_t>(slot)] = written;
+      book.map.insert(label, static_cast<index_t>(slot));
+      book.queue.push_back(static_cast<index_t>(slot));
+      Scalar* p = prototypes.data() + r * dim;
+      for (std::uint64_t k = 0; k < dim; ++k) p[k] = in.get<Scalar>("a prototype value");
+      for (std::uint64_t k = 0; k < dim; ++k) {
+        if (!std::isfinite(p[k])) {
+          detail::fail(source, ": the prototype of label ", label, " has a non-finite value");
+        }
+      }
+      slots.push_back(static_cast<index_t>(slot));
+    }
+
+    // Everything is checked: commit (nothing below throws but allocation, done before any change).
+    Backend backend(config_.capacity, config_.dim);
+    for (std::size_t r = 0; r < slots.size(); ++r) {
+      backend.set_prototype(slots[r], prototypes.data() + r * dim);
+    }
+    backend_ = std::move(backend);
+    book_ = std::move(book);
+    margin_ = std::move(margin);
+    generator_ = std::move(generator);
+    refresh_ = std::move(refresh);
+    queue_ = std::move(queue);
+    pending_ = false;
+  }
+
+  Config config_;
+  Margin margin_;
+  Generator generator_;
+  Refresh refresh_;
+  Queue queue_;
+  Book book_;
+  Backend backend_;
+  bool pending_ = false;
+  std::vector<label_t> pending_classes_;
+};
+
+}  // namespace protomem

@@ -1,0 +1,204 @@
+// Margin policies: how the target logit of a sample is formed from its cosine to its own class
+// prototype. Every policy turns cos_iy into s * psi(cos_iy); non-target columns are always s * cos.
+//
+// A Margin policy must provide
+//   static constexpr const char* name;            // stored in checkpoints
+//   double scale() const;                         // s > 0
+//   template <class T> T target(T cos) const;     // psi(cos), cos in [-1, 1]
+//   template <class T> T derivative(T cos) const; // d psi / d cos (finite everywhere)
+//   void save(detail::ByteWriter&) const;  void load(detail::ByteReader&);   // parameters
+// target/derivative are PROTOMEM_HOST_DEVICE so that the CUDA backend evaluates the same code.
+// Constructors and load() reject parameters out of range with protomem::Error.
+//
+// Alternatives, side by side:
+//   NoMargin       psi = cos                                            (NormFace)
+//   CosFace        psi = cos - m                                        (default: s = 64, m = 0.35)
+//   ArcFace        psi = cos(theta + m), falling back to cos - m sin(m) once theta + m > pi
+//                  (insightface's classic rule), or the easy-margin variant
+//   CombinedMargin psi = cos(m1 theta + m2) - m3, with a monotone fallback once m1 theta + m2 > pi
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include <protomem/detail/config.hpp>
+#include <protomem/detail/serialize.hpp>
+#include <protomem/error.hpp>
+
+namespace protomem {
+namespace detail {
+
+inline void check_scale(double s, const char* policy) {
+  if (!(std::isfinite(s) && s > 0)) fail(policy, ": scale s = ", s, " must be finite and > 0");
+}
+inline void check_range(double v, double lo, double hi, const char* what, const char* policy) {
+  if (!(std::isfinite(v) && v >= lo && v <= hi)) {
+    fail(policy, ": ", what, " = ", v, " is outside [", lo, ", ", hi, "]");
+  }
+}
+template <class T>
+PROTOMEM_HOST_DEVICE T clamp_cos(T c) {
+  return c > T(1) ? T(1) : (c < T(-1) ? T(-1) : c);
+}
+/// sin(theta) for theta = arccos(c), floored away from 0 so that derivatives stay finite at
+/// c = +-1 (there the cosine is constant in every direction a gradient can take, see generator.hpp).
+template <class T>
+PROTOMEM_HOST_DEVICE T sin_theta(T c) {
+  T s2 = T(1) - c * c;
+  T s = s2 > T(0) ? std::sqrt(s2) : T(0);
+  const T floor = std::numeric_limits<T>::epsilon();
+  return s > floor ? s : floor;
+}
+
+}  // namespace detail
+
+/// No margin (NormFace): z_iy = s * cos_iy.
+struct NoMargin {
+  static constexpr const char* name = "none";
+  double s = 64.0;
+
+  explicit NoMargin(double scale = 64.0) : s(scale) { detail::check_scale(s, name); }
+  double scale() const { return s; }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T target(T cos) const {
+    return cos;
+  }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T derivative(T) const {
+    return T(1);
+  }
+  void save(detail::ByteWriter& out) const { out.put(s); }
+  void load(detail::ByteReader& in) { *this = NoMargin(in.get<double>("margin s")); }
+};
+
+/// CosFace / additive cosine margin: z_iy = s * (cos_iy - m). Requires s > 0, 0 <= m <= 1.
+struct CosFace {
+  static constexpr const char* name = "cosface";
+  double s = 64.0;
+  double m = 0.35;
+
+  explicit CosFace(double scale = 64.0, double margin = 0.35) : s(scale), m(margin) {
+    detail::check_scale(s, name);
+    detail::check_range(m, 0.0, 1.0, "margin m", name);
+  }
+  double scale() const { return s; }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T target(T cos) const {
+    return cos - T(m);
+  }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T derivative(T) const {
+    return T(1);
+  }
+  void save(detail::ByteWriter& out) const {
+    out.put(s);
+    out.put(m);
+  }
+  void load(detail::ByteReader& in) {
+    const double scale = in.get<double>("margin s");
+    *this = CosFace(scale, in.get<double>("margin m"));
+  }
+};
+
+/// ArcFace / additive angular margin: z_iy = s * cos(theta_iy + m). Requires s > 0, 0 <= m < pi/2.
+/// Where theta + m would pass pi (cos <= cos(pi - m)) the target falls back to cos - m sin(m), as in
+/// insightface, so the target keeps decreasing with theta. With `easy_margin` the margin applies
+/// only where cos > 0 and the target is plain cos elsewhere.
+struct ArcFace {
+  static constexpr const char* name = "arcface";
+  double s = 64.0;
+  double m = 0.5;
+  bool easy_margin = false;
+
+  explicit ArcFace(double scale = 64.0, double margin = 0.5, bool easy = false)
+      : s(scale), m(margin), easy_margin(easy) {
+    detail::check_scale(s, name);
+    detail::check_range(m, 0.0, 1.5707963267948966 - 1e-9, "margin m", name);
+  }
+  double scale() const { return s; }
+  template <class T>
+  PROTOMEM_HOST_DEVICE bool applies(T c) const {
+    return easy_margin ? c > T(0) : c > T(-std::cos(m));  // cos(pi - m) = -cos(m)
+  }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T target(T cos) const {
+    const T c = detail::clamp_cos(cos);
+    if (applies(c)) {
+      const T sin_t = std::sqrt(T(1) - c * c > T(0) ? T(1) - c * c : T(0));
+      return c * T(std::cos(m)) - sin_t * T(std::sin(m));
+    }
+    return easy_margin ? c : c - T(m * std::sin(m));
+  }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T derivative(T cos) const {
+    const T c = detail::clamp_cos(cos);
+    if (applies(c)) return T(std::cos(m)) + T(std::sin(m)) * c / detail::sin_theta(c);
+    return T(1);
+  }
+  void save(detail::ByteWriter& out) const {
+    out.put(s);
+    out.put(m);
+    out.put<std::uint32_t>(easy_margin ? 1U : 0U);
+  }
+  void load(detail::ByteReader& in) {
+    const double scale = in.get<double>("margin s");
+    const double margin = in.get<double>("margin m");
+    const auto easy = in.get<std::uint32_t>("margin easy_margin");
+    if (easy > 1) detail::fail(name, ": easy_margin flag = ", easy, " in checkpoint is not 0 or 1");
+    *this = ArcFace(scale, margin, easy == 1);
+  }
+};
+
+/// Combined margin (insightface's m1/m2/m3): z_iy = s * (cos(m1 theta_iy + m2) - m3).
+/// Requires s > 0, 1 <= m1 <= 4, 0 <= m2 < pi/2, 0 <= m3 <= 1. Where m1 theta + m2 would pass pi
+/// (theta > theta_t = (pi - m2) / m1) the target continues as cos - m3 - (1 + cos theta_t):
+/// continuous at theta_t and decreasing in theta (our rule; insightface's torch code has none).
+struct CombinedMargin {
+  static constexpr const char* name = "combined";
+  double s = 64.0;
+  double m1 = 1.0;
+  double m2 = 0.0;
+  double m3 = 0.0;
+
+  explicit CombinedMargin(double scale = 64.0, double angular_factor = 1.0,
+                          double angular_margin = 0.0, double cosine_margin = 0.0)
+      : s(scale), m1(angular_factor), m2(angular_margin), m3(cosine_margin) {
+    detail::check_scale(s, name);
+    detail::check_range(m1, 1.0, 4.0, "m1", name);
+    detail::check_range(m2, 0.0, 1.5707963267948966 - 1e-9, "m2", name);
+    detail::check_range(m3, 0.0, 1.0, "m3", name);
+  }
+  double scale() const { return s; }
+  double threshold_angle() const { return (3.141592653589793 - m2) / m1; }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T target(T cos) const {
+    const T c = detail::clamp_cos(cos);
+    const T theta = std::acos(c);
+    if (theta <= T(threshold_angle())) return std::cos(T(m1) * theta + T(m2)) - T(m3);
+    return c - T(m3) - T(1 + std::cos(threshold_angle()));
+  }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T derivative(T cos) const {
+    const T c = detail::clamp_cos(cos);
+    const T theta = std::acos(c);
+    if (theta > T(threshold_angle())) return T(1);
+    // d/dc cos(m1 theta + m2) = m1 sin(m1 theta + m2) / sin(theta); at theta = 0 and m2 = 0 the
+    // limit is m1^2.
+    if (m2 == 0.0 && theta < std::sqrt(std::numeric_limits<T>::epsilon())) return T(m1 * m1);
+    return T(m1) * std::sin(T(m1) * theta + T(m2)) / detail::sin_theta(c);
+  }
+  void save(detail::ByteWriter& out) const {
+    out.put(s);
+    out.put(m1);
+    out.put(m2);
+    out.put(m3);
+  }
+  void load(detail::ByteReader& in) {
+    const double scale = in.get<double>("margin s");
+    const double a = in.get<double>("margin m1");
+    const double b = in.get<double>("margin m2");
+    *this = CombinedMargin(scale, a, b, in.get<double>("margin m3"));
+  }
+};
+
+}  // namespace protomem
