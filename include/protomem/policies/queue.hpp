@@ -10,7 +10,13 @@
 //   LeastRecentlyWritten  evict the slot written longest ago; a refresh counts as a write (default).
 //                         Under a class-iterating sampler with C classes per batch, no slot of a
 //                         full memory of M slots is older than ceil(M / C) steps.
-//   FirstInFirstOut       evict the class inserted longest ago; refreshes do not change the order.
+//   FirstInFirstOut       evict the class inserted longest ago; refreshes do not change the order,
+//                         so a step that refreshes evicts fewer slots and the ceil(M / C) bound
+//                         does not hold (tests/test_memory.cpp measures 13 steps against 12).
+//
+// Within one step, the refreshed classes (least recently written) move to the back before the new
+// ones are appended, each group in ascending label order; the victims are chosen first, oldest
+// first, skipping slots that hold a class of the batch.
 #pragma once
 
 #include <protomem/detail/serialize.hpp>

@@ -88,13 +88,13 @@ class CpuBackend {
   }
 
   /// Stores the fresh prototypes of the last forward() into their slots.
+  /// Allocates nothing and cannot throw, so that a commit is all-or-nothing.
   template <class Refresh>
-  void write(const std::vector<SlotWrite>& writes, const Refresh& refresh) {
-    Vector fresh(dim());
+  void write(const std::vector<SlotWrite>& writes, const Refresh& refresh) noexcept {
     for (const SlotWrite& w : writes) {
-      fresh = fresh_.row(w.batch_class).transpose();
-      if (w.refresh) refresh.refresh(store_.row(w.slot).data(), fresh.data(), dim());
-      store_.row(w.slot) = fresh.transpose();
+      Scalar* fresh = fresh_.row(w.batch_class).data();
+      if (w.refresh) refresh.refresh(store_.row(w.slot).data(), fresh, dim());
+      std::copy(fresh, fresh + dim(), store_.row(w.slot).data());
     }
   }
 
