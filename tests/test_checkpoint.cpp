@@ -1,0 +1,301 @@
+// Checkpoints: round trip, bit-identical continuation, and every way a file can be wrong — each of
+// which throws protomem::Error and leaves the memory exactly as it was.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <protomem/memory.hpp>
+
+namespace {
+
+using protomem::index_t;
+using protomem::label_t;
+using Catch::Matchers::Contains;
+
+using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace,
+                                         protomem::ExemplarMean, protomem::Momentum,
+                                         protomem::LeastRecentlyWritten>;
+constexpr index_t kDim = 6;
+
+Memory make_memory(double momentum = 0.3) {
+  return Memory({12, kDim}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+                protomem::Momentum(momentum));
+}
+
+struct Feed {
+  std::mt19937_64 rng;
+  explicit Feed(std::uint64_t seed) : rng(seed) {}
+  // One step's batch: 4 classes out of 30, 2 or 3 exemplars each.
+  void next(std::vector<float>& e, std::vector<label_t>& y) {
+    std::uniform_int_distribution<label_t> label(0, 29);
+    std::normal_distribution<float> normal;
+    e.clear();
+    y.clear();
+    while (y.size() < 12) {
+      const label_t l = label(rng);
+      if (std::find(y.begin(), y.end(), l) != y.end()) continue;
+      for (int k = 0; k < 3; ++k) {
+        y.push_back(l);
+        for (index_t j = 0; j < kDim; ++j) e.push_back(normal(rng) + 0.3f * static_cast<float>(l % 7));
+      }
+    }
+  }
+};
+
+// Runs `steps` steps and returns every loss and gradient bit pattern.
+std::string run(Memory& memory, Feed& feed, int steps) {
+  std::string trace;
+  std::vector<float> e, g;
+  std::vector<label_t> y;
+  for (int t = 0; t < steps; ++t) {
+    feed.next(e, y);
+    g.resize(e.size());
+    const auto B = static_cast<index_t>(y.size());
+    const float loss = memory.step(protomem::matrix_view<const float>(e.data(), B, kDim),
+                                   protomem::label_view(y.data(), B),
+                                   protomem::matrix_view(g.data(), B, kDim));
+    trace.append(reinterpret_cast<const char*>(&loss), sizeof loss);
+    trace.append(reinterpret_cast<const char*>(g.data()), g.size() * sizeof(float));
+  }
+  return trace;
+}
+
+template <class M>
+std::string bytes_of(const M& memory) {
+  std::ostringstream out;
+  memory.save(out);
+  return out.str();
+}
+
+template <class M>
+void load_bytes(M& memory, const std::string& bytes) {
+  std::istringstream in(bytes);
+  memory.load(in);
+}
+
+// CRC-32 bit by bit (zlib's polynomial), written independently of the library's table version.
+std::uint32_t crc32_bitwise(const std::string& s) {
+  std::uint32_t crc = 0xFFFFFFFFU;
+  for (unsigned char byte : s) {
+    crc ^= byte;
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320U & (0U - (crc & 1U)));
+  }
+  return ~crc;
+}
+
+// Rewrites the trailing CRC so that a deliberately edited file passes the integrity check.
+std::string with_valid_crc(std::string bytes) {
+  const std::uint32_t crc = crc32_bitwise(bytes.substr(0, bytes.size() - 4));
+  for (int k = 0; k < 4; ++k) bytes[bytes.size() - 4 + k] = static_cast<char>(crc >> (8 * k));
+  return bytes;
+}
+
+// Offset of the record count: fixed header, then the four policies as written by this memory type.
+std::size_t records_offset(const std::string& bytes) {
+  std::size_t at = 8 + 4 + 4 + 8 + 8 + 8 + 4 * 8;
+  for (int p = 0; p < 4; ++p) {
+    std::uint32_t n;
+    std::memcpy(&n, bytes.data() + at, 4);
+    at += 4 + n;
+    std::memcpy(&n, bytes.data() + at, 4);
+    at += 4 + n;
+    std::uint64_t m;
+    std::memcpy(&m, bytes.data() + at, 8);
+    at += 8 + m;
+  }
+  return at;
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint round-trips every record, counter and policy state", "[checkpoint]") {
+  Memory memory = make_memory();
+  Feed feed(1);
+  run(memory, feed, 25);
+  REQUIRE(memory.stats().evictions > 0);
+  const std::string bytes = bytes_of(memory);
+
+  Memory loaded = make_memory(/*momentum=*/0.9);  // the checkpoint's policy state wins
+  load_bytes(loaded, bytes);
+  CHECK(loaded.refresh().a == 0.3);
+  CHECK(loaded.size() == memory.size());
+  CHECK(loaded.step_count() == memory.step_count());
+  CHECK(loaded.stats().refreshes == memory.stats().refreshes);
+  CHECK(loaded.stats().insertions == memory.stats().insertions);
+  CHECK(loaded.stats().evictions == memory.stats().evictions);
+  auto a = memory.begin(), b = loaded.begin();
+  for (; a != memory.end() && b != loaded.end(); ++a, ++b) {
+    CHECK((*a).label == (*b).label);
+    CHECK((*a).last_written == (*b).last_written);
+    CHECK(std::memcmp((*a).prototype.data, (*b).prototype.data, kDim * sizeof(float)) == 0);
+  }
+  CHECK(a == memory.end());
+  CHECK(b == loaded.end());
+  CHECK(bytes_of(loaded) == bytes);
+  // The trailing checksum is zlib's CRC-32, as docs/algorithm.md says.
+  std::uint32_t stored;
+  std::memcpy(&stored, bytes.data() + bytes.size() - 4, 4);
+  CHECK(stored == crc32_bitwise(bytes.substr(0, bytes.size() - 4)));
+}
+
+TEST_CASE("save, load, continue is bit-identical to never stopping", "[checkpoint]") {
+  Memory original = make_memory();
+  Feed feed(2);
+  run(original, feed, 20);
+  const std::string checkpoint = bytes_of(original);
+  Feed feed_copy = feed;
+  const std::string uninterrupted = run(original, feed, 15);
+
+  Memory resumed = make_memory();
+  load_bytes(resumed, checkpoint);
+  const std::string continued = run(resumed, feed_copy, 15);
+  CHECK(continued == uninterrupted);
+  CHECK(bytes_of(resumed) == bytes_of(original));
+}
+
+TEST_CASE("checkpoints go to files through a temporary and load back", "[checkpoint]") {
+  Memory memory = make_memory();
+  Feed feed(3);
+  run(memory, feed, 5);
+  const std::string path = "protomem_test_checkpoint.bin";
+  memory.save(path);
+  std::ifstream probe(path + ".tmp");
+  CHECK_FALSE(probe.good());  // renamed into place
+  Memory loaded = make_memory();
+  loaded.load(path);
+  CHECK(bytes_of(loaded) == bytes_of(memory));
+  std::remove(path.c_str());
+  CHECK_THROWS_WITH(loaded.load(path), Contains("cannot open 'protomem_test_checkpoint.bin'"));
+  CHECK_THROWS_WITH(memory.save("/nonexistent-dir/x.bin"), Contains("cannot open"));
+}
+
+TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", "[checkpoint]") {
+  Memory source = make_memory();
+  Feed feed(4);
+  run(source, feed, 6);
+  const std::string good = bytes_of(source);
+
+  Memory target = make_memory();
+  Feed other(5);
+  run(target, other, 3);
+  const std::string before = bytes_of(target);
+  auto rejects = [&](const std::string& bytes, const std::string& message) {
+    INFO("expected: " << message);
+    CHECK_THROWS_WITH(load_bytes(target, bytes), Contains(message));
+    CHECK(bytes_of(target) == before);
+  };
+
+  SECTION("every truncation") {
+    for (std::size_t n = 0; n < good.size(); ++n) {
+      CHECK_THROWS_AS(load_bytes(target, good.substr(0, n)), protomem::Error);
+    }
+    CHECK(bytes_of(target) == before);
+    rejects(good.substr(0, good.size() - 10), "is truncated");
+    rejects(good.substr(0, 30), "truncated while reading");
+  }
+  SECTION("every flipped byte") {
+    for (std::size_t i = 0; i < good.size(); ++i) {
+      std::string bad = good;
+      bad[i] = static_cast<char>(bad[i] ^ 0x20);
+      CHECK_THROWS_AS(load_bytes(target, bad), protomem::Error);
+    }
+    CHECK(bytes_of(target) == before);
+    std::string bad = good;
+    bad[good.size() / 2] ^= 1;
+    rejects(bad, "is corrupt: CRC-32 is");
+  }
+  SECTION("trailing bytes") { rejects(good + "x", "1 unexpected bytes past its end"); }
+  SECTION("not a checkpoint") {
+    rejects("hello world, this is not a checkpoint at all", "is not a protomem checkpoint");
+  }
+  SECTION("another format version") {
+    std::string bad = good;
+    bad[8] = 2;
+    rejects(with_valid_crc(bad), "has checkpoint format version 2; this build of protomem reads version 1");
+  }
+  SECTION("another dimension") {
+    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Momentum>
+        wide({12, kDim + 1}, protomem::ArcFace(32.0, 0.4));
+    CHECK_THROWS_WITH(load_bytes(wide, good), Contains("has dim 6; this memory has dim 7"));
+    CHECK(wide.size() == 0);
+  }
+  SECTION("another scalar type") {
+    protomem::PrototypeMemory<double, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Momentum>
+        wide({12, kDim}, protomem::ArcFace(32.0, 0.4));
+    CHECK_THROWS_WITH(load_bytes(wide, good),
+                      Contains("stores float32 prototypes; this memory stores float64"));
+  }
+  SECTION("another policy") {
+    protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
+                              protomem::Momentum>
+        cosface({12, kDim});
+    CHECK_THROWS_WITH(load_bytes(cosface, good),
+                      Contains("its margin policy is 'arcface' but this memory uses 'cosface'"));
+    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Replace>
+        replace({12, kDim}, protomem::ArcFace(32.0, 0.4));
+    CHECK_THROWS_WITH(load_bytes(replace, good),
+                      Contains("its refresh policy is 'momentum' but this memory uses 'replace'"));
+  }
+  SECTION("more records than the capacity") {
+    Memory small({3, kDim}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+                 protomem::Momentum(0.3));
+    CHECK_THROWS_WITH(load_bytes(small, good), Contains("classes; this memory's capacity is 3"));
+  }
+  SECTION("a larger memory loads it") {
+    Memory large({40, kDim}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+                 protomem::Momentum(0.3));
+    load_bytes(large, good);
+    CHECK(large.size() == source.size());
+  }
+  SECTION("records that contradict each other, under a valid checksum") {
+    const std::size_t at = records_offset(good);
+    const std::size_t record = 24 + kDim * sizeof(float);
+    std::string duplicate = good;
+    std::memcpy(&duplicate[at + 8 + record], &duplicate[at + 8], 8);  // label of record 0
+    rejects(with_valid_crc(duplicate), "appears in two records");
+    std::string slot = good;
+    std::memcpy(&slot[at + 8 + record + 8], &slot[at + 8 + 8], 8);  // slot of record 0
+    rejects(with_valid_crc(slot), "out of range or taken twice");
+    std::string future = good;
+    const std::uint64_t late = 1000000;
+    std::memcpy(&future[at + 8 + 16], &late, 8);
+    rejects(with_valid_crc(future), "after the checkpoint's last step");
+    std::string nan = good;
+    const float not_a_number = std::nanf("");
+    std::memcpy(&nan[at + 8 + 24], &not_a_number, 4);
+    rejects(with_valid_crc(nan), "has a non-finite value");
+    std::string policy = good;
+    // The momentum weight a, stored as the refresh policy's state: make it 1.5.
+    const std::string name = "momentum";
+    const std::size_t a_at = policy.find(name) + name.size() + 8;
+    const double bad_a = 1.5;
+    std::memcpy(&policy[a_at], &bad_a, 8);
+    rejects(with_valid_crc(policy), "momentum: old-prototype weight a = 1.5");
+  }
+}
+
+TEST_CASE("a pending forward is not part of a checkpoint, and load discards it", "[checkpoint]") {
+  Memory memory = make_memory();
+  Feed feed(6);
+  run(memory, feed, 3);
+  const std::string committed = bytes_of(memory);
+  std::vector<float> e, g;
+  std::vector<label_t> y;
+  feed.next(e, y);
+  g.resize(e.size());
+  const auto B = static_cast<index_t>(y.size());
+  memory.forward(protomem::matrix_view<const float>(e.data(), B, kDim), protomem::label_view(y.data(), B),
+                 protomem::matrix_view(g.data(), B, kDim));
+  CHECK(bytes_of(memory) == committed);
+  load_bytes(memory, committed);
+  CHECK_FALSE(memory.pending());
+}

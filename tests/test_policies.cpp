@@ -1,0 +1,142 @@
+// The margin functions psi against their closed forms, their derivatives against central
+// differences on both sides of every branch, and the refresh rules.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include <protomem/policies/generator.hpp>
+#include <protomem/policies/margin.hpp>
+#include <protomem/policies/queue.hpp>
+#include <protomem/policies/refresh.hpp>
+
+namespace {
+
+const double pi = std::acos(-1.0);
+
+// cos values spread over (-1, 1), avoiding +-1 where acos has no derivative.
+std::vector<double> grid() {
+  std::vector<double> c;
+  for (int k = -199; k <= 199; ++k) c.push_back(k / 200.0 + 0.00123);
+  return c;
+}
+
+template <class Margin>
+void check_derivative(const Margin& margin, const std::vector<double>& kinks) {
+  for (double c : grid()) {
+    const double h = 1e-6;
+    bool near_kink = std::abs(c) > 1 - 2 * h;
+    for (double k : kinks) near_kink = near_kink || std::abs(c - k) < 2 * h;
+    if (near_kink) continue;
+    const double numeric = (margin.target(c + h) - margin.target(c - h)) / (2 * h);
+    INFO(Margin::name << " at cos = " << c);
+    CHECK(margin.derivative(c) == Approx(numeric).epsilon(1e-6).margin(1e-8));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("NoMargin and CosFace", "[policies][margin]") {
+  const protomem::NoMargin none(30.0);
+  const protomem::CosFace cosface(64.0, 0.35);
+  CHECK(none.scale() == 30.0);
+  CHECK(cosface.scale() == 64.0);
+  for (double c : grid()) {
+    CHECK(none.target(c) == c);
+    CHECK(cosface.target(c) == Approx(c - 0.35).margin(1e-15));
+  }
+  check_derivative(none, {});
+  check_derivative(cosface, {});
+  CHECK(cosface.target(0.5f) == Approx(0.15f));  // float evaluation
+}
+
+TEST_CASE("ArcFace follows insightface's rule", "[policies][margin]") {
+  const double m = 0.5;
+  const protomem::ArcFace arc(64.0, m);
+  const double threshold = std::cos(pi - m);
+  for (double c : grid()) {
+    const double expected = c > threshold ? std::cos(std::acos(c) + m) : c - m * std::sin(m);
+    CHECK(arc.target(c) == Approx(expected).margin(1e-14));
+  }
+  check_derivative(arc, {threshold});
+  // The target decreases with the angle on both branches.
+  double previous = 2;
+  for (int k = 0; k <= 1000; ++k) {
+    const double theta = pi * k / 1000.0;
+    const double t = arc.target(std::cos(theta));
+    CHECK(t <= previous + 1e-12);
+    previous = t;
+  }
+  // Values outside [-1, 1] from rounding are clamped, not NaN.
+  CHECK(std::isfinite(arc.target(1.0000001)));
+  CHECK(std::isfinite(arc.derivative(1.0000001)));
+  CHECK(arc.target(1.0) == Approx(std::cos(m)));
+}
+
+TEST_CASE("ArcFace easy margin applies only where cos > 0", "[policies][margin]") {
+  const double m = 0.4;
+  const protomem::ArcFace easy(32.0, m, true);
+  for (double c : grid()) {
+    const double expected = c > 0 ? std::cos(std::acos(c) + m) : c;
+    CHECK(easy.target(c) == Approx(expected).margin(1e-14));
+  }
+  check_derivative(easy, {0.0});
+}
+
+TEST_CASE("Combined margin is cos(m1 theta + m2) - m3 with a continuous fallback", "[policies][margin]") {
+  const double m1 = 1.3, m2 = 0.25, m3 = 0.15;
+  const protomem::CombinedMargin combined(64.0, m1, m2, m3);
+  const double theta_t = (pi - m2) / m1;
+  for (double c : grid()) {
+    const double theta = std::acos(c);
+    const double expected = theta <= theta_t ? std::cos(m1 * theta + m2) - m3
+                                             : c - m3 - (1 + std::cos(theta_t));
+    CHECK(combined.target(c) == Approx(expected).margin(1e-14));
+  }
+  check_derivative(combined, {std::cos(theta_t)});
+  // Continuous at the threshold.
+  CHECK(combined.target(std::cos(theta_t) + 1e-9) == Approx(combined.target(std::cos(theta_t) - 1e-9)).margin(1e-6));
+  // m1 = 1, m2 = 0 is CosFace with m = m3, derivative 1 everywhere including cos = 1.
+  const protomem::CombinedMargin cos_like(64.0, 1.0, 0.0, 0.35);
+  const protomem::CosFace cosface(64.0, 0.35);
+  for (double c : grid()) CHECK(cos_like.target(c) == Approx(cosface.target(c)).margin(1e-12));
+  CHECK(cos_like.derivative(1.0) == Approx(1.0));
+  // m1 = 1, m3 = 0 is ArcFace where theta + m2 <= pi.
+  const protomem::CombinedMargin arc_like(64.0, 1.0, 0.5, 0.0);
+  const protomem::ArcFace arc(64.0, 0.5);
+  for (double c : grid()) {
+    if (c > std::cos(pi - 0.5)) CHECK(arc_like.target(c) == Approx(arc.target(c)).margin(1e-12));
+  }
+}
+
+TEST_CASE("refresh policies store unit prototypes", "[policies][refresh]") {
+  std::vector<double> old = {1, 0, 0}, fresh = {0, 1, 0};
+  protomem::Replace().refresh(old.data(), fresh.data(), 3);
+  CHECK(fresh == std::vector<double>{0, 1, 0});
+
+  protomem::Momentum(0.75).refresh(old.data(), fresh.data(), 3);
+  const double n = std::sqrt(0.75 * 0.75 + 0.25 * 0.25);
+  CHECK(fresh[0] == Approx(0.75 / n));
+  CHECK(fresh[1] == Approx(0.25 / n));
+  CHECK(fresh[2] == 0.0);
+
+  // a = 1/2 and an antipodal fresh prototype: the blend vanishes and the fresh one is kept.
+  std::vector<double> opposite = {-1, 0, 0};
+  protomem::Momentum(0.5).refresh(old.data(), opposite.data(), 3);
+  CHECK(opposite == std::vector<double>{-1, 0, 0});
+
+  // a = 0 is Replace.
+  std::vector<double> fresh2 = {0, 0.6, 0.8};
+  protomem::Momentum(0.0).refresh(old.data(), fresh2.data(), 3);
+  CHECK(fresh2[1] == Approx(0.6));
+  CHECK(fresh2[2] == Approx(0.8));
+}
+
+TEST_CASE("policy traits say what each alternative does", "[policies]") {
+  STATIC_REQUIRE(protomem::ExemplarMean::gradient);
+  STATIC_REQUIRE_FALSE(protomem::DetachedExemplarMean::gradient);
+  STATIC_REQUIRE(protomem::LeaveOneOut::leave_one_out);
+  STATIC_REQUIRE(protomem::LeaveOneOut::min_exemplars == 2);
+  STATIC_REQUIRE(protomem::LeastRecentlyWritten::refresh_moves_to_back);
+  STATIC_REQUIRE_FALSE(protomem::FirstInFirstOut::refresh_moves_to_back);
+}
