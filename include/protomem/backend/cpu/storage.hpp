@@ -2,9 +2,11 @@
 // and decoded to float tile by tile inside the step, which computes in float throughout.
 //
 //   bfloat16  8 exponent bits, 8 significant bits: the range of float, relative rounding error
-//             <= 2^-9 per value.
-//   half      5 exponent bits, 11 significant bits: relative error <= 2^-12 for |v| >= 2^-14,
+//             <= 2^-8 per value.
+//   half      5 exponent bits, 11 significant bits: relative error <= 2^-11 for |v| >= 2^-14,
 //             absolute error <= 2^-25 below (subnormals); unit prototypes never overflow it.
+// So a stored unit prototype w' = w + d has |d_k| <= eps |w_k|, and a cosine x . w' moves by at
+// most eps |x| |w| = eps: every memory logit by at most s eps (eps = 2^-8 or 2^-11).
 // Encoding rounds to nearest, ties to even (Eigen's conversions). Decoding is exact.
 // Measured loss/gradient error and speed: docs/performance.md.
 #pragma once
