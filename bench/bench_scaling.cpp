@@ -43,9 +43,9 @@ double max_gib() {
 
 // A batch: kClasses distinct classes drawn uniformly from [0, N), kExemplars noisy copies each.
 struct Batch {
-  std::vector<float> embeddings = std::vector<float>(std::size_t(kBatch * kDim));
-  std::vector<float> gradient = std::vector<float>(std::size_t(kBatch * kDim));
-  std::vector<label_t> labels = std::vector<label_t>(std::size_t(kBatch));
+  std::vector<float> embeddings = std::vector<float>(static_cast<std::size_t>(kBatch * kDim));
+  std::vector<float> gradient = std::vector<float>(static_cast<std::size_t>(kBatch * kDim));
+  std::vector<label_t> labels = std::vector<label_t>(static_cast<std::size_t>(kBatch));
   bench::Random random{7};
   void draw(label_t N) {
     std::unordered_set<label_t> chosen;
@@ -54,7 +54,7 @@ struct Batch {
     }
     index_t i = 0;
     for (label_t label : chosen) {
-      for (index_t k = 0; k < kExemplars; ++k, ++i) labels[std::size_t(i)] = label;
+      for (index_t k = 0; k < kExemplars; ++k, ++i) labels[static_cast<std::size_t>(i)] = label;
     }
     for (float& v : embeddings) v = random.symmetric();
   }
@@ -62,13 +62,17 @@ struct Batch {
 
 // x = normalised embeddings; returns 1 / |e_i| for the backward pass.
 std::vector<float> normalise(const std::vector<float>& e, std::vector<float>& x) {
-  std::vector<float> inv(std::size_t(kBatch));
+  std::vector<float> inv(static_cast<std::size_t>(kBatch));
   x.resize(e.size());
   for (index_t i = 0; i < kBatch; ++i) {
     double n2 = 0;
-    for (index_t k = 0; k < kDim; ++k) n2 += double(e[std::size_t(i * kDim + k)]) * e[std::size_t(i * kDim + k)];
-    inv[std::size_t(i)] = float(1.0 / std::sqrt(n2));
-    for (index_t k = 0; k < kDim; ++k) x[std::size_t(i * kDim + k)] = e[std::size_t(i * kDim + k)] * inv[std::size_t(i)];
+    for (index_t k = 0; k < kDim; ++k)
+      n2 += double(e[static_cast<std::size_t>(i * kDim + k)]) *
+            e[static_cast<std::size_t>(i * kDim + k)];
+    inv[static_cast<std::size_t>(i)] = float(1.0 / std::sqrt(n2));
+    for (index_t k = 0; k < kDim; ++k)
+      x[static_cast<std::size_t>(i * kDim + k)] =
+          e[static_cast<std::size_t>(i * kDim + k)] * inv[static_cast<std::size_t>(i)];
   }
   return inv;
 }
@@ -80,7 +84,7 @@ float softmax_rows(float* logits, index_t n, const std::vector<index_t>& target)
 #pragma omp parallel for reduction(+ : loss)
   for (index_t i = 0; i < kBatch; ++i) {
     Eigen::Map<Eigen::ArrayXf> z(logits + i * n, n);
-    const index_t y = target[std::size_t(i)];
+    const index_t y = target[static_cast<std::size_t>(i)];
     z[y] -= kScale * kMargin;
     const float top = z.maxCoeff();
     const float zy = z[y];
@@ -98,10 +102,12 @@ void through_normalisation(const std::vector<float>& x, const std::vector<float>
                            std::vector<float>& g) {
   for (index_t i = 0; i < kBatch; ++i) {
     float along = 0;
-    for (index_t k = 0; k < kDim; ++k) along += g[std::size_t(i * kDim + k)] * x[std::size_t(i * kDim + k)];
+    for (index_t k = 0; k < kDim; ++k)
+      along +=
+          g[static_cast<std::size_t>(i * kDim + k)] * x[static_cast<std::size_t>(i * kDim + k)];
     for (index_t k = 0; k < kDim; ++k) {
-      auto at = std::size_t(i * kDim + k);
-      g[at] = (g[at] - along * x[at]) * inv[std::size_t(i)];
+      auto at = static_cast<std::size_t>(i * kDim + k);
+      g[at] = (g[at] - along * x[at]) * inv[static_cast<std::size_t>(i)];
     }
   }
 }
@@ -125,15 +131,17 @@ void BM_Protomem(benchmark::State& state) {
   config.threads = bench::threads();
   protomem::PrototypeMemory<float> memory(config);
   // M distinct labels spread over [0, N).
-  bench::fill(memory, kMemory, [N](index_t r) { return label_t(r * N / kMemory); }, 1);
+  bench::fill(
+      memory, kMemory, [N](index_t r) { return label_t(r * N / kMemory); }, 1);
   Batch batch;
   for (auto _ : state) {
     state.PauseTiming();
     batch.draw(N);
     state.ResumeTiming();
-    benchmark::DoNotOptimize(memory.step(protomem::matrix_view(batch.embeddings.data(), kBatch, kDim),
-                                         protomem::label_view(batch.labels.data(), kBatch),
-                                         protomem::matrix_view(batch.gradient.data(), kBatch, kDim)));
+    benchmark::DoNotOptimize(
+        memory.step(protomem::matrix_view(batch.embeddings.data(), kBatch, kDim),
+                    protomem::label_view(batch.labels.data(), kBatch),
+                    protomem::matrix_view(batch.gradient.data(), kBatch, kDim)));
   }
   finish(state, double(kMemory) * kDim * 4);
 }
@@ -146,17 +154,19 @@ void BM_FullSoftmax(benchmark::State& state) {
     return;
   }
   openblas_set_num_threads(bench::threads());
-  std::vector<float> w(std::size_t(N * kDim)), logits(std::size_t(kBatch * N)), x;
+  std::vector<float> w(static_cast<std::size_t>(N * kDim)),
+      logits(static_cast<std::size_t>(kBatch * N)), x;
   bench::Random random(2);
   bench::unit_rows(w.data(), N, kDim, random);
   Batch batch;
-  std::vector<index_t> target(std::size_t(kBatch));
+  std::vector<index_t> target(static_cast<std::size_t>(kBatch));
   for (auto _ : state) {
     state.PauseTiming();
     batch.draw(N);
     state.ResumeTiming();
     const auto inv = normalise(batch.embeddings, x);
-    for (index_t i = 0; i < kBatch; ++i) target[std::size_t(i)] = batch.labels[std::size_t(i)];
+    for (index_t i = 0; i < kBatch; ++i)
+      target[static_cast<std::size_t>(i)] = batch.labels[static_cast<std::size_t>(i)];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(kBatch), int(N), int(kDim), kScale,
                 x.data(), int(kDim), w.data(), int(kDim), 0.0f, logits.data(), int(N));
     benchmark::DoNotOptimize(softmax_rows(logits.data(), N, target));
@@ -180,42 +190,46 @@ void BM_PartialFC(benchmark::State& state) {
     return;
   }
   openblas_set_num_threads(bench::threads());
-  std::vector<float> w(std::size_t(N * kDim)), scores(std::size_t(N)), sub(std::size_t(M * kDim)),
-      logits(std::size_t(kBatch * M)), x;
-  std::vector<std::uint32_t> index(std::size_t(N));
+  std::vector<float> w(static_cast<std::size_t>(N * kDim)), scores(static_cast<std::size_t>(N)),
+      sub(static_cast<std::size_t>(M * kDim)), logits(static_cast<std::size_t>(kBatch * M)), x;
+  std::vector<std::uint32_t> index(static_cast<std::size_t>(N));
   bench::Random random(2);
   bench::unit_rows(w.data(), N, kDim, random);
   Batch batch;
-  std::vector<index_t> target(std::size_t(kBatch));
+  std::vector<index_t> target(static_cast<std::size_t>(kBatch));
   for (auto _ : state) {
     state.PauseTiming();
     batch.draw(N);
     state.ResumeTiming();
     // Sample: the batch's classes and random others, M in all (uniform scores, the top M).
     for (float& v : scores) v = 0.5f * (random.symmetric() + 1.0f);
-    for (label_t y : batch.labels) scores[std::size_t(y)] = 2.0f;
+    for (label_t y : batch.labels) scores[static_cast<std::size_t>(y)] = 2.0f;
     std::iota(index.begin(), index.end(), 0U);
     std::nth_element(index.begin(), index.begin() + M, index.end(),
                      [&](std::uint32_t a, std::uint32_t b) { return scores[a] > scores[b]; });
     std::sort(index.begin(), index.begin() + M);
     for (index_t j = 0; j < M; ++j) {
-      std::copy_n(w.data() + std::size_t(index[std::size_t(j)]) * kDim, kDim, sub.data() + j * kDim);
+      std::copy_n(w.data() + std::size_t(index[static_cast<std::size_t>(j)]) * kDim, kDim,
+                  sub.data() + j * kDim);
     }
     for (index_t i = 0; i < kBatch; ++i) {
-      const auto y = static_cast<std::uint32_t>(batch.labels[std::size_t(i)]);
-      target[std::size_t(i)] = std::lower_bound(index.begin(), index.begin() + M, y) - index.begin();
+      const auto y = static_cast<std::uint32_t>(batch.labels[static_cast<std::size_t>(i)]);
+      target[static_cast<std::size_t>(i)] =
+          std::lower_bound(index.begin(), index.begin() + M, y) - index.begin();
     }
     const auto inv = normalise(batch.embeddings, x);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(kBatch), int(M), int(kDim), kScale,
                 x.data(), int(kDim), sub.data(), int(kDim), 0.0f, logits.data(), int(M));
     benchmark::DoNotOptimize(softmax_rows(logits.data(), M, target));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(kBatch), int(kDim), int(M), 1.0f,
-                logits.data(), int(M), sub.data(), int(kDim), 0.0f, batch.gradient.data(), int(kDim));
+                logits.data(), int(M), sub.data(), int(kDim), 0.0f, batch.gradient.data(),
+                int(kDim));
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(M), int(kDim), int(kBatch), -kRate,
                 logits.data(), int(M), x.data(), int(kDim), 1.0f, sub.data(), int(kDim));
     renormalise_rows(sub.data(), M);
     for (index_t j = 0; j < M; ++j) {  // scatter the updated rows back
-      std::copy_n(sub.data() + j * kDim, kDim, w.data() + std::size_t(index[std::size_t(j)]) * kDim);
+      std::copy_n(sub.data() + j * kDim, kDim,
+                  w.data() + std::size_t(index[static_cast<std::size_t>(j)]) * kDim);
     }
     through_normalisation(x, inv, batch.gradient);
   }
@@ -223,7 +237,8 @@ void BM_PartialFC(benchmark::State& state) {
 }
 
 void identities(benchmark::internal::Benchmark* b) {
-  for (index_t n : {index_t{10000}, index_t{100000}, index_t{1000000}, index_t{10000000}}) b->Arg(n);
+  for (index_t n : {index_t{10000}, index_t{100000}, index_t{1000000}, index_t{10000000}})
+    b->Arg(n);
   b->ArgName("N")->Unit(benchmark::kMillisecond);
 }
 

@@ -51,7 +51,8 @@ struct Fixture {
 
   Fixture(index_t D, index_t M, int threads)
       : memory(config(D, M, threads)), dense(static_cast<std::size_t>(M * D)), next_label(M) {
-    bench::fill(memory, M, [](index_t r) { return label_t(r); }, 1);
+    bench::fill(
+        memory, M, [](index_t r) { return label_t(r); }, 1);
     bench::Random random(2);
     bench::unit_rows(dense.data(), M, D, random);
   }
@@ -79,7 +80,8 @@ Fixture<Device>& fixture(index_t D, index_t M, int threads) {
 struct Batch {
   std::vector<float> embeddings, gradient;
   std::vector<label_t> labels;
-  Batch(index_t B, index_t D) : embeddings(std::size_t(B * D)), gradient(std::size_t(B * D)), labels(std::size_t(B)) {
+  Batch(index_t B, index_t D)
+      : embeddings(std::size_t(B * D)), gradient(std::size_t(B * D)), labels(std::size_t(B)) {
     bench::Random random(3);
     for (float& v : embeddings) v = random.symmetric();
   }
@@ -94,7 +96,12 @@ struct Bound {
   index_t B, D, M;
   std::vector<float> x, logits, out;
   Bound(index_t b, index_t d, index_t m)
-      : B(b), D(d), M(m), x(std::size_t(b * d)), logits(std::size_t(b * m)), out(std::size_t(b * d)) {
+      : B(b),
+        D(d),
+        M(m),
+        x(std::size_t(b * d)),
+        logits(std::size_t(b * m)),
+        out(std::size_t(b * d)) {
     bench::Random random(4);
     bench::unit_rows(x.data(), B, D, random);
   }
@@ -138,7 +145,8 @@ void BM_Step(benchmark::State& state) {
   state.counters["ratio"] = step_total / bound_total;
   state.counters["threads"] = last.threads;
   state.counters["tile"] = static_cast<double>(last.tile_columns);
-  state.counters["gflops"] = 4.0 * double(B) * double(D) * double(M) * iterations / step_total / 1e9;
+  state.counters["gflops"] =
+      4.0 * double(B) * double(D) * double(M) * iterations / step_total / 1e9;
   state.SetLabel(protomem::backend::gemm_name());
 }
 
@@ -151,19 +159,22 @@ void BM_NarrowError(benchmark::State& state) {
   current().key.clear();
   protomem::PrototypeMemory<float> exact(config);
   protomem::PrototypeMemory<float, Device> narrow(config);
-  bench::fill(exact, M, [](index_t r) { return label_t(r); }, 1);
-  bench::fill(narrow, M, [](index_t r) { return label_t(r); }, 1);  // the same, rounded
+  bench::fill(
+      exact, M, [](index_t r) { return label_t(r); }, 1);
+  bench::fill(
+      narrow, M, [](index_t r) { return label_t(r); }, 1);  // the same, rounded
   // Classes around random centres, half of them already stored (their columns are excluded).
   std::vector<float> e(std::size_t(B * D)), g_exact(e.size()), g_narrow(e.size());
-  std::vector<label_t> labels(std::size_t(B));
+  std::vector<label_t> labels(static_cast<std::size_t>(B));
   bench::Random random(5);
-  std::vector<float> centre(std::size_t(D));
+  std::vector<float> centre(static_cast<std::size_t>(D));
   for (index_t c = 0; c < B / kExemplars; ++c) {
     bench::unit_rows(centre.data(), 1, D, random);
     for (index_t k = 0; k < kExemplars; ++k) {
       const index_t i = c * kExemplars + k;
       labels[std::size_t(i)] = c % 2 == 0 ? c : M + c;
-      for (index_t j = 0; j < D; ++j) e[std::size_t(i * D + j)] = centre[std::size_t(j)] + 0.05f * random.symmetric();
+      for (index_t j = 0; j < D; ++j)
+        e[std::size_t(i * D + j)] = centre[std::size_t(j)] + 0.05f * random.symmetric();
     }
   }
   const auto E = protomem::matrix_view(static_cast<const float*>(e.data()), B, D);
@@ -187,9 +198,10 @@ void BM_NarrowError(benchmark::State& state) {
   }
   state.counters["loss"] = loss_exact;
   state.counters["loss_abs_err"] = std::abs(double(loss_narrow) - double(loss_exact));
-  state.counters["loss_rel_err"] = std::abs(double(loss_narrow) - double(loss_exact)) / std::abs(double(loss_exact));
-  state.counters["grad_rel_err"] = std::sqrt(d2 / g2);   // |dg|_2 / |g|_2
-  state.counters["grad_max_err"] = dmax / gmax;           // max |dg| / max |g|
+  state.counters["loss_rel_err"] =
+      std::abs(double(loss_narrow) - double(loss_exact)) / std::abs(double(loss_exact));
+  state.counters["grad_rel_err"] = std::sqrt(d2 / g2);  // |dg|_2 / |g|_2
+  state.counters["grad_max_err"] = dmax / gmax;         // max |dg| / max |g|
 }
 
 // The grid of the issue: B in {128, 256, 512}, D in {128, 512}, M in {2^14, 2^16, 2^18, 2^20};

@@ -58,7 +58,9 @@ struct Random {
     return z ^ (z >> 31);
   }
   /// Uniform in [-1, 1).
-  float symmetric() { return static_cast<float>(static_cast<double>(next() >> 40) * 0x1p-23 - 1.0); }
+  float symmetric() {
+    return static_cast<float>(static_cast<double>(next() >> 40) * 0x1p-23 - 1.0);
+  }
 };
 
 /// `rows` random unit vectors of `dim` floats at `out` (row stride dim).

@@ -43,7 +43,8 @@ Batch<T> make_batch(label_t first, int classes, int exemplars, index_t dim, std:
     std::vector<double> centre(static_cast<std::size_t>(dim));
     for (double& v : centre) v = normal(class_rng);
     for (int k = 0; k < exemplars; ++k) {
-      for (index_t j = 0; j < dim; ++j) batch.embeddings.push_back(T(centre[j] + 0.8 * normal(rng)));
+      for (index_t j = 0; j < dim; ++j)
+        batch.embeddings.push_back(T(centre[j] + 0.8 * normal(rng)));
       batch.labels.push_back(first + c);
     }
   }
@@ -65,7 +66,8 @@ std::string filled_checkpoint(index_t capacity, index_t dim, label_t filled, std
   protomem::PrototypeMemory<T> memory(config);
   std::vector<T> gradient;
   for (label_t first = 0; first < filled; first += 64) {
-    const auto batch = make_batch<T>(first, int(std::min<label_t>(64, filled - first)), 1, dim, rng);
+    const auto batch =
+        make_batch<T>(first, int(std::min<label_t>(64, filled - first)), 1, dim, rng);
     forward(memory, batch, gradient);
     memory.commit();
   }
@@ -83,7 +85,8 @@ void load(Memory& memory, const std::string& checkpoint) {
 template <class T>
 double max_abs_diff(const std::vector<T>& a, const std::vector<T>& b) {
   double worst = 0;
-  for (std::size_t k = 0; k < a.size(); ++k) worst = std::max(worst, std::abs(double(a[k]) - double(b[k])));
+  for (std::size_t k = 0; k < a.size(); ++k)
+    worst = std::max(worst, std::abs(double(a[k]) - double(b[k])));
   return worst;
 }
 
@@ -104,12 +107,15 @@ TEST_CASE("the tile plan respects the budget, the cache cap and the threads", "[
     std::size_t budget;
     int threads;
   };
-  const std::vector<Case> cases = {
-      {256, 65536, 0, std::size_t{64} << 20, 2}, {256, 65536, 0, 256 * 4 * 10, 2},
-      {256, 65536, 0, 256 * 4 * 10, 16},         {256, 65536, 0, 1, 2},
-      {256, 100, 0, std::size_t{64} << 20, 2},   {16, 1, 0, 1 << 20, 4},
-      {16, 0, 0, 1 << 20, 4},                    {128, 5000, 512, 1 << 20, 3},
-      {128, 5000, 513, 4 << 20, 1}};
+  const std::vector<Case> cases = {{256, 65536, 0, std::size_t{64} << 20, 2},
+                                   {256, 65536, 0, 256 * 4 * 10, 2},
+                                   {256, 65536, 0, 256 * 4 * 10, 16},
+                                   {256, 65536, 0, 1, 2},
+                                   {256, 100, 0, std::size_t{64} << 20, 2},
+                                   {16, 1, 0, 1 << 20, 4},
+                                   {16, 0, 0, 1 << 20, 4},
+                                   {128, 5000, 512, 1 << 20, 3},
+                                   {128, 5000, 513, 4 << 20, 1}};
   for (const Case& c : cases) {
     CAPTURE(c.batch, c.used, c.extra, c.budget, c.threads);
     const auto [lanes, width] = Backend::plan_tiles(c.batch, c.used, c.extra, c.budget, c.threads);
@@ -144,8 +150,9 @@ TEST_CASE("loss, gradient and mining agree across tile widths and thread counts"
   protomem::Config reference_config{capacity, dim};
   protomem::PrototypeMemory<double> reference(reference_config);
   load(reference, checkpoint);
-  const double naive_loss = naive::loss(batch.embeddings.data(), dim, batch.labels, dim,
-                                        naive::stored_classes(reference), reference.margin(), false);
+  const double naive_loss =
+      naive::loss(batch.embeddings.data(), dim, batch.labels, dim, naive::stored_classes(reference),
+                  reference.margin(), false);
 
   std::vector<double> first_gradient;
   protomem::StepResult<double> first;
@@ -167,7 +174,8 @@ TEST_CASE("loss, gradient and mining agree across tile widths and thread counts"
       CHECK(result.tile_columns >= 1);
       if (budget >= std::size_t(B + 1) * 8) CHECK(result.workspace_bytes <= budget);
 #ifdef _OPENMP
-      CHECK(result.threads == std::min<int>(threads, int(std::max<std::size_t>(1, budget / ((B + 1) * 8)))));
+      CHECK(result.threads ==
+            std::min<int>(threads, int(std::max<std::size_t>(1, budget / ((B + 1) * 8)))));
 #else
       CHECK(result.threads == 1);
 #endif
@@ -237,8 +245,10 @@ namespace {
 template <class Device>
 bool within_rounding(float original, float stored) {
   const double error = std::abs(double(original) - double(stored));
-  if (std::is_same_v<Device, protomem::cpu_bf16>) return error <= std::ldexp(std::abs(original), -8);
-  if (std::abs(original) >= std::ldexp(1.0, -14)) return error <= std::ldexp(std::abs(original), -11);
+  if (std::is_same_v<Device, protomem::cpu_bf16>)
+    return error <= std::ldexp(std::abs(original), -8);
+  if (std::abs(original) >= std::ldexp(1.0, -14))
+    return error <= std::ldexp(std::abs(original), -11);
   return error <= std::ldexp(1.0, -25);
 }
 
@@ -293,7 +303,8 @@ TEMPLATE_TEST_CASE("narrow storage rounds each value and computes in float", "[t
   CHECK(max_abs_diff(g_narrow, g_decoded) <= 1e-4 * max_abs(g_decoded));
 
   // 3. Against float storage: |d cos| <= eps |x| |w| = eps, so every logit moves by at most s eps
-  //    and the loss (log-sum-exp minus the target, which the memory does not touch) by at most that.
+  //    and the loss (log-sum-exp minus the target, which the memory does not touch) by at most
+  //    that.
   const double s = exact.margin().scale();
   CHECK(std::abs(double(loss_narrow) - double(loss_exact)) <= s * epsilon_of<TestType>() + 1e-5);
   INFO("loss float " << loss_exact << " narrow " << loss_narrow << ", gradient rel. error "

@@ -146,8 +146,8 @@ TEMPLATE_TEST_CASE("a step's heap use stays within the workspace budget", "[work
       Fixture<protomem::PrototypeMemory<float, TestType>> f(config, classes, exemplars);
 
       // The step reports what it took.
-      auto result = f.memory.forward(f.view(), protomem::label_view(f.labels.data(), f.rows),
-                                     f.grad());
+      auto result =
+          f.memory.forward(f.view(), protomem::label_view(f.labels.data(), f.rows), f.grad());
       f.memory.discard();
       CHECK(result.workspace_bytes <= budget);
       CHECK(result.workspace_bytes > 0);

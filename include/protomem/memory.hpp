@@ -78,9 +78,9 @@ struct StepResult {
   /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
   std::vector<label_t> similar;
   std::vector<Scalar> similar_cosines;
-  int threads = 1;                    ///< threads the memory pass ran on
-  index_t tile_columns = 0;           ///< T: memory columns per tile
-  std::size_t workspace_bytes = 0;    ///< bytes of tiles held (<= Config::workspace_bytes, above)
+  int threads = 1;                  ///< threads the memory pass ran on
+  index_t tile_columns = 0;         ///< T: memory columns per tile
+  std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
 };
 
 /// Counters since construction (or the last clear()), saved in checkpoints.
@@ -163,9 +163,9 @@ class PrototypeMemory {
     similar.k = config_.similar_k;
     StepResult<Scalar> result;
     backend::PassReport pass;
-    result.loss = backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_,
-                                   generator_, config_.workspace_bytes, config_.threads, &similar,
-                                   &pass);
+    result.loss =
+        backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_, generator_,
+                         config_.workspace_bytes, config_.threads, &similar, &pass);
     result.threads = pass.threads;
     result.tile_columns = pass.tile_columns;
     result.workspace_bytes = pass.workspace_bytes;

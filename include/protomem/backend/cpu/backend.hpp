@@ -86,8 +86,13 @@ class CpuBackend {
   using prototype_type = std::conditional_t<narrow, std::vector<Scalar>, Span<const Scalar>>;
 
   /// The widest tile the memory pass takes, whatever the budget: B x T logits and T x D
-  /// prototypes stay in the per-core caches between the tile's two GEMMs (docs/performance.md).
+  /// prototypes stay in the per-core caches between the tile's two GEMMs. Measured on the
+  /// reference machine (docs/performance.md); define PROTOMEM_MAX_TILE_COLUMNS to retune.
+#ifdef PROTOMEM_MAX_TILE_COLUMNS
+  static constexpr index_t max_tile_columns = PROTOMEM_MAX_TILE_COLUMNS;
+#else
   static constexpr index_t max_tile_columns = 512;
+#endif
 
   CpuBackend(index_t capacity, index_t dim)
       : store_(StoreMatrix::Zero(capacity, dim)), decoded_(static_cast<std::size_t>(dim)) {}
