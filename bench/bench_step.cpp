@@ -5,6 +5,7 @@
 //   BM_Step<Device>/B/D/M   step time (manual time); counters bound_ms (logits B x D x M plus
 //                           gradient B x M x D, OpenBLAS sgemm on the full shapes, same threads)
 //                           and ratio = step / bound, both per iteration; threads; tile (T)
+//   BM_TileWidth/B/D/M/T    BM_Step<cpu> with a budget of exactly one B x T tile per thread
 //   BM_NarrowError<Device>/B/D/M   loss and dL/dE of a bfloat16 / half memory against a float
 //                           memory holding the same prototypes (counters; the time is the narrow
 //                           forward())
@@ -49,29 +50,33 @@ struct Fixture {
   std::vector<float> dense;  // M x D unit rows for the bound
   label_t next_label;
 
-  Fixture(index_t D, index_t M, int threads)
-      : memory(config(D, M, threads)), dense(static_cast<std::size_t>(M * D)), next_label(M) {
+  Fixture(index_t D, index_t M, int threads, std::size_t budget)
+      : memory(config(D, M, threads, budget)),
+        dense(static_cast<std::size_t>(M * D)),
+        next_label(M) {
     bench::fill(
         memory, M, [](index_t r) { return label_t(r); }, 1);
     bench::Random random(2);
     bench::unit_rows(dense.data(), M, D, random);
   }
-  static protomem::Config config(index_t D, index_t M, int threads) {
+  static protomem::Config config(index_t D, index_t M, int threads, std::size_t budget) {
     protomem::Config c{M, D};
     c.threads = threads;
+    if (budget > 0) c.workspace_bytes = budget;
     return c;
   }
 };
 
 template <class Device>
-Fixture<Device>& fixture(index_t D, index_t M, int threads) {
+Fixture<Device>& fixture(index_t D, index_t M, int threads, std::size_t budget = 0) {
   const std::string key = std::string(typeid(Device).name()) + "/" + std::to_string(D) + "/" +
-                          std::to_string(M) + "/" + std::to_string(threads);
+                          std::to_string(M) + "/" + std::to_string(threads) + "/" +
+                          std::to_string(budget);
   Holder& holder = current();
   if (holder.key != key) {
     holder.value.reset();  // free the previous one first
     holder.key.clear();
-    holder.value = std::make_shared<Fixture<Device>>(D, M, threads);
+    holder.value = std::make_shared<Fixture<Device>>(D, M, threads, budget);
     holder.key = key;
   }
   return *static_cast<Fixture<Device>*>(holder.value.get());
@@ -118,11 +123,15 @@ struct Bound {
   }
 };
 
+// The step and the bound, paired per iteration. tile > 0: a budget of exactly one B x tile tile
+// per thread (else the default budget).
 template <class Device>
-void BM_Step(benchmark::State& state) {
+void run_step(benchmark::State& state, index_t tile) {
   const index_t B = state.range(0), D = state.range(1), M = state.range(2);
   const int threads = bench::threads();
-  Fixture<Device>& f = fixture<Device>(D, M, threads);
+  const std::size_t budget =
+      tile > 0 ? std::size_t(threads) * std::size_t(tile * B) * sizeof(float) : 0;
+  Fixture<Device>& f = fixture<Device>(D, M, threads, budget);
   Batch batch(B, D);
   Bound bound(B, D, M);
   double step_total = 0, bound_total = 0;
@@ -149,6 +158,13 @@ void BM_Step(benchmark::State& state) {
       4.0 * double(B) * double(D) * double(M) * iterations / step_total / 1e9;
   state.SetLabel(protomem::backend::gemm_name());
 }
+
+template <class Device>
+void BM_Step(benchmark::State& state) {
+  run_step<Device>(state, 0);
+}
+
+void BM_TileWidth(benchmark::State& state) { run_step<protomem::cpu>(state, state.range(3)); }
 
 template <class Device>
 void BM_NarrowError(benchmark::State& state) {
@@ -215,6 +231,13 @@ void grid(benchmark::internal::Benchmark* b) {
   b->ArgNames({"B", "D", "M"})->UseManualTime()->Unit(benchmark::kMillisecond);
 }
 
+// Tile widths (through the budget; the cap max_tile_columns still applies: build with
+// -DPROTOMEM_MAX_TILE_COLUMNS=4096 to try wider ones).
+void tile_grid(benchmark::internal::Benchmark* b) {
+  for (index_t T : {64, 128, 256, 512, 1024, 2048, 4096}) b->Args({256, 512, index_t{1} << 16, T});
+  b->ArgNames({"B", "D", "M", "T"})->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+
 void error_grid(benchmark::internal::Benchmark* b) {
   for (index_t D : {128, 512}) b->Args({256, D, index_t{1} << 16});
   b->ArgNames({"B", "D", "M"})->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(1);
@@ -223,6 +246,7 @@ void error_grid(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK_TEMPLATE(BM_Step, protomem::cpu)->Apply(grid);
+BENCHMARK(BM_TileWidth)->Apply(tile_grid);
 BENCHMARK_TEMPLATE(BM_Step, protomem::cpu_bf16)->Apply(grid);
 BENCHMARK_TEMPLATE(BM_Step, protomem::cpu_fp16)->Apply(grid);
 BENCHMARK_TEMPLATE(BM_NarrowError, protomem::cpu_bf16)->Apply(error_grid);

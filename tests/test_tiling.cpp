@@ -103,25 +103,30 @@ TEST_CASE("the tile plan respects the budget, the cache cap and the threads", "[
   using Backend = protomem::backend::CpuBackend<float>;
   const index_t cap = Backend::max_tile_columns;
   struct Case {
-    index_t batch, used, extra;
+    index_t batch, dim, used, extra;
     std::size_t budget;
     int threads;
   };
-  const std::vector<Case> cases = {{256, 65536, 0, std::size_t{64} << 20, 2},
-                                   {256, 65536, 0, 256 * 4 * 10, 2},
-                                   {256, 65536, 0, 256 * 4 * 10, 16},
-                                   {256, 65536, 0, 1, 2},
-                                   {256, 100, 0, std::size_t{64} << 20, 2},
-                                   {16, 1, 0, 1 << 20, 4},
-                                   {16, 0, 0, 1 << 20, 4},
-                                   {128, 5000, 512, 1 << 20, 3},
-                                   {128, 5000, 513, 4 << 20, 1}};
+  const std::vector<Case> cases = {{256, 512, 65536, 0, std::size_t{64} << 20, 2},
+                                   {256, 512, 65536, 0, 256 * 4 * 10, 2},
+                                   {256, 512, 65536, 0, 256 * 4 * 10, 16},
+                                   {256, 512, 65536, 0, 1, 2},
+                                   {256, 512, 100, 0, std::size_t{64} << 20, 2},
+                                   {16, 8, 1, 0, 1 << 20, 4},
+                                   {16, 8, 0, 0, 1 << 20, 4},
+                                   {10, 5, 64, 0, 1 << 20, 2},
+                                   {128, 64, 5000, 512, 1 << 20, 3},
+                                   {128, 64, 5000, 513, 4 << 20, 1}};
   for (const Case& c : cases) {
-    CAPTURE(c.batch, c.used, c.extra, c.budget, c.threads);
-    const auto [lanes, width] = Backend::plan_tiles(c.batch, c.used, c.extra, c.budget, c.threads);
+    CAPTURE(c.batch, c.dim, c.used, c.extra, c.budget, c.threads);
+    const auto plan = Backend::plan_tiles(c.batch, c.dim, c.used, c.extra, c.budget, c.threads);
+    const int lanes = plan.first;
+    const index_t width = plan.second;
     const std::size_t column = std::size_t(c.batch + c.extra) * sizeof(float);
+    const double work = 4.0 * double(c.batch) * double(c.dim) * double(c.used);
     CHECK(lanes >= 1);
     CHECK(lanes <= std::max(1, c.threads));
+    if (lanes > 1) CHECK(work / lanes >= Backend::min_lane_flops);  // a thread has enough work
     CHECK(width >= 1);
     CHECK(width <= cap);
     // Within the budget unless a single column per lane already exceeds it (then one lane).
@@ -133,9 +138,11 @@ TEST_CASE("the tile plan respects the budget, the cache cap and the threads", "[
     }
     if (c.used > 0) CHECK(width <= (c.used + lanes - 1) / lanes);
   }
-  // The default budget and B = 256 give every one of 2 threads a full-width tile.
-  CHECK(Backend::plan_tiles(256, 1 << 16, 0, std::size_t{64} << 20, 2) ==
+  // The default budget and B = 256 give every one of 2 threads a full-width tile; a memory of 64
+  // slots of dimension 5 runs on one thread.
+  CHECK(Backend::plan_tiles(256, 512, 1 << 16, 0, std::size_t{64} << 20, 2) ==
         std::pair<int, index_t>{2, cap});
+  CHECK(Backend::plan_tiles(10, 5, 64, 0, std::size_t{64} << 20, 2).first == 1);
 }
 
 TEST_CASE("loss, gradient and mining agree across tile widths and thread counts", "[tiling]") {
@@ -174,8 +181,8 @@ TEST_CASE("loss, gradient and mining agree across tile widths and thread counts"
       CHECK(result.tile_columns >= 1);
       if (budget >= std::size_t(B + 1) * 8) CHECK(result.workspace_bytes <= budget);
 #ifdef _OPENMP
-      CHECK(result.threads ==
-            std::min<int>(threads, int(std::max<std::size_t>(1, budget / ((B + 1) * 8)))));
+      // With budget >= 3 columns this memory is worth 3 threads (work / min_lane_flops = 4).
+      if (budget >= std::size_t(B + 1) * 8 * 3) CHECK(result.threads == threads);
 #else
       CHECK(result.threads == 1);
 #endif

@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <random>
 #include <sstream>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <protomem/memory.hpp>
@@ -101,17 +103,39 @@ struct Fixture {
 
   Fixture(const protomem::Config& config, index_t classes, index_t exemplars) : memory(config) {
     dim = config.dim;
-    std::mt19937_64 rng(5);
+    std::istringstream in(filled(config, classes * exemplars));
+    memory.load(in);
+    std::mt19937_64 rng(6);
     std::normal_distribution<float> normal;
-    // Fill the memory with one-exemplar classes, `classes` per step.
-    label_t next = 0;
-    while (memory.size() < memory.capacity()) {
-      const index_t n = std::min<index_t>(classes * exemplars, memory.capacity() - memory.size());
-      make(next, n, 1, rng, normal);
-      next += n;
-      memory.step(view(), protomem::label_view(labels.data(), rows), grad());
+    make(label_t{1} << 40, classes, exemplars, rng, normal);  // classes new to the memory
+  }
+  // A full memory's checkpoint, made once per (capacity, dim) with one-exemplar classes, `batch`
+  // per step, under the default budget (a tiny budget would make filling slow, not different).
+  static const std::string& filled(const protomem::Config& config, index_t batch) {
+    static std::string checkpoint;
+    static std::pair<index_t, index_t> shape{-1, -1};
+    if (shape != std::pair<index_t, index_t>{config.capacity, config.dim}) {
+      protomem::PrototypeMemory<float> memory({config.capacity, config.dim});
+      std::mt19937_64 rng(5);
+      std::normal_distribution<float> normal;
+      std::vector<float> e, g;
+      std::vector<label_t> y;
+      for (label_t next = 0; memory.size() < memory.capacity();) {
+        const index_t n = std::min<index_t>(batch, memory.capacity() - memory.size());
+        e.resize(static_cast<std::size_t>(n * config.dim));
+        for (float& v : e) v = normal(rng);
+        g.assign(e.size(), 0.0f);
+        y.resize(static_cast<std::size_t>(n));
+        for (label_t& label : y) label = next++;
+        memory.step(protomem::matrix_view(static_cast<const float*>(e.data()), n, config.dim),
+                    protomem::label_view(y.data(), n), protomem::matrix_view(g.data(), n, config.dim));
+      }
+      std::ostringstream out;
+      memory.save(out);
+      checkpoint = out.str();
+      shape = {config.capacity, config.dim};
     }
-    make(next, classes, exemplars, rng, normal);
+    return checkpoint;
   }
   void make(label_t first, index_t classes, index_t exemplars, std::mt19937_64& rng,
             std::normal_distribution<float>& normal) {
@@ -134,7 +158,7 @@ struct Fixture {
 
 TEMPLATE_TEST_CASE("a step's heap use stays within the workspace budget", "[workspace]",
                    protomem::cpu, protomem::cpu_bf16) {
-  const index_t capacity = 8192, dim = 64, classes = 16, exemplars = 4;
+  const index_t capacity = 8192, dim = 32, classes = 16, exemplars = 4;
   const index_t B = classes * exemplars, C = classes;
   for (int threads : {1, 2}) {
     for (std::size_t budget : {std::size_t(B) * 4 * 8, std::size_t(96) << 10}) {

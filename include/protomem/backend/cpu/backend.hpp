@@ -157,16 +157,23 @@ class CpuBackend {
     }
   }
 
-  /// The lanes (threads) and tile width T of a memory pass over `used` slots with `batch` rows:
-  /// the budget covers every lane's B x T tile of logits plus, per column, `extra_rows` more values
+  /// Work below which a thread is not worth waking: 2^20 FLOPs (about 15 us of GEMM on one core of
+  /// the reference machine), so that small memories run on one thread.
+  static constexpr double min_lane_flops = 1048576.0;
+
+  /// The lanes (threads) and tile width T of a memory pass over `used` slots of dimension `dim`
+  /// with `batch` rows: at most `threads` lanes, each with at least min_lane_flops of work; the
+  /// budget covers every lane's B x T tile of logits plus, per column, `extra_rows` more values
   /// (decoded prototypes, class sums); T is also capped by max_tile_columns and by the slots a lane
   /// has. At least one column per lane: a budget below one column is exceeded by that column.
-  static std::pair<int, index_t> plan_tiles(index_t batch, index_t used, index_t extra_rows,
-                                            std::size_t budget, int threads) {
+  static std::pair<int, index_t> plan_tiles(index_t batch, index_t dim, index_t used,
+                                            index_t extra_rows, std::size_t budget, int threads) {
     const auto per_column = static_cast<std::size_t>(batch + extra_rows) * sizeof(Scalar);
     const std::size_t affordable = std::max<std::size_t>(1, budget / per_column);  // columns
+    const double work = 4.0 * double(batch) * double(dim) * double(used);
+    const auto worth = static_cast<std::size_t>(std::max(1.0, work / min_lane_flops));
     std::size_t lanes = static_cast<std::size_t>(std::max(1, threads));
-    lanes = std::min({lanes, affordable, static_cast<std::size_t>(std::max<index_t>(1, used))});
+    lanes = std::min({lanes, affordable, worth});
     const auto per_lane = static_cast<index_t>((used + index_t(lanes) - 1) / index_t(lanes));
     const auto width = static_cast<index_t>(affordable / lanes);
     const index_t t = std::max<index_t>(1, std::min({width, max_tile_columns, per_lane}));
@@ -249,7 +256,10 @@ class CpuBackend {
     const index_t k_best = mine ? similar->k : 0;
     const index_t extra_rows = (narrow ? D : 0) + (mine ? 1 : 0);
     const int wanted = step_threads(threads);
-    const auto [lanes, T] = plan_tiles(B, used, extra_rows, workspace_bytes, wanted);
+    const std::pair<int, index_t> plan =
+        plan_tiles(B, D, used, extra_rows, workspace_bytes, wanted);
+    const int lanes = plan.first;
+    const index_t T = plan.second;
     if (report != nullptr) {
       report->threads = lanes;
       report->tile_columns = T;
@@ -280,14 +290,16 @@ class CpuBackend {
       process_lane(lanes_[static_cast<std::size_t>(t)], batch, lo, hi, T, s, k_best);
     };
 #ifdef _OPENMP
-    if (lanes > 1) {
-      // OpenBLAS runs single-threaded inside the lanes; restored on return (gemm.hpp).
+    {
+      // The GEMMs inside a lane run single-threaded: OpenBLAS set to one thread (restored on
+      // return, gemm.hpp), Eigen's product kept from opening a nested team.
       BlasThreads blas(1);
-#pragma omp parallel for schedule(static, 1) num_threads(lanes)
-      for (int t = 0; t < lanes; ++t) run_lane(t);
-    } else {
-      BlasThreads blas(1);
-      run_lane(0);
+#pragma omp parallel num_threads(lanes)
+      {
+        omp_set_num_threads(1);  // this thread's setting, inside this region only
+#pragma omp for schedule(static, 1)
+        for (int t = 0; t < lanes; ++t) run_lane(t);
+      }
     }
 #else
     {
