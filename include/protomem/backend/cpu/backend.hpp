@@ -130,6 +130,14 @@ class CpuBackend {
                  const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
                  int threads, SimilarSlots<Scalar>* similar, PassReport* report = nullptr) {
     (void)generator;
+#ifdef _OPENMP
+    // Parallelism comes from the memory pass's lanes: every GEMM runs on one thread (OpenBLAS set
+    // to one thread, Eigen's products kept from opening teams), restored on return.
+    BlasThreads blas(1);
+    OmpThreads one(1);
+#else
+    BlasThreads blas(threads);  // no OpenMP: the BLAS may use Config::threads threads
+#endif
     normalise(embeddings);
     generate<Generator>(batch);
     memory_pass(batch, used, excluded, Scalar(margin.scale()), workspace_bytes, threads, similar,
@@ -250,6 +258,7 @@ class CpuBackend {
   void memory_pass(const detail::BatchClasses& batch, index_t used,
                    const std::vector<index_t>& excluded, Scalar s, std::size_t workspace_bytes,
                    int threads, SimilarSlots<Scalar>* similar, PassReport* report) {
+    // Threads: forward() has set the GEMMs to run on one thread; the lanes are the parallelism.
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
     const bool mine = similar != nullptr && similar->k > 0;
@@ -290,23 +299,14 @@ class CpuBackend {
       process_lane(lanes_[static_cast<std::size_t>(t)], batch, lo, hi, T, s, k_best);
     };
 #ifdef _OPENMP
-    {
-      // The GEMMs inside a lane run single-threaded: OpenBLAS set to one thread (restored on
-      // return, gemm.hpp), Eigen's product kept from opening a nested team.
-      BlasThreads blas(1);
 #pragma omp parallel num_threads(lanes)
-      {
-        omp_set_num_threads(1);  // this thread's setting, inside this region only
+    {
+      omp_set_num_threads(1);  // GEMMs inside a lane: no nested team (this region only)
 #pragma omp for schedule(static, 1)
-        for (int t = 0; t < lanes; ++t) run_lane(t);
-      }
+      for (int t = 0; t < lanes; ++t) run_lane(t);
     }
 #else
-    {
-      // No OpenMP: one lane; the BLAS may use Config::threads threads inside each GEMM.
-      BlasThreads blas(threads);
-      run_lane(0);
-    }
+    run_lane(0);
 #endif
 
     // Merge the lanes: m_i = max over lanes, l_i and O_i rescaled to it. run_max_ is in logits.

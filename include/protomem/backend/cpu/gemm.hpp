@@ -10,8 +10,9 @@
 //
 // Threads: the memory pass splits the stored prototypes into `lanes`, one per thread, each calling
 // a single-threaded GEMM on its own tiles (OpenMP, only when the consumer compiles with it; the
-// headers compile without it). BlasThreads pins OpenBLAS to the thread count a step wants for the
-// duration of the step and restores the previous count afterwards, so nothing outlives the call.
+// headers compile without it); the O(B C D) rest of the step runs on the calling thread.
+// BlasThreads and OmpThreads pin OpenBLAS and the calling thread's OpenMP team size for the
+// duration of a step and restore the previous values afterwards, so nothing outlives the call.
 #pragma once
 
 #include <type_traits>
@@ -128,6 +129,31 @@ class BlasThreads {
 
  private:
   int saved_ = 0;
+};
+
+/// Sets OpenMP's thread count for nested teams of the calling thread (its nthreads-var) for a
+/// scope and restores it when the scope ends: with 1, Eigen's products stay on the calling thread
+/// (Eigen sizes its teams by omp_get_max_threads()). Does nothing without OpenMP.
+class OmpThreads {
+ public:
+  explicit OmpThreads(int threads) {
+#ifdef _OPENMP
+    saved_ = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+  }
+  ~OmpThreads() {
+#ifdef _OPENMP
+    omp_set_num_threads(saved_);
+#endif
+  }
+  OmpThreads(const OmpThreads&) = delete;
+  OmpThreads& operator=(const OmpThreads&) = delete;
+
+ private:
+  int saved_ = 1;
 };
 
 }  // namespace backend
