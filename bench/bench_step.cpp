@@ -179,7 +179,10 @@ void BM_NarrowError(benchmark::State& state) {
       exact, M, [](index_t r) { return label_t(r); }, 1);
   bench::fill(
       narrow, M, [](index_t r) { return label_t(r); }, 1);  // the same, rounded
-  // Classes around random centres, half of them already stored (their columns are excluded).
+  // Classes around random centres, half of them already stored (their columns are excluded). The
+  // noise puts an exemplar at cosine ~0.3 from its centre, so that the loss is far from 0 (about
+  // 12 here), as early in training.
+  const float noise = 6.0f / std::sqrt(float(D));
   std::vector<float> e(std::size_t(B * D)), g_exact(e.size()), g_narrow(e.size());
   std::vector<label_t> labels(static_cast<std::size_t>(B));
   bench::Random random(5);
@@ -190,7 +193,7 @@ void BM_NarrowError(benchmark::State& state) {
       const index_t i = c * kExemplars + k;
       labels[std::size_t(i)] = c % 2 == 0 ? c : M + c;
       for (index_t j = 0; j < D; ++j)
-        e[std::size_t(i * D + j)] = centre[std::size_t(j)] + 0.05f * random.symmetric();
+        e[std::size_t(i * D + j)] = centre[std::size_t(j)] + noise * random.symmetric();
     }
   }
   const auto E = protomem::matrix_view(static_cast<const float*>(e.data()), B, D);

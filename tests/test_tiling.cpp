@@ -10,12 +10,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <protomem/memory.hpp>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "support/naive.hpp"
 
@@ -329,4 +333,47 @@ TEMPLATE_TEST_CASE("narrow storage rounds each value and computes in float", "[t
             2 * epsilon_of<TestType>() * std::abs(double(want[k])) + 1e-6);
     }
   }
+}
+
+TEST_CASE("a step leaves OpenMP's and OpenBLAS's thread settings as it found them",
+          "[tiling][threads]") {
+  std::mt19937_64 rng(14);
+  const index_t dim = 32, capacity = 2048;
+  const std::string checkpoint = filled_checkpoint<float>(capacity, dim, 2000, rng);
+  const auto batch = make_batch<float>(5000, 16, 4, dim, rng);
+  auto bad = batch;
+  bad.embeddings[7] = std::numeric_limits<float>::quiet_NaN();  // throws inside forward()
+#ifdef _OPENMP
+  const int omp_before = omp_get_max_threads();
+  omp_set_num_threads(3);
+#endif
+#ifdef PROTOMEM_USE_OPENBLAS
+  const int blas_before = openblas_get_num_threads();
+  openblas_set_num_threads(2);
+#endif
+  for (int threads : {0, 1, 2}) {
+    protomem::Config config{capacity, dim};
+    config.threads = threads;
+    protomem::PrototypeMemory<float> memory(config);
+    load(memory, checkpoint);
+    std::vector<float> gradient;
+    const auto result = forward(memory, batch, gradient);
+#ifdef _OPENMP
+    CHECK(result.threads == (threads == 0 ? 3 : threads));
+#endif
+    memory.discard();
+    CHECK_THROWS_AS(forward(memory, bad, gradient), protomem::Error);
+#ifdef _OPENMP
+    CHECK(omp_get_max_threads() == 3);
+#endif
+#ifdef PROTOMEM_USE_OPENBLAS
+    CHECK(openblas_get_num_threads() == 2);
+#endif
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(omp_before);
+#endif
+#ifdef PROTOMEM_USE_OPENBLAS
+  openblas_set_num_threads(blas_before);
+#endif
 }
