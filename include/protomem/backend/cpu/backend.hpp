@@ -130,6 +130,7 @@ class CpuBackend {
                  const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
                  int threads, SimilarSlots<Scalar>* similar, PassReport* report = nullptr) {
     (void)generator;
+    const int wanted = step_threads(threads);  // before OmpThreads below changes the default
 #ifdef _OPENMP
     // Parallelism comes from the memory pass's lanes: every GEMM runs on one thread (OpenBLAS set
     // to one thread, Eigen's products kept from opening teams), restored on return.
@@ -140,7 +141,7 @@ class CpuBackend {
 #endif
     normalise(embeddings);
     generate<Generator>(batch);
-    memory_pass(batch, used, excluded, Scalar(margin.scale()), workspace_bytes, threads, similar,
+    memory_pass(batch, used, excluded, Scalar(margin.scale()), workspace_bytes, wanted, similar,
                 report);
     const Scalar loss = batch_columns<Generator>(batch, margin);
     backward<Generator>(batch, Scalar(margin.scale()), gradient);
@@ -258,15 +259,15 @@ class CpuBackend {
   void memory_pass(const detail::BatchClasses& batch, index_t used,
                    const std::vector<index_t>& excluded, Scalar s, std::size_t workspace_bytes,
                    int threads, SimilarSlots<Scalar>* similar, PassReport* report) {
-    // Threads: forward() has set the GEMMs to run on one thread; the lanes are the parallelism.
+    // `threads` is resolved (step_threads); forward() has set the GEMMs to run on one thread, the
+    // lanes are the parallelism.
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
     const bool mine = similar != nullptr && similar->k > 0;
     const index_t k_best = mine ? similar->k : 0;
     const index_t extra_rows = (narrow ? D : 0) + (mine ? 1 : 0);
-    const int wanted = step_threads(threads);
     const std::pair<int, index_t> plan =
-        plan_tiles(B, D, used, extra_rows, workspace_bytes, wanted);
+        plan_tiles(B, D, used, extra_rows, workspace_bytes, threads);
     const int lanes = plan.first;
     const index_t T = plan.second;
     if (report != nullptr) {
