@@ -96,6 +96,11 @@ class PrototypeMemory {
 
  public:
   using scalar_type = Scalar;
+  using device_type = Device;
+  using backend_type = Backend;
+  /// What the backend borrows from the caller: nothing for protomem::cpu; the stream, cuBLAS
+  /// handle, workspace and GEMM precision for protomem::cuda (protomem/cuda.hpp).
+  using resources_type = typename Backend::Resources;
   using margin_type = Margin;
   using generator_type = Generator;
   using refresh_type = Refresh;
@@ -107,13 +112,20 @@ class PrototypeMemory {
   explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
                            Generator generator = Generator{}, Refresh refresh = Refresh{},
                            Queue queue = Queue{})
+      : PrototypeMemory(resources_type{}, config, std::move(margin), std::move(generator),
+                        std::move(refresh), std::move(queue)) {}
+
+  /// A memory whose backend uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
+  PrototypeMemory(const resources_type& resources, const Config& config, Margin margin = Margin{},
+                  Generator generator = Generator{}, Refresh refresh = Refresh{},
+                  Queue queue = Queue{})
       : config_(checked(config)),
         margin_(std::move(margin)),
         generator_(std::move(generator)),
         refresh_(std::move(refresh)),
         queue_(std::move(queue)),
         book_(config_.capacity),
-        backend_(config_.capacity, config_.dim) {}
+        backend_(config_.capacity, config_.dim, resources) {}
 
   // ---- the step ---------------------------------------------------------------------------------
 
@@ -243,6 +255,16 @@ class PrototypeMemory {
   const Generator& generator() const { return generator_; }
   const Refresh& refresh() const { return refresh_; }
   const Queue& queue() const { return queue_; }
+
+  // ---- backend ----------------------------------------------------------------------------------
+
+  /// The resources the backend borrows; set_resources() takes effect from the next call (e.g. the
+  /// stream of the current training step).
+  resources_type resources() const { return backend_.resources(); }
+  void set_resources(const resources_type& resources) { backend_.set_resources(resources); }
+  /// Backend-specific queries and controls (e.g. the CUDA backend's workspace_size()).
+  const Backend& backend() const { return backend_; }
+  Backend& backend() { return backend_; }
 
   // ---- checkpoints (format: docs/algorithm.md, "Checkpoint format") ----------------------------
 
@@ -609,7 +631,7 @@ class PrototypeMemory {
     }
 
     // Everything is checked: commit (nothing below throws but allocation, done before any change).
-    Backend backend(config_.capacity, config_.dim);
+    Backend backend(config_.capacity, config_.dim, backend_.resources());
     for (std::size_t r = 0; r < slots.size(); ++r) {
       backend.set_prototype(slots[r], prototypes.data() + r * dim);
     }

@@ -53,13 +53,21 @@ struct SlotWrite {
   bool refresh;
 };
 
+/// The CPU backend borrows nothing from the caller (the CUDA backend borrows a stream etc.).
+struct CpuResources {};
+
 template <class Scalar>
 class CpuBackend {
  public:
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using Resources = CpuResources;
 
-  CpuBackend(index_t capacity, index_t dim) : store_(RowMatrix::Zero(capacity, dim)) {}
+  CpuBackend(index_t capacity, index_t dim, const Resources& = {})
+      : store_(RowMatrix::Zero(capacity, dim)) {}
+
+  Resources resources() const { return {}; }
+  void set_resources(const Resources&) {}
 
   index_t dim() const { return store_.cols(); }
   index_t capacity() const { return store_.rows(); }
