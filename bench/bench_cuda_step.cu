@@ -11,18 +11,17 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <protomem/cuda.hpp>
 #include <streambuf>
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <protomem/cuda.hpp>
 
 namespace {
 
@@ -167,8 +166,8 @@ void BM_cuda_step(benchmark::State& state) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   state.counters["loss"] = loss;
-  state.counters["GEMM_TFLOPs"] = benchmark::Counter(
-      4.0 * double(B) * double(D) * double(M), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GEMM_TFLOPs"] = benchmark::Counter(4.0 * double(B) * double(D) * double(M),
+                                                     benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(protomem::to_string(precision));
 }
 
@@ -215,8 +214,8 @@ void BM_two_gemm_bound(benchmark::State& state) {
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  state.counters["GEMM_TFLOPs"] = benchmark::Counter(
-      4.0 * double(B) * double(D) * double(M), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GEMM_TFLOPs"] = benchmark::Counter(4.0 * double(B) * double(D) * double(M),
+                                                     benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(protomem::to_string(precision));
 }
 
@@ -252,9 +251,15 @@ int main(int argc, char** argv) {
     for (std::int64_t precision = 0; precision < 4; ++precision) {
       const std::vector<std::int64_t> args = {shape[0], shape[1], shape[2], precision};
       benchmark::RegisterBenchmark("BM_two_gemm_bound", BM_two_gemm_bound)
-          ->Args(args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(20);
+          ->Args(args)
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(20);
       benchmark::RegisterBenchmark("BM_cuda_step", BM_cuda_step)
-          ->Args(args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(20);
+          ->Args(args)
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(20);
     }
   }
   benchmark::Initialize(&argc, argv);
@@ -262,9 +267,10 @@ int main(int argc, char** argv) {
   SummaryReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
 
-  std::printf("\nprotomem CUDA step vs cuBLAS two-GEMM bound on %s (sm_%d%d): mean of 20 timed\n"
-              "iterations after 3 warm-ups; the step is wall clock, its one host sync included\n",
-              properties.name, properties.major, properties.minor);
+  std::printf(
+      "\nprotomem CUDA step vs cuBLAS two-GEMM bound on %s (sm_%d%d): mean of 20 timed\n"
+      "iterations after 3 warm-ups; the step is wall clock, its one host sync included\n",
+      properties.name, properties.major, properties.minor);
   std::printf("%6s %5s %9s %-9s %10s %10s %7s\n", "B", "D", "M", "precision", "step ms", "bound ms",
               "ratio");
   for (const auto& shape : kShapes) {

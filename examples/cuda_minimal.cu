@@ -1,10 +1,9 @@
-// examples/minimal.cpp on the GPU: the same memory, policies and batches, with the prototypes in GPU
-// memory and the step on the caller's CUDA stream. Embeddings and gradient live on the device (a
-// trainer passes its encoder's output tensor); labels stay on the host.
-#include <protomem/cuda.hpp>
-
+// examples/minimal.cpp on the GPU: the same memory, policies and batches, with the prototypes in
+// GPU memory and the step on the caller's CUDA stream. Embeddings and gradient live on the device
+// (a trainer passes its encoder's output tensor); labels stay on the host.
 #include <cstdint>
 #include <cstdio>
+#include <protomem/cuda.hpp>
 #include <random>
 #include <vector>
 
@@ -48,7 +47,8 @@ int main() {
         for (protomem::index_t k = 0; k < exemplars; ++k) {
           const protomem::index_t i = c * exemplars + k;
           labels[i] = identity;
-          for (protomem::index_t j = 0; j < dim; ++j) embeddings[i * dim + j] = mean[j] + noise(rng);
+          for (protomem::index_t j = 0; j < dim; ++j)
+            embeddings[i * dim + j] = mean[j] + noise(rng);
         }
       }
       // (A trainer's encoder writes d_embeddings on the same stream.)

@@ -11,8 +11,8 @@
 // The memory, its policies, checkpoints and bookkeeping are those of memory.hpp; only where the
 // prototypes live and where the numerics run differ (backend/cuda/backend.cuh, docs/cuda.md).
 // Embeddings and the gradient are device pointers; labels stay on the host (the slot map is there).
-// A step synchronises the host once, at the end of forward() (it returns the loss and must throw for
-// invalid input before the memory changes); commit() does not.
+// A step synchronises the host once, at the end of forward() (it returns the loss and must throw
+// for invalid input before the memory changes); commit() does not.
 #pragma once
 
 #if !defined(__CUDACC__)

@@ -1,11 +1,10 @@
 // main() of the CUDA tests: where no CUDA device is usable the test reports "skipped" (exit code
 // 77, CTest's SKIP_RETURN_CODE for these tests) instead of passing without having run anything.
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
-#include <cstdio>
-
 #include <cuda_runtime.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
 
 int main(int argc, char** argv) {
   int devices = 0;

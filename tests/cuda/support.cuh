@@ -3,18 +3,16 @@
 // differences, a naive loop and PyTorch autograd in tests/).
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <protomem/cuda.hpp>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <protomem/cuda.hpp>
 
 namespace cuda_test {
 
@@ -32,7 +30,8 @@ struct Batch {
 inline Batch make_batch(std::mt19937_64& rng, index_t dim, label_t label_range, int max_classes,
                         int min_exemplars, int max_exemplars, float spread = 0.6f) {
   std::uniform_int_distribution<label_t> label(0, label_range - 1);
-  std::uniform_int_distribution<int> classes(1, max_classes), exemplars(min_exemplars, max_exemplars);
+  std::uniform_int_distribution<int> classes(1, max_classes),
+      exemplars(min_exemplars, max_exemplars);
   std::uniform_real_distribution<float> norm(0.5f, 3.0f);
   std::normal_distribution<float> normal;
   std::vector<label_t> chosen;
@@ -80,10 +79,10 @@ struct DeviceBatch {
         gradient(batch.embeddings.size()),
         rows(batch.rows()),
         dim(batch.dim) {
-    protomem::detail::cuda_check(cudaMemcpy(embeddings.data(), batch.embeddings.data(),
-                                            batch.embeddings.size() * sizeof(float),
-                                            cudaMemcpyHostToDevice),
-                                 "test upload");
+    protomem::detail::cuda_check(
+        cudaMemcpy(embeddings.data(), batch.embeddings.data(),
+                   batch.embeddings.size() * sizeof(float), cudaMemcpyHostToDevice),
+        "test upload");
   }
   std::vector<float> gradient_on_host() const {
     std::vector<float> out(static_cast<std::size_t>(rows * dim));
@@ -127,10 +126,10 @@ Outcome forward_gpu(Memory& memory, const Batch& batch) {
 }
 
 struct Tolerance {
-  double loss = 1e-4;      // relative to max(1, |loss|)
-  double gradient = 2e-3;  // max abs difference relative to the largest |dL/de|
-  double prototype = 2e-5; // max abs difference of stored unit prototypes
-  double cosine = 1e-4;    // mining-seam cosines
+  double loss = 1e-4;       // relative to max(1, |loss|)
+  double gradient = 2e-3;   // max abs difference relative to the largest |dL/de|
+  double prototype = 2e-5;  // max abs difference of stored unit prototypes
+  double cosine = 1e-4;     // mining-seam cosines
 };
 
 inline double max_abs(const std::vector<float>& v) {

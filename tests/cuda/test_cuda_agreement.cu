@@ -66,11 +66,13 @@ TEST_CASE("CUDA = CPU: CosFace, exemplar mean, replace, least recently written; 
                   protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35));
 }
 
-TEST_CASE("CUDA = CPU: no margin, detached mean, momentum, first in first out", "[cuda][agreement]") {
+TEST_CASE("CUDA = CPU: no margin, detached mean, momentum, first in first out",
+          "[cuda][agreement]") {
   Run run = base_run(30, 33);
   run.seed = 2;
   check_agreement<protomem::NoMargin, protomem::DetachedExemplarMean, protomem::Momentum,
-                  protomem::FirstInFirstOut>(run, protomem::NoMargin(30.0), protomem::Momentum(0.7));
+                  protomem::FirstInFirstOut>(run, protomem::NoMargin(30.0),
+                                             protomem::Momentum(0.7));
 }
 
 TEST_CASE("CUDA = CPU: ArcFace, leave-one-out, replace, first in first out", "[cuda][agreement]") {
@@ -167,8 +169,8 @@ TEST_CASE("CUDA = CPU on the caller's stream and workspace, switching streams be
 
 TEST_CASE("tensor-core GEMM precisions stay close to the CPU; the stored prototypes do not move",
           "[cuda][precision]") {
-  for (GemmPrecision precision : {GemmPrecision::tf32, GemmPrecision::bf16, GemmPrecision::fp16,
-                                  GemmPrecision::fp32}) {
+  for (GemmPrecision precision :
+       {GemmPrecision::tf32, GemmPrecision::bf16, GemmPrecision::fp16, GemmPrecision::fp32}) {
     INFO("precision " << protomem::to_string(precision));
     Run run = base_run(64, 128);
     run.seed = 8;
@@ -305,7 +307,8 @@ TEST_CASE("invalid embeddings fail on the GPU with the CPU's message and change 
     check_same_error(cpu, gpu, batch);
   }
   SECTION("a row too small to normalise in float") {
-    std::fill(batch.embeddings.begin() + 1 * 12, batch.embeddings.begin() + 2 * 12, 1e-44f);  // a float denormal
+    std::fill(batch.embeddings.begin() + 1 * 12, batch.embeddings.begin() + 2 * 12,
+              1e-44f);  // a float denormal
     check_same_error(cpu, gpu, batch);
   }
   SECTION("exemplars that sum to zero") {
@@ -316,6 +319,26 @@ TEST_CASE("invalid embeddings fail on the GPU with the CPU's message and change 
     for (int j = 0; j < 12; ++j) opposite.embeddings.push_back(5.5f - float(j));
     for (int j = 0; j < 12; ++j) opposite.embeddings.push_back(1.0f);
     check_same_error(cpu, gpu, opposite);
+  }
+  SECTION("a failed step leaves the caller's buffer alone, even as its own gradient buffer") {
+    batch.embeddings[4 * 12 + 1] = std::nanf("");
+    DeviceBatch device(batch);
+    const auto B = batch.rows();
+    CHECK_THROWS_WITH(
+        gpu.forward(protomem::matrix_view<const float>(device.embeddings.data(), B, 12),
+                    protomem::label_view(batch.labels.data(), B),
+                    protomem::matrix_view(device.embeddings.data(), B, 12)),
+        Catch::Matchers::Contains("embeddings(4, 1) = nan is not finite"));
+    std::vector<float> after(batch.embeddings.size());
+    REQUIRE(cudaMemcpy(after.data(), device.embeddings.data(), after.size() * sizeof(float),
+                       cudaMemcpyDeviceToHost) == cudaSuccess);
+    for (std::size_t t = 0; t < after.size(); ++t) {
+      if (std::isnan(batch.embeddings[t])) {
+        CHECK(std::isnan(after[t]));
+      } else {
+        CHECK(after[t] == batch.embeddings[t]);
+      }
+    }
   }
   SECTION("host memory where device memory is expected") {
     std::vector<float> gradient(batch.embeddings.size());
@@ -329,10 +352,10 @@ TEST_CASE("invalid embeddings fail on the GPU with the CPU's message and change 
 }
 
 TEST_CASE("a leave-one-out prototype that is undefined fails as on the CPU", "[cuda][validation]") {
-  using Cpu = protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace,
-                                        protomem::LeaveOneOut>;
-  using Gpu = protomem::PrototypeMemory<float, protomem::cuda, protomem::CosFace,
-                                        protomem::LeaveOneOut>;
+  using Cpu =
+      protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::LeaveOneOut>;
+  using Gpu =
+      protomem::PrototypeMemory<float, protomem::cuda, protomem::CosFace, protomem::LeaveOneOut>;
   Config config;
   config.capacity = 16;
   config.dim = 6;

@@ -11,12 +11,12 @@ using protomem::Config;
 using protomem::CudaResources;
 
 // The policies of tests/test_checkpoint.cpp: every one with state.
-using Cpu = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace,
-                                      protomem::ExemplarMean, protomem::Momentum,
-                                      protomem::LeastRecentlyWritten>;
-using Gpu = protomem::PrototypeMemory<float, protomem::cuda, protomem::ArcFace,
-                                      protomem::ExemplarMean, protomem::Momentum,
-                                      protomem::LeastRecentlyWritten>;
+using Cpu =
+    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Momentum, protomem::LeastRecentlyWritten>;
+using Gpu =
+    protomem::PrototypeMemory<float, protomem::cuda, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Momentum, protomem::LeastRecentlyWritten>;
 constexpr index_t kDim = 20;
 
 Config config() {

@@ -49,8 +49,9 @@ namespace backend {
 
 template <class Scalar>
 class CudaBackend {
-  static_assert(std::is_same_v<Scalar, float>,
-                "the CUDA backend stores float prototypes (PrototypeMemory<float, protomem::cuda>)");
+  static_assert(
+      std::is_same_v<Scalar, float>,
+      "the CUDA backend stores float prototypes (PrototypeMemory<float, protomem::cuda>)");
   using Index = cuda_kernels::Index;
   using StepStatus = cuda_kernels::StepStatus;
   static constexpr int kThreads = cuda_kernels::kThreads;
@@ -86,7 +87,7 @@ class CudaBackend {
   index_t capacity() const { return capacity_; }
   int device() const { return device_; }
 
-  // ---- resources ----------------------------------------------------------------------------------
+  // ---- resources --------------------------------------------------------------------------------
 
   Resources resources() const { return resources_; }
 
@@ -115,10 +116,11 @@ class CudaBackend {
     return carve(nullptr, shape, work);
   }
 
-  // ---- the store, seen from the host ----------------------------------------------------------------
+  // ---- the store, seen from the host ------------------------------------------------------------
 
   /// A host copy of the slot's prototype, valid until the next write, set_prototype or clear. The
-  /// first read after a commit copies the rows written since the previous read (and waits for them).
+  /// first read after a commit copies the rows written since the previous read (and waits for
+  /// them).
   const Scalar* prototype(index_t slot) const {
     sync_host_mirror();
     return host_.data() + slot * dim_;
@@ -146,7 +148,7 @@ class CudaBackend {
     upload_pending_ = false;
   }
 
-  // ---- the step -------------------------------------------------------------------------------------
+  // ---- the step ---------------------------------------------------------------------------------
 
   /// Loss and dL/de of one step (DESIGN.md section 2); see the CPU backend's forward().
   template <class Margin, class Generator>
@@ -222,8 +224,8 @@ class CudaBackend {
 
     // 4. batch columns: B x C cosines in fp32, then margin, softmax, loss.
     detail::gemm_row_major(cublas(), B, C, D, 1.0f, detail::operand(w.x, CUDA_R_32F, D, false),
-                           detail::operand(fresh, CUDA_R_32F, D, true), 0.0f, w.batch_cos, C, CUBLAS_COMPUTE_32F,
-                           "GEMM batch cosines");
+                           detail::operand(fresh, CUDA_R_32F, D, true), 0.0f, w.batch_cos, C,
+                           CUBLAS_COMPUTE_32F, "GEMM batch cosines");
     const float scale = float(margin.scale());
     const float s_over_b = scale / float(B);
     k_::batch_columns<loo><<<grid(B), kThreads, 0, s>>>(
@@ -238,12 +240,14 @@ class CudaBackend {
         w.weighted, w.memory_weight, w.others, w.target_grad, B, D, w.grad_x);
     detail::cuda_check_launch("memory_part");
     // dL/dx += G P (columns p_c; the target column too, unless leave-one-out, where G_iy = 0)
-    detail::gemm_row_major(cublas(), B, D, C, 1.0f, detail::operand(w.batch_grad, CUDA_R_32F, C, false),
-                           detail::operand(fresh, CUDA_R_32F, D, false), 1.0f, w.grad_x, D, CUBLAS_COMPUTE_32F,
-                           "GEMM batch-column gradient");
+    detail::gemm_row_major(cublas(), B, D, C, 1.0f,
+                           detail::operand(w.batch_grad, CUDA_R_32F, C, false),
+                           detail::operand(fresh, CUDA_R_32F, D, false), 1.0f, w.grad_x, D,
+                           CUBLAS_COMPUTE_32F, "GEMM batch-column gradient");
     if constexpr (Generator::gradient) {
       // dL/dp_c = sum_i G_ic x_i, then through the normalisation of u_c.
-      detail::gemm_row_major(cublas(), C, D, B, 1.0f, detail::operand(w.batch_grad, CUDA_R_32F, C, true),
+      detail::gemm_row_major(cublas(), C, D, B, 1.0f,
+                             detail::operand(w.batch_grad, CUDA_R_32F, C, true),
                              detail::operand(w.x, CUDA_R_32F, D, false), 0.0f, w.grad_fresh, D,
                              CUBLAS_COMPUTE_32F, "GEMM prototype gradient");
       k_::project_class_grad<<<grid(C), kThreads, 0, s>>>(fresh, w.inv_sum_norm, D, w.grad_fresh);
@@ -260,8 +264,8 @@ class CudaBackend {
         detail::cuda_check_launch("leave_one_out_scatter");
       }
     }
-    k_::through_normalisation<<<grid(B), kThreads, 0, s>>>(w.grad_x, w.x, w.inv_norm, D,
-                                                            gradient.data, gradient.row_stride);
+    k_::through_normalisation<<<grid(B), kThreads, 0, s>>>(
+        w.grad_x, w.x, w.inv_norm, D, w.status, gradient.data, gradient.row_stride);
     detail::cuda_check_launch("through_normalisation");
 
     // The one host synchronisation of a step: the status (errors and loss) and the mining lists.
@@ -389,7 +393,8 @@ class CudaBackend {
   index_t tile_columns(index_t B, index_t U, std::size_t budget) const {
     const auto per_column = static_cast<std::size_t>(std::max<index_t>(B, 1)) * sizeof(float);
     index_t t = static_cast<index_t>(std::max<std::size_t>(1, budget / per_column));
-    const index_t l2_cap = std::max<index_t>(1024, static_cast<index_t>(l2_bytes_ / 2 / per_column));
+    const index_t l2_cap =
+        std::max<index_t>(1024, static_cast<index_t>(l2_bytes_ / 2 / per_column));
     t = std::min({t, l2_cap, static_cast<index_t>(INT_MAX / 2)});
     return std::max<index_t>(1, std::min(t, U));
   }
@@ -657,7 +662,8 @@ class CudaBackend {
                            "cudaMemcpyAsync(prototype to the host)");
       }
     }
-    detail::cuda_check(cudaStreamSynchronize(stream()), "reading prototypes (cudaStreamSynchronize)");
+    detail::cuda_check(cudaStreamSynchronize(stream()),
+                       "reading prototypes (cudaStreamSynchronize)");
     stale_.clear();
     stale_all_ = false;
   }
@@ -666,7 +672,9 @@ class CudaBackend {
   cublasHandle_t cublas() const {
     return resources_.cublas != nullptr ? resources_.cublas : owned_cublas_.get();
   }
-  static unsigned grid(index_t blocks) { return static_cast<unsigned>(std::max<index_t>(blocks, 1)); }
+  static unsigned grid(index_t blocks) {
+    return static_cast<unsigned>(std::max<index_t>(blocks, 1));
+  }
   static unsigned elementwise_grid(index_t n) {
     return static_cast<unsigned>(std::clamp<index_t>((n + kThreads - 1) / kThreads, 1, 65535));
   }

@@ -35,12 +35,14 @@ inline GemmOperand operand(const void* data, cudaDataType_t type, index_t ld, bo
 
 inline int gemm_dim(index_t value, const char* what) {
   if (value < 0 || value > INT_MAX) {
-    fail("a matrix dimension of the CUDA step (", what, " = ", value, ") exceeds cuBLAS's int range");
+    fail("a matrix dimension of the CUDA step (", what, " = ", value,
+         ") exceeds cuBLAS's int range");
   }
   return static_cast<int>(value);
 }
 
-/// C (m x n, row-major, leading dimension ldc, fp32) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C.
+/// C (m x n, row-major, leading dimension ldc, fp32) = alpha * op(A) (m x k) * op(B) (k x n) + beta
+/// * C.
 inline void gemm_row_major(cublasHandle_t handle, index_t m, index_t n, index_t k, float alpha,
                            GemmOperand a, GemmOperand b, float beta, float* c, index_t ldc,
                            cublasComputeType_t compute, const char* what) {

@@ -1,12 +1,12 @@
-// The CUDA backend's kernels: the parts of a step that are not GEMMs. Each is the device twin of one
-// piece of the CPU backend (include/protomem/backend/cpu/backend.hpp) and keeps its arithmetic:
+// The CUDA backend's kernels: the parts of a step that are not GEMMs. Each is the device twin of
+// one piece of the CPU backend (include/protomem/backend/cpu/backend.hpp) and keeps its arithmetic:
 // the same formulas, the same float/double choices, the same masking, so that the two backends
 // differ only by summation order (and by the GEMM precision the caller chose).
 //
 // Launch shapes: "block per row" kernels take one block of kThreads threads per batch sample,
 // "block per class" one per batch class, "elementwise" a grid-stride loop. All indices are 64-bit.
-// Every kernel is a template (`template <int = 0>` where nothing else is a parameter), as CUB's are,
-// so that several translation units of one program may include this header.
+// Every kernel is a template (`template <int = 0>` where nothing else is a parameter), as CUB's
+// are, so that several translation units of one program may include this header.
 #pragma once
 
 #include <cmath>
@@ -35,7 +35,7 @@ struct StepStatus {
   double loss_sum;               ///< sum over the batch of the cross-entropy
 };
 
-// ---- helpers ----------------------------------------------------------------------------------
+// ---- helpers ------------------------------------------------------------------------------------
 
 template <class T>
 __device__ __forceinline__ T convert_to(float v) {
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
   for (Index k = threadIdx.x; k < D; k += kThreads) x[i * D + k] = float(double(row[k]) / norm);
 }
 
-// ---- 2. generate: p_c = normalize(sum_{i in c} x_i), q_i = normalize(u_c - x_i) ------------------
+// ---- 2. generate: p_c = normalize(sum_{i in c} x_i), q_i = normalize(u_c - x_i) -----------------
 
 /// Block per class; exemplars summed in member order (ascending sample index), as on the CPU.
 template <int = 0>
@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
   for (Index k = threadIdx.x; k < D; k += kThreads) others[i * D + k] *= inv;
 }
 
-// ---- small utilities ------------------------------------------------------------------------------
+// ---- small utilities ----------------------------------------------------------------------------
 
 /// Elementwise: dst = src converted to a 16-bit GEMM input type.
 template <class H>
@@ -444,10 +444,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 /// Block per row: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|, into the caller's gradient rows.
+/// Writes nothing when the step found invalid input: as on the CPU, a failed step leaves the
+/// caller's gradient buffer (which may be the embeddings' own) untouched.
 template <int = 0>
 __global__ void __launch_bounds__(kThreads)
     through_normalisation(const float* grad_x, const float* x, const float* inv_norm, Index D,
-                          float* gradient, Index gradient_stride) {
+                          const StepStatus* status, float* gradient, Index gradient_stride) {
+  if (status->bad_embedding != kNone || status->bad_class != kNone || status->bad_loo != kNone) {
+    return;
+  }
   const Index i = blockIdx.x;
   float along = 0;
   for (Index k = threadIdx.x; k < D; k += kThreads) along += grad_x[i * D + k] * x[i * D + k];
@@ -457,7 +462,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- 6. commit ------------------------------------------------------------------------------------
+// ---- 6. commit ----------------------------------------------------------------------------------
 
 /// Block per write. plan = [batch_class x W | slot x W | refresh flag x W]. A refresh first blends
 /// the stored prototype into the fresh one through the Refresh policy (its host/device code, run by
@@ -469,7 +474,9 @@ __global__ void __launch_bounds__(kThreads)
   const Index w = blockIdx.x, c = plan[w], slot = plan[W + w];
   float* f = fresh + c * D;
   float* row = store + slot * D;
-  if (plan[2 * W + w] != 0 && threadIdx.x == 0) refresh.refresh(static_cast<const float*>(row), f, D);
+  if (plan[2 * W + w] != 0 && threadIdx.x == 0) {
+    refresh.refresh(static_cast<const float*>(row), f, D);
+  }
   __syncthreads();
   for (Index k = threadIdx.x; k < D; k += kThreads) {
     const float v = f[k];
