@@ -224,7 +224,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& run : runs) {
-      if (run.error_occurred || run.run_type != Run::RT_Iteration) continue;
+      if (run.run_type != Run::RT_Iteration) continue;  // (no aggregates: fixed iterations)
       times[run.benchmark_name()] = run.GetAdjustedRealTime();  // milliseconds (Unit below)
     }
     ConsoleReporter::ReportRuns(runs);
