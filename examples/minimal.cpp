@@ -18,7 +18,7 @@ int main() {
   protomem::PrototypeMemory<float> memory(config, protomem::CosFace(/*s=*/32.0, /*m=*/0.3));
 
   std::mt19937_64 rng(7);
-  std::normal_distribution<float> noise(0.0f, 0.4f);
+  std::normal_distribution<float> noise(0.0f, 1.5f);  // intra-class variation
   std::vector<float> embeddings(batch * dim), gradient(batch * dim);
   std::vector<std::int64_t> labels(batch);
 

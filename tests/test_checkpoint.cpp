@@ -210,7 +210,13 @@ TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", 
     bad[good.size() / 2] ^= 1;
     rejects(bad, "is corrupt: CRC-32 is");
   }
-  SECTION("trailing bytes") { rejects(good + "x", "1 unexpected bytes past its end"); }
+  SECTION("trailing bytes in a file") {
+    const std::string path = "protomem_test_trailing.bin";
+    std::ofstream(path, std::ios::binary) << good << "x";
+    CHECK_THROWS_WITH(target.load(path), Contains("has 1 unexpected bytes past its end"));
+    CHECK(bytes_of(target) == before);
+    std::remove(path.c_str());
+  }
   SECTION("not a checkpoint") {
     rejects("hello world, this is not a checkpoint at all", "is not a protomem checkpoint");
   }
@@ -281,6 +287,27 @@ TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", 
     std::memcpy(&policy[a_at], &bad_a, 8);
     rejects(with_valid_crc(policy), "momentum: old-prototype weight a = 1.5");
   }
+}
+
+TEST_CASE("a checkpoint can be embedded in a larger stream", "[checkpoint]") {
+  Memory first = make_memory(), second = make_memory();
+  Feed feed(7);
+  run(first, feed, 4);
+  run(second, feed, 9);
+  std::stringstream stream;
+  stream << "user header\n";
+  first.save(stream);
+  second.save(stream);
+  stream << "user trailer";
+  std::string line;
+  std::getline(stream, line);
+  Memory a = make_memory(), b = make_memory();
+  a.load(stream);
+  b.load(stream);
+  CHECK(bytes_of(a) == bytes_of(first));
+  CHECK(bytes_of(b) == bytes_of(second));
+  std::string rest((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());
+  CHECK(rest == "user trailer");
 }
 
 TEST_CASE("a pending forward is not part of a checkpoint, and load discards it", "[checkpoint]") {

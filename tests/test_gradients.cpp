@@ -48,15 +48,18 @@ Batch make_batch(const std::vector<std::pair<label_t, int>>& classes, std::mt199
   return batch;
 }
 
+// The loss of `batch` (and its gradient into `gradient`), leaving the memory as it was.
 template <class Memory>
-double loss_at(Memory& memory, const Batch& batch) {
+double loss_at(Memory& memory, const Batch& batch, std::vector<double>* gradient = nullptr) {
   const auto B = static_cast<index_t>(batch.labels.size());
-  std::vector<double> unused(static_cast<std::size_t>(B * kDim));
+  std::vector<double> unused;
+  std::vector<double>& out = gradient ? *gradient : unused;
+  out.resize(static_cast<std::size_t>(B * kDim));
   const double loss =
       memory
           .forward(protomem::matrix_view(batch.embeddings.data(), B, kDim, kStride),
                    protomem::label_view(batch.labels.data(), B),
-                   protomem::matrix_view(unused.data(), B, kDim))
+                   protomem::matrix_view(out.data(), B, kDim))
           .loss;
   memory.discard();
   return loss;
@@ -69,14 +72,8 @@ template <class Memory>
 double gradient_error(Memory& memory, Batch batch) {
   using Generator = typename Memory::generator_type;
   const auto B = static_cast<index_t>(batch.labels.size());
-  std::vector<double> analytic(static_cast<std::size_t>(B * kDim));
-  const double loss =
-      memory
-          .forward(protomem::matrix_view(batch.embeddings.data(), B, kDim, kStride),
-                   protomem::label_view(batch.labels.data(), B),
-                   protomem::matrix_view(analytic.data(), B, kDim))
-          .loss;
-  memory.discard();
+  std::vector<double> analytic;
+  const double loss = loss_at(memory, batch, &analytic);
   const auto stored = naive::stored_classes(memory);
   const double reference = naive::loss(batch.embeddings.data(), kStride, batch.labels, kDim, stored,
                                        memory.margin(), Generator::leave_one_out);

@@ -17,6 +17,7 @@
 // protomem::Error and leaves the memory exactly as it was.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -275,17 +276,21 @@ class PrototypeMemory {
   /// Replaces the state by a checkpoint's. Throws, leaving the memory untouched, when the
   /// checkpoint is truncated, corrupt, of another version, scalar type, dimension or policy, or
   /// holds more classes than this memory's capacity. Discards a pending forward.
+  /// Reads exactly one checkpoint from `in`, which may hold more data after it.
   void load(std::istream& in, const std::string& source = "checkpoint stream") {
-    const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-    if (in.bad()) detail::fail(source, ": reading failed");
+    const std::string bytes = read_checkpoint(in, source);
     deserialize(bytes, source);
   }
 
+  /// Reads the checkpoint file at `path`; the file must hold exactly one checkpoint.
   void load(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) detail::fail("load: cannot open '", path, "'");
-    load(in, "'" + path + "'");
+    const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    if (in.bad()) detail::fail("load: reading '", path, "' failed");
+    deserialize(bytes, "'" + path + "'");
   }
+
 
  private:
   // The host-side bookkeeping of slots. Occupied slots are always [0, used): slots are taken in
@@ -498,6 +503,50 @@ class PrototypeMemory {
     }
     out.put<std::uint32_t>(detail::crc32(out.bytes().data(), out.bytes().size()));
     return std::move(out.bytes());
+  }
+
+  // Reads one checkpoint's bytes, using its own length fields to stop at its end. Whatever is
+  // malformed is left for deserialize() to report; reading stops early where the stream ends.
+  static std::string read_checkpoint(std::istream& in, const std::string& source) {
+    std::string bytes;
+    auto take = [&](std::uint64_t n) {  // in chunks, so a corrupt length cannot allocate wildly
+      while (n > 0 && in) {
+        const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, 1 << 20));
+        const std::size_t at = bytes.size();
+        bytes.resize(at + chunk);
+        in.read(&bytes[at], static_cast<std::streamsize>(chunk));
+        const auto got = static_cast<std::size_t>(in.gcount());
+        bytes.resize(at + got);
+        if (got < chunk) return false;
+        n -= chunk;
+      }
+      return static_cast<bool>(in) || n == 0;
+    };
+    auto number = [&](std::size_t width) -> std::uint64_t {  // the little-endian field just read
+      std::uint64_t value = 0;
+      for (std::size_t k = 0; k < width; ++k) {
+        value |= std::uint64_t{static_cast<unsigned char>(bytes[bytes.size() - width + k])} << (8 * k);
+      }
+      return value;
+    };
+    if (!take(16) || bytes.compare(0, 8, magic, 8) != 0) return bytes;
+    const std::uint64_t scalar_bytes = number(4);
+    if (!take(8)) return bytes;
+    const std::uint64_t dim = number(8);
+    if (!take(8 + 8 + 4 * 8)) return bytes;
+    for (int policy = 0; policy < 4; ++policy) {
+      for (std::size_t width : {4, 4, 8}) {
+        if (!take(width) || !take(number(width))) return bytes;
+      }
+    }
+    if (!take(8)) return bytes;
+    const std::uint64_t n = number(8);
+    if (scalar_bytes > 8 || dim > (std::uint64_t{1} << 32) || n > (std::uint64_t{1} << 40)) {
+      return bytes;  // deserialize() reports the corrupt header
+    }
+    take(n * (24 + dim * scalar_bytes) + 4);
+    if (in.bad()) detail::fail(source, ": reading failed");
+    return bytes;
   }
 
   void deserialize(const std::string& bytes, const std::string& source) {
