@@ -214,6 +214,8 @@ TEST_CASE("main job: a short seeded run beats the untrained encoder on held-out 
   INFO("untrained TAR@1e-3 " << r.untrained.tar_1e3 << " rank-1 " << r.untrained.rank1
                              << "; trained TAR@1e-3 " << r.final.tar_1e3 << " rank-1 "
                              << r.final.rank1);
-  CHECK(r.final.tar_1e3 > r.untrained.tar_1e3 + 0.25);
-  CHECK(r.final.rank1 > r.untrained.rank1 + 0.25);
+  // Measured at this seed: untrained TAR@1e-4 0.41, rank-1 0.64 (docs/results.md has full runs).
+  CHECK(r.final.tar_1e4 > r.untrained.tar_1e4 + 0.2);
+  CHECK(r.final.rank1 > r.untrained.rank1 + 0.15);
+  CHECK(r.staleness_cos > 0.8);  // memory prototypes match the current class means
 }

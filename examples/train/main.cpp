@@ -61,7 +61,7 @@ data (docs/synthetic-data.md)
 encoder and optimisation
   --dim N                   embedding dimension D (default 64)
   --hidden N                encoder MLP width (default 256)
-  --steps N                 training steps (default 1000)
+  --steps N                 training steps (default 600)
   --batch N                 images per step B (default 256)
   --exemplars N             images per identity K in grouped batches (default 4)
   --lr X                    peak SGD learning rate, warm-up then cosine (default 0.1)
@@ -81,7 +81,7 @@ protomem
 sampled softmax
   --sample-rate R           share of classifier rows per step, in (0, 1] (default 0.1)
 evaluation and output
-  --eval-every N            steps between evaluations for the curves (default 250)
+  --eval-every N            steps between evaluations for the curves (default 200)
   --staleness-classes N     classes sampled per staleness measurement (default 256)
   --out DIR                 output directory (default train-out)
   --no-plot                 do not draw curves.png

@@ -66,7 +66,7 @@ struct Options {
   std::int64_t distractors = 10000;        // distractor images (one per further identity)
   std::int64_t hidden = 256;               // encoder width
   std::int64_t dim = 64;                   // D: embedding dimension
-  std::int64_t steps = 1000;
+  std::int64_t steps = 600;
   std::int64_t batch = 256;                // B images per step
   std::int64_t exemplars = 4;              // K images per identity in grouped batches
   double lr = 0.1;
@@ -80,7 +80,7 @@ struct Options {
   double refresh = 0.0;                    // momentum a of the refresh (0: replace)
   std::string queue = "lrw";               // lrw | fifo
   double sample_rate = 0.1;                // pfc: share of the N rows used per step
-  std::int64_t eval_every = 250;           // steps between evaluations (curves)
+  std::int64_t eval_every = 200;           // steps between evaluations (curves)
   std::int64_t staleness_classes = 256;    // classes sampled per staleness measurement
   std::uint64_t seed = 1;                  // encoder init, samplers
   bool progress = true;                    // progress bar on a terminal
