@@ -1,10 +1,9 @@
 // The LibTorch adapter (protomem/torch.hpp): loss and gradient equal the core's, zero-copy views,
-// when the memory is committed, and clear errors for wrong tensors. Plus a short seeded training run
-// of the main job (examples/train): the trained encoder must beat the untrained one on held-out
+// when the memory is committed, and clear errors for wrong tensors. Plus a short seeded training
+// run of the main job (examples/train): the trained encoder must beat the untrained one on held-out
 // identities by a wide margin.
-#include <protomem/torch.hpp>
-
 #include <limits>
+#include <protomem/torch.hpp>
 #include <sstream>
 #include <vector>
 
@@ -39,12 +38,14 @@ at::Tensor batch_labels(int step) {
 }
 
 template <class Memory, class Scalar>
-Scalar core_step(Memory& memory, const at::Tensor& e, const at::Tensor& y, std::vector<Scalar>& grad) {
+Scalar core_step(Memory& memory, const at::Tensor& e, const at::Tensor& y,
+                 std::vector<Scalar>& grad) {
   const at::Tensor c = e.contiguous();
   grad.assign(static_cast<std::size_t>(c.numel()), 0);
-  return memory.step(protomem::matrix_view<const Scalar>(c.data_ptr<Scalar>(), c.size(0), c.size(1)),
-                     protomem::label_view(y.data_ptr<std::int64_t>(), y.size(0)),
-                     protomem::matrix_view<Scalar>(grad.data(), c.size(0), c.size(1)));
+  return memory.step(
+      protomem::matrix_view<const Scalar>(c.data_ptr<Scalar>(), c.size(0), c.size(1)),
+      protomem::label_view(y.data_ptr<std::int64_t>(), y.size(0)),
+      protomem::matrix_view<Scalar>(grad.data(), c.size(0), c.size(1)));
 }
 
 template <class Scalar>
@@ -80,7 +81,8 @@ void check_against_core(bool strided) {
       std::vector<Scalar> grad;
       const Scalar expected = core_step(core, values, y, grad);
       CHECK(loss.item<Scalar>() == expected);  // the same computation: bit-identical
-      for (std::size_t k = 0; k < grad.size(); ++k) CHECK(e.grad().data_ptr<Scalar>()[k] == grad[k]);
+      for (std::size_t k = 0; k < grad.size(); ++k)
+        CHECK(e.grad().data_ptr<Scalar>()[k] == grad[k]);
     }
     CHECK(head.memory().step_count() == core.step_count());
     CHECK(head.memory().size() == core.size());
@@ -162,10 +164,9 @@ TEST_CASE("torch adapter: when the memory is updated", "[torch]") {
     CHECK(e.grad().defined());
   }
   SECTION("Commit::manual leaves commit() to the caller") {
-    protomem::torch::PrototypeHead<float> manual(small_config<float>(), protomem::CosFace{},
-                                                 protomem::ExemplarMean{}, protomem::Replace{},
-                                                 protomem::LeastRecentlyWritten{},
-                                                 protomem::torch::Commit::manual);
+    protomem::torch::PrototypeHead<float> manual(
+        small_config<float>(), protomem::CosFace{}, protomem::ExemplarMean{}, protomem::Replace{},
+        protomem::LeastRecentlyWritten{}, protomem::torch::Commit::manual);
     manual(e, batch_labels(0)).backward();
     CHECK(manual.pending());
     CHECK_THROWS_WITH(manual(e, batch_labels(1)), Catch::Contains("commit() or discard()"));
@@ -182,10 +183,12 @@ TEST_CASE("torch adapter: wrong tensors get clear errors and change nothing", "[
   CHECK_THROWS_AS(head(e.to(torch::kDouble), y), protomem::Error);
   CHECK_THROWS_WITH(head(e.to(torch::kDouble), y), Contains("embeddings must have dtype Float"));
   CHECK_THROWS_WITH(head(e.view({12, 2, 4}), y), Contains("must be rank 2"));
-  CHECK_THROWS_WITH(head(torch::randn({12, 7}), y), Contains("D = 7 columns but the memory's dim is 8"));
+  CHECK_THROWS_WITH(head(torch::randn({12, 7}), y),
+                    Contains("D = 7 columns but the memory's dim is 8"));
   CHECK_THROWS_WITH(head(e, y.to(torch::kInt)), Contains("labels must have dtype int64"));
   CHECK_THROWS_WITH(head(e, y.view({3, 4})), Contains("labels must be rank 1"));
-  CHECK_THROWS_WITH(head(e, y.slice(0, 0, 6)), Contains("labels has 6 entries but embeddings have B = 12"));
+  CHECK_THROWS_WITH(head(e, y.slice(0, 0, 6)),
+                    Contains("labels has 6 entries but embeddings have B = 12"));
   CHECK_THROWS_WITH(head(torch::empty({12, 8}, torch::device(torch::kMeta)), y),
                     Contains("must be a dense CPU tensor"));
   CHECK_THROWS_WITH(head(torch::randn({0, 8}), y.slice(0, 0, 0)), Contains("empty batch"));
@@ -208,9 +211,8 @@ TEST_CASE("main job: a short seeded run beats the untrained encoder on held-out 
   o.distractors = 1000;
   o.eval_every = 150;
   o.progress = false;
-  const train::RunResult r =
-      train::run_method(o, {train::Kind::protomem, train::Sampler::grouped},
-                        train::make_default_protomem_head);
+  const train::RunResult r = train::run_method(o, {train::Kind::protomem, train::Sampler::grouped},
+                                               train::make_default_protomem_head);
   INFO("untrained TAR@1e-3 " << r.untrained.tar_1e3 << " rank-1 " << r.untrained.rank1
                              << "; trained TAR@1e-3 " << r.final.tar_1e3 << " rank-1 "
                              << r.final.rank1);

@@ -97,7 +97,8 @@ std::int64_t parse_int(const std::string& flag, const std::string& text) {
   } catch (...) {
     used = 0;
   }
-  if (used == 0 || used != text.size()) throw UsageError(flag + ": '" + text + "' is not an integer");
+  if (used == 0 || used != text.size())
+    throw UsageError(flag + ": '" + text + "' is not an integer");
   return v;
 }
 
@@ -119,7 +120,7 @@ struct Cli {
   std::string out = "train-out";
   bool plot = true;
   int threads = 0;
-  std::string child;      // internal: run this one method and write its files
+  std::string child;                   // internal: run this one method and write its files
   std::vector<std::string> forwarded;  // the user's flags, passed on to children
 };
 
@@ -132,9 +133,9 @@ std::vector<train::Method> parse_methods(const std::string& list) {
       {"full-instance", {Kind::full, Sampler::instance}},
       {"pfc-grouped", {Kind::pfc, Sampler::grouped}},
       {"pfc-instance", {Kind::pfc, Sampler::instance}}};
-  if (list == "all") return {known.at("protomem-grouped"), known.at("full-grouped"),
-                             known.at("full-instance"), known.at("pfc-grouped"),
-                             known.at("pfc-instance")};
+  if (list == "all")
+    return {known.at("protomem-grouped"), known.at("full-grouped"), known.at("full-instance"),
+            known.at("pfc-grouped"), known.at("pfc-instance")};
   std::vector<train::Method> methods;
   std::stringstream in(list);
   std::string name;
@@ -186,52 +187,97 @@ Cli parse(int argc, char** argv) {
     }
     auto I = [&] { return parse_int(flag, value); };
     auto R = [&] { return parse_real(flag, value); };
-    if (flag == "--child") { cli.child = value; continue; }
-    if (flag == "--methods") cli.methods = parse_methods(value);
-    else if (flag == "--identities") o.identities = I();
-    else if (flag == "--images-per-identity") o.images_per_identity = I();
-    else if (flag == "--eval-identities") o.eval_identities = I();
-    else if (flag == "--eval-images") o.eval_images = I();
-    else if (flag == "--distractors") o.distractors = I();
-    else if (flag == "--data-seed") o.data.seed = static_cast<std::uint64_t>(I());
-    else if (flag == "--intra") o.data.intra = R();
-    else if (flag == "--similarity") o.data.similarity = R();
-    else if (flag == "--families") o.data.families = I();
-    else if (flag == "--lookalike-fraction") o.data.lookalike_fraction = R();
-    else if (flag == "--lookalike-distance") o.data.lookalike_distance = R();
-    else if (flag == "--nuisance") o.data.nuisance = R();
-    else if (flag == "--noise") o.data.noise = R();
-    else if (flag == "--latent-dim") o.data.latent_dim = I();
-    else if (flag == "--image-dim") o.data.image_dim = I();
-    else if (flag == "--nuisance-dim") o.data.nuisance_dim = I();
-    else if (flag == "--map-hidden") o.data.hidden_dim = I();
-    else if (flag == "--dim") o.dim = I();
-    else if (flag == "--hidden") o.hidden = I();
-    else if (flag == "--steps") o.steps = I();
-    else if (flag == "--batch") o.batch = I();
-    else if (flag == "--exemplars") o.exemplars = I();
-    else if (flag == "--lr") o.lr = R();
-    else if (flag == "--momentum") o.momentum = R();
-    else if (flag == "--weight-decay") o.weight_decay = R();
-    else if (flag == "--seed") o.seed = static_cast<std::uint64_t>(I());
-    else if (flag == "--threads") cli.threads = static_cast<int>(I());
-    else if (flag == "--margin") o.margin = value;
-    else if (flag == "--scale") o.scale = R();
-    else if (flag == "--m") o.m = R();
-    else if (flag == "--capacity") o.capacity = I();
-    else if (flag == "--generator") o.generator = value;
-    else if (flag == "--refresh") {
-      if (value == "replace") o.refresh = 0.0;
-      else if (value.rfind("momentum:", 0) == 0) o.refresh = parse_real(flag, value.substr(9));
-      else if (value == "momentum") o.refresh = 0.5;
-      else throw UsageError("--refresh must be replace or momentum:A, not '" + value + "'");
+    if (flag == "--child") {
+      cli.child = value;
+      continue;
     }
-    else if (flag == "--queue") o.queue = value;
-    else if (flag == "--sample-rate") o.sample_rate = R();
-    else if (flag == "--eval-every") o.eval_every = I();
-    else if (flag == "--staleness-classes") o.staleness_classes = I();
-    else if (flag == "--out") cli.out = value;
-    else throw UsageError("unknown flag '" + flag + "' (see --help)");
+    if (flag == "--methods")
+      cli.methods = parse_methods(value);
+    else if (flag == "--identities")
+      o.identities = I();
+    else if (flag == "--images-per-identity")
+      o.images_per_identity = I();
+    else if (flag == "--eval-identities")
+      o.eval_identities = I();
+    else if (flag == "--eval-images")
+      o.eval_images = I();
+    else if (flag == "--distractors")
+      o.distractors = I();
+    else if (flag == "--data-seed")
+      o.data.seed = static_cast<std::uint64_t>(I());
+    else if (flag == "--intra")
+      o.data.intra = R();
+    else if (flag == "--similarity")
+      o.data.similarity = R();
+    else if (flag == "--families")
+      o.data.families = I();
+    else if (flag == "--lookalike-fraction")
+      o.data.lookalike_fraction = R();
+    else if (flag == "--lookalike-distance")
+      o.data.lookalike_distance = R();
+    else if (flag == "--nuisance")
+      o.data.nuisance = R();
+    else if (flag == "--noise")
+      o.data.noise = R();
+    else if (flag == "--latent-dim")
+      o.data.latent_dim = I();
+    else if (flag == "--image-dim")
+      o.data.image_dim = I();
+    else if (flag == "--nuisance-dim")
+      o.data.nuisance_dim = I();
+    else if (flag == "--map-hidden")
+      o.data.hidden_dim = I();
+    else if (flag == "--dim")
+      o.dim = I();
+    else if (flag == "--hidden")
+      o.hidden = I();
+    else if (flag == "--steps")
+      o.steps = I();
+    else if (flag == "--batch")
+      o.batch = I();
+    else if (flag == "--exemplars")
+      o.exemplars = I();
+    else if (flag == "--lr")
+      o.lr = R();
+    else if (flag == "--momentum")
+      o.momentum = R();
+    else if (flag == "--weight-decay")
+      o.weight_decay = R();
+    else if (flag == "--seed")
+      o.seed = static_cast<std::uint64_t>(I());
+    else if (flag == "--threads")
+      cli.threads = static_cast<int>(I());
+    else if (flag == "--margin")
+      o.margin = value;
+    else if (flag == "--scale")
+      o.scale = R();
+    else if (flag == "--m")
+      o.m = R();
+    else if (flag == "--capacity")
+      o.capacity = I();
+    else if (flag == "--generator")
+      o.generator = value;
+    else if (flag == "--refresh") {
+      if (value == "replace")
+        o.refresh = 0.0;
+      else if (value.rfind("momentum:", 0) == 0)
+        o.refresh = parse_real(flag, value.substr(9));
+      else if (value == "momentum")
+        o.refresh = 0.5;
+      else
+        throw UsageError("--refresh must be replace or momentum:A, not '" + value + "'");
+    } else if (flag == "--queue")
+      o.queue = value;
+    else if (flag == "--sample-rate")
+      o.sample_rate = R();
+    else if (flag == "--eval-every")
+      o.eval_every = I();
+    else if (flag == "--staleness-classes")
+      o.staleness_classes = I();
+    else if (flag == "--out")
+      cli.out = value;
+    else
+      throw UsageError("unknown flag '" + flag + "' (see --help)");
     if (flag != "--methods") {
       cli.forwarded.push_back(flag);
       cli.forwarded.push_back(value);
@@ -247,7 +293,8 @@ void check(const Cli& cli) {
   };
   need(o.identities >= 2, "--identities must be >= 2");
   need(o.images_per_identity >= 1, "--images-per-identity must be >= 1");
-  need(o.eval_identities >= 2 && o.eval_identities % 2 == 0, "--eval-identities must be even and >= 2");
+  need(o.eval_identities >= 2 && o.eval_identities % 2 == 0,
+       "--eval-identities must be even and >= 2");
   need(o.eval_images >= 2, "--eval-images must be >= 2");
   need(o.distractors >= 0, "--distractors must be >= 0");
   need(o.dim >= 1 && o.hidden >= 1, "--dim and --hidden must be >= 1");
@@ -255,9 +302,9 @@ void check(const Cli& cli) {
   need(o.batch >= 1, "--batch must be >= 1");
   need(o.exemplars >= 1 && o.batch % o.exemplars == 0,
        "--exemplars must be >= 1 and divide --batch (" + std::to_string(o.batch) + ")");
-  need(o.exemplars <= o.images_per_identity,
-       "--exemplars (" + std::to_string(o.exemplars) + ") must be <= --images-per-identity (" +
-           std::to_string(o.images_per_identity) + ")");
+  need(o.exemplars <= o.images_per_identity, "--exemplars (" + std::to_string(o.exemplars) +
+                                                 ") must be <= --images-per-identity (" +
+                                                 std::to_string(o.images_per_identity) + ")");
   need(o.batch / o.exemplars <= o.identities,
        "--batch / --exemplars classes per step must be <= --identities");
   need(o.lr > 0 && std::isfinite(o.lr), "--lr must be > 0");
@@ -267,11 +314,12 @@ void check(const Cli& cli) {
        "--margin must be cosface, arcface or none, not '" + o.margin + "'");
   need(o.scale > 0 && std::isfinite(o.scale), "--scale must be > 0");
   need(o.m >= 0 && o.m <= (o.margin == "arcface" ? 1.5 : 1.0), "--m is out of range");
-  need(o.capacity >= o.batch / o.exemplars,
-       "--capacity must hold at least one batch's classes (" + std::to_string(o.batch / o.exemplars) + ")");
+  need(o.capacity >= o.batch / o.exemplars, "--capacity must hold at least one batch's classes (" +
+                                                std::to_string(o.batch / o.exemplars) + ")");
   need(o.generator == "mean" || o.generator == "detached" || o.generator == "leave-one-out",
        "--generator must be mean, detached or leave-one-out, not '" + o.generator + "'");
-  need(o.generator != "leave-one-out" || o.exemplars >= 2, "--generator leave-one-out needs --exemplars >= 2");
+  need(o.generator != "leave-one-out" || o.exemplars >= 2,
+       "--generator leave-one-out needs --exemplars >= 2");
   need(o.refresh >= 0 && o.refresh < 1, "--refresh momentum:A needs 0 <= A < 1");
   need(o.queue == "lrw" || o.queue == "fifo", "--queue must be lrw or fifo, not '" + o.queue + "'");
   need(o.sample_rate > 0 && o.sample_rate <= 1, "--sample-rate must be in (0, 1]");
@@ -285,7 +333,8 @@ void check(const Cli& cli) {
   }
 }
 
-// ---- child: one method ----------------------------------------------------------------------------
+// ---- child: one method
+// ----------------------------------------------------------------------------
 
 std::string file_of(const std::string& out, const std::string& method, const char* what) {
   return out + "/" + method + "." + what;
@@ -297,15 +346,16 @@ int run_child(const Cli& cli) {
   const std::string m = r.method;
   {
     std::ofstream f(file_of(cli.out, m, "result"));
-    f << "untrained_tar_1e3 " << r.untrained.tar_1e3 << "\nuntrained_tar_1e4 " << r.untrained.tar_1e4
-      << "\nuntrained_rank1 " << r.untrained.rank1 << "\ntar_1e3 " << r.final.tar_1e3
-      << "\ntar_1e4 " << r.final.tar_1e4 << "\nrank1 " << r.final.rank1 << "\nstep_ms " << r.step_ms
-      << "\nstate_mb " << r.state_mb << "\nfinal_loss " << r.final_loss << "\nstaleness_cos "
-      << r.staleness_cos << "\n";
+    f << "untrained_tar_1e3 " << r.untrained.tar_1e3 << "\nuntrained_tar_1e4 "
+      << r.untrained.tar_1e4 << "\nuntrained_rank1 " << r.untrained.rank1 << "\ntar_1e3 "
+      << r.final.tar_1e3 << "\ntar_1e4 " << r.final.tar_1e4 << "\nrank1 " << r.final.rank1
+      << "\nstep_ms " << r.step_ms << "\nstate_mb " << r.state_mb << "\nfinal_loss " << r.final_loss
+      << "\nstaleness_cos " << r.staleness_cos << "\n";
   }
   {
     std::ofstream f(file_of(cli.out, m, "loss.csv"));
-    for (std::size_t s = 0; s < r.losses.size(); ++s) f << m << "," << s + 1 << "," << r.losses[s] << "\n";
+    for (std::size_t s = 0; s < r.losses.size(); ++s)
+      f << m << "," << s + 1 << "," << r.losses[s] << "\n";
   }
   {
     std::ofstream f(file_of(cli.out, m, "curves.csv"));
@@ -323,7 +373,8 @@ int run_child(const Cli& cli) {
   return 0;
 }
 
-// ---- parent: children, table, files ---------------------------------------------------------------
+// ---- parent: children, table, files
+// ---------------------------------------------------------------
 
 std::map<std::string, double> read_result(const std::string& path) {
   std::map<std::string, double> values;
@@ -334,8 +385,8 @@ std::map<std::string, double> read_result(const std::string& path) {
   return values;
 }
 
-void concatenate(const std::string& out, const std::vector<train::Method>& methods, const char* what,
-                 const char* header) {
+void concatenate(const std::string& out, const std::vector<train::Method>& methods,
+                 const char* what, const char* header) {
   std::ofstream all(out + "/" + what);
   all << header << "\n";
   for (const auto& m : methods) {
@@ -352,17 +403,20 @@ int run_parent(const Cli& cli, const char* self) {
     throw std::runtime_error("cannot create --out directory '" + cli.out + "'");
   }
   const train::Options& o = cli.o;
-  std::printf("protomem train: %lld identities x %lld images, %lld held-out identities x %lld images, "
-              "%lld distractors\n", static_cast<long long>(o.identities),
-              static_cast<long long>(o.images_per_identity), static_cast<long long>(o.eval_identities),
-              static_cast<long long>(o.eval_images), static_cast<long long>(o.distractors));
-  std::printf("  encoder MLP %lld-%lld-%lld-%lld, %lld steps x %lld images (grouped: %lld ids x K=%lld), "
-              "%s s=%g m=%g; protomem M=%lld; pfc sample rate %g\n",
-              static_cast<long long>(o.data.image_dim), static_cast<long long>(o.hidden),
-              static_cast<long long>(o.hidden), static_cast<long long>(o.dim),
-              static_cast<long long>(o.steps), static_cast<long long>(o.batch),
-              static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
-              o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
+  std::printf(
+      "protomem train: %lld identities x %lld images, %lld held-out identities x %lld images, "
+      "%lld distractors\n",
+      static_cast<long long>(o.identities), static_cast<long long>(o.images_per_identity),
+      static_cast<long long>(o.eval_identities), static_cast<long long>(o.eval_images),
+      static_cast<long long>(o.distractors));
+  std::printf(
+      "  encoder MLP %lld-%lld-%lld-%lld, %lld steps x %lld images (grouped: %lld ids x K=%lld), "
+      "%s s=%g m=%g; protomem M=%lld; pfc sample rate %g\n",
+      static_cast<long long>(o.data.image_dim), static_cast<long long>(o.hidden),
+      static_cast<long long>(o.hidden), static_cast<long long>(o.dim),
+      static_cast<long long>(o.steps), static_cast<long long>(o.batch),
+      static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
+      o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
   std::fflush(stdout);
 
   std::vector<std::map<std::string, double>> results;
@@ -393,19 +447,21 @@ int run_parent(const Cli& cli, const char* self) {
   }
 
   concatenate(cli.out, cli.methods, "loss.csv", "method,step,loss");
-  concatenate(cli.out, cli.methods, "curves.csv", "method,step,loss,tar_1e3,tar_1e4,rank1,staleness_cos");
+  concatenate(cli.out, cli.methods, "curves.csv",
+              "method,step,loss,tar_1e3,tar_1e4,rank1,staleness_cos");
   concatenate(cli.out, cli.methods, "staleness.csv", "method,step,label,age,cosine");
 
   std::ofstream csv(cli.out + "/results.csv");
-  csv << "method,identities,steps,images,tar_1e3,tar_1e4,rank1,step_ms,state_mb,peak_rss_mb,final_loss,"
+  csv << "method,identities,steps,images,tar_1e3,tar_1e4,rank1,step_ms,state_mb,peak_rss_mb,final_"
+         "loss,"
          "staleness_cos\n";
   const long long images = static_cast<long long>(o.steps * o.batch);
   std::printf("\n%-18s %9s %9s %7s %9s %9s %9s %10s\n", "method", "TAR@1e-3", "TAR@1e-4", "rank-1",
               "step ms", "state MB", "peak MB", "proto cos");
   const auto& u = results.front();
   std::printf("%-18s %9.4f %9.4f %7.4f %9s %9s %9s %10s\n", "untrained encoder",
-              u.at("untrained_tar_1e3"), u.at("untrained_tar_1e4"), u.at("untrained_rank1"), "-", "-",
-              "-", "-");
+              u.at("untrained_tar_1e3"), u.at("untrained_tar_1e4"), u.at("untrained_rank1"), "-",
+              "-", "-", "-");
   for (std::size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     const std::string name = cli.methods[i].name();
@@ -417,15 +473,16 @@ int run_parent(const Cli& cli, const char* self) {
         << r.at("state_mb") << "," << peak_mb[i] << "," << r.at("final_loss") << ","
         << r.at("staleness_cos") << "\n";
   }
-  std::printf("(%lld steps x %lld images = %lld images per method; proto cos: mean cosine between a "
-              "class's classifier vector and its current mean embedding)\n",
-              static_cast<long long>(o.steps), static_cast<long long>(o.batch), images);
+  std::printf(
+      "(%lld steps x %lld images = %lld images per method; proto cos: mean cosine between a "
+      "class's classifier vector and its current mean embedding)\n",
+      static_cast<long long>(o.steps), static_cast<long long>(o.batch), images);
   std::printf("files: %s/{results,loss,curves,staleness}.csv", cli.out.c_str());
   csv.close();
   if (cli.plot) {
     const char* python = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-    const std::string command = std::string(python) + " '" + PROTOMEM_TRAIN_PLOT_SCRIPT + "' '" +
-                                cli.out + "' > /dev/null";
+    const std::string command =
+        std::string(python) + " '" + PROTOMEM_TRAIN_PLOT_SCRIPT + "' '" + cli.out + "' > /dev/null";
     if (std::system(command.c_str()) == 0) {
       std::printf(", %s/curves.png", cli.out.c_str());
     } else {

@@ -14,8 +14,10 @@ namespace train {
 
 template <class Generator>
 std::unique_ptr<Head> make_protomem_head_with(const Options& o) {
-  if (o.queue == "lrw") return std::make_unique<ProtomemHead<Generator, protomem::LeastRecentlyWritten>>(o);
-  if (o.queue == "fifo") return std::make_unique<ProtomemHead<Generator, protomem::FirstInFirstOut>>(o);
+  if (o.queue == "lrw")
+    return std::make_unique<ProtomemHead<Generator, protomem::LeastRecentlyWritten>>(o);
+  if (o.queue == "fifo")
+    return std::make_unique<ProtomemHead<Generator, protomem::FirstInFirstOut>>(o);
   throw std::invalid_argument("--queue must be lrw or fifo, not '" + o.queue + "'");
 }
 

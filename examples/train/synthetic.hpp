@@ -5,9 +5,11 @@
 // Generative model (all random numbers from a counter-based generator keyed by what they describe,
 // so nothing is stored and any image can be made in any order on any thread):
 //   family   f(c)   = hash(seed, c) mod families
-//   latent   z_c    = sqrt(similarity) g_f(c) + sqrt(1 - similarity) u_c           (L dims, g, u ~ N(0, I))
-//   look-alike pairs: identities 2k and 2k+1 form a planted pair with probability lookalike_fraction;
-//            then z_{2k+1} = sqrt(1 - delta^2) z_{2k} + delta u_{2k+1}   (delta = lookalike_distance)
+//   latent   z_c    = sqrt(similarity) g_f(c) + sqrt(1 - similarity) u_c           (L dims, g, u ~
+//   N(0, I)) look-alike pairs: identities 2k and 2k+1 form a planted pair with probability
+//   lookalike_fraction;
+//            then z_{2k+1} = sqrt(1 - delta^2) z_{2k} + delta u_{2k+1}   (delta =
+//            lookalike_distance)
 //   image i of identity c:
 //            v = z_c + intra * eps_{c,i}                  (intra-class variation, eps ~ N(0, I_L))
 //            n = nuisance * nu_{c,i}                      (nuisance factors, nu ~ N(0, I_Q): "pose,
@@ -41,7 +43,9 @@ class CounterRng {
       : key_(mix(mix(mix(seed ^ mix(tag)) ^ a) ^ mix(b + 0x632BE59BD9B4E019ULL))) {}
   std::uint64_t next() { return mix(key_ + 0xD1B54A32D192ED03ULL * ++counter_); }
   /// Uniform in (0, 1).
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+  double uniform() {
+    return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  }
   /// Standard normal (Box-Muller; both values of a pair are used).
   double normal() {
     if (has_spare_) {
@@ -65,12 +69,12 @@ class CounterRng {
 /// The knobs of the data set. Defaults give a task that a small MLP learns in minutes on 2 cores.
 struct Config {
   std::uint64_t seed = 1;
-  std::int64_t latent_dim = 32;     ///< L: identity latent dimension
-  std::int64_t nuisance_dim = 8;    ///< Q: nuisance factors per image
-  std::int64_t hidden_dim = 128;    ///< H: width of the fixed random map
-  std::int64_t image_dim = 128;     ///< X: values per image (the encoder's input)
-  double intra = 0.4;               ///< intra-class variation (std of eps, latents have unit std)
-  double similarity = 0.3;          ///< inter-class similarity: share of latent variance from the family
+  std::int64_t latent_dim = 32;   ///< L: identity latent dimension
+  std::int64_t nuisance_dim = 8;  ///< Q: nuisance factors per image
+  std::int64_t hidden_dim = 128;  ///< H: width of the fixed random map
+  std::int64_t image_dim = 128;   ///< X: values per image (the encoder's input)
+  double intra = 0.4;             ///< intra-class variation (std of eps, latents have unit std)
+  double similarity = 0.3;  ///< inter-class similarity: share of latent variance from the family
   std::int64_t families = 256;      ///< number of families identities are drawn around
   double lookalike_fraction = 0.1;  ///< probability that identities (2k, 2k+1) are a planted pair
   double lookalike_distance = 0.5;  ///< delta: a pair's latent cosine is about sqrt(1 - delta^2)

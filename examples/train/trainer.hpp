@@ -1,5 +1,6 @@
 // The training job behind examples/train: a LibTorch MLP encoder trained on the synthetic identity
-// set (synthetic.hpp) with one of three classifier heads, and its evaluation on held-out identities.
+// set (synthetic.hpp) with one of three classifier heads, and its evaluation on held-out
+// identities.
 //
 //   protomem  Prototype Memory (protomem::torch::PrototypeHead) on class-grouped batches
 //   full      a learned N x D margin classifier (full softmax), every row updated every step
@@ -20,6 +21,9 @@
 // age in steps).
 #pragma once
 
+#include <torch/torch.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -29,16 +33,11 @@
 #include <functional>
 #include <memory>
 #include <numeric>
+#include <protomem/torch.hpp>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
-
-#include <torch/torch.h>
-
-#include <protomem/torch.hpp>
 
 #include "synthetic.hpp"
 
@@ -59,31 +58,31 @@ struct Method {
 /// Every knob of a run (the command line of examples/train maps onto this one to one).
 struct Options {
   synthetic::Config data;
-  std::int64_t identities = 10000;         // N training identities: labels [0, N)
-  std::int64_t images_per_identity = 16;   // training images per identity
-  std::int64_t eval_identities = 1000;     // held-out identities for verification/identification
-  std::int64_t eval_images = 4;            // images per held-out identity
-  std::int64_t distractors = 10000;        // distractor images (one per further identity)
-  std::int64_t hidden = 256;               // encoder width
-  std::int64_t dim = 64;                   // D: embedding dimension
+  std::int64_t identities = 10000;        // N training identities: labels [0, N)
+  std::int64_t images_per_identity = 16;  // training images per identity
+  std::int64_t eval_identities = 1000;    // held-out identities for verification/identification
+  std::int64_t eval_images = 4;           // images per held-out identity
+  std::int64_t distractors = 10000;       // distractor images (one per further identity)
+  std::int64_t hidden = 256;              // encoder width
+  std::int64_t dim = 64;                  // D: embedding dimension
   std::int64_t steps = 600;
-  std::int64_t batch = 256;                // B images per step
-  std::int64_t exemplars = 4;              // K images per identity in grouped batches
+  std::int64_t batch = 256;    // B images per step
+  std::int64_t exemplars = 4;  // K images per identity in grouped batches
   double lr = 0.1;
   double momentum = 0.9;
-  double weight_decay = 5e-4;              // encoder only
-  std::string margin = "cosface";          // cosface | arcface | none
-  double scale = 32.0;                     // s
-  double m = 0.3;                          // margin (cosface m3, arcface m2)
-  std::int64_t capacity = 4096;            // M: protomem slots
-  std::string generator = "mean";          // mean | detached | leave-one-out
-  double refresh = 0.0;                    // momentum a of the refresh (0: replace)
-  std::string queue = "lrw";               // lrw | fifo
-  double sample_rate = 0.1;                // pfc: share of the N rows used per step
-  std::int64_t eval_every = 200;           // steps between evaluations (curves)
-  std::int64_t staleness_classes = 256;    // classes sampled per staleness measurement
-  std::uint64_t seed = 1;                  // encoder init, samplers
-  bool progress = true;                    // progress bar on a terminal
+  double weight_decay = 5e-4;            // encoder only
+  std::string margin = "cosface";        // cosface | arcface | none
+  double scale = 32.0;                   // s
+  double m = 0.3;                        // margin (cosface m3, arcface m2)
+  std::int64_t capacity = 4096;          // M: protomem slots
+  std::string generator = "mean";        // mean | detached | leave-one-out
+  double refresh = 0.0;                  // momentum a of the refresh (0: replace)
+  std::string queue = "lrw";             // lrw | fifo
+  double sample_rate = 0.1;              // pfc: share of the N rows used per step
+  std::int64_t eval_every = 200;         // steps between evaluations (curves)
+  std::int64_t staleness_classes = 256;  // classes sampled per staleness measurement
+  std::uint64_t seed = 1;                // encoder init, samplers
+  bool progress = true;                  // progress bar on a terminal
 };
 
 /// Margin on the target cosine for the learned baselines, the same psi as protomem's
@@ -106,7 +105,8 @@ inline at::Tensor margin_psi(const protomem::CombinedMargin& mg, const at::Tenso
 /// Rows scaled to unit norm (differentiable).
 inline at::Tensor unit(const at::Tensor& t) { return t / t.norm(2, {1}, true).clamp_min(1e-12); }
 
-// ---- heads ----------------------------------------------------------------------------------------
+// ---- heads
+// ----------------------------------------------------------------------------------------
 
 /// A class's classifier vector, sampled for the staleness measurement.
 struct VectorSample {
@@ -154,8 +154,8 @@ class ProtomemHead : public Head {
     for (std::size_t r = 0; r < labels.size(); ++r) {
       const auto p = memory.prototype(labels[r]);
       std::copy(p.begin(), p.end(), s.vectors.data_ptr<float>() + r * memory.dim());
-      s.ages.push_back(static_cast<std::int64_t>(memory.step_count() -
-                                                 memory.last_written(labels[r])));
+      s.ages.push_back(
+          static_cast<std::int64_t>(memory.step_count() - memory.last_written(labels[r])));
     }
     s.labels = std::move(labels);
     return s;
@@ -202,8 +202,7 @@ class LearnedHead : public Head {
       sub_ = weight_.index_select(0, index_).detach().set_requires_grad(true);
       rows = sub_;
     }
-    const at::Tensor cos = at::matmul(unit(e),
-                                      unit(rows).t());
+    const at::Tensor cos = at::matmul(unit(e), unit(rows).t());
     return margin_softmax(cos, targets);
   }
 
@@ -220,7 +219,8 @@ class LearnedHead : public Head {
     velocity_.index_copy_(0, index_, v);
     weight_.index_copy_(0, index_, sub_.detach() - v * lr);
     const auto* idx = index_.data_ptr<std::int64_t>();
-    for (std::int64_t r = 0; r < index_.size(0); ++r) last_[static_cast<std::size_t>(idx[r])] = step;
+    for (std::int64_t r = 0; r < index_.size(0); ++r)
+      last_[static_cast<std::size_t>(idx[r])] = step;
     sub_ = at::Tensor();
   }
 
@@ -248,7 +248,8 @@ class LearnedHead : public Head {
     const at::Tensor t = targets.view({-1, 1});
     const at::Tensor target_cos = cos.gather(1, t);
     const at::Tensor logits =
-        (cos * margin_.s).scatter_add(1, t, (margin_psi(margin_, target_cos) - target_cos) * margin_.s);
+        (cos * margin_.s)
+            .scatter_add(1, t, (margin_psi(margin_, target_cos) - target_cos) * margin_.s);
     return (at::logsumexp(logits, 1) - logits.gather(1, t).view(-1)).mean();
   }
 
@@ -296,7 +297,8 @@ class LearnedHead : public Head {
   std::vector<std::int64_t> last_;
 };
 
-// ---- data -----------------------------------------------------------------------------------------
+// ---- data
+// -----------------------------------------------------------------------------------------
 
 /// Yields (identity, image index) pairs of each step's batch.
 class BatchSampler {
@@ -346,14 +348,16 @@ class BatchSampler {
   std::size_t cursor_ = 0;
 };
 
-inline at::Tensor make_images(const synthetic::IdentitySet& data, const std::vector<std::int64_t>& ids,
+inline at::Tensor make_images(const synthetic::IdentitySet& data,
+                              const std::vector<std::int64_t>& ids,
                               const std::vector<std::int64_t>& idx) {
   at::Tensor x = at::empty({static_cast<std::int64_t>(ids.size()), data.image_dim()});
   data.images(ids.data(), idx.data(), static_cast<std::int64_t>(ids.size()), x.data_ptr<float>());
   return x;
 }
 
-// ---- encoder --------------------------------------------------------------------------------------
+// ---- encoder
+// --------------------------------------------------------------------------------------
 
 inline ::torch::nn::Sequential make_encoder(const Options& o) {
   ::torch::manual_seed(o.seed);
@@ -380,7 +384,8 @@ inline at::Tensor embed(::torch::nn::Sequential& encoder, const at::Tensor& imag
   return unit(at::cat(parts));
 }
 
-// ---- evaluation -----------------------------------------------------------------------------------
+// ---- evaluation
+// -----------------------------------------------------------------------------------
 
 struct Scores {
   double tar_1e3 = 0, tar_1e4 = 0, rank1 = 0;
@@ -427,7 +432,8 @@ class Evaluator {
     // Identification: gallery = image 0 of every held-out identity + the distractors; probes =
     // the other images of the held-out identities.
     const at::Tensor mates = f.index_select(0, at::arange(0, n, v));
-    const at::Tensor gallery = o_.distractors > 0 ? at::cat({mates, embed(encoder, distractors_)}) : mates;
+    const at::Tensor gallery =
+        o_.distractors > 0 ? at::cat({mates, embed(encoder, distractors_)}) : mates;
     std::vector<std::int64_t> probe_rows;
     for (std::int64_t i = 0; i < n; ++i) {
       if (i % v != 0) probe_rows.push_back(i);
@@ -458,7 +464,8 @@ class Evaluator {
   at::Tensor heldout_, distractors_;
 };
 
-// ---- one run --------------------------------------------------------------------------------------
+// ---- one run
+// --------------------------------------------------------------------------------------
 
 struct CurvePoint {
   std::int64_t step;
@@ -475,10 +482,10 @@ struct StalenessPoint {
 struct RunResult {
   std::string method;
   Scores untrained, final;
-  double step_ms = 0;       // mean wall time of a training step (data, encoder, head, update)
-  double state_mb = 0;      // head state (classifier + optimizer state, or the memory)
+  double step_ms = 0;   // mean wall time of a training step (data, encoder, head, update)
+  double state_mb = 0;  // head state (classifier + optimizer state, or the memory)
   double final_loss = 0;
-  double staleness_cos = 0;  // at the end
+  double staleness_cos = 0;    // at the end
   std::vector<double> losses;  // every step
   std::vector<CurvePoint> curve;
   std::vector<StalenessPoint> staleness;
@@ -491,9 +498,9 @@ inline double lr_at(const Options& o, std::int64_t step) {
   return o.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
 }
 
-inline std::unique_ptr<Head> make_head(const Options& o, Kind kind,
-                                       std::function<std::unique_ptr<Head>(const Options&)>
-                                           protomem_factory) {
+inline std::unique_ptr<Head> make_head(
+    const Options& o, Kind kind,
+    std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
   if (kind == Kind::protomem) return protomem_factory(o);
   return std::make_unique<LearnedHead>(o, kind == Kind::full ? 1.0 : o.sample_rate);
 }
@@ -530,7 +537,9 @@ inline double measure_staleness(const Options& o, const synthetic::IdentitySet& 
 class Progress {
  public:
   Progress(std::string label, std::int64_t total, bool enabled)
-      : label_(std::move(label)), total_(total), enabled_(enabled && isatty(2)),
+      : label_(std::move(label)),
+        total_(total),
+        enabled_(enabled && isatty(2)),
         start_(std::chrono::steady_clock::now()) {}
   void update(std::int64_t done, double loss, double images_per_s, bool force = false) {
     if (!enabled_) return;
@@ -539,13 +548,14 @@ class Progress {
     last_ = now;
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     const double eta = done > 0 ? elapsed * (total_ - done) / done : 0.0;
-    const int width = 24, filled = static_cast<int>(width * done / std::max<std::int64_t>(1, total_));
+    const int width = 24,
+              filled = static_cast<int>(width * done / std::max<std::int64_t>(1, total_));
     std::string bar(static_cast<std::size_t>(filled), '#');
     bar.resize(width, '.');
     std::fprintf(stderr, "\r  %-18s [%s] %6lld/%lld  loss %7.3f  %7.0f img/s  ETA %2d:%02d ",
                  label_.c_str(), bar.c_str(), static_cast<long long>(done),
-                 static_cast<long long>(total_), loss, images_per_s,
-                 static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
+                 static_cast<long long>(total_), loss, images_per_s, static_cast<int>(eta) / 60,
+                 static_cast<int>(eta) % 60);
     std::fflush(stderr);
   }
   void finish() {
@@ -619,9 +629,9 @@ inline RunResult run_method(const Options& o, const Method& method,
   result.staleness_cos = result.curve.back().staleness_cos;
   result.step_ms = 1000.0 * train_seconds / std::max<std::int64_t>(1, o.steps);
   const std::size_t tail = std::min<std::size_t>(result.losses.size(), 20);
-  result.final_loss =
-      std::accumulate(result.losses.end() - static_cast<std::ptrdiff_t>(tail), result.losses.end(), 0.0) /
-      std::max<std::size_t>(1, tail);
+  result.final_loss = std::accumulate(result.losses.end() - static_cast<std::ptrdiff_t>(tail),
+                                      result.losses.end(), 0.0) /
+                      std::max<std::size_t>(1, tail);
   return result;
 }
 

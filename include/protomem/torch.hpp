@@ -8,7 +8,8 @@
 //   optimizer.step();
 //
 // When the memory is updated (Commit::on_backward, the default):
-//   - a forward with autograd recording (GradMode enabled and embeddings.requires_grad()) leaves the
+//   - a forward with autograd recording (GradMode enabled and embeddings.requires_grad()) leaves
+//   the
 //     update of the step pending; the backward pass through the loss commits it. The memory
 //     therefore changes only for steps that are actually trained on.
 //   - a forward whose backward never ran (loss only logged, step skipped for a non-finite loss) is
@@ -20,23 +21,22 @@
 // next training forward before either is an error).
 //
 // Tensors: embeddings CPU, rank 2 (B x D, D = the memory's dim), of the head's Scalar (float32 for
-// PrototypeHead<float>, float64 for PrototypeHead<double>); labels CPU int64, rank 1, length B. They
-// are read in place: any row stride works zero-copy as long as each row is contiguous (stride(1) ==
-// 1); otherwise the embeddings are copied once with .contiguous(). Anything else throws
-// protomem::Error naming the tensor, what it is and what was expected, before any state changes.
-// The returned loss is a 0-dim tensor of the embeddings' dtype: the mean margin-softmax
+// PrototypeHead<float>, float64 for PrototypeHead<double>); labels CPU int64, rank 1, length B.
+// They are read in place: any row stride works zero-copy as long as each row is contiguous
+// (stride(1) == 1); otherwise the embeddings are copied once with .contiguous(). Anything else
+// throws protomem::Error naming the tensor, what it is and what was expected, before any state
+// changes. The returned loss is a 0-dim tensor of the embeddings' dtype: the mean margin-softmax
 // cross-entropy, whose gradient w.r.t. the embeddings is the core's dL/dE times the incoming grad.
 #pragma once
 
+#include <torch/torch.h>
+
 #include <cstdint>
+#include <protomem/error.hpp>
+#include <protomem/memory.hpp>
 #include <sstream>
 #include <string>
 #include <utility>
-
-#include <torch/torch.h>
-
-#include <protomem/error.hpp>
-#include <protomem/memory.hpp>
 
 namespace protomem {
 namespace torch {
@@ -137,16 +137,16 @@ class PrototypeHead {
     const bool training = ::torch::GradMode::is_enabled() && embeddings.requires_grad();
     if (memory.pending()) {
       if (state_->mode == Commit::manual && training) {
-        protomem::detail::fail("PrototypeHead (Commit::manual): the previous training forward is "
-                               "neither committed nor discarded; call commit() or discard() first");
+        protomem::detail::fail(
+            "PrototypeHead (Commit::manual): the previous training forward is "
+            "neither committed nor discarded; call commit() or discard() first");
       }
       memory.discard();  // its backward never ran: the step was not trained on
     }
 
     // Views over the caller's tensors: zero-copy whenever each row is contiguous.
     const at::Tensor e = embeddings.detach();
-    const at::Tensor rows =
-        (e.stride(1) == 1 && e.stride(0) >= e.size(1)) ? e : e.contiguous();
+    const at::Tensor rows = (e.stride(1) == 1 && e.stride(0) >= e.size(1)) ? e : e.contiguous();
     const at::Tensor y = labels.is_contiguous() ? labels : labels.contiguous();
     const index_t batch = rows.size(0), dim = rows.size(1);
     at::Tensor gradient = at::empty({batch, dim}, rows.options());
@@ -186,7 +186,8 @@ class PrototypeHead {
 
   void check(const at::Tensor& embeddings, const at::Tensor& labels) const {
     using protomem::detail::fail;
-    const char* head = std::is_same_v<Scalar, float> ? "PrototypeHead<float>" : "PrototypeHead<double>";
+    const char* head =
+        std::is_same_v<Scalar, float> ? "PrototypeHead<float>" : "PrototypeHead<double>";
     if (!embeddings.defined()) fail(head, ": embeddings is an undefined tensor");
     if (!labels.defined()) fail(head, ": labels is an undefined tensor");
     if (embeddings.device().type() != c10::DeviceType::CPU || embeddings.is_sparse()) {
@@ -213,8 +214,8 @@ class PrototypeHead {
     }
     if (labels.dim() != 1) fail(head, ": labels must be rank 1; got a ", detail::describe(labels));
     if (labels.size(0) != embeddings.size(0)) {
-      fail(head, ": labels has ", labels.size(0), " entries but embeddings have B = ",
-           embeddings.size(0), " rows");
+      fail(head, ": labels has ", labels.size(0),
+           " entries but embeddings have B = ", embeddings.size(0), " rows");
     }
   }
 
