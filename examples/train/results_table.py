@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Prints the markdown table of docs/results.md from the results.csv files that examples/train wrote:
-results_table.py DIR...  (each DIR holds a results.csv and a command.txt with the command that made it)."""
+results_table.py DIR...  (each DIR is a --out of examples/train; the commands are in docs/results.md)."""
 import csv
 import os
 import sys
@@ -12,6 +12,11 @@ def main(dirs):
     for d in dirs:
         with open(os.path.join(d, "results.csv"), newline="") as f:
             rows = list(csv.DictReader(f))
+        with open(os.path.join(d, "curves.csv"), newline="") as f:
+            start = next(r for r in csv.DictReader(f) if int(r["step"]) == 0)
+        run = os.path.basename(d.rstrip('/'))
+        print(f"| {int(rows[0]['identities']):,} | untrained encoder | - | {float(start['tar_1e3']):.4f} | "
+              f"{float(start['tar_1e4']):.4f} | {float(start['rank1']):.4f} | - | - | - | - | `{run}` |")
         for r in rows:
             images = int(r["images"])
             steps = int(r["steps"])
