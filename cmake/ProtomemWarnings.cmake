@@ -3,7 +3,8 @@
 #   protomem_project_target(<target>)
 #
 # Adds -Wall -Wextra -Wpedantic (/W4 /permissive- on MSVC), plus -Werror (/WX) when PROTOMEM_WERROR
-# is ON; for CUDA sources the host compiler's -Wall -Wextra and nvcc's -Werror=all-warnings. The flags are PRIVATE to <target>: they never leak into protomem::protomem and so never into
+# is ON; for CUDA sources the host compiler's -Wall -Wextra and nvcc's -Werror=all-warnings. The
+# flags are PRIVATE to <target>: they never leak into protomem::protomem and so never into
 # a consumer's build. Third-party headers (Eigen, Catch2, benchmark) come from imported targets whose
 # include directories are SYSTEM, so their warnings do not fail our build; protomem's own headers are
 # included as a normal directory, so their warnings do.
