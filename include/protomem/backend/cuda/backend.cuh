@@ -125,6 +125,9 @@ class CudaBackend {
     sync_host_mirror();
     return host_.data() + slot * dim_;
   }
+  /// The same as a view (the seam the narrow-storage CPU backends use).
+  using prototype_type = Span<const Scalar>;
+  prototype_type prototype_view(index_t slot) const { return {prototype(slot), dim_}; }
 
   /// Stores a prototype on the host; the device copy follows at the next step (one bulk upload).
   /// Used by PrototypeMemory::load() on a fresh backend.
@@ -174,6 +177,8 @@ class CudaBackend {
     // Workspace: the caller's when it is large enough, else ours (CUB's two-phase idiom).
     Work w;
     const std::size_t needed = carve(nullptr, shape, w);
+    last_tile_columns_ = shape.T;
+    last_workspace_bytes_ = needed;
     char* base = static_cast<char*>(resources_.workspace);
     if (base == nullptr || resources_.workspace_bytes < needed) {
       workspace_.reserve(needed, s);
@@ -293,6 +298,25 @@ class CudaBackend {
                               similar_cosines_host_.data() + listed);
     }
     return Scalar(status_host_.data()->loss_sum / double(B));
+  }
+
+  /// The seam with a thread count and a report of the memory pass (as the multi-threaded CPU
+  /// backend has it): the GPU ignores the thread count and reports one "thread", its tile width
+  /// and the workspace bytes of the step.
+  template <class Margin, class Generator, class PassReport>
+  Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
+                 MatrixView<Scalar> gradient, index_t used, const std::vector<index_t>& excluded,
+                 const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
+                 int threads, SimilarSlots<Scalar>* similar, PassReport* pass) {
+    (void)threads;
+    const Scalar loss = forward(batch, embeddings, gradient, used, excluded, margin, generator,
+                                workspace_bytes, similar);
+    if (pass != nullptr) {
+      pass->threads = 1;
+      pass->tile_columns = last_tile_columns_;
+      pass->workspace_bytes = last_workspace_bytes_;
+    }
+    return loss;
   }
 
   /// Stores the fresh prototypes of the last forward() into their slots: one upload of the plan
@@ -707,6 +731,9 @@ class CudaBackend {
   mutable std::vector<index_t> stale_;
   mutable bool stale_all_ = false;
   bool upload_pending_ = false;
+
+  index_t last_tile_columns_ = 0;  // of the last forward(), for the pass report
+  std::size_t last_workspace_bytes_ = 0;
 
   cudaError_t deferred_status_ = cudaSuccess;
   const char* deferred_what_ = "";
