@@ -40,6 +40,7 @@
 #include <protomem/error.hpp>
 #include <protomem/policies/generator.hpp>
 #include <protomem/policies/margin.hpp>
+#include <protomem/policies/mining.hpp>
 #include <protomem/policies/queue.hpp>
 #include <protomem/policies/refresh.hpp>
 #include <protomem/view.hpp>
@@ -55,7 +56,8 @@ struct Config {
   /// unless this budget allows them.
   std::size_t workspace_bytes = std::size_t{64} << 20;
   /// k: how many most-similar stored classes a step reports per batch class (0: none). The
-  /// similarities come from cosines the step computes anyway (the hard-example-mining seam).
+  /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
+  /// step computes max(similar_k, the Mining policy's similar_k()) of them.
   index_t similar_k = 0;
 };
 
@@ -64,7 +66,8 @@ template <class Scalar>
 struct StepResult {
   Scalar loss = 0;                    ///< mean margin-softmax cross-entropy over the batch
   std::vector<label_t> classes;       ///< the batch's distinct labels, ascending (C)
-  index_t similar_k = 0;              ///< k of Config::similar_k
+  /// k: max(Config::similar_k, the Mining policy's similar_k()).
+  index_t similar_k = 0;
   /// similar[c * k + r]: the r-th most similar stored class to classes[c] (-1 where the memory
   /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
   std::vector<label_t> similar;
@@ -89,7 +92,7 @@ struct Record {
 
 template <class Scalar, class Device = cpu, class Margin = CosFace,
           class Generator = ExemplarMean, class Refresh = Replace,
-          class Queue = LeastRecentlyWritten>
+          class Queue = LeastRecentlyWritten, class Mining = NoMining>
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
@@ -101,18 +104,20 @@ class PrototypeMemory {
   using generator_type = Generator;
   using refresh_type = Refresh;
   using queue_type = Queue;
+  using mining_type = Mining;
 
   /// Checkpoint format version written by save() and the only one load() reads.
   static constexpr std::uint32_t format_version = 1;
 
   explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
                            Generator generator = Generator{}, Refresh refresh = Refresh{},
-                           Queue queue = Queue{})
+                           Queue queue = Queue{}, Mining mining = Mining{})
       : config_(checked(config)),
         margin_(std::move(margin)),
         generator_(std::move(generator)),
         refresh_(std::move(refresh)),
         queue_(std::move(queue)),
+        mining_(std::move(mining)),
         book_(config_.capacity),
         backend_(config_.capacity, config_.dim) {}
 
@@ -143,7 +148,7 @@ class PrototypeMemory {
       if (slot >= 0) excluded.push_back(slot);
     }
     backend::SimilarSlots<Scalar> similar;
-    similar.k = config_.similar_k;
+    similar.k = std::max(config_.similar_k, mining_.similar_k());
     StepResult<Scalar> result;
     result.loss = backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_,
                                    generator_, config_.workspace_bytes, &similar);
@@ -152,6 +157,10 @@ class PrototypeMemory {
     result.similar.reserve(similar.slots.size());
     for (index_t slot : similar.slots) result.similar.push_back(slot < 0 ? -1 : book_.label[slot]);
     result.similar_cosines = std::move(similar.cosines);
+    if (mining_.similar_k() > 0) {  // kept for the Mining policy at commit()
+      pending_similar_ = result.similar;
+      pending_cosines_ = result.similar_cosines;
+    }
     pending_classes_ = std::move(batch.labels);
     pending_ = true;
     return result;
@@ -165,6 +174,10 @@ class PrototypeMemory {
     std::vector<backend::SlotWrite> writes = plan_writes(pending_classes_);
     backend_.write(writes, refresh_);
     apply_writes(writes);
+    if (mining_.similar_k() > 0) {  // only committed steps reach the Mining policy
+      mining_.record(span_of(pending_classes_), span_of(pending_similar_),
+                     span_of(pending_cosines_), std::max(config_.similar_k, mining_.similar_k()));
+    }
     pending_ = false;
   }
 
@@ -230,10 +243,12 @@ class PrototypeMemory {
   const_iterator begin() const { return {this, book_.queue.front()}; }
   const_iterator end() const { return {this, -1}; }
 
-  /// Empties the memory and resets the counters; policies keep their parameters.
+  /// Empties the memory and resets the counters; policies keep their parameters, the Mining
+  /// policy forgets its state.
   void clear() {
     book_ = Book(config_.capacity);
     backend_.clear();
+    mining_.clear();
     pending_ = false;
   }
 
@@ -244,6 +259,8 @@ class PrototypeMemory {
   const Generator& generator() const { return generator_; }
   const Refresh& refresh() const { return refresh_; }
   const Queue& queue() const { return queue_; }
+  /// The Mining policy, e.g. the doppelganger table a sampler draws from.
+  const Mining& mining() const { return mining_; }
 
   // ---- checkpoints (format: docs/algorithm.md, "Checkpoint format") ----------------------------
 
@@ -321,6 +338,11 @@ class PrototypeMemory {
     if (config.similar_k < 0) detail::fail("Config::similar_k = ", config.similar_k, " must be >= 0");
     if (config.workspace_bytes == 0) detail::fail("Config::workspace_bytes must be > 0");
     return config;
+  }
+
+  template <class T>
+  static Span<const T> span_of(const std::vector<T>& v) {
+    return {v.data(), static_cast<index_t>(v.size())};
   }
 
   index_t slot_of(label_t label) const {
@@ -437,7 +459,8 @@ class PrototypeMemory {
   // ---- checkpoint format, version 1 (all integers little-endian) --------------------------------
   //   "PROTOMEM" | u32 version | u32 scalar bytes (4: float32, 8: float64) | u64 dim | u64 capacity
   //   | i64 num_classes | u64 steps, refreshes, insertions, evictions
-  //   | 4 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes)
+  //   | 5 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
+  //     margin, generator, refresh, queue, mining
   //   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
   //   | u32 CRC-32 (zlib) of every byte before it
   static constexpr char magic[9] = "PROTOMEM";
@@ -493,6 +516,7 @@ class PrototypeMemory {
     save_policy(out, "generator", generator_);
     save_policy(out, "refresh", refresh_);
     save_policy(out, "queue", queue_);
+    save_policy(out, "mining", mining_);
     out.put<std::uint64_t>(static_cast<std::uint64_t>(book_.used));
     for (index_t slot = book_.queue.front(); slot >= 0; slot = book_.queue.next(slot)) {
       out.put<std::int64_t>(book_.label[static_cast<std::size_t>(slot)]);
@@ -534,7 +558,7 @@ class PrototypeMemory {
     if (!take(8)) return bytes;
     const std::uint64_t dim = number(8);
     if (!take(8 + 8 + 4 * 8)) return bytes;
-    for (int policy = 0; policy < 4; ++policy) {
+    for (int policy = 0; policy < 5; ++policy) {
       for (std::size_t width : {4, 4, 8}) {
         if (!take(width) || !take(number(width))) return bytes;
       }
@@ -571,7 +595,7 @@ class PrototypeMemory {
     stats.refreshes = in.get<std::uint64_t>("refreshes");
     stats.insertions = in.get<std::uint64_t>("insertions");
     stats.evictions = in.get<std::uint64_t>("evictions");
-    StoredPolicy policies[4];
+    StoredPolicy policies[5];
     for (StoredPolicy& policy : policies) {
       policy.family = in.get_string("a policy family");
       policy.name = in.get_string("a policy name");
@@ -620,6 +644,7 @@ class PrototypeMemory {
     Generator generator = load_policy(policies[1], "generator", generator_, source);
     Refresh refresh = load_policy(policies[2], "refresh", refresh_, source);
     Queue queue = load_policy(policies[3], "queue", queue_, source);
+    Mining mining = load_policy(policies[4], "mining", mining_, source);
 
     Book book(config_.capacity);
     book.stats = stats;
@@ -668,6 +693,7 @@ class PrototypeMemory {
     generator_ = std::move(generator);
     refresh_ = std::move(refresh);
     queue_ = std::move(queue);
+    mining_ = std::move(mining);
     pending_ = false;
   }
 
@@ -676,10 +702,13 @@ class PrototypeMemory {
   Generator generator_;
   Refresh refresh_;
   Queue queue_;
+  Mining mining_;
   Book book_;
   Backend backend_;
   bool pending_ = false;
   std::vector<label_t> pending_classes_;
+  std::vector<label_t> pending_similar_;  // C x k, for the Mining policy
+  std::vector<Scalar> pending_cosines_;
 };
 
 }  // namespace protomem
