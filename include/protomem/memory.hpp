@@ -52,9 +52,19 @@ struct Config {
   index_t capacity = 0;   ///< M: number of slots
   index_t dim = 0;        ///< D: embedding dimension
   label_t num_classes = 0;  ///< labels must be < num_classes; 0 leaves the range undeclared
-  /// Bytes a step may use for its tile of logits (B x T). The full B x M logits are never held
-  /// unless this budget allows them.
+  /// Bytes a step may use for its tiles of logits: every thread's B x T tile (plus, per column, a
+  /// decoded T x D tile under narrow storage and one value when similar_k > 0). The full B x M
+  /// logits are never held; the tile width is also capped for the caches, so a larger budget
+  /// does not mean a faster step (docs/performance.md). A step takes at least one column per
+  /// thread even when that exceeds the budget. StepResult::workspace_bytes says what it took.
   std::size_t workspace_bytes = std::size_t{64} << 20;
+  /// Threads a step uses (0: OpenMP's default, omp_get_max_threads()). With OpenMP the memory is
+  /// split into one range of slots per thread, each calling a single-threaded GEMM; under
+  /// protomem::blas (OpenBLAS) the step sets OpenBLAS to one thread for its memory pass and
+  /// restores the previous count before it returns. Without OpenMP the step runs on one thread and
+  /// a value > 0 is OpenBLAS's thread count for the step. Results are deterministic for a given
+  /// thread count; different counts agree to rounding.
+  int threads = 0;
   /// k: how many most-similar stored classes a step reports per batch class (0: none). The
   /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
   /// step computes max(similar_k, the Mining policy's similar_k()) of them.
@@ -72,6 +82,9 @@ struct StepResult {
   /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
   std::vector<label_t> similar;
   std::vector<Scalar> similar_cosines;
+  int threads = 1;                  ///< threads the memory pass ran on
+  index_t tile_columns = 0;         ///< T: memory columns per tile
+  std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
 };
 
 /// Counters since construction (or the last clear()), saved in checkpoints.
@@ -83,10 +96,11 @@ struct Stats {
 };
 
 /// One stored class, as iteration over a memory yields it (oldest in eviction order first).
-template <class Scalar>
+/// `prototype` is a view into the store, or a decoded copy (std::vector) under narrow storage.
+template <class Scalar, class Prototype = Span<const Scalar>>
 struct Record {
   label_t label;
-  Span<const Scalar> prototype;
+  Prototype prototype;
   std::uint64_t last_written;
 };
 
@@ -105,6 +119,10 @@ class PrototypeMemory {
   using refresh_type = Refresh;
   using queue_type = Queue;
   using mining_type = Mining;
+  /// What prototype() and iteration give for a stored prototype: Span<const Scalar> (a view into
+  /// the store) for cpu, std::vector<Scalar> (a decoded copy) for cpu_bf16 and cpu_fp16.
+  using prototype_type = typename Backend::prototype_type;
+  using record_type = Record<Scalar, prototype_type>;
 
   /// Checkpoint format version written by save() and the only one load() reads.
   static constexpr std::uint32_t format_version = 1;
@@ -150,8 +168,13 @@ class PrototypeMemory {
     backend::SimilarSlots<Scalar> similar;
     similar.k = std::max(config_.similar_k, mining_.similar_k());
     StepResult<Scalar> result;
-    result.loss = backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_,
-                                   generator_, config_.workspace_bytes, &similar);
+    backend::PassReport pass;
+    result.loss =
+        backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_, generator_,
+                         config_.workspace_bytes, config_.threads, &similar, &pass);
+    result.threads = pass.threads;
+    result.tile_columns = pass.tile_columns;
+    result.workspace_bytes = pass.workspace_bytes;
     result.classes = batch.labels;
     result.similar_k = similar.k;
     result.similar.reserve(similar.slots.size());
@@ -200,10 +223,9 @@ class PrototypeMemory {
 
   bool contains(label_t label) const { return label >= 0 && book_.map.find(label) >= 0; }
 
-  /// The stored prototype of `label` (a view, valid until the next commit, load or clear).
-  Span<const Scalar> prototype(label_t label) const {
-    return {backend_.prototype(slot_of(label)), config_.dim};
-  }
+  /// The stored prototype of `label`: a view, valid until the next commit, load or clear (a
+  /// decoded copy under narrow storage, see prototype_type).
+  prototype_type prototype(label_t label) const { return backend_.prototype_view(slot_of(label)); }
 
   /// The step that last wrote `label`'s prototype; its age is step_count() - last_written.
   std::uint64_t last_written(label_t label) const { return book_.written[slot_of(label)]; }
@@ -212,14 +234,14 @@ class PrototypeMemory {
   class const_iterator {
    public:
     using iterator_category = std::forward_iterator_tag;
-    using value_type = Record<Scalar>;
+    using value_type = record_type;
     using difference_type = std::ptrdiff_t;
     using pointer = void;
-    using reference = Record<Scalar>;
+    using reference = record_type;
 
     const_iterator() = default;
-    Record<Scalar> operator*() const {
-      return {memory_->book_.label[slot_], {memory_->backend_.prototype(slot_), memory_->dim()},
+    record_type operator*() const {
+      return {memory_->book_.label[slot_], memory_->backend_.prototype_view(slot_),
               memory_->book_.written[slot_]};
     }
     const_iterator& operator++() {
@@ -462,6 +484,9 @@ class PrototypeMemory {
   //   | 5 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
   //     margin, generator, refresh, queue, mining
   //   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
+  //   Narrow storage (cpu_bf16, cpu_fp16) writes its decoded float values, so the file does not
+  //   record the storage: it loads into a float memory exactly, and a float checkpoint loads into a
+  //   narrow memory rounded as a write would round it.
   //   | u32 CRC-32 (zlib) of every byte before it
   static constexpr char magic[9] = "PROTOMEM";
 
@@ -522,7 +547,7 @@ class PrototypeMemory {
       out.put<std::int64_t>(book_.label[static_cast<std::size_t>(slot)]);
       out.put<std::uint64_t>(static_cast<std::uint64_t>(slot));
       out.put<std::uint64_t>(book_.written[static_cast<std::size_t>(slot)]);
-      const Scalar* p = backend_.prototype(slot);
+      const prototype_type p = backend_.prototype_view(slot);  // the logical (decoded) values
       for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
     }
     out.put<std::uint32_t>(detail::crc32(out.bytes().data(), out.bytes().size()));
