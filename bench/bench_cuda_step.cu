@@ -41,8 +41,8 @@ struct Noise {
   }
 };
 
-// A checkpoint (format version 1, memory.hpp) of a full memory: labels 0..M-1, random unit
-// prototypes, the default policies.
+// A checkpoint (format version 1, memory.hpp: header, 5 policies, records, CRC) of a full memory:
+// labels 0..M-1, random unit prototypes, the default policies.
 std::string synthetic_checkpoint(index_t M, index_t D) {
   protomem::detail::ByteWriter out;
   out.bytes().append("PROTOMEM", 8);
@@ -66,6 +66,7 @@ std::string synthetic_checkpoint(index_t M, index_t D) {
   policy("generator", protomem::ExemplarMean::name, protomem::ExemplarMean());
   policy("refresh", protomem::Replace::name, protomem::Replace());
   policy("queue", protomem::LeastRecentlyWritten::name, protomem::LeastRecentlyWritten());
+  policy("mining", protomem::NoMining::name, protomem::NoMining());
   out.put<std::uint64_t>(static_cast<std::uint64_t>(M));
   std::string& bytes = out.bytes();
   const std::size_t header = bytes.size();

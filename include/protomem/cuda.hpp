@@ -19,6 +19,7 @@
 #error "protomem/cuda.hpp contains CUDA kernels: include it from a .cu file compiled by nvcc"
 #endif
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 
@@ -31,12 +32,13 @@ namespace protomem {
 /// Bytes of workspace a step of `memory` with at most `rows` samples and `classes` distinct classes
 /// needs: the first phase of CUB's two-phase idiom. Allocate that much device memory (e.g. from a
 /// caching allocator), set CudaResources::workspace / workspace_bytes, and the step uses it.
-template <class Margin, class Generator, class Refresh, class Queue>
+template <class Margin, class Generator, class Refresh, class Queue, class Mining>
 std::size_t workspace_size(
-    const PrototypeMemory<float, cuda, Margin, Generator, Refresh, Queue>& memory, index_t rows,
-    index_t classes) {
-  return memory.backend().workspace_size(rows, classes, memory.config().workspace_bytes,
-                                         memory.config().similar_k, Generator::leave_one_out);
+    const PrototypeMemory<float, cuda, Margin, Generator, Refresh, Queue, Mining>& memory,
+    index_t rows, index_t classes) {
+  const index_t k = std::max(memory.config().similar_k, memory.mining().similar_k());
+  return memory.backend().workspace_size(rows, classes, memory.config().workspace_bytes, k,
+                                         Generator::leave_one_out);
 }
 
 /// Copies the committed state (prototypes, labels, queue order, ages, counters and policy

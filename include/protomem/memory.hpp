@@ -40,6 +40,7 @@
 #include <protomem/error.hpp>
 #include <protomem/policies/generator.hpp>
 #include <protomem/policies/margin.hpp>
+#include <protomem/policies/mining.hpp>
 #include <protomem/policies/queue.hpp>
 #include <protomem/policies/refresh.hpp>
 #include <protomem/view.hpp>
@@ -51,11 +52,22 @@ struct Config {
   index_t capacity = 0;   ///< M: number of slots
   index_t dim = 0;        ///< D: embedding dimension
   label_t num_classes = 0;  ///< labels must be < num_classes; 0 leaves the range undeclared
-  /// Bytes a step may use for its tile of logits (B x T). The full B x M logits are never held
-  /// unless this budget allows them.
+  /// Bytes a step may use for its tiles of logits: every thread's B x T tile (plus, per column, a
+  /// decoded T x D tile under narrow storage and one value when similar_k > 0). The full B x M
+  /// logits are never held; the tile width is also capped for the caches, so a larger budget
+  /// does not mean a faster step (docs/performance.md). A step takes at least one column per
+  /// thread even when that exceeds the budget. StepResult::workspace_bytes says what it took.
   std::size_t workspace_bytes = std::size_t{64} << 20;
+  /// Threads a step uses (0: OpenMP's default, omp_get_max_threads()). With OpenMP the memory is
+  /// split into one range of slots per thread, each calling a single-threaded GEMM; under
+  /// protomem::blas (OpenBLAS) the step sets OpenBLAS to one thread for its memory pass and
+  /// restores the previous count before it returns. Without OpenMP the step runs on one thread and
+  /// a value > 0 is OpenBLAS's thread count for the step. Results are deterministic for a given
+  /// thread count; different counts agree to rounding.
+  int threads = 0;
   /// k: how many most-similar stored classes a step reports per batch class (0: none). The
-  /// similarities come from cosines the step computes anyway (the hard-example-mining seam).
+  /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
+  /// step computes max(similar_k, the Mining policy's similar_k()) of them.
   index_t similar_k = 0;
 };
 
@@ -64,11 +76,15 @@ template <class Scalar>
 struct StepResult {
   Scalar loss = 0;                    ///< mean margin-softmax cross-entropy over the batch
   std::vector<label_t> classes;       ///< the batch's distinct labels, ascending (C)
-  index_t similar_k = 0;              ///< k of Config::similar_k
+  /// k: max(Config::similar_k, the Mining policy's similar_k()).
+  index_t similar_k = 0;
   /// similar[c * k + r]: the r-th most similar stored class to classes[c] (-1 where the memory
   /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
   std::vector<label_t> similar;
   std::vector<Scalar> similar_cosines;
+  int threads = 1;                  ///< threads the memory pass ran on
+  index_t tile_columns = 0;         ///< T: memory columns per tile
+  std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
 };
 
 /// Counters since construction (or the last clear()), saved in checkpoints.
@@ -80,16 +96,17 @@ struct Stats {
 };
 
 /// One stored class, as iteration over a memory yields it (oldest in eviction order first).
-template <class Scalar>
+/// `prototype` is a view into the store, or a decoded copy (std::vector) under narrow storage.
+template <class Scalar, class Prototype = Span<const Scalar>>
 struct Record {
   label_t label;
-  Span<const Scalar> prototype;
+  Prototype prototype;
   std::uint64_t last_written;
 };
 
 template <class Scalar, class Device = cpu, class Margin = CosFace,
           class Generator = ExemplarMean, class Refresh = Replace,
-          class Queue = LeastRecentlyWritten>
+          class Queue = LeastRecentlyWritten, class Mining = NoMining>
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
@@ -106,25 +123,31 @@ class PrototypeMemory {
   using generator_type = Generator;
   using refresh_type = Refresh;
   using queue_type = Queue;
+  using mining_type = Mining;
+  /// What prototype() and iteration give for a stored prototype: Span<const Scalar> (a view into
+  /// the store) for cpu, std::vector<Scalar> (a decoded copy) for cpu_bf16 and cpu_fp16.
+  using prototype_type = typename Backend::prototype_type;
+  using record_type = Record<Scalar, prototype_type>;
 
   /// Checkpoint format version written by save() and the only one load() reads.
   static constexpr std::uint32_t format_version = 1;
 
   explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
                            Generator generator = Generator{}, Refresh refresh = Refresh{},
-                           Queue queue = Queue{})
+                           Queue queue = Queue{}, Mining mining = Mining{})
       : PrototypeMemory(resources_type{}, config, std::move(margin), std::move(generator),
-                        std::move(refresh), std::move(queue)) {}
+                        std::move(refresh), std::move(queue), std::move(mining)) {}
 
   /// A memory whose backend uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
   PrototypeMemory(const resources_type& resources, const Config& config, Margin margin = Margin{},
                   Generator generator = Generator{}, Refresh refresh = Refresh{},
-                  Queue queue = Queue{})
+                  Queue queue = Queue{}, Mining mining = Mining{})
       : config_(checked(config)),
         margin_(std::move(margin)),
         generator_(std::move(generator)),
         refresh_(std::move(refresh)),
         queue_(std::move(queue)),
+        mining_(std::move(mining)),
         book_(config_.capacity),
         backend_(config_.capacity, config_.dim, resources) {}
 
@@ -155,15 +178,24 @@ class PrototypeMemory {
       if (slot >= 0) excluded.push_back(slot);
     }
     backend::SimilarSlots<Scalar> similar;
-    similar.k = config_.similar_k;
+    similar.k = std::max(config_.similar_k, mining_.similar_k());
     StepResult<Scalar> result;
-    result.loss = backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_,
-                                   generator_, config_.workspace_bytes, &similar);
+    backend::PassReport pass;
+    result.loss =
+        backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_, generator_,
+                         config_.workspace_bytes, config_.threads, &similar, &pass);
+    result.threads = pass.threads;
+    result.tile_columns = pass.tile_columns;
+    result.workspace_bytes = pass.workspace_bytes;
     result.classes = batch.labels;
     result.similar_k = similar.k;
     result.similar.reserve(similar.slots.size());
     for (index_t slot : similar.slots) result.similar.push_back(slot < 0 ? -1 : book_.label[slot]);
     result.similar_cosines = std::move(similar.cosines);
+    if (mining_.similar_k() > 0) {  // kept for the Mining policy at commit()
+      pending_similar_ = result.similar;
+      pending_cosines_ = result.similar_cosines;
+    }
     pending_classes_ = std::move(batch.labels);
     pending_ = true;
     return result;
@@ -177,6 +209,10 @@ class PrototypeMemory {
     std::vector<backend::SlotWrite> writes = plan_writes(pending_classes_);
     backend_.write(writes, refresh_);
     apply_writes(writes);
+    if (mining_.similar_k() > 0) {  // only committed steps reach the Mining policy
+      mining_.record(span_of(pending_classes_), span_of(pending_similar_),
+                     span_of(pending_cosines_), std::max(config_.similar_k, mining_.similar_k()));
+    }
     pending_ = false;
   }
 
@@ -199,10 +235,9 @@ class PrototypeMemory {
 
   bool contains(label_t label) const { return label >= 0 && book_.map.find(label) >= 0; }
 
-  /// The stored prototype of `label` (a view, valid until the next commit, load or clear).
-  Span<const Scalar> prototype(label_t label) const {
-    return {backend_.prototype(slot_of(label)), config_.dim};
-  }
+  /// The stored prototype of `label`: a view, valid until the next commit, load or clear (a
+  /// decoded copy under narrow storage, see prototype_type).
+  prototype_type prototype(label_t label) const { return backend_.prototype_view(slot_of(label)); }
 
   /// The step that last wrote `label`'s prototype; its age is step_count() - last_written.
   std::uint64_t last_written(label_t label) const { return book_.written[slot_of(label)]; }
@@ -211,14 +246,14 @@ class PrototypeMemory {
   class const_iterator {
    public:
     using iterator_category = std::forward_iterator_tag;
-    using value_type = Record<Scalar>;
+    using value_type = record_type;
     using difference_type = std::ptrdiff_t;
     using pointer = void;
-    using reference = Record<Scalar>;
+    using reference = record_type;
 
     const_iterator() = default;
-    Record<Scalar> operator*() const {
-      return {memory_->book_.label[slot_], {memory_->backend_.prototype(slot_), memory_->dim()},
+    record_type operator*() const {
+      return {memory_->book_.label[slot_], memory_->backend_.prototype_view(slot_),
               memory_->book_.written[slot_]};
     }
     const_iterator& operator++() {
@@ -242,10 +277,12 @@ class PrototypeMemory {
   const_iterator begin() const { return {this, book_.queue.front()}; }
   const_iterator end() const { return {this, -1}; }
 
-  /// Empties the memory and resets the counters; policies keep their parameters.
+  /// Empties the memory and resets the counters; policies keep their parameters, the Mining
+  /// policy forgets its state.
   void clear() {
     book_ = Book(config_.capacity);
     backend_.clear();
+    mining_.clear();
     pending_ = false;
   }
 
@@ -256,6 +293,8 @@ class PrototypeMemory {
   const Generator& generator() const { return generator_; }
   const Refresh& refresh() const { return refresh_; }
   const Queue& queue() const { return queue_; }
+  /// The Mining policy, e.g. the doppelganger table a sampler draws from.
+  const Mining& mining() const { return mining_; }
 
   // ---- backend ----------------------------------------------------------------------------------
 
@@ -343,6 +382,11 @@ class PrototypeMemory {
     if (config.similar_k < 0) detail::fail("Config::similar_k = ", config.similar_k, " must be >= 0");
     if (config.workspace_bytes == 0) detail::fail("Config::workspace_bytes must be > 0");
     return config;
+  }
+
+  template <class T>
+  static Span<const T> span_of(const std::vector<T>& v) {
+    return {v.data(), static_cast<index_t>(v.size())};
   }
 
   index_t slot_of(label_t label) const {
@@ -459,8 +503,12 @@ class PrototypeMemory {
   // ---- checkpoint format, version 1 (all integers little-endian) --------------------------------
   //   "PROTOMEM" | u32 version | u32 scalar bytes (4: float32, 8: float64) | u64 dim | u64 capacity
   //   | i64 num_classes | u64 steps, refreshes, insertions, evictions
-  //   | 4 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes)
+  //   | 5 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
+  //     margin, generator, refresh, queue, mining
   //   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
+  //   Narrow storage (cpu_bf16, cpu_fp16) writes its decoded float values, so the file does not
+  //   record the storage: it loads into a float memory exactly, and a float checkpoint loads into a
+  //   narrow memory rounded as a write would round it.
   //   | u32 CRC-32 (zlib) of every byte before it
   static constexpr char magic[9] = "PROTOMEM";
 
@@ -515,12 +563,13 @@ class PrototypeMemory {
     save_policy(out, "generator", generator_);
     save_policy(out, "refresh", refresh_);
     save_policy(out, "queue", queue_);
+    save_policy(out, "mining", mining_);
     out.put<std::uint64_t>(static_cast<std::uint64_t>(book_.used));
     for (index_t slot = book_.queue.front(); slot >= 0; slot = book_.queue.next(slot)) {
       out.put<std::int64_t>(book_.label[static_cast<std::size_t>(slot)]);
       out.put<std::uint64_t>(static_cast<std::uint64_t>(slot));
       out.put<std::uint64_t>(book_.written[static_cast<std::size_t>(slot)]);
-      const Scalar* p = backend_.prototype(slot);
+      const prototype_type p = backend_.prototype_view(slot);  // the logical (decoded) values
       for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
     }
     out.put<std::uint32_t>(detail::crc32(out.bytes().data(), out.bytes().size()));
@@ -556,7 +605,7 @@ class PrototypeMemory {
     if (!take(8)) return bytes;
     const std::uint64_t dim = number(8);
     if (!take(8 + 8 + 4 * 8)) return bytes;
-    for (int policy = 0; policy < 4; ++policy) {
+    for (int policy = 0; policy < 5; ++policy) {
       for (std::size_t width : {4, 4, 8}) {
         if (!take(width) || !take(number(width))) return bytes;
       }
@@ -593,7 +642,7 @@ class PrototypeMemory {
     stats.refreshes = in.get<std::uint64_t>("refreshes");
     stats.insertions = in.get<std::uint64_t>("insertions");
     stats.evictions = in.get<std::uint64_t>("evictions");
-    StoredPolicy policies[4];
+    StoredPolicy policies[5];
     for (StoredPolicy& policy : policies) {
       policy.family = in.get_string("a policy family");
       policy.name = in.get_string("a policy name");
@@ -642,6 +691,7 @@ class PrototypeMemory {
     Generator generator = load_policy(policies[1], "generator", generator_, source);
     Refresh refresh = load_policy(policies[2], "refresh", refresh_, source);
     Queue queue = load_policy(policies[3], "queue", queue_, source);
+    Mining mining = load_policy(policies[4], "mining", mining_, source);
 
     Book book(config_.capacity);
     book.stats = stats;
@@ -690,6 +740,7 @@ class PrototypeMemory {
     generator_ = std::move(generator);
     refresh_ = std::move(refresh);
     queue_ = std::move(queue);
+    mining_ = std::move(mining);
     pending_ = false;
   }
 
@@ -698,10 +749,13 @@ class PrototypeMemory {
   Generator generator_;
   Refresh refresh_;
   Queue queue_;
+  Mining mining_;
   Book book_;
   Backend backend_;
   bool pending_ = false;
   std::vector<label_t> pending_classes_;
+  std::vector<label_t> pending_similar_;  // C x k, for the Mining policy
+  std::vector<Scalar> pending_cosines_;
 };
 
 }  // namespace protomem

@@ -3,6 +3,9 @@
 // refreshes, across memory tiles, with the caller's stream and workspace, in every GEMM precision
 // (looser where the inputs are rounded); and invalid input fails with the CPU backend's message,
 // leaving the memory as it was.
+#include <tuple>
+#include <type_traits>
+
 #include "support.cuh"
 
 namespace {
@@ -24,12 +27,16 @@ struct Run {
   Tolerance tolerance;
 };
 
-template <class Margin, class Generator, class Refresh, class Queue>
-void check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh = Refresh{}) {
-  using Cpu = protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue>;
-  using Gpu = protomem::PrototypeMemory<float, protomem::cuda, Margin, Generator, Refresh, Queue>;
-  Cpu cpu(run.config, margin, Generator{}, refresh);
-  Gpu gpu(run.resources, run.config, margin, Generator{}, refresh);
+template <class Margin, class Generator, class Refresh, class Queue,
+          class Mining = protomem::NoMining>
+void check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh = Refresh{},
+                     Mining mining = Mining{}) {
+  using Cpu =
+      protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue, Mining>;
+  using Gpu =
+      protomem::PrototypeMemory<float, protomem::cuda, Margin, Generator, Refresh, Queue, Mining>;
+  Cpu cpu(run.config, margin, Generator{}, refresh, Queue{}, mining);
+  Gpu gpu(run.resources, run.config, margin, Generator{}, refresh, Queue{}, mining);
   std::mt19937_64 rng(run.seed);
   for (int t = 0; t < run.steps; ++t) {
     INFO("step " << t);
@@ -44,6 +51,28 @@ void check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh =
   }
   CHECK(gpu.stats().evictions > 0);
   CHECK(gpu.stats().refreshes > 0);
+  if constexpr (!std::is_same_v<Mining, protomem::NoMining>) {
+    // The Mining policy saw the same lists: the same rows, counts and (to rounding) cosines.
+    std::vector<std::tuple<label_t, std::vector<label_t>, std::vector<float>>> a, b;
+    auto collect = [](auto& out) {
+      return [&out](label_t owner, protomem::Span<const label_t> labels,
+                    protomem::Span<const float> cosines) {
+        out.emplace_back(owner, std::vector<label_t>(labels.begin(), labels.end()),
+                         std::vector<float>(cosines.begin(), cosines.end()));
+      };
+    };
+    cpu.mining().for_each(collect(a));
+    gpu.mining().for_each(collect(b));
+    REQUIRE(a.size() == b.size());
+    CHECK(a.size() > 0);
+    for (std::size_t r = 0; r < a.size(); ++r) {
+      CHECK(std::get<0>(a[r]) == std::get<0>(b[r]));
+      REQUIRE(std::get<1>(a[r]).size() == std::get<1>(b[r]).size());
+      for (std::size_t j = 0; j < std::get<2>(a[r]).size(); ++j) {
+        CHECK(std::fabs(std::get<2>(a[r])[j] - std::get<2>(b[r])[j]) <= run.tolerance.cosine);
+      }
+    }
+  }
 }
 
 Run base_run(index_t capacity, index_t dim) {
@@ -112,6 +141,17 @@ TEST_CASE("CUDA = CPU: combined margin, detached mean, replace, first in first o
   run.config.similar_k = 30;  // more than the memory holds: padded with -1
   check_agreement<protomem::CombinedMargin, protomem::DetachedExemplarMean, protomem::Replace,
                   protomem::FirstInFirstOut>(run, protomem::CombinedMargin(16.0, 2.0, 0.0, 0.2));
+}
+
+TEST_CASE("CUDA = CPU: doppelganger mining policy on top of Config::similar_k",
+          "[cuda][agreement][mining]") {
+  Run run = base_run(40, 24);
+  run.seed = 13;
+  run.config.similar_k = 2;  // the policy asks for 4: the step computes max(2, 4)
+  run.config.workspace_bytes = 6 * 40 * sizeof(float);
+  check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                  protomem::LeastRecentlyWritten, protomem::DoppelgangerMining>(
+      run, protomem::CosFace(), protomem::Replace(), protomem::DoppelgangerMining(4, 32));
 }
 
 TEST_CASE("CUDA = CPU on the caller's stream and workspace, switching streams between steps",

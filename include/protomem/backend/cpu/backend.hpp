@@ -11,7 +11,11 @@
 //                     completed with the memory's statistics, the loss
 //   5. backward       dL/dx through the batch columns, the generator and the memory part, then
 //                     through the normalisation into dL/de
-// The memory pass never holds more than a B x T tile of logits, T set by the workspace budget.
+// The memory pass never holds more than a B x T tile of logits per thread, T set by the workspace
+// budget and capped for the caches; the stored prototypes are split into one contiguous range per
+// thread ("lane"), each lane keeping its own running statistics, merged at the end (gemm.hpp).
+// Storage may be narrower than the arithmetic (CpuBackend<float, Eigen::bfloat16>): each tile is
+// decoded into float before its two GEMMs (storage.hpp).
 //
 // Requires: embeddings validated for shape by the caller (PrototypeMemory does this).
 // Guarantees: forward() changes nothing but its workspace and the pending fresh prototypes; it
@@ -21,13 +25,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
-#include <queue>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include <Eigen/Core>
 
+#include <protomem/backend/cpu/gemm.hpp>
+#include <protomem/backend/cpu/storage.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
@@ -45,6 +52,16 @@ struct SimilarSlots {
   std::vector<Scalar> cosines;   // C x k
 };
 
+/// How a step's memory pass ran: its threads ("lanes"), the tile width T, and the bytes of
+/// workspace that grow with T (all lanes' logits tiles, plus decoded tiles under narrow storage
+/// and a row of class sums when mining). `workspace_bytes` <= the budget unless one column alone
+/// exceeds it (a step always takes at least one column per lane).
+struct PassReport {
+  int threads = 1;
+  index_t tile_columns = 0;
+  std::size_t workspace_bytes = 0;
+};
+
 /// What a step writes for one batch class: its slot and whether the slot held the same class
 /// (a refresh, which blends through the Refresh policy) or is taken over (a plain write).
 struct SlotWrite {
@@ -56,15 +73,33 @@ struct SlotWrite {
 /// The CPU backend borrows nothing from the caller (the CUDA backend borrows a stream etc.).
 struct CpuResources {};
 
-template <class Scalar>
+/// The prototype store and the numerics of a step. Scalar (float or double) is the arithmetic;
+/// Storage is what a stored value is kept as: Scalar itself, or Eigen::bfloat16 / Eigen::half
+/// under Scalar = float (narrow storage, storage.hpp).
+template <class Scalar, class Storage = Scalar>
 class CpuBackend {
  public:
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
   using Resources = CpuResources;
+  using StoreMatrix = Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  static constexpr bool narrow = !std::is_same_v<Storage, Scalar>;
+  static_assert(!narrow || (std::is_same_v<Scalar, float> && is_narrow_storage_v<Storage>),
+                "narrow storage is bfloat16 or half under float arithmetic");
+  /// What prototype_view() returns: a view into the store, or a decoded copy of a narrow one.
+  using prototype_type = std::conditional_t<narrow, std::vector<Scalar>, Span<const Scalar>>;
+
+  /// The widest tile the memory pass takes, whatever the budget: B x T logits and T x D
+  /// prototypes stay in the per-core caches between the tile's two GEMMs. Measured on the
+  /// reference machine (docs/performance.md); define PROTOMEM_MAX_TILE_COLUMNS to retune.
+#ifdef PROTOMEM_MAX_TILE_COLUMNS
+  static constexpr index_t max_tile_columns = PROTOMEM_MAX_TILE_COLUMNS;
+#else
+  static constexpr index_t max_tile_columns = 512;
+#endif
 
   CpuBackend(index_t capacity, index_t dim, const Resources& = {})
-      : store_(RowMatrix::Zero(capacity, dim)) {}
+      : store_(StoreMatrix::Zero(capacity, dim)), decoded_(static_cast<std::size_t>(dim)) {}
 
   Resources resources() const { return {}; }
   void set_resources(const Resources&) {}
@@ -72,24 +107,48 @@ class CpuBackend {
   index_t dim() const { return store_.cols(); }
   index_t capacity() const { return store_.rows(); }
 
-  const Scalar* prototype(index_t slot) const { return store_.row(slot).data(); }
+  /// The stored values of `slot` (for narrow storage: bfloat16 / half values).
+  const Storage* prototype(index_t slot) const { return store_.row(slot).data(); }
+  /// The prototype of `slot` as Scalar values: a view into the store, or a decoded copy.
+  prototype_type prototype_view(index_t slot) const {
+    if constexpr (narrow) {
+      std::vector<Scalar> values(static_cast<std::size_t>(dim()));
+      decode(prototype(slot), values.data(), dim());
+      return values;
+    } else {
+      return {prototype(slot), dim()};
+    }
+  }
   void set_prototype(index_t slot, const Scalar* values) {
-    std::copy(values, values + dim(), store_.row(slot).data());
+    if constexpr (narrow) {
+      encode(values, store_.row(slot).data(), dim());
+    } else {
+      std::copy(values, values + dim(), store_.row(slot).data());
+    }
   }
   void clear() { store_.setZero(); }
 
   /// Loss and dL/de of one step (DESIGN.md section 2). `used` slots [0, used) hold prototypes;
   /// `excluded` lists the slots of classes in this batch (their stale copies are no columns).
-  /// Keeps the fresh prototypes for write().
+  /// `threads` as Config::threads. Keeps the fresh prototypes for write().
   template <class Margin, class Generator>
   Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
                  MatrixView<Scalar> gradient, index_t used, const std::vector<index_t>& excluded,
                  const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
-                 SimilarSlots<Scalar>* similar) {
+                 int threads, SimilarSlots<Scalar>* similar, PassReport* report = nullptr) {
     (void)generator;
+#ifdef _OPENMP
+    // Parallelism comes from the memory pass's lanes: every GEMM runs on one thread (OpenBLAS set
+    // to one thread, Eigen's products kept from opening teams), restored on return.
+    BlasThreads blas(1);
+    OmpThreads one(1);
+#else
+    BlasThreads blas(threads);  // no OpenMP: the BLAS may use Config::threads threads
+#endif
     normalise(embeddings);
     generate<Generator>(batch);
-    memory_pass(batch, used, excluded, Scalar(margin.scale()), workspace_bytes, similar);
+    memory_pass(batch, used, excluded, Scalar(margin.scale()), workspace_bytes, threads, similar,
+                report);
     const Scalar loss = batch_columns<Generator>(batch, margin);
     backward<Generator>(batch, Scalar(margin.scale()), gradient);
     return loss;
@@ -101,16 +160,39 @@ class CpuBackend {
   void write(const std::vector<SlotWrite>& writes, const Refresh& refresh) noexcept {
     for (const SlotWrite& w : writes) {
       Scalar* fresh = fresh_.row(w.batch_class).data();
-      if (w.refresh) refresh.refresh(store_.row(w.slot).data(), fresh, dim());
-      std::copy(fresh, fresh + dim(), store_.row(w.slot).data());
+      if (w.refresh) {
+        if constexpr (narrow) {
+          decode(prototype(w.slot), decoded_.data(), dim());
+          refresh.refresh(static_cast<const Scalar*>(decoded_.data()), fresh, dim());
+        } else {
+          refresh.refresh(static_cast<const Scalar*>(store_.row(w.slot).data()), fresh, dim());
+        }
+      }
+      set_prototype(w.slot, fresh);
     }
   }
 
-  /// Bytes of the largest logits tile a step with `batch` rows may hold under `budget`.
-  static index_t tile_columns(index_t batch, index_t used, std::size_t budget) {
-    const auto per_column = static_cast<std::size_t>(batch) * sizeof(Scalar);
-    const auto t = static_cast<index_t>(std::max<std::size_t>(1, budget / per_column));
-    return std::max<index_t>(1, std::min(t, used));
+  /// Work below which a thread is not worth waking: 2^20 FLOPs (about 15 us of GEMM on one core of
+  /// the reference machine), so that small memories run on one thread.
+  static constexpr double min_lane_flops = 1048576.0;
+
+  /// The lanes (threads) and tile width T of a memory pass over `used` slots of dimension `dim`
+  /// with `batch` rows: at most `threads` lanes, each with at least min_lane_flops of work; the
+  /// budget covers every lane's B x T tile of logits plus, per column, `extra_rows` more values
+  /// (decoded prototypes, class sums); T is also capped by max_tile_columns and by the slots a lane
+  /// has. At least one column per lane: a budget below one column is exceeded by that column.
+  static std::pair<int, index_t> plan_tiles(index_t batch, index_t dim, index_t used,
+                                            index_t extra_rows, std::size_t budget, int threads) {
+    const auto per_column = static_cast<std::size_t>(batch + extra_rows) * sizeof(Scalar);
+    const std::size_t affordable = std::max<std::size_t>(1, budget / per_column);  // columns
+    const double work = 4.0 * double(batch) * double(dim) * double(used);
+    const auto worth = static_cast<std::size_t>(std::max(1.0, work / min_lane_flops));
+    std::size_t lanes = static_cast<std::size_t>(std::max(1, threads));
+    lanes = std::min({lanes, affordable, worth});
+    const auto per_lane = static_cast<index_t>((used + index_t(lanes) - 1) / index_t(lanes));
+    const auto width = static_cast<index_t>(affordable / lanes);
+    const index_t t = std::max<index_t>(1, std::min({width, max_tile_columns, per_lane}));
+    return {static_cast<int>(lanes), t};
   }
 
  private:
@@ -176,83 +258,189 @@ class CpuBackend {
 
   // 3. The memory part, tile by tile: with z_ij = s * x_i . w_j over active slots j,
   //    m_i = max_j z_ij, l_i = sum_j exp(z_ij - m_i), O_i = sum_j exp(z_ij - m_i) w_j.
-  //    Each tile rescales the running l and O by exp(m_old - m_new), as flash-attention does.
+  //    Each lane (a contiguous range of slots, one per thread) keeps its own (m, l, O), rescaling
+  //    l and O by exp(m_old - m_new) when a tile raises m, as flash-attention does; the lanes are
+  //    merged the same way at the end. The split depends only on the thread count, so a step is
+  //    deterministic for a given Config.
   void memory_pass(const detail::BatchClasses& batch, index_t used,
                    const std::vector<index_t>& excluded, Scalar s, std::size_t workspace_bytes,
-                   SimilarSlots<Scalar>* similar) {
+                   int threads, SimilarSlots<Scalar>* similar, PassReport* report) {
+    // Threads: forward() has set the GEMMs to run on one thread; the lanes are the parallelism.
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
-    run_max_.setConstant(B, neg_inf);
-    run_sum_.setZero(B);
-    weighted_.setZero(B, D);
-    active_.assign(static_cast<std::size_t>(used), 1);
-    for (index_t slot : excluded) active_[static_cast<std::size_t>(slot)] = 0;
-
     const bool mine = similar != nullptr && similar->k > 0;
-    using Candidate = std::pair<Scalar, index_t>;  // (cosine, slot); min-heap keeps the k best
-    std::vector<std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>>>
-        best(mine ? static_cast<std::size_t>(C) : 0);
+    const index_t k_best = mine ? similar->k : 0;
+    const index_t extra_rows = (narrow ? D : 0) + (mine ? 1 : 0);
+    const int wanted = step_threads(threads);
+    const std::pair<int, index_t> plan =
+        plan_tiles(B, D, used, extra_rows, workspace_bytes, wanted);
+    const int lanes = plan.first;
+    const index_t T = plan.second;
+    if (report != nullptr) {
+      report->threads = lanes;
+      report->tile_columns = T;
+      report->workspace_bytes = static_cast<std::size_t>(lanes) * static_cast<std::size_t>(T) *
+                                static_cast<std::size_t>(B + extra_rows) * sizeof(Scalar);
+    }
+    excluded_ = excluded;
+    std::sort(excluded_.begin(), excluded_.end());
 
-    const index_t T = tile_columns(B, used, workspace_bytes);
-    for (index_t j0 = 0; j0 < used; j0 += T) {
-      const index_t n = std::min(T, used - j0);
-      Eigen::Map<const RowMatrix> w(store_.data() + j0 * D, n, D);
-      tile_.resize(B, n);
-      tile_.noalias() = x_ * w.transpose();  // cosines, B x n
-
-      if (mine) {
-        // p_c . w_j = (sum_{i in c} x_i . w_j) / |u_c|: the class similarities come from the
-        // cosines already in the tile, at O(B n) instead of another GEMM.
-        for (index_t c = 0; c < C; ++c) {
-          auto& heap = best[static_cast<std::size_t>(c)];
-          for (index_t j = 0; j < n; ++j) {
-            if (!active_[static_cast<std::size_t>(j0 + j)]) continue;
-            Scalar sum = 0;
-            for (index_t k = batch.offsets[c]; k < batch.offsets[c + 1]; ++k) {
-              sum += tile_(batch.members[k], j);
-            }
-            const Candidate candidate{sum * inv_sum_norm_[c], j0 + j};
-            if (static_cast<index_t>(heap.size()) < similar->k) {
-              heap.push(candidate);
-            } else if (candidate.first > heap.top().first) {
-              heap.pop();
-              heap.push(candidate);
-            }
-          }
-        }
+    // Every allocation happens here, before the parallel region (which must not throw).
+    lanes_.resize(static_cast<std::size_t>(lanes));
+    for (Lane& lane : lanes_) {
+      lane.tile.resize(B, T);
+      lane.weighted.setZero(B, D);
+      lane.max.setConstant(B, neg_inf);
+      lane.sum.setZero(B);
+      if constexpr (narrow) lane.decoded.resize(T, D);
+      lane.class_sum.resize(mine ? T : 0);
+      lane.best.resize(static_cast<std::size_t>(mine ? C : 0));
+      for (auto& heap : lane.best) {
+        heap.clear();
+        heap.reserve(static_cast<std::size_t>(k_best));
       }
+    }
 
-      tile_ *= s;
-      for (index_t j = 0; j < n; ++j) {
-        if (!active_[static_cast<std::size_t>(j0 + j)]) tile_.col(j).setConstant(neg_inf);
+    auto run_lane = [&](int t) {
+      const index_t lo = used * t / lanes, hi = used * (t + 1) / lanes;
+      process_lane(lanes_[static_cast<std::size_t>(t)], batch, lo, hi, T, s, k_best);
+    };
+#ifdef _OPENMP
+#pragma omp parallel num_threads(lanes)
+    {
+      omp_set_num_threads(1);  // GEMMs inside a lane: no nested team (this region only)
+#pragma omp for schedule(static, 1)
+      for (int t = 0; t < lanes; ++t) run_lane(t);
+    }
+#else
+    run_lane(0);
+#endif
+
+    // Merge the lanes: m_i = max over lanes, l_i and O_i rescaled to it. run_max_ is in logits.
+    run_max_.resize(B);
+    run_sum_.resize(B);
+    weighted_.setZero(B, D);
+    for (index_t i = 0; i < B; ++i) {
+      Scalar top = neg_inf;
+      for (const Lane& lane : lanes_) top = std::max(top, lane.max[i]);
+      run_max_[i] = top == neg_inf ? neg_inf : s * top;
+      run_sum_[i] = 0;
+      if (top == neg_inf) continue;  // no active column at all
+      for (const Lane& lane : lanes_) {
+        if (lane.max[i] == neg_inf) continue;
+        const Scalar f = std::exp(s * (lane.max[i] - top));
+        run_sum_[i] += f * lane.sum[i];
+        weighted_.row(i) += f * lane.weighted.row(i);
       }
-      bool any_active = false;
-      for (index_t j = 0; j < n && !any_active; ++j) any_active = active_[j0 + j] != 0;
-      if (!any_active) continue;
-
-      const Vector tile_max = tile_.rowwise().maxCoeff();
-      const Vector new_max = run_max_.cwiseMax(tile_max);
-      const Vector rescale = (run_max_ - new_max).array().exp().matrix();
-      tile_ = (tile_.colwise() - new_max).array().exp().matrix();
-      run_sum_ = rescale.cwiseProduct(run_sum_) + tile_.rowwise().sum();
-      weighted_ = rescale.asDiagonal() * weighted_;
-      weighted_.noalias() += tile_ * w;  // B x n x D
-      run_max_ = new_max;
     }
 
     if (mine) {
-      similar->slots.assign(static_cast<std::size_t>(C * similar->k), -1);
-      similar->cosines.assign(static_cast<std::size_t>(C * similar->k), neg_inf);
+      // The k best of each class over all lanes, most similar first; (cosine, slot) pairs are
+      // totally ordered, so the result does not depend on the split.
+      similar->slots.assign(static_cast<std::size_t>(C * k_best), -1);
+      similar->cosines.assign(static_cast<std::size_t>(C * k_best), neg_inf);
+      std::vector<Candidate> all;
       for (index_t c = 0; c < C; ++c) {
-        auto& heap = best[static_cast<std::size_t>(c)];
-        for (auto r = static_cast<index_t>(heap.size()) - 1; r >= 0; --r, heap.pop()) {
-          similar->slots[static_cast<std::size_t>(c * similar->k + r)] = heap.top().second;
-          similar->cosines[static_cast<std::size_t>(c * similar->k + r)] = heap.top().first;
+        all.clear();
+        for (const Lane& lane : lanes_) {
+          const auto& heap = lane.best[static_cast<std::size_t>(c)];
+          all.insert(all.end(), heap.begin(), heap.end());
+        }
+        const auto keep = std::min<std::size_t>(all.size(), static_cast<std::size_t>(k_best));
+        std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(),
+                          std::greater<Candidate>());
+        for (std::size_t r = 0; r < keep; ++r) {
+          similar->slots[static_cast<std::size_t>(c * k_best) + r] = all[r].second;
+          similar->cosines[static_cast<std::size_t>(c * k_best) + r] = all[r].first;
         }
       }
     }
   }
 
+  using Candidate = std::pair<Scalar, index_t>;  // (cosine, slot)
+
+  // One thread's share of the memory pass and its running statistics.
+  struct Lane {
+    RowMatrix tile;      // B x T: cosines, then exp(s (cos - m))
+    RowMatrix weighted;  // B x D: O
+    Vector max;          // B: running max of the cosines (the logits' max is s times it)
+    Vector sum;          // B: l
+    RowMatrix decoded;   // T x D: the tile's prototypes in Scalar (narrow storage only)
+    Vector class_sum;    // T: sum of a class's cosines to the tile (mining only)
+    std::vector<std::vector<Candidate>> best;  // per class: a min-heap of the k best (mining)
+  };
+
+  // Slots [lo, hi) in tiles of T columns. Allocates nothing.
+  void process_lane(Lane& lane, const detail::BatchClasses& batch, index_t lo, index_t hi,
+                    index_t T, Scalar s, index_t k_best) {
+    const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
+    const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+    Scalar* tile = lane.tile.data();
+    for (index_t j0 = lo; j0 < hi; j0 += T) {
+      const index_t n = std::min(T, hi - j0);
+      const Scalar* w;
+      if constexpr (narrow) {
+        decode(prototype(j0), lane.decoded.data(), n * D);
+        w = lane.decoded.data();
+      } else {
+        w = prototype(j0);
+      }
+      // Stale copies of the batch's classes in this tile.
+      const auto first = std::lower_bound(excluded_.begin(), excluded_.end(), j0);
+      const auto last = std::lower_bound(first, excluded_.end(), j0 + n);
+      if (last - first == n) continue;  // nothing active in this tile
+
+      gemm<Scalar>(true, B, n, D, Scalar(1), x_.data(), D, w, D, Scalar(0), tile, T);  // cosines
+      for (auto e = first; e != last; ++e) {
+        for (index_t i = 0; i < B; ++i) tile[i * T + (*e - j0)] = neg_inf;
+      }
+
+      if (k_best > 0) {
+        // p_c . w_j = (sum_{i in c} x_i . w_j) / |u_c|: the class similarities come from the
+        // cosines already in the tile, at O(B n) instead of another GEMM.
+        auto sums = lane.class_sum.head(n);
+        for (index_t c = 0; c < C; ++c) {
+          sums.setZero();
+          for (index_t k = batch.offsets[c]; k < batch.offsets[c + 1]; ++k) {
+            sums += Eigen::Map<const Vector>(tile + batch.members[k] * T, n);
+          }
+          auto& heap = lane.best[static_cast<std::size_t>(c)];
+          for (index_t j = 0; j < n; ++j) {
+            if (sums[j] == neg_inf) continue;  // excluded
+            const Candidate candidate{sums[j] * inv_sum_norm_[c], j0 + j};
+            if (static_cast<index_t>(heap.size()) < k_best) {
+              heap.push_back(candidate);
+              std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+            } else if (candidate > heap.front()) {
+              std::pop_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+              heap.back() = candidate;
+              std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+            }
+          }
+        }
+      }
+
+      for (index_t i = 0; i < B; ++i) {
+        auto row = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>(tile + i * T, n);
+        const Scalar top = row.maxCoeff();
+        Scalar& m = lane.max[i];
+        if (top > m) {  // rescale l and O to the new max (skipped when the max does not move)
+          if (m != neg_inf) {
+            const Scalar f = std::exp(s * (m - top));
+            lane.sum[i] *= f;
+            lane.weighted.row(i) *= f;
+          }
+          m = top;
+        }
+        row = ((row - m) * s).exp();
+        lane.sum[i] += row.sum();
+      }
+      for (auto e = first; e != last; ++e) {  // exp(-inf) is 0; make it exact
+        for (index_t i = 0; i < B; ++i) tile[i * T + (*e - j0)] = Scalar(0);
+      }
+      gemm<Scalar>(false, B, D, n, Scalar(1), tile, T, w, D, Scalar(1), lane.weighted.data(), D);
+    }
+  }
   // 4. Logits against the batch's own prototypes, the margin on the target, and the softmax
   //    completed with the memory's (m_i, l_i). Leaves in batch_grad_ the loss gradient w.r.t. the
   //    batch cosines, and in memory_weight_ the factor that turns O_i into the memory part of
@@ -347,14 +535,16 @@ class CpuBackend {
     }
   }
 
-  RowMatrix store_;  // capacity x D, unit prototypes; rows past the used count are zero
+  StoreMatrix store_;  // capacity x D, unit prototypes; rows past the used count are zero
+  Vector decoded_;     // D: one decoded prototype for write() (narrow storage), never reallocated
 
   // Per-step workspace, kept between steps to avoid reallocation.
-  RowMatrix x_, fresh_, others_, tile_, weighted_, batch_cos_, batch_grad_, grad_x_, grad_fresh_,
+  RowMatrix x_, fresh_, others_, weighted_, batch_cos_, batch_grad_, grad_x_, grad_fresh_,
       grad_others_;
   Vector inv_norm_, inv_sum_norm_, inv_others_norm_, run_max_, run_sum_, target_cos_, target_grad_,
       memory_weight_;
-  std::vector<std::uint8_t> active_;
+  std::vector<Lane> lanes_;
+  std::vector<index_t> excluded_;  // sorted
 };
 
 }  // namespace backend
@@ -363,6 +553,16 @@ namespace detail {
 template <class Scalar>
 struct BackendFor<Scalar, cpu> {
   using type = backend::CpuBackend<Scalar>;
+};
+template <class Scalar>
+struct BackendFor<Scalar, cpu_bf16> {
+  static_assert(std::is_same_v<Scalar, float>, "cpu_bf16 stores the prototypes of a float memory");
+  using type = backend::CpuBackend<float, Eigen::bfloat16>;
+};
+template <class Scalar>
+struct BackendFor<Scalar, cpu_fp16> {
+  static_assert(std::is_same_v<Scalar, float>, "cpu_fp16 stores the prototypes of a float memory");
+  using type = backend::CpuBackend<float, Eigen::half>;
 };
 }  // namespace detail
 

@@ -1,0 +1,160 @@
+// The CPU backend's GEMM and thread control.
+//
+// GEMM: a CBLAS when the build asks for one, Eigen's own product otherwise.
+//   PROTOMEM_USE_OPENBLAS  cblas_?gemm from OpenBLAS, and OpenBLAS's thread count is managed per
+//                          step (below). This is what the CMake target protomem::blas defines.
+//   PROTOMEM_USE_CBLAS     cblas_?gemm from any CBLAS; its threads are left as the user set them
+//                          (set them to 1 when protomem runs several threads, see Config::threads).
+//   neither                Eigen's GEMM (single-threaded inside protomem's parallel region).
+// On this project's reference machine OpenBLAS's sgemm runs about 2x Eigen's (docs/performance.md).
+//
+// Threads: the memory pass splits the stored prototypes into `lanes`, one per thread, each calling
+// a single-threaded GEMM on its own tiles (OpenMP, only when the consumer compiles with it; the
+// headers compile without it); the O(B C D) rest of the step runs on the calling thread.
+// BlasThreads and OmpThreads pin OpenBLAS and the calling thread's OpenMP team size for the
+// duration of a step and restore the previous values afterwards, so nothing outlives the call.
+#pragma once
+
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#if defined(PROTOMEM_USE_OPENBLAS) && !defined(PROTOMEM_USE_CBLAS)
+#define PROTOMEM_USE_CBLAS
+#endif
+
+#ifdef PROTOMEM_USE_CBLAS
+#include <cblas.h>
+#endif
+#ifdef PROTOMEM_USE_OPENBLAS
+extern "C" {
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+}
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <protomem/view.hpp>
+
+namespace protomem {
+namespace backend {
+
+/// Which GEMM this translation unit was compiled with (for reports and benchmarks).
+inline const char* gemm_name() {
+#if defined(PROTOMEM_USE_OPENBLAS)
+  return "OpenBLAS";
+#elif defined(PROTOMEM_USE_CBLAS)
+  return "CBLAS";
+#else
+  return "Eigen";
+#endif
+}
+
+/// C (m x n) = alpha * A (m x k) * op(B) + beta * C, all row-major with leading dimensions
+/// lda, ldb, ldc; op(B) = B^T (B is n x k) when transpose_b, else B (k x n). beta is 0 or 1.
+template <class Scalar>
+void gemm(bool transpose_b, index_t m, index_t n, index_t k, Scalar alpha, const Scalar* a,
+          index_t lda, const Scalar* b, index_t ldb, Scalar beta, Scalar* c, index_t ldc) {
+  if (m == 0 || n == 0) return;
+#ifdef PROTOMEM_USE_CBLAS
+  const auto tb = transpose_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, int(m), int(n), int(k), alpha, a, int(lda), b,
+                int(ldb), beta, c, int(ldc));
+  } else {
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, tb, int(m), int(n), int(k), alpha, a, int(lda), b,
+                int(ldb), beta, c, int(ldc));
+  }
+#else
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Stride = Eigen::OuterStride<>;
+  Eigen::Map<const Matrix, 0, Stride> A(a, m, k, Stride(lda));
+  Eigen::Map<Matrix, 0, Stride> C(c, m, n, Stride(ldc));
+  if (transpose_b) {
+    Eigen::Map<const Matrix, 0, Stride> Bm(b, n, k, Stride(ldb));
+    if (beta == Scalar(0)) {
+      C.noalias() = alpha * A * Bm.transpose();
+    } else {
+      C.noalias() += alpha * A * Bm.transpose();
+    }
+  } else {
+    Eigen::Map<const Matrix, 0, Stride> Bm(b, k, n, Stride(ldb));
+    if (beta == Scalar(0)) {
+      C.noalias() = alpha * A * Bm;
+    } else {
+      C.noalias() += alpha * A * Bm;
+    }
+  }
+#endif
+}
+
+/// The threads a step runs with: `requested` when > 0, else OpenMP's default
+/// (omp_get_max_threads(), i.e. OMP_NUM_THREADS); always 1 when compiled without OpenMP.
+inline int step_threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+/// Sets OpenBLAS's thread count for a scope and restores the previous count when it ends; does
+/// nothing for `threads` <= 0 or without PROTOMEM_USE_OPENBLAS.
+class BlasThreads {
+ public:
+  explicit BlasThreads(int threads) {
+#ifdef PROTOMEM_USE_OPENBLAS
+    if (threads > 0) {
+      saved_ = openblas_get_num_threads();
+      if (saved_ != threads) {
+        openblas_set_num_threads(threads);
+      } else {
+        saved_ = 0;
+      }
+    }
+#else
+    (void)threads;
+#endif
+  }
+  ~BlasThreads() {
+#ifdef PROTOMEM_USE_OPENBLAS
+    if (saved_ > 0) openblas_set_num_threads(saved_);
+#endif
+  }
+  BlasThreads(const BlasThreads&) = delete;
+  BlasThreads& operator=(const BlasThreads&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
+/// Sets OpenMP's thread count for nested teams of the calling thread (its nthreads-var) for a
+/// scope and restores it when the scope ends: with 1, Eigen's products stay on the calling thread
+/// (Eigen sizes its teams by omp_get_max_threads()). Does nothing without OpenMP.
+class OmpThreads {
+ public:
+  explicit OmpThreads(int threads) {
+#ifdef _OPENMP
+    saved_ = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+  }
+  ~OmpThreads() {
+#ifdef _OPENMP
+    omp_set_num_threads(saved_);
+#endif
+  }
+  OmpThreads(const OmpThreads&) = delete;
+  OmpThreads& operator=(const OmpThreads&) = delete;
+
+ private:
+  int saved_ = 1;
+};
+
+}  // namespace backend
+}  // namespace protomem
