@@ -96,10 +96,11 @@ std::string with_valid_crc(std::string bytes) {
   return bytes;
 }
 
-// Offset of the record count: fixed header, then the four policies as written by this memory type.
+// Offset of the record count: fixed header, then the five policies (margin, generator, refresh,
+// queue, mining) as written by this memory type.
 std::size_t records_offset(const std::string& bytes) {
   std::size_t at = 8 + 4 + 4 + 8 + 8 + 8 + 4 * 8;
-  for (int p = 0; p < 4; ++p) {
+  for (int p = 0; p < 5; ++p) {
     std::uint32_t n;
     std::memcpy(&n, bytes.data() + at, 4);
     at += 4 + n;

@@ -40,6 +40,7 @@
 #include <protomem/error.hpp>
 #include <protomem/policies/generator.hpp>
 #include <protomem/policies/margin.hpp>
+#include <protomem/policies/mining.hpp>
 #include <protomem/policies/queue.hpp>
 #include <protomem/policies/refresh.hpp>
 #include <protomem/view.hpp>
@@ -65,7 +66,8 @@ struct Config {
   /// thread count; different counts agree to rounding.
   int threads = 0;
   /// k: how many most-similar stored classes a step reports per batch class (0: none). The
-  /// similarities come from cosines the step computes anyway (the hard-example-mining seam).
+  /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
+  /// step computes max(similar_k, the Mining policy's similar_k()) of them.
   index_t similar_k = 0;
 };
 
@@ -74,7 +76,8 @@ template <class Scalar>
 struct StepResult {
   Scalar loss = 0;                    ///< mean margin-softmax cross-entropy over the batch
   std::vector<label_t> classes;       ///< the batch's distinct labels, ascending (C)
-  index_t similar_k = 0;              ///< k of Config::similar_k
+  /// k: max(Config::similar_k, the Mining policy's similar_k()).
+  index_t similar_k = 0;
   /// similar[c * k + r]: the r-th most similar stored class to classes[c] (-1 where the memory
   /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
   std::vector<label_t> similar;
@@ -103,7 +106,7 @@ struct Record {
 
 template <class Scalar, class Device = cpu, class Margin = CosFace,
           class Generator = ExemplarMean, class Refresh = Replace,
-          class Queue = LeastRecentlyWritten>
+          class Queue = LeastRecentlyWritten, class Mining = NoMining>
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
@@ -111,10 +114,16 @@ class PrototypeMemory {
 
  public:
   using scalar_type = Scalar;
+  using device_type = Device;
+  using backend_type = Backend;
+  /// What the backend borrows from the caller: nothing for protomem::cpu; the stream, cuBLAS
+  /// handle, workspace and GEMM precision for protomem::cuda (protomem/cuda.hpp).
+  using resources_type = typename Backend::Resources;
   using margin_type = Margin;
   using generator_type = Generator;
   using refresh_type = Refresh;
   using queue_type = Queue;
+  using mining_type = Mining;
   /// What prototype() and iteration give for a stored prototype: Span<const Scalar> (a view into
   /// the store) for cpu, std::vector<Scalar> (a decoded copy) for cpu_bf16 and cpu_fp16.
   using prototype_type = typename Backend::prototype_type;
@@ -125,14 +134,22 @@ class PrototypeMemory {
 
   explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
                            Generator generator = Generator{}, Refresh refresh = Refresh{},
-                           Queue queue = Queue{})
+                           Queue queue = Queue{}, Mining mining = Mining{})
+      : PrototypeMemory(resources_type{}, config, std::move(margin), std::move(generator),
+                        std::move(refresh), std::move(queue), std::move(mining)) {}
+
+  /// A memory whose backend uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
+  PrototypeMemory(const resources_type& resources, const Config& config, Margin margin = Margin{},
+                  Generator generator = Generator{}, Refresh refresh = Refresh{},
+                  Queue queue = Queue{}, Mining mining = Mining{})
       : config_(checked(config)),
         margin_(std::move(margin)),
         generator_(std::move(generator)),
         refresh_(std::move(refresh)),
         queue_(std::move(queue)),
+        mining_(std::move(mining)),
         book_(config_.capacity),
-        backend_(config_.capacity, config_.dim) {}
+        backend_(config_.capacity, config_.dim, resources) {}
 
   // ---- the step ---------------------------------------------------------------------------------
 
@@ -161,7 +178,7 @@ class PrototypeMemory {
       if (slot >= 0) excluded.push_back(slot);
     }
     backend::SimilarSlots<Scalar> similar;
-    similar.k = config_.similar_k;
+    similar.k = std::max(config_.similar_k, mining_.similar_k());
     StepResult<Scalar> result;
     backend::PassReport pass;
     result.loss =
@@ -175,6 +192,10 @@ class PrototypeMemory {
     result.similar.reserve(similar.slots.size());
     for (index_t slot : similar.slots) result.similar.push_back(slot < 0 ? -1 : book_.label[slot]);
     result.similar_cosines = std::move(similar.cosines);
+    if (mining_.similar_k() > 0) {  // kept for the Mining policy at commit()
+      pending_similar_ = result.similar;
+      pending_cosines_ = result.similar_cosines;
+    }
     pending_classes_ = std::move(batch.labels);
     pending_ = true;
     return result;
@@ -188,6 +209,10 @@ class PrototypeMemory {
     std::vector<backend::SlotWrite> writes = plan_writes(pending_classes_);
     backend_.write(writes, refresh_);
     apply_writes(writes);
+    if (mining_.similar_k() > 0) {  // only committed steps reach the Mining policy
+      mining_.record(span_of(pending_classes_), span_of(pending_similar_),
+                     span_of(pending_cosines_), std::max(config_.similar_k, mining_.similar_k()));
+    }
     pending_ = false;
   }
 
@@ -252,10 +277,12 @@ class PrototypeMemory {
   const_iterator begin() const { return {this, book_.queue.front()}; }
   const_iterator end() const { return {this, -1}; }
 
-  /// Empties the memory and resets the counters; policies keep their parameters.
+  /// Empties the memory and resets the counters; policies keep their parameters, the Mining
+  /// policy forgets its state.
   void clear() {
     book_ = Book(config_.capacity);
     backend_.clear();
+    mining_.clear();
     pending_ = false;
   }
 
@@ -266,6 +293,18 @@ class PrototypeMemory {
   const Generator& generator() const { return generator_; }
   const Refresh& refresh() const { return refresh_; }
   const Queue& queue() const { return queue_; }
+  /// The Mining policy, e.g. the doppelganger table a sampler draws from.
+  const Mining& mining() const { return mining_; }
+
+  // ---- backend ----------------------------------------------------------------------------------
+
+  /// The resources the backend borrows; set_resources() takes effect from the next call (e.g. the
+  /// stream of the current training step).
+  resources_type resources() const { return backend_.resources(); }
+  void set_resources(const resources_type& resources) { backend_.set_resources(resources); }
+  /// Backend-specific queries and controls (e.g. the CUDA backend's workspace_size()).
+  const Backend& backend() const { return backend_; }
+  Backend& backend() { return backend_; }
 
   // ---- checkpoints (format: docs/algorithm.md, "Checkpoint format") ----------------------------
 
@@ -343,6 +382,11 @@ class PrototypeMemory {
     if (config.similar_k < 0) detail::fail("Config::similar_k = ", config.similar_k, " must be >= 0");
     if (config.workspace_bytes == 0) detail::fail("Config::workspace_bytes must be > 0");
     return config;
+  }
+
+  template <class T>
+  static Span<const T> span_of(const std::vector<T>& v) {
+    return {v.data(), static_cast<index_t>(v.size())};
   }
 
   index_t slot_of(label_t label) const {
@@ -459,7 +503,8 @@ class PrototypeMemory {
   // ---- checkpoint format, version 1 (all integers little-endian) --------------------------------
   //   "PROTOMEM" | u32 version | u32 scalar bytes (4: float32, 8: float64) | u64 dim | u64 capacity
   //   | i64 num_classes | u64 steps, refreshes, insertions, evictions
-  //   | 4 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes)
+  //   | 5 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
+  //     margin, generator, refresh, queue, mining
   //   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
   //   Narrow storage (cpu_bf16, cpu_fp16) writes its decoded float values, so the file does not
   //   record the storage: it loads into a float memory exactly, and a float checkpoint loads into a
@@ -518,6 +563,7 @@ class PrototypeMemory {
     save_policy(out, "generator", generator_);
     save_policy(out, "refresh", refresh_);
     save_policy(out, "queue", queue_);
+    save_policy(out, "mining", mining_);
     out.put<std::uint64_t>(static_cast<std::uint64_t>(book_.used));
     for (index_t slot = book_.queue.front(); slot >= 0; slot = book_.queue.next(slot)) {
       out.put<std::int64_t>(book_.label[static_cast<std::size_t>(slot)]);
@@ -559,7 +605,7 @@ class PrototypeMemory {
     if (!take(8)) return bytes;
     const std::uint64_t dim = number(8);
     if (!take(8 + 8 + 4 * 8)) return bytes;
-    for (int policy = 0; policy < 4; ++policy) {
+    for (int policy = 0; policy < 5; ++policy) {
       for (std::size_t width : {4, 4, 8}) {
         if (!take(width) || !take(number(width))) return bytes;
       }
@@ -596,7 +642,7 @@ class PrototypeMemory {
     stats.refreshes = in.get<std::uint64_t>("refreshes");
     stats.insertions = in.get<std::uint64_t>("insertions");
     stats.evictions = in.get<std::uint64_t>("evictions");
-    StoredPolicy policies[4];
+    StoredPolicy policies[5];
     for (StoredPolicy& policy : policies) {
       policy.family = in.get_string("a policy family");
       policy.name = in.get_string("a policy name");
@@ -645,6 +691,7 @@ class PrototypeMemory {
     Generator generator = load_policy(policies[1], "generator", generator_, source);
     Refresh refresh = load_policy(policies[2], "refresh", refresh_, source);
     Queue queue = load_policy(policies[3], "queue", queue_, source);
+    Mining mining = load_policy(policies[4], "mining", mining_, source);
 
     Book book(config_.capacity);
     book.stats = stats;
@@ -683,7 +730,7 @@ class PrototypeMemory {
     }
 
     // Everything is checked: commit (nothing below throws but allocation, done before any change).
-    Backend backend(config_.capacity, config_.dim);
+    Backend backend(config_.capacity, config_.dim, backend_.resources());
     for (std::size_t r = 0; r < slots.size(); ++r) {
       backend.set_prototype(slots[r], prototypes.data() + r * dim);
     }
@@ -693,6 +740,7 @@ class PrototypeMemory {
     generator_ = std::move(generator);
     refresh_ = std::move(refresh);
     queue_ = std::move(queue);
+    mining_ = std::move(mining);
     pending_ = false;
   }
 
@@ -701,10 +749,13 @@ class PrototypeMemory {
   Generator generator_;
   Refresh refresh_;
   Queue queue_;
+  Mining mining_;
   Book book_;
   Backend backend_;
   bool pending_ = false;
   std::vector<label_t> pending_classes_;
+  std::vector<label_t> pending_similar_;  // C x k, for the Mining policy
+  std::vector<Scalar> pending_cosines_;
 };
 
 }  // namespace protomem

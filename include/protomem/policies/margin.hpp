@@ -169,7 +169,7 @@ struct CombinedMargin {
     detail::check_range(m3, 0.0, 1.0, "m3", name);
   }
   double scale() const { return s; }
-  double threshold_angle() const { return (3.141592653589793 - m2) / m1; }
+  PROTOMEM_HOST_DEVICE double threshold_angle() const { return (3.141592653589793 - m2) / m1; }
   template <class T>
   PROTOMEM_HOST_DEVICE T target(T cos) const {
     const T c = detail::clamp_cos(cos);

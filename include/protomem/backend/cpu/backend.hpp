@@ -70,6 +70,9 @@ struct SlotWrite {
   bool refresh;
 };
 
+/// The CPU backend borrows nothing from the caller (the CUDA backend borrows a stream etc.).
+struct CpuResources {};
+
 /// The prototype store and the numerics of a step. Scalar (float or double) is the arithmetic;
 /// Storage is what a stored value is kept as: Scalar itself, or Eigen::bfloat16 / Eigen::half
 /// under Scalar = float (narrow storage, storage.hpp).
@@ -78,6 +81,7 @@ class CpuBackend {
  public:
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using Resources = CpuResources;
   using StoreMatrix = Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   static constexpr bool narrow = !std::is_same_v<Storage, Scalar>;
   static_assert(!narrow || (std::is_same_v<Scalar, float> && is_narrow_storage_v<Storage>),
@@ -94,8 +98,11 @@ class CpuBackend {
   static constexpr index_t max_tile_columns = 512;
 #endif
 
-  CpuBackend(index_t capacity, index_t dim)
+  CpuBackend(index_t capacity, index_t dim, const Resources& = {})
       : store_(StoreMatrix::Zero(capacity, dim)), decoded_(static_cast<std::size_t>(dim)) {}
+
+  Resources resources() const { return {}; }
+  void set_resources(const Resources&) {}
 
   index_t dim() const { return store_.cols(); }
   index_t capacity() const { return store_.rows(); }

@@ -1,0 +1,299 @@
+// GPU step against the cuBLAS two-GEMM bound on the same shapes (DESIGN.md section 5; issue #5:
+// target <= 1.3x at B = 512, D = 512, M = 2^20).
+//
+//   BM_two_gemm_bound/B/D/M/precision  logits (B x M) = X W^T, then G (B x D) = P W, cuBLAS only
+//   BM_cuda_step/B/D/M/precision       PrototypeMemory<float, cuda>::step() on a full memory of M
+//                                      slots: forward (one host sync) + commit, wall clock
+// precision: 0 fp32, 1 tf32, 2 bf16, 3 fp16 (protomem::GemmPrecision), the same for both.
+// The memory is filled through a synthetic checkpoint (filling 2^20 slots by steps would cost
+// O(M^2 D)). Prints a summary table (step / bound) after the benchmarks; --benchmark_out=FILE
+// --benchmark_out_format=json writes every figure. Exits 77 where there is no GPU.
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <protomem/cuda.hpp>
+#include <streambuf>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using protomem::index_t;
+using Memory = protomem::PrototypeMemory<float, protomem::cuda>;
+
+constexpr index_t kExemplars = 4;  // per class: B / 4 classes per batch
+
+void check(cudaError_t status, const char* what) { protomem::detail::cuda_check(status, what); }
+
+// Deterministic pseudo-random floats in [-1, 1) (fast: 2^29 of them fill the largest memory).
+struct Noise {
+  std::uint64_t state;
+  float next() {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return float(static_cast<std::uint32_t>(state >> 40)) / float(1 << 23) - 1.0f;
+  }
+};
+
+// A checkpoint (format version 1, memory.hpp: header, 5 policies, records, CRC) of a full memory:
+// labels 0..M-1, random unit prototypes, the default policies.
+std::string synthetic_checkpoint(index_t M, index_t D) {
+  protomem::detail::ByteWriter out;
+  out.bytes().append("PROTOMEM", 8);
+  out.put<std::uint32_t>(Memory::format_version);
+  out.put<std::uint32_t>(sizeof(float));
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(D));
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(M));
+  out.put<std::int64_t>(0);
+  out.put<std::uint64_t>(1);  // steps
+  out.put<std::uint64_t>(0);
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(M));
+  out.put<std::uint64_t>(0);
+  auto policy = [&](const char* family, const char* name, const auto& value) {
+    out.put_string(family);
+    out.put_string(name);
+    protomem::detail::ByteWriter state;
+    value.save(state);
+    out.put_bytes(state.bytes());
+  };
+  policy("margin", protomem::CosFace::name, protomem::CosFace());
+  policy("generator", protomem::ExemplarMean::name, protomem::ExemplarMean());
+  policy("refresh", protomem::Replace::name, protomem::Replace());
+  policy("queue", protomem::LeastRecentlyWritten::name, protomem::LeastRecentlyWritten());
+  policy("mining", protomem::NoMining::name, protomem::NoMining());
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(M));
+  std::string& bytes = out.bytes();
+  const std::size_t header = bytes.size();
+  const std::size_t record = 24 + static_cast<std::size_t>(D) * sizeof(float);
+  bytes.resize(header + static_cast<std::size_t>(M) * record + 4);
+  Noise noise{12345};
+  std::vector<float> p(static_cast<std::size_t>(D));
+  for (index_t slot = 0; slot < M; ++slot) {
+    char* r = bytes.data() + header + static_cast<std::size_t>(slot) * record;
+    const std::int64_t label = slot;
+    const std::uint64_t where = static_cast<std::uint64_t>(slot), written = 1;
+    std::memcpy(r, &label, 8);  // little-endian hosts only (x86-64, aarch64)
+    std::memcpy(r + 8, &where, 8);
+    std::memcpy(r + 16, &written, 8);
+    double n2 = 0;
+    for (float& v : p) {
+      v = noise.next();
+      n2 += double(v) * v;
+    }
+    const float inv = float(1.0 / std::sqrt(n2));
+    for (float& v : p) v *= inv;
+    std::memcpy(r + 24, p.data(), p.size() * sizeof(float));
+  }
+  const std::uint32_t crc = protomem::detail::crc32(bytes.data(), bytes.size() - 4);
+  std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);
+  return bytes;
+}
+
+struct MemoryBuffer : std::streambuf {
+  MemoryBuffer(char* data, std::size_t size) { setg(data, data, data + size); }
+};
+
+// One full memory per (D, M), shared by the precisions and batch sizes.
+Memory& full_memory(index_t D, index_t M) {
+  static std::pair<index_t, index_t> key{0, 0};
+  static std::unique_ptr<Memory> memory;  // one at a time: 2^20 x 512 floats is 2 GiB
+  if (!memory || key != std::make_pair(D, M)) {
+    memory.reset();
+    protomem::Config config;
+    config.capacity = M;
+    config.dim = D;
+    memory = std::make_unique<Memory>(protomem::CudaResources{}, config);
+    std::string bytes = synthetic_checkpoint(M, D);
+    MemoryBuffer buffer(bytes.data(), bytes.size());
+    std::istream in(&buffer);
+    memory->load(in, "synthetic checkpoint");
+    key = {D, M};
+  }
+  return *memory;
+}
+
+// A batch of B rows, B / 4 classes that are not in the memory (each step evicts the oldest).
+struct Batch {
+  protomem::detail::DeviceArray<float> embeddings, gradient;
+  std::vector<std::int64_t> labels;
+  Batch(index_t B, index_t D)
+      : embeddings(static_cast<std::size_t>(B * D)),
+        gradient(static_cast<std::size_t>(B * D)),
+        labels(static_cast<std::size_t>(B)) {
+    std::vector<float> host(static_cast<std::size_t>(B * D));
+    Noise noise{777};
+    for (float& v : host) v = noise.next();
+    check(cudaMemcpy(embeddings.data(), host.data(), host.size() * sizeof(float),
+                     cudaMemcpyHostToDevice),
+          "upload");
+  }
+  void relabel(std::int64_t first) {
+    for (std::size_t i = 0; i < labels.size(); ++i) {
+      labels[i] = first + static_cast<std::int64_t>(i) / kExemplars;
+    }
+  }
+};
+
+void BM_cuda_step(benchmark::State& state) {
+  const index_t B = state.range(0), D = state.range(1), M = state.range(2);
+  const auto precision = static_cast<protomem::GemmPrecision>(state.range(3));
+  Memory& memory = full_memory(D, M);
+  protomem::CudaResources resources = memory.resources();
+  resources.precision = precision;
+  memory.set_resources(resources);
+  Batch batch(B, D);
+  static std::int64_t next_label = std::int64_t{1} << 40;
+  auto step = [&] {
+    batch.relabel(next_label);
+    next_label += B / kExemplars;
+    return memory.step(protomem::matrix_view<const float>(batch.embeddings.data(), B, D),
+                       protomem::label_view(batch.labels.data(), B),
+                       protomem::matrix_view(batch.gradient.data(), B, D));
+  };
+  for (int warm = 0; warm < 3; ++warm) step();  // workspace, 16-bit copy, cuBLAS heuristics
+  check(cudaDeviceSynchronize(), "warm-up");
+  float loss = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    loss = step();
+    check(cudaStreamSynchronize(resources.stream), "step");  // commit() is asynchronous
+    state.SetIterationTime(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  state.counters["loss"] = loss;
+  state.counters["GEMM_TFLOPs"] = benchmark::Counter(4.0 * double(B) * double(D) * double(M),
+                                                     benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(protomem::to_string(precision));
+}
+
+void BM_two_gemm_bound(benchmark::State& state) {
+  const index_t B = state.range(0), D = state.range(1), M = state.range(2);
+  const auto precision = static_cast<protomem::GemmPrecision>(state.range(3));
+  const bool half = protomem::detail::is_16bit(precision);
+  const std::size_t in = half ? 2 : 4;
+  protomem::detail::DeviceArray<char> x(static_cast<std::size_t>(B * D) * in);
+  protomem::detail::DeviceArray<char> w(static_cast<std::size_t>(M * D) * in);
+  protomem::detail::DeviceArray<float> logits(static_cast<std::size_t>(B * M));
+  protomem::detail::DeviceArray<char> p(half ? static_cast<std::size_t>(B * M) * 2 : 0);
+  protomem::detail::DeviceArray<float> g(static_cast<std::size_t>(B * D));
+  check(cudaMemset(x.data(), 0, x.size()), "memset");  // zeros: values do not change GEMM time
+  check(cudaMemset(w.data(), 0, w.size()), "memset");
+  if (half) check(cudaMemset(p.data(), 0, p.size()), "memset");
+  protomem::detail::OwnedCublas handle = protomem::detail::OwnedCublas::create();
+  const cudaDataType_t type = protomem::detail::gemm_input_type(precision);
+  const cublasComputeType_t compute = protomem::detail::gemm_compute_type(precision);
+  const void* p_input = half ? static_cast<const void*>(p.data()) : logits.data();
+  auto run = [&] {
+    protomem::detail::gemm_row_major(handle.get(), B, M, D, 1.0f,
+                                     protomem::detail::operand(x.data(), type, D, false),
+                                     protomem::detail::operand(w.data(), type, D, true), 0.0f,
+                                     logits.data(), M, compute, "bound GEMM 1");
+    protomem::detail::gemm_row_major(handle.get(), B, D, M, 1.0f,
+                                     protomem::detail::operand(p_input, type, M, false),
+                                     protomem::detail::operand(w.data(), type, D, false), 0.0f,
+                                     g.data(), D, compute, "bound GEMM 2");
+  };
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  for (int warm = 0; warm < 3; ++warm) run();
+  check(cudaDeviceSynchronize(), "warm-up");
+  for (auto _ : state) {
+    check(cudaEventRecord(start), "event");
+    run();
+    check(cudaEventRecord(stop), "event");
+    check(cudaEventSynchronize(stop), "event");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "event");
+    state.SetIterationTime(ms / 1e3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  state.counters["GEMM_TFLOPs"] = benchmark::Counter(4.0 * double(B) * double(D) * double(M),
+                                                     benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(protomem::to_string(precision));
+}
+
+// Collects each benchmark's time for the summary.
+class SummaryReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      if (run.run_type != Run::RT_Iteration) continue;  // (no aggregates: fixed iterations)
+      times[run.benchmark_name()] = run.GetAdjustedRealTime();  // milliseconds (Unit below)
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  std::map<std::string, double> times;
+};
+
+const std::vector<std::vector<std::int64_t>> kShapes = {
+    {512, 512, std::int64_t{1} << 20},  // issue #5's target shape
+    {256, 512, std::int64_t{1} << 16},  // DESIGN.md section 5's CPU peer shape
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("SKIPPED: no CUDA device\n");
+    return 77;
+  }
+  cudaDeviceProp properties{};
+  check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
+  for (const auto& shape : kShapes) {
+    for (std::int64_t precision = 0; precision < 4; ++precision) {
+      const std::vector<std::int64_t> args = {shape[0], shape[1], shape[2], precision};
+      benchmark::RegisterBenchmark("BM_two_gemm_bound", BM_two_gemm_bound)
+          ->Args(args)
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(20);
+      benchmark::RegisterBenchmark("BM_cuda_step", BM_cuda_step)
+          ->Args(args)
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(20);
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  SummaryReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+
+  std::printf(
+      "\nprotomem CUDA step vs cuBLAS two-GEMM bound on %s (sm_%d%d): mean of 20 timed\n"
+      "iterations after 3 warm-ups; the step is wall clock, its one host sync included\n",
+      properties.name, properties.major, properties.minor);
+  std::printf("%6s %5s %9s %-9s %10s %10s %7s\n", "B", "D", "M", "precision", "step ms", "bound ms",
+              "ratio");
+  for (const auto& shape : kShapes) {
+    for (int precision = 0; precision < 4; ++precision) {
+      char prefix[96];
+      std::snprintf(prefix, sizeof prefix, "/%lld/%lld/%lld/%d/", static_cast<long long>(shape[0]),
+                    static_cast<long long>(shape[1]), static_cast<long long>(shape[2]), precision);
+      auto find = [&](const std::string& name) {
+        const std::string start = name + prefix;
+        auto it = reporter.times.lower_bound(start);
+        return it != reporter.times.end() && it->first.compare(0, start.size(), start) == 0
+                   ? it
+                   : reporter.times.end();
+      };
+      const auto step = find("BM_cuda_step");
+      const auto bound = find("BM_two_gemm_bound");
+      if (step == reporter.times.end() || bound == reporter.times.end()) continue;
+      std::printf("%6lld %5lld %9lld %-9s %10.3f %10.3f %7.2f\n", static_cast<long long>(shape[0]),
+                  static_cast<long long>(shape[1]), static_cast<long long>(shape[2]),
+                  protomem::to_string(static_cast<protomem::GemmPrecision>(precision)),
+                  step->second, bound->second, step->second / bound->second);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,200 @@
+// What doppelganger mining adds to a step: the same steps with NoMining and with
+// DoppelgangerMining, on full memories holding the same prototypes, in the same run.
+//
+// Shape: B = 256 (C = 64 classes x K = 4 exemplars), D = 512, M = 2^16 float slots, all full; every
+// batch brings 64 classes the memory does not hold (the steady state of a large identity set: each
+// step evicts 64 slots). Mining: k = 4 doppelgangers per class in a table of 2^20 classes.
+//
+//   BM_Step/<policy>          one step per iteration, for each policy alone.
+//   BM_MiningOverhead/<k>     each iteration runs one step of each memory on the same batch
+//                             (alternating which goes first) and times them separately; counters
+//                             plain_s and mining_s are the mean step times and `ratio` =
+//                             mining_s / plain_s (the iteration time is that of both steps);
+//                             cpu_ratio is the same ratio of process CPU time (all threads).
+//
+// Run (report the median of the repetitions), from a Release build:
+//   build/ci/bench/bench_mining --benchmark_filter=Overhead --benchmark_repetitions=5
+//       --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <protomem/detail/serialize.hpp>
+#include <protomem/memory.hpp>
+
+namespace {
+
+using protomem::index_t;
+using protomem::label_t;
+
+constexpr index_t kDim = 512, kSlots = index_t{1} << 16, kClasses = 64, kExemplars = 4;
+constexpr index_t kBatch = kClasses * kExemplars;
+
+using PlainMemory = protomem::PrototypeMemory<float>;
+using MiningMemory =
+    protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
+                              protomem::Replace, protomem::LeastRecentlyWritten,
+                              protomem::DoppelgangerMining>;
+
+// A checkpoint of a full memory (format: docs/algorithm.md) with random unit prototypes for labels
+// 0 .. M-1, written directly: filling 2^16 slots through steps would take minutes.
+template <class Memory>
+std::string full_checkpoint(const Memory& memory, std::uint64_t seed) {
+  protomem::detail::ByteWriter out;
+  out.bytes().append("PROTOMEM", 8);
+  out.put<std::uint32_t>(Memory::format_version);
+  out.put<std::uint32_t>(sizeof(float));
+  out.put<std::uint64_t>(kDim);
+  out.put<std::uint64_t>(kSlots);
+  out.put<std::int64_t>(0);
+  for (std::uint64_t counter : {std::uint64_t{1}, std::uint64_t{0}, std::uint64_t(kSlots), std::uint64_t{0}}) {
+    out.put<std::uint64_t>(counter);
+  }
+  auto policy = [&](const char* family, const auto& p) {
+    out.put_string(family);
+    out.put_string(std::decay_t<decltype(p)>::name);
+    protomem::detail::ByteWriter state;
+    p.save(state);
+    out.put_bytes(state.bytes());
+  };
+  policy("margin", memory.margin());
+  policy("generator", memory.generator());
+  policy("refresh", memory.refresh());
+  policy("queue", memory.queue());
+  policy("mining", memory.mining());
+  out.put<std::uint64_t>(kSlots);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> p(kDim);
+  for (index_t slot = 0; slot < kSlots; ++slot) {
+    out.put<std::int64_t>(slot);
+    out.put<std::uint64_t>(static_cast<std::uint64_t>(slot));
+    out.put<std::uint64_t>(1);
+    double n2 = 0;
+    for (float& v : p) {
+      v = normal(rng);
+      n2 += double(v) * v;
+    }
+    for (float v : p) out.put<float>(static_cast<float>(v / std::sqrt(n2)));
+  }
+  out.put<std::uint32_t>(protomem::detail::crc32(out.bytes().data(), out.bytes().size()));
+  return out.bytes();
+}
+
+template <class Memory>
+void fill(Memory& memory) {
+  std::istringstream in(full_checkpoint(memory, 1));
+  memory.load(in);
+}
+
+// Batches of 64 new classes around random centres, 4 noisy exemplars each.
+struct Feed {
+  std::mt19937_64 rng{42};
+  label_t next_label = kSlots;
+  std::vector<float> embeddings = std::vector<float>(kBatch * kDim);
+  std::vector<float> gradient = std::vector<float>(kBatch * kDim);
+  std::vector<label_t> labels = std::vector<label_t>(kBatch);
+
+  void next() {
+    std::normal_distribution<float> normal;
+    std::vector<float> centre(kDim);
+    for (index_t c = 0; c < kClasses; ++c, ++next_label) {
+      for (float& v : centre) v = normal(rng);
+      for (index_t k = 0; k < kExemplars; ++k) {
+        const index_t i = c * kExemplars + k;
+        labels[static_cast<std::size_t>(i)] = next_label;
+        for (index_t j = 0; j < kDim; ++j) {
+          embeddings[static_cast<std::size_t>(i * kDim + j)] = centre[j] + 0.5f * normal(rng);
+        }
+      }
+    }
+  }
+  template <class Memory>
+  float step(Memory& memory) {
+    return memory.step(protomem::matrix_view<const float>(embeddings.data(), kBatch, kDim),
+                       protomem::label_view(labels.data(), kBatch),
+                       protomem::matrix_view(gradient.data(), kBatch, kDim));
+  }
+};
+
+std::unique_ptr<MiningMemory> mining_memory(index_t k) {
+  auto memory = std::make_unique<MiningMemory>(
+      protomem::Config{kSlots, kDim}, protomem::CosFace(), protomem::ExemplarMean(),
+      protomem::Replace(), protomem::LeastRecentlyWritten(),
+      protomem::DoppelgangerMining(k, index_t{1} << 20));
+  fill(*memory);
+  return memory;
+}
+
+std::unique_ptr<PlainMemory> plain_memory() {
+  auto memory = std::make_unique<PlainMemory>(protomem::Config{kSlots, kDim});
+  fill(*memory);
+  return memory;
+}
+
+void BM_Step_NoMining(benchmark::State& state) {
+  auto memory = plain_memory();
+  Feed feed;
+  for (auto _ : state) {
+    state.PauseTiming();
+    feed.next();
+    state.ResumeTiming();
+    benchmark::DoNotOptimize(feed.step(*memory));
+  }
+}
+
+void BM_Step_DoppelgangerMining(benchmark::State& state) {
+  auto memory = mining_memory(state.range(0));
+  Feed feed;
+  for (auto _ : state) {
+    state.PauseTiming();
+    feed.next();
+    state.ResumeTiming();
+    benchmark::DoNotOptimize(feed.step(*memory));
+  }
+  state.counters["table_rows"] = static_cast<double>(memory->mining().size());
+}
+
+void BM_MiningOverhead(benchmark::State& state) {
+  auto plain = plain_memory();
+  auto mining = mining_memory(state.range(0));
+  Feed feed;
+  double plain_s = 0, mining_s = 0, plain_cpu_s = 0, mining_cpu_s = 0;
+  std::int64_t n = 0;
+  using Clock = std::chrono::steady_clock;
+  for (auto _ : state) {
+    feed.next();
+    const bool plain_first = n % 2 == 0;
+    for (int turn = 0; turn < 2; ++turn) {
+      const bool run_plain = (turn == 0) == plain_first;
+      const auto start = Clock::now();
+      const std::clock_t cpu_start = std::clock();  // process CPU time, all threads
+      const float loss = run_plain ? feed.step(*plain) : feed.step(*mining);
+      const double cpu = double(std::clock() - cpu_start) / CLOCKS_PER_SEC;
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      benchmark::DoNotOptimize(loss);
+      (run_plain ? plain_s : mining_s) += seconds;
+      (run_plain ? plain_cpu_s : mining_cpu_s) += cpu;
+    }
+    ++n;
+  }
+  state.counters["plain_s"] = plain_s / double(n);
+  state.counters["mining_s"] = mining_s / double(n);
+  state.counters["ratio"] = mining_s / plain_s;
+  // CPU time is less disturbed by other processes on a shared machine than wall time.
+  state.counters["cpu_ratio"] = mining_cpu_s / plain_cpu_s;
+}
+
+}  // namespace
+
+BENCHMARK(BM_Step_NoMining)->Unit(benchmark::kMillisecond)->Iterations(5);
+BENCHMARK(BM_Step_DoppelgangerMining)->Arg(4)->Arg(16)->Unit(benchmark::kMillisecond)->Iterations(5);
+BENCHMARK(BM_MiningOverhead)->Arg(4)->Arg(16)->Unit(benchmark::kMillisecond)->Iterations(6);

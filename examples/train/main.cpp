@@ -1,0 +1,515 @@
+// examples/train — protomem's main job: trains a LibTorch MLP encoder on the synthetic identity set
+// with Prototype Memory, full softmax and Partial-FC-style sampled softmax, evaluates each on
+// held-out identities and prints the comparison. `train --help` lists every flag.
+//
+// Each method runs in its own child process (this executable, re-executed), so that its peak
+// memory (getrusage of the child) is its own and no method inherits another's allocator state.
+// Outputs in --out: results.csv (the table), loss.csv, curves.csv, staleness.csv and curves.png.
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "policies.hpp"
+#include "trainer.hpp"
+
+#ifndef PROTOMEM_TRAIN_PLOT_SCRIPT
+#define PROTOMEM_TRAIN_PLOT_SCRIPT "plot.py"
+#endif
+
+namespace {
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* kHelp = R"(usage: train [flags]
+
+Trains a LibTorch MLP encoder on a synthetic identity set with several classifier heads and compares
+them on held-out identities (verification TAR at FAR 1e-3/1e-4, rank-1 identification against
+distractors), at the same number of steps and images.
+
+methods
+  --methods LIST            comma-separated, from: protomem-grouped, full-grouped, full-instance,
+                            pfc-grouped, pfc-instance, or 'all' (default all)
+data (docs/synthetic-data.md)
+  --identities N            training identities (default 10000; any size up to 10^7 and beyond)
+  --images-per-identity N   training images per identity (default 16)
+  --eval-identities N       held-out identities, even (default 1000)
+  --eval-images N           images per held-out identity, >= 2 (default 4)
+  --distractors N           distractor images for identification (default 10000)
+  --data-seed N             seed of the data set (default 1)
+  --intra X                 intra-class variation (default 0.4)
+  --similarity X            inter-class similarity in [0, 1) (default 0.3)
+  --families N              identity families (default 256)
+  --lookalike-fraction X    share of identity pairs planted as look-alikes (default 0.1)
+  --lookalike-distance X    look-alike latent distance delta in (0, 1] (default 0.5)
+  --nuisance X              nuisance factor scale (default 0.5)
+  --noise X                 pixel noise (default 0.1)
+  --latent-dim N, --image-dim N, --nuisance-dim N, --map-hidden N   generator sizes (32, 128, 8, 128)
+encoder and optimisation
+  --dim N                   embedding dimension D (default 64)
+  --hidden N                encoder MLP width (default 256)
+  --steps N                 training steps (default 600)
+  --batch N                 images per step B (default 256)
+  --exemplars N             images per identity K in grouped batches (default 4)
+  --lr X                    peak SGD learning rate, warm-up then cosine (default 0.1)
+  --momentum X              SGD momentum (default 0.9)
+  --weight-decay X          encoder weight decay (default 5e-4)
+  --seed N                  encoder init and samplers (default 1)
+  --threads N               intra-op threads (default: LibTorch's choice)
+loss (all methods)
+  --margin cosface|arcface|none   (default cosface)
+  --scale S                 logit scale s (default 32)
+  --m M                     margin m (default 0.3)
+protomem
+  --capacity M              memory slots (default 4096)
+  --generator mean|detached|leave-one-out   (default mean)
+  --refresh replace|momentum:A               (default replace)
+  --queue lrw|fifo          eviction order (default lrw: least recently written)
+sampled softmax
+  --sample-rate R           share of classifier rows per step, in (0, 1] (default 0.1)
+evaluation and output
+  --eval-every N            steps between evaluations for the curves (default 200)
+  --staleness-classes N     classes sampled per staleness measurement (default 256)
+  --out DIR                 output directory (default train-out)
+  --no-plot                 do not draw curves.png
+  --no-progress             no progress bar
+  --help
+)";
+
+std::int64_t parse_int(const std::string& flag, const std::string& text) {
+  std::size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size())
+    throw UsageError(flag + ": '" + text + "' is not an integer");
+  return v;
+}
+
+double parse_real(const std::string& flag, const std::string& text) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) throw UsageError(flag + ": '" + text + "' is not a number");
+  return v;
+}
+
+struct Cli {
+  train::Options o;
+  std::vector<train::Method> methods;
+  std::string out = "train-out";
+  bool plot = true;
+  int threads = 0;
+  std::string child;                   // internal: run this one method and write its files
+  std::vector<std::string> forwarded;  // the user's flags, passed on to children
+};
+
+std::vector<train::Method> parse_methods(const std::string& list) {
+  using train::Kind;
+  using train::Sampler;
+  const std::map<std::string, train::Method> known = {
+      {"protomem-grouped", {Kind::protomem, Sampler::grouped}},
+      {"full-grouped", {Kind::full, Sampler::grouped}},
+      {"full-instance", {Kind::full, Sampler::instance}},
+      {"pfc-grouped", {Kind::pfc, Sampler::grouped}},
+      {"pfc-instance", {Kind::pfc, Sampler::instance}}};
+  if (list == "all")
+    return {known.at("protomem-grouped"), known.at("full-grouped"), known.at("full-instance"),
+            known.at("pfc-grouped"), known.at("pfc-instance")};
+  std::vector<train::Method> methods;
+  std::stringstream in(list);
+  std::string name;
+  while (std::getline(in, name, ',')) {
+    if (name == "protomem") name = "protomem-grouped";
+    auto it = known.find(name);
+    if (it == known.end()) {
+      throw UsageError("--methods: unknown method '" + name +
+                       "' (protomem-grouped, full-grouped, full-instance, pfc-grouped, "
+                       "pfc-instance, all)");
+    }
+    methods.push_back(it->second);
+  }
+  if (methods.empty()) throw UsageError("--methods: empty list");
+  return methods;
+}
+
+Cli parse(int argc, char** argv) {
+  Cli cli;
+  train::Options& o = cli.o;
+  cli.methods = parse_methods("all");
+  for (int a = 1; a < argc; ++a) {
+    std::string flag = argv[a], value;
+    bool has_value = false;
+    const auto eq = flag.find('=');
+    if (flag.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_value = true;
+    }
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kHelp, stdout);
+      std::exit(0);
+    }
+    if (flag == "--no-plot") {
+      cli.plot = false;
+      cli.forwarded.push_back(flag);
+      continue;
+    }
+    if (flag == "--no-progress") {
+      o.progress = false;
+      cli.forwarded.push_back(flag);
+      continue;
+    }
+    if (flag.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + flag + "'");
+    if (!has_value) {
+      if (a + 1 >= argc) throw UsageError(flag + ": missing value");
+      value = argv[++a];
+    }
+    auto I = [&] { return parse_int(flag, value); };
+    auto R = [&] { return parse_real(flag, value); };
+    if (flag == "--child") {
+      cli.child = value;
+      continue;
+    }
+    if (flag == "--methods")
+      cli.methods = parse_methods(value);
+    else if (flag == "--identities")
+      o.identities = I();
+    else if (flag == "--images-per-identity")
+      o.images_per_identity = I();
+    else if (flag == "--eval-identities")
+      o.eval_identities = I();
+    else if (flag == "--eval-images")
+      o.eval_images = I();
+    else if (flag == "--distractors")
+      o.distractors = I();
+    else if (flag == "--data-seed")
+      o.data.seed = static_cast<std::uint64_t>(I());
+    else if (flag == "--intra")
+      o.data.intra = R();
+    else if (flag == "--similarity")
+      o.data.similarity = R();
+    else if (flag == "--families")
+      o.data.families = I();
+    else if (flag == "--lookalike-fraction")
+      o.data.lookalike_fraction = R();
+    else if (flag == "--lookalike-distance")
+      o.data.lookalike_distance = R();
+    else if (flag == "--nuisance")
+      o.data.nuisance = R();
+    else if (flag == "--noise")
+      o.data.noise = R();
+    else if (flag == "--latent-dim")
+      o.data.latent_dim = I();
+    else if (flag == "--image-dim")
+      o.data.image_dim = I();
+    else if (flag == "--nuisance-dim")
+      o.data.nuisance_dim = I();
+    else if (flag == "--map-hidden")
+      o.data.hidden_dim = I();
+    else if (flag == "--dim")
+      o.dim = I();
+    else if (flag == "--hidden")
+      o.hidden = I();
+    else if (flag == "--steps")
+      o.steps = I();
+    else if (flag == "--batch")
+      o.batch = I();
+    else if (flag == "--exemplars")
+      o.exemplars = I();
+    else if (flag == "--lr")
+      o.lr = R();
+    else if (flag == "--momentum")
+      o.momentum = R();
+    else if (flag == "--weight-decay")
+      o.weight_decay = R();
+    else if (flag == "--seed")
+      o.seed = static_cast<std::uint64_t>(I());
+    else if (flag == "--threads")
+      cli.threads = static_cast<int>(I());
+    else if (flag == "--margin")
+      o.margin = value;
+    else if (flag == "--scale")
+      o.scale = R();
+    else if (flag == "--m")
+      o.m = R();
+    else if (flag == "--capacity")
+      o.capacity = I();
+    else if (flag == "--generator")
+      o.generator = value;
+    else if (flag == "--refresh") {
+      if (value == "replace")
+        o.refresh = 0.0;
+      else if (value.rfind("momentum:", 0) == 0)
+        o.refresh = parse_real(flag, value.substr(9));
+      else if (value == "momentum")
+        o.refresh = 0.5;
+      else
+        throw UsageError("--refresh must be replace or momentum:A, not '" + value + "'");
+    } else if (flag == "--queue")
+      o.queue = value;
+    else if (flag == "--sample-rate")
+      o.sample_rate = R();
+    else if (flag == "--eval-every")
+      o.eval_every = I();
+    else if (flag == "--staleness-classes")
+      o.staleness_classes = I();
+    else if (flag == "--out")
+      cli.out = value;
+    else
+      throw UsageError("unknown flag '" + flag + "' (see --help)");
+    if (flag != "--methods") {
+      cli.forwarded.push_back(flag);
+      cli.forwarded.push_back(value);
+    }
+  }
+  return cli;
+}
+
+void check(const Cli& cli) {
+  const train::Options& o = cli.o;
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw UsageError(what);
+  };
+  need(o.identities >= 2, "--identities must be >= 2");
+  need(o.images_per_identity >= 1, "--images-per-identity must be >= 1");
+  need(o.eval_identities >= 2 && o.eval_identities % 2 == 0,
+       "--eval-identities must be even and >= 2");
+  need(o.eval_images >= 2, "--eval-images must be >= 2");
+  need(o.distractors >= 0, "--distractors must be >= 0");
+  need(o.dim >= 1 && o.hidden >= 1, "--dim and --hidden must be >= 1");
+  need(o.steps >= 1, "--steps must be >= 1");
+  need(o.batch >= 1, "--batch must be >= 1");
+  need(o.exemplars >= 1 && o.batch % o.exemplars == 0,
+       "--exemplars must be >= 1 and divide --batch (" + std::to_string(o.batch) + ")");
+  need(o.exemplars <= o.images_per_identity, "--exemplars (" + std::to_string(o.exemplars) +
+                                                 ") must be <= --images-per-identity (" +
+                                                 std::to_string(o.images_per_identity) + ")");
+  need(o.batch / o.exemplars <= o.identities,
+       "--batch / --exemplars classes per step must be <= --identities");
+  need(o.lr > 0 && std::isfinite(o.lr), "--lr must be > 0");
+  need(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1)");
+  need(o.weight_decay >= 0, "--weight-decay must be >= 0");
+  need(o.margin == "cosface" || o.margin == "arcface" || o.margin == "none",
+       "--margin must be cosface, arcface or none, not '" + o.margin + "'");
+  need(o.scale > 0 && std::isfinite(o.scale), "--scale must be > 0");
+  need(o.m >= 0 && o.m <= (o.margin == "arcface" ? 1.5 : 1.0), "--m is out of range");
+  need(o.capacity >= o.batch / o.exemplars, "--capacity must hold at least one batch's classes (" +
+                                                std::to_string(o.batch / o.exemplars) + ")");
+  need(o.generator == "mean" || o.generator == "detached" || o.generator == "leave-one-out",
+       "--generator must be mean, detached or leave-one-out, not '" + o.generator + "'");
+  need(o.generator != "leave-one-out" || o.exemplars >= 2,
+       "--generator leave-one-out needs --exemplars >= 2");
+  need(o.refresh >= 0 && o.refresh < 1, "--refresh momentum:A needs 0 <= A < 1");
+  need(o.queue == "lrw" || o.queue == "fifo", "--queue must be lrw or fifo, not '" + o.queue + "'");
+  need(o.sample_rate > 0 && o.sample_rate <= 1, "--sample-rate must be in (0, 1]");
+  need(o.eval_every >= 1, "--eval-every must be >= 1");
+  need(o.staleness_classes >= 1, "--staleness-classes must be >= 1");
+  need(cli.threads >= 0, "--threads must be >= 0");
+  try {
+    synthetic::validate(o.data);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("data: ") + e.what());
+  }
+}
+
+// ---- child: one method
+// ----------------------------------------------------------------------------
+
+std::string file_of(const std::string& out, const std::string& method, const char* what) {
+  return out + "/" + method + "." + what;
+}
+
+int run_child(const Cli& cli) {
+  const train::Method method = parse_methods(cli.child).front();
+  const train::RunResult r = train::run_method(cli.o, method, train::make_protomem_head);
+  const std::string m = r.method;
+  {
+    std::ofstream f(file_of(cli.out, m, "result"));
+    f << "untrained_tar_1e3 " << r.untrained.tar_1e3 << "\nuntrained_tar_1e4 "
+      << r.untrained.tar_1e4 << "\nuntrained_rank1 " << r.untrained.rank1 << "\ntar_1e3 "
+      << r.final.tar_1e3 << "\ntar_1e4 " << r.final.tar_1e4 << "\nrank1 " << r.final.rank1
+      << "\nstep_ms " << r.step_ms << "\nstate_mb " << r.state_mb << "\nfinal_loss " << r.final_loss
+      << "\nstaleness_cos " << r.staleness_cos << "\n";
+  }
+  {
+    std::ofstream f(file_of(cli.out, m, "loss.csv"));
+    for (std::size_t s = 0; s < r.losses.size(); ++s)
+      f << m << "," << s + 1 << "," << r.losses[s] << "\n";
+  }
+  {
+    std::ofstream f(file_of(cli.out, m, "curves.csv"));
+    for (const auto& p : r.curve) {
+      f << m << "," << p.step << "," << p.loss << "," << p.scores.tar_1e3 << "," << p.scores.tar_1e4
+        << "," << p.scores.rank1 << "," << p.staleness_cos << "\n";
+    }
+  }
+  {
+    std::ofstream f(file_of(cli.out, m, "staleness.csv"));
+    for (const auto& p : r.staleness) {
+      f << m << "," << p.step << "," << p.label << "," << p.age << "," << p.cosine << "\n";
+    }
+  }
+  return 0;
+}
+
+// ---- parent: children, table, files
+// ---------------------------------------------------------------
+
+std::map<std::string, double> read_result(const std::string& path) {
+  std::map<std::string, double> values;
+  std::ifstream f(path);
+  std::string key;
+  double v;
+  while (f >> key >> v) values[key] = v;
+  return values;
+}
+
+void concatenate(const std::string& out, const std::vector<train::Method>& methods,
+                 const char* what, const char* header) {
+  std::ofstream all(out + "/" + what);
+  all << header << "\n";
+  for (const auto& m : methods) {
+    const std::string part = file_of(out, m.name(), what);
+    std::ifstream in(part);
+    all << in.rdbuf();
+    in.close();
+    std::remove(part.c_str());
+  }
+}
+
+int run_parent(const Cli& cli, const char* self) {
+  if (std::system(("mkdir -p '" + cli.out + "'").c_str()) != 0) {
+    throw std::runtime_error("cannot create --out directory '" + cli.out + "'");
+  }
+  const train::Options& o = cli.o;
+  std::printf(
+      "protomem train: %lld identities x %lld images, %lld held-out identities x %lld images, "
+      "%lld distractors\n",
+      static_cast<long long>(o.identities), static_cast<long long>(o.images_per_identity),
+      static_cast<long long>(o.eval_identities), static_cast<long long>(o.eval_images),
+      static_cast<long long>(o.distractors));
+  std::printf(
+      "  encoder MLP %lld-%lld-%lld-%lld, %lld steps x %lld images (grouped: %lld ids x K=%lld), "
+      "%s s=%g m=%g; protomem M=%lld; pfc sample rate %g\n",
+      static_cast<long long>(o.data.image_dim), static_cast<long long>(o.hidden),
+      static_cast<long long>(o.hidden), static_cast<long long>(o.dim),
+      static_cast<long long>(o.steps), static_cast<long long>(o.batch),
+      static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
+      o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
+  std::fflush(stdout);
+
+  std::vector<std::map<std::string, double>> results;
+  std::vector<double> peak_mb;
+  for (const auto& method : cli.methods) {
+    std::vector<std::string> args = {self, "--child", method.name(), "--out", cli.out};
+    args.insert(args.end(), cli.forwarded.begin(), cli.forwarded.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t pid = fork();
+    if (pid < 0) throw std::runtime_error(std::string("fork failed: ") + std::strerror(errno));
+    if (pid == 0) {
+      execv("/proc/self/exe", argv.data());
+      std::perror("train: exec");
+      _exit(127);
+    }
+    int status = 0;
+    struct rusage usage {};
+    if (wait4(pid, &status, 0, &usage) < 0) throw std::runtime_error("wait4 failed");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      std::fprintf(stderr, "train: method %s failed (status %d)\n", method.name().c_str(), status);
+      return 1;
+    }
+    results.push_back(read_result(file_of(cli.out, method.name(), "result")));
+    std::remove(file_of(cli.out, method.name(), "result").c_str());
+    peak_mb.push_back(usage.ru_maxrss / 1024.0);
+  }
+
+  concatenate(cli.out, cli.methods, "loss.csv", "method,step,loss");
+  concatenate(cli.out, cli.methods, "curves.csv",
+              "method,step,loss,tar_1e3,tar_1e4,rank1,staleness_cos");
+  concatenate(cli.out, cli.methods, "staleness.csv", "method,step,label,age,cosine");
+
+  std::ofstream csv(cli.out + "/results.csv");
+  csv << "method,identities,steps,images,tar_1e3,tar_1e4,rank1,step_ms,state_mb,peak_rss_mb,final_"
+         "loss,"
+         "staleness_cos\n";
+  const long long images = static_cast<long long>(o.steps * o.batch);
+  std::printf("\n%-18s %9s %9s %7s %9s %9s %9s %10s\n", "method", "TAR@1e-3", "TAR@1e-4", "rank-1",
+              "step ms", "state MB", "peak MB", "proto cos");
+  const auto& u = results.front();
+  std::printf("%-18s %9.4f %9.4f %7.4f %9s %9s %9s %10s\n", "untrained encoder",
+              u.at("untrained_tar_1e3"), u.at("untrained_tar_1e4"), u.at("untrained_rank1"), "-",
+              "-", "-", "-");
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    const std::string name = cli.methods[i].name();
+    std::printf("%-18s %9.4f %9.4f %7.4f %9.2f %9.1f %9.0f %10.3f\n", name.c_str(), r.at("tar_1e3"),
+                r.at("tar_1e4"), r.at("rank1"), r.at("step_ms"), r.at("state_mb"), peak_mb[i],
+                r.at("staleness_cos"));
+    csv << name << "," << o.identities << "," << o.steps << "," << images << "," << r.at("tar_1e3")
+        << "," << r.at("tar_1e4") << "," << r.at("rank1") << "," << r.at("step_ms") << ","
+        << r.at("state_mb") << "," << peak_mb[i] << "," << r.at("final_loss") << ","
+        << r.at("staleness_cos") << "\n";
+  }
+  std::printf(
+      "(%lld steps x %lld images = %lld images per method; proto cos: mean cosine between a "
+      "class's classifier vector and its current mean embedding)\n",
+      static_cast<long long>(o.steps), static_cast<long long>(o.batch), images);
+  std::printf("files: %s/{results,loss,curves,staleness}.csv", cli.out.c_str());
+  csv.close();
+  if (cli.plot) {
+    const char* python = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+    const std::string command =
+        std::string(python) + " '" + PROTOMEM_TRAIN_PLOT_SCRIPT + "' '" + cli.out + "' > /dev/null";
+    if (std::system(command.c_str()) == 0) {
+      std::printf(", %s/curves.png", cli.out.c_str());
+    } else {
+      std::printf("\n(curves.png not drawn: %s needs matplotlib)", PROTOMEM_TRAIN_PLOT_SCRIPT);
+    }
+  }
+  std::printf("\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Cli cli;
+  try {
+    cli = parse(argc, argv);
+    check(cli);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "train: error: %s\n(see train --help)\n", e.what());
+    return 2;
+  }
+  try {
+    if (cli.threads > 0) at::set_num_threads(cli.threads);
+    if (!cli.child.empty()) return run_child(cli);
+    return run_parent(cli, argv[0]);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,643 @@
+// The training job behind examples/train: a LibTorch MLP encoder trained on the synthetic identity
+// set (synthetic.hpp) with one of three classifier heads, and its evaluation on held-out
+// identities.
+//
+//   protomem  Prototype Memory (protomem::torch::PrototypeHead) on class-grouped batches
+//   full      a learned N x D margin classifier (full softmax), every row updated every step
+//   pfc       Partial-FC-style sampled softmax: a learned N x D classifier of which each step uses
+//             the batch's positive rows plus a random sample of negatives (sample_rate * N rows in
+//             all, as insightface's PartialFC), and only the sampled rows (and their momentum) are
+//             updated, as in Partial FC v1 / the MXNet memory bank
+// Batches are either class-grouped (P = batch / K identities, K images each, identities in shuffled
+// order, every identity once per epoch: the sampler Prototype Memory needs) or instance batches
+// (batch images drawn uniformly over all training images: the usual sampler for learned
+// classifiers). Every method sees the same number of steps and images; the encoder starts from the
+// same seeded initialisation.
+//
+// Evaluation on identities never trained on ([N, N + eval_identities) and distractors above them):
+// verification TAR at FAR 1e-3 and 1e-4 over all image pairs, rank-1 identification of probes
+// against a gallery of one image per identity plus distractor images, and prototype staleness
+// (cosine between a class's classifier vector and its current mean embedding, against the vector's
+// age in steps).
+#pragma once
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <protomem/torch.hpp>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "synthetic.hpp"
+
+namespace train {
+
+enum class Kind { protomem, full, pfc };
+enum class Sampler { grouped, instance };
+
+struct Method {
+  Kind kind;
+  Sampler sampler;
+  std::string name() const {
+    const char* k = kind == Kind::protomem ? "protomem" : (kind == Kind::full ? "full" : "pfc");
+    return std::string(k) + (sampler == Sampler::grouped ? "-grouped" : "-instance");
+  }
+};
+
+/// Every knob of a run (the command line of examples/train maps onto this one to one).
+struct Options {
+  synthetic::Config data;
+  std::int64_t identities = 10000;        // N training identities: labels [0, N)
+  std::int64_t images_per_identity = 16;  // training images per identity
+  std::int64_t eval_identities = 1000;    // held-out identities for verification/identification
+  std::int64_t eval_images = 4;           // images per held-out identity
+  std::int64_t distractors = 10000;       // distractor images (one per further identity)
+  std::int64_t hidden = 256;              // encoder width
+  std::int64_t dim = 64;                  // D: embedding dimension
+  std::int64_t steps = 600;
+  std::int64_t batch = 256;    // B images per step
+  std::int64_t exemplars = 4;  // K images per identity in grouped batches
+  double lr = 0.1;
+  double momentum = 0.9;
+  double weight_decay = 5e-4;            // encoder only
+  std::string margin = "cosface";        // cosface | arcface | none
+  double scale = 32.0;                   // s
+  double m = 0.3;                        // margin (cosface m3, arcface m2)
+  std::int64_t capacity = 4096;          // M: protomem slots
+  std::string generator = "mean";        // mean | detached | leave-one-out
+  double refresh = 0.0;                  // momentum a of the refresh (0: replace)
+  std::string queue = "lrw";             // lrw | fifo
+  double sample_rate = 0.1;              // pfc: share of the N rows used per step
+  std::int64_t eval_every = 200;         // steps between evaluations (curves)
+  std::int64_t staleness_classes = 256;  // classes sampled per staleness measurement
+  std::uint64_t seed = 1;                // encoder init, samplers
+  bool progress = true;                  // progress bar on a terminal
+};
+
+/// Margin on the target cosine for the learned baselines, the same psi as protomem's
+/// CombinedMargin(s, 1, m2, m3): cosface = (m2 = 0, m3 = m), arcface = (m2 = m, m3 = 0).
+inline protomem::CombinedMargin make_margin(const Options& o) {
+  if (o.margin == "cosface") return protomem::CombinedMargin(o.scale, 1.0, 0.0, o.m);
+  if (o.margin == "arcface") return protomem::CombinedMargin(o.scale, 1.0, o.m, 0.0);
+  return protomem::CombinedMargin(o.scale, 1.0, 0.0, 0.0);
+}
+
+inline at::Tensor margin_psi(const protomem::CombinedMargin& mg, const at::Tensor& cos) {
+  if (mg.m2 == 0.0) return cos - mg.m3;
+  const at::Tensor c = cos.clamp(-1.0 + 1e-7, 1.0 - 1e-7);
+  const at::Tensor theta = at::acos(c);
+  const double t = mg.threshold_angle();
+  return at::where(theta <= t, at::cos(theta * mg.m1 + mg.m2) - mg.m3,
+                   c - mg.m3 - (1.0 + std::cos(t)));
+}
+
+/// Rows scaled to unit norm (differentiable).
+inline at::Tensor unit(const at::Tensor& t) { return t / t.norm(2, {1}, true).clamp_min(1e-12); }
+
+// ---- heads
+// ----------------------------------------------------------------------------------------
+
+/// A class's classifier vector, sampled for the staleness measurement.
+struct VectorSample {
+  std::vector<std::int64_t> labels;
+  std::vector<std::int64_t> ages;  // steps since the vector was last written
+  at::Tensor vectors;              // S x D, unit rows
+};
+
+class Head {
+ public:
+  virtual ~Head() = default;
+  /// The loss of a batch, differentiable w.r.t. the embeddings (and the head's own weights).
+  virtual at::Tensor loss(const at::Tensor& embeddings, const at::Tensor& labels) = 0;
+  /// After backward: the head's own update (learned classifiers), lr of this step.
+  virtual void update(double lr, std::int64_t step) = 0;
+  /// Bytes of the head's state (classifier or memory, plus optimizer state).
+  virtual double state_bytes() const = 0;
+  virtual VectorSample sample_vectors(std::int64_t count, std::mt19937_64& rng,
+                                      std::int64_t step) const = 0;
+};
+
+/// Prototype Memory through the LibTorch adapter.
+template <class Generator, class Queue>
+class ProtomemHead : public Head {
+ public:
+  using Adapter = protomem::torch::PrototypeHead<float, protomem::CombinedMargin, Generator,
+                                                 protomem::Momentum, Queue>;
+  explicit ProtomemHead(const Options& o)
+      : head_(config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{}) {}
+
+  at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override { return head_(e, y); }
+  void update(double, std::int64_t) override {}  // committed by loss.backward()
+  double state_bytes() const override {
+    return static_cast<double>(head_.memory().capacity()) * head_.memory().dim() * sizeof(float);
+  }
+  VectorSample sample_vectors(std::int64_t count, std::mt19937_64& rng,
+                              std::int64_t) const override {
+    const auto& memory = head_.memory();
+    std::vector<std::int64_t> labels;
+    for (const auto& record : memory) labels.push_back(record.label);
+    std::shuffle(labels.begin(), labels.end(), rng);
+    if (static_cast<std::int64_t>(labels.size()) > count) labels.resize(count);
+    VectorSample s;
+    s.vectors = at::empty({static_cast<std::int64_t>(labels.size()), memory.dim()});
+    for (std::size_t r = 0; r < labels.size(); ++r) {
+      const auto p = memory.prototype(labels[r]);
+      std::copy(p.begin(), p.end(), s.vectors.data_ptr<float>() + r * memory.dim());
+      s.ages.push_back(
+          static_cast<std::int64_t>(memory.step_count() - memory.last_written(labels[r])));
+    }
+    s.labels = std::move(labels);
+    return s;
+  }
+  const Adapter& adapter() const { return head_; }
+
+ private:
+  static protomem::Config config(const Options& o) {
+    protomem::Config c;
+    c.capacity = o.capacity;
+    c.dim = o.dim;
+    c.num_classes = o.identities;
+    return c;
+  }
+  Adapter head_;
+};
+
+/// A learned N x D cosine classifier with SGD momentum: full softmax (sample_rate 1) or Partial-FC
+/// sampling (positives plus random negatives; only sampled rows and their momentum are updated).
+class LearnedHead : public Head {
+ public:
+  LearnedHead(const Options& o, double sample_rate)
+      : n_(o.identities),
+        rate_(sample_rate),
+        momentum_(o.momentum),
+        margin_(make_margin(o)),
+        rng_(o.seed * 7919 + 17),
+        last_(static_cast<std::size_t>(o.identities), -1) {
+    ::torch::NoGradGuard no_grad;
+    weight_ = at::randn({n_, o.dim}, at::detail::createCPUGenerator(o.seed + 101)) * 0.01;
+    velocity_ = ::torch::zeros_like(weight_);
+    if (rate_ < 1.0) mark_.assign(static_cast<std::size_t>(n_), 0);
+  }
+
+  at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
+    at::Tensor rows, targets;
+    if (rate_ >= 1.0) {
+      weight_.set_requires_grad(true);
+      rows = weight_;
+      targets = y;
+      index_ = at::Tensor();
+    } else {
+      sample(y, &targets);
+      sub_ = weight_.index_select(0, index_).detach().set_requires_grad(true);
+      rows = sub_;
+    }
+    const at::Tensor cos = at::matmul(unit(e), unit(rows).t());
+    return margin_softmax(cos, targets);
+  }
+
+  void update(double lr, std::int64_t step) override {
+    ::torch::NoGradGuard no_grad;
+    if (rate_ >= 1.0) {
+      velocity_.mul_(momentum_).add_(weight_.grad());
+      weight_.sub_(velocity_ * lr);
+      weight_.mutable_grad().reset();
+      std::fill(last_.begin(), last_.end(), step);
+      return;
+    }
+    const at::Tensor v = velocity_.index_select(0, index_).mul_(momentum_).add_(sub_.grad());
+    velocity_.index_copy_(0, index_, v);
+    weight_.index_copy_(0, index_, sub_.detach() - v * lr);
+    const auto* idx = index_.data_ptr<std::int64_t>();
+    for (std::int64_t r = 0; r < index_.size(0); ++r)
+      last_[static_cast<std::size_t>(idx[r])] = step;
+    sub_ = at::Tensor();
+  }
+
+  double state_bytes() const override { return 2.0 * n_ * weight_.size(1) * sizeof(float); }
+
+  VectorSample sample_vectors(std::int64_t count, std::mt19937_64& rng,
+                              std::int64_t step) const override {
+    VectorSample s;
+    std::uniform_int_distribution<std::int64_t> pick(0, n_ - 1);
+    count = std::min(count, n_);
+    for (std::int64_t r = 0; r < count; ++r) {
+      const std::int64_t c = pick(rng);
+      s.labels.push_back(c);
+      const std::int64_t last = last_[static_cast<std::size_t>(c)];
+      s.ages.push_back(last < 0 ? step + 1 : step - last);  // never written: older than the run
+    }
+    ::torch::NoGradGuard no_grad;
+    const at::Tensor idx = ::torch::tensor(s.labels, ::torch::kLong);
+    s.vectors = unit(weight_.index_select(0, idx));
+    return s;
+  }
+
+ private:
+  at::Tensor margin_softmax(const at::Tensor& cos, const at::Tensor& targets) const {
+    const at::Tensor t = targets.view({-1, 1});
+    const at::Tensor target_cos = cos.gather(1, t);
+    const at::Tensor logits =
+        (cos * margin_.s)
+            .scatter_add(1, t, (margin_psi(margin_, target_cos) - target_cos) * margin_.s);
+    return (at::logsumexp(logits, 1) - logits.gather(1, t).view(-1)).mean();
+  }
+
+  // Positives (the batch's classes) plus uniformly drawn distinct negatives, sorted, as
+  // PartialFC.sample(): num_sample = max(int(rate * N), #positives) rows in all.
+  void sample(const at::Tensor& y, at::Tensor* targets) {
+    const auto* labels = y.data_ptr<std::int64_t>();
+    const std::int64_t b = y.size(0);
+    std::vector<std::int64_t> index;
+    for (std::int64_t i = 0; i < b; ++i) {
+      auto& m = mark_[static_cast<std::size_t>(labels[i])];
+      if (!m) {
+        m = 1;
+        index.push_back(labels[i]);
+      }
+    }
+    const auto want = std::max<std::int64_t>(static_cast<std::int64_t>(rate_ * n_),
+                                             static_cast<std::int64_t>(index.size()));
+    std::uniform_int_distribution<std::int64_t> pick(0, n_ - 1);
+    while (static_cast<std::int64_t>(index.size()) < want) {
+      const std::int64_t c = pick(rng_);
+      auto& m = mark_[static_cast<std::size_t>(c)];
+      if (!m) {
+        m = 1;
+        index.push_back(c);
+      }
+    }
+    for (std::int64_t c : index) mark_[static_cast<std::size_t>(c)] = 0;
+    std::sort(index.begin(), index.end());
+    std::vector<std::int64_t> local(static_cast<std::size_t>(b));
+    for (std::int64_t i = 0; i < b; ++i) {
+      local[static_cast<std::size_t>(i)] =
+          std::lower_bound(index.begin(), index.end(), labels[i]) - index.begin();
+    }
+    index_ = ::torch::tensor(index, ::torch::kLong);
+    *targets = ::torch::tensor(local, ::torch::kLong);
+  }
+
+  std::int64_t n_;
+  double rate_, momentum_;
+  protomem::CombinedMargin margin_;
+  std::mt19937_64 rng_;
+  at::Tensor weight_, velocity_, index_, sub_;
+  std::vector<std::uint8_t> mark_;
+  std::vector<std::int64_t> last_;
+};
+
+// ---- data
+// -----------------------------------------------------------------------------------------
+
+/// Yields (identity, image index) pairs of each step's batch.
+class BatchSampler {
+ public:
+  BatchSampler(const Options& o, Sampler kind)
+      : o_(o), kind_(kind), rng_(o.seed * 1000003 + (kind == Sampler::grouped ? 1 : 2)) {}
+
+  void next(std::vector<std::int64_t>& ids, std::vector<std::int64_t>& idx) {
+    ids.resize(static_cast<std::size_t>(o_.batch));
+    idx.resize(static_cast<std::size_t>(o_.batch));
+    if (kind_ == Sampler::instance) {
+      std::uniform_int_distribution<std::int64_t> id(0, o_.identities - 1),
+          im(0, o_.images_per_identity - 1);
+      for (std::int64_t i = 0; i < o_.batch; ++i) {
+        ids[static_cast<std::size_t>(i)] = id(rng_);
+        idx[static_cast<std::size_t>(i)] = im(rng_);
+      }
+      return;
+    }
+    const std::int64_t k = o_.exemplars, p = o_.batch / k;
+    std::vector<std::int64_t> pool(static_cast<std::size_t>(o_.images_per_identity));
+    for (std::int64_t c = 0; c < p; ++c) {
+      if (cursor_ >= order_.size()) {  // a new epoch over the identities
+        if (order_.empty()) {
+          order_.resize(static_cast<std::size_t>(o_.identities));
+          std::iota(order_.begin(), order_.end(), 0);
+        }
+        std::shuffle(order_.begin(), order_.end(), rng_);
+        cursor_ = 0;
+      }
+      const std::int64_t identity = order_[cursor_++];
+      std::iota(pool.begin(), pool.end(), 0);
+      for (std::int64_t e = 0; e < k; ++e) {  // K distinct images (partial Fisher-Yates)
+        std::uniform_int_distribution<std::int64_t> pick(e, o_.images_per_identity - 1);
+        std::swap(pool[static_cast<std::size_t>(e)], pool[static_cast<std::size_t>(pick(rng_))]);
+        ids[static_cast<std::size_t>(c * k + e)] = identity;
+        idx[static_cast<std::size_t>(c * k + e)] = pool[static_cast<std::size_t>(e)];
+      }
+    }
+  }
+
+ private:
+  const Options& o_;
+  Sampler kind_;
+  std::mt19937_64 rng_;
+  std::vector<std::int64_t> order_;
+  std::size_t cursor_ = 0;
+};
+
+inline at::Tensor make_images(const synthetic::IdentitySet& data,
+                              const std::vector<std::int64_t>& ids,
+                              const std::vector<std::int64_t>& idx) {
+  at::Tensor x = at::empty({static_cast<std::int64_t>(ids.size()), data.image_dim()});
+  data.images(ids.data(), idx.data(), static_cast<std::int64_t>(ids.size()), x.data_ptr<float>());
+  return x;
+}
+
+// ---- encoder
+// --------------------------------------------------------------------------------------
+
+inline ::torch::nn::Sequential make_encoder(const Options& o) {
+  ::torch::manual_seed(o.seed);
+  namespace nn = ::torch::nn;
+  // Linear-BN-ReLU blocks and a BN on the embedding, as face encoders end (BN-FC-BN).
+  return nn::Sequential(nn::Linear(o.data.image_dim, o.hidden), nn::BatchNorm1d(o.hidden),
+                        nn::ReLU(), nn::Linear(o.hidden, o.hidden), nn::BatchNorm1d(o.hidden),
+                        nn::ReLU(), nn::Linear(o.hidden, o.dim), nn::BatchNorm1d(o.dim));
+}
+
+/// Unit embeddings of `images` (no grad, batch-norm in inference mode), in chunks.
+inline at::Tensor embed(::torch::nn::Sequential& encoder, const at::Tensor& images) {
+  ::torch::NoGradGuard no_grad;
+  struct InferenceMode {
+    ::torch::nn::Sequential& e;
+    bool was_training;
+    ~InferenceMode() { e->train(was_training); }
+  } mode{encoder, encoder->is_training()};
+  encoder->eval();
+  std::vector<at::Tensor> parts;
+  for (std::int64_t i = 0; i < images.size(0); i += 4096) {
+    parts.push_back(encoder->forward(images.slice(0, i, std::min(i + 4096, images.size(0)))));
+  }
+  return unit(at::cat(parts));
+}
+
+// ---- evaluation
+// -----------------------------------------------------------------------------------
+
+struct Scores {
+  double tar_1e3 = 0, tar_1e4 = 0, rank1 = 0;
+};
+
+/// Held-out identities [N, N + E) with V images each, and distractors [N + E, N + E + distractors)
+/// with one image each; all generated once.
+class Evaluator {
+ public:
+  Evaluator(const Options& o, const synthetic::IdentitySet& data) : o_(o) {
+    std::vector<std::int64_t> ids, idx;
+    for (std::int64_t c = 0; c < o.eval_identities; ++c) {
+      for (std::int64_t v = 0; v < o.eval_images; ++v) {
+        ids.push_back(o.identities + c);
+        idx.push_back(v);
+      }
+    }
+    heldout_ = make_images(data, ids, idx);
+    ids.clear();
+    idx.clear();
+    for (std::int64_t d = 0; d < o.distractors; ++d) {
+      ids.push_back(o.identities + o.eval_identities + d);
+      idx.push_back(0);
+    }
+    distractors_ = ids.empty() ? at::empty({0, data.image_dim()}) : make_images(data, ids, idx);
+  }
+
+  Scores evaluate(::torch::nn::Sequential& encoder) const {
+    Scores s;
+    const at::Tensor f = embed(encoder, heldout_);
+    const std::int64_t n = f.size(0), v = o_.eval_images;
+    const at::Tensor sim = at::matmul(f, f.t()).contiguous();
+    const float* S = sim.data_ptr<float>();
+    std::vector<float> genuine, impostor;
+    impostor.reserve(static_cast<std::size_t>(n * (n - 1) / 2));
+    for (std::int64_t i = 0; i < n; ++i) {
+      for (std::int64_t j = i + 1; j < n; ++j) {
+        (i / v == j / v ? genuine : impostor).push_back(S[i * n + j]);
+      }
+    }
+    s.tar_1e3 = tar_at(genuine, impostor, 1e-3);
+    s.tar_1e4 = tar_at(genuine, impostor, 1e-4);
+
+    // Identification: gallery = image 0 of every held-out identity + the distractors; probes =
+    // the other images of the held-out identities.
+    const at::Tensor mates = f.index_select(0, at::arange(0, n, v));
+    const at::Tensor gallery =
+        o_.distractors > 0 ? at::cat({mates, embed(encoder, distractors_)}) : mates;
+    std::vector<std::int64_t> probe_rows;
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (i % v != 0) probe_rows.push_back(i);
+    }
+    const at::Tensor probes = f.index_select(0, ::torch::tensor(probe_rows, ::torch::kLong));
+    const at::Tensor best = at::matmul(probes, gallery.t()).argmax(1).contiguous();
+    std::int64_t hits = 0;
+    for (std::size_t r = 0; r < probe_rows.size(); ++r) {
+      hits += best.data_ptr<std::int64_t>()[r] == probe_rows[r] / v;
+    }
+    s.rank1 = probe_rows.empty() ? 0.0 : static_cast<double>(hits) / probe_rows.size();
+    return s;
+  }
+
+  /// TAR at the threshold whose false-accept rate over the impostor pairs is `far`.
+  static double tar_at(const std::vector<float>& genuine, std::vector<float> impostor, double far) {
+    if (genuine.empty() || impostor.empty()) return 0.0;
+    const auto k = static_cast<std::size_t>(far * impostor.size());  // impostors allowed above
+    std::nth_element(impostor.begin(), impostor.begin() + k, impostor.end(), std::greater<float>());
+    const float threshold = impostor[k];
+    std::size_t accepted = 0;
+    for (float g : genuine) accepted += g > threshold;
+    return static_cast<double>(accepted) / genuine.size();
+  }
+
+ private:
+  const Options& o_;
+  at::Tensor heldout_, distractors_;
+};
+
+// ---- one run
+// --------------------------------------------------------------------------------------
+
+struct CurvePoint {
+  std::int64_t step;
+  double loss;  // mean training loss over the steps since the previous point
+  Scores scores;
+  double staleness_cos;  // mean cosine of the sampled classes' vectors to their mean embedding
+};
+
+struct StalenessPoint {
+  std::int64_t step, label, age;
+  double cosine;
+};
+
+struct RunResult {
+  std::string method;
+  Scores untrained, final;
+  double step_ms = 0;   // mean wall time of a training step (data, encoder, head, update)
+  double state_mb = 0;  // head state (classifier + optimizer state, or the memory)
+  double final_loss = 0;
+  double staleness_cos = 0;    // at the end
+  std::vector<double> losses;  // every step
+  std::vector<CurvePoint> curve;
+  std::vector<StalenessPoint> staleness;
+};
+
+inline double lr_at(const Options& o, std::int64_t step) {
+  const std::int64_t warmup = std::max<std::int64_t>(1, o.steps / 20);
+  if (step < warmup) return o.lr * (step + 1) / warmup;
+  const double t = static_cast<double>(step - warmup) / std::max<std::int64_t>(1, o.steps - warmup);
+  return o.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
+}
+
+inline std::unique_ptr<Head> make_head(
+    const Options& o, Kind kind,
+    std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
+  if (kind == Kind::protomem) return protomem_factory(o);
+  return std::make_unique<LearnedHead>(o, kind == Kind::full ? 1.0 : o.sample_rate);
+}
+
+/// Mean cosine between each sampled class's vector and the class's current mean embedding (of
+/// its first 4 training images).
+inline double measure_staleness(const Options& o, const synthetic::IdentitySet& data,
+                                ::torch::nn::Sequential& encoder, const Head& head,
+                                std::mt19937_64& rng, std::int64_t step,
+                                std::vector<StalenessPoint>* out) {
+  const VectorSample s = head.sample_vectors(o.staleness_classes, rng, step);
+  if (s.labels.empty()) return 0.0;
+  const std::int64_t per = std::min<std::int64_t>(4, o.images_per_identity);
+  std::vector<std::int64_t> ids, idx;
+  for (std::int64_t c : s.labels) {
+    for (std::int64_t i = 0; i < per; ++i) {
+      ids.push_back(c);
+      idx.push_back(i);
+    }
+  }
+  const at::Tensor f = embed(encoder, make_images(data, ids, idx));
+  const at::Tensor means = unit(f.view({-1, per, f.size(1)}).sum(1));
+  const at::Tensor cos = (means * s.vectors).sum(1).contiguous();
+  double total = 0;
+  for (std::size_t r = 0; r < s.labels.size(); ++r) {
+    const double c = cos.data_ptr<float>()[r];
+    total += c;
+    if (out) out->push_back({step, s.labels[r], s.ages[r], c});
+  }
+  return total / s.labels.size();
+}
+
+/// Progress on a terminal: one line redrawn in place.
+class Progress {
+ public:
+  Progress(std::string label, std::int64_t total, bool enabled)
+      : label_(std::move(label)),
+        total_(total),
+        enabled_(enabled && isatty(2)),
+        start_(std::chrono::steady_clock::now()) {}
+  void update(std::int64_t done, double loss, double images_per_s, bool force = false) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    const double elapsed = std::chrono::duration<double>(now - start_).count();
+    const double eta = done > 0 ? elapsed * (total_ - done) / done : 0.0;
+    const int width = 24,
+              filled = static_cast<int>(width * done / std::max<std::int64_t>(1, total_));
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.resize(width, '.');
+    std::fprintf(stderr, "\r  %-18s [%s] %6lld/%lld  loss %7.3f  %7.0f img/s  ETA %2d:%02d ",
+                 label_.c_str(), bar.c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total_), loss, images_per_s, static_cast<int>(eta) / 60,
+                 static_cast<int>(eta) % 60);
+    std::fflush(stderr);
+  }
+  void finish() {
+    if (enabled_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  std::string label_;
+  std::int64_t total_;
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_, last_{};
+};
+
+/// Trains one method from the seeded initial encoder and evaluates it.
+inline RunResult run_method(const Options& o, const Method& method,
+                            std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
+  RunResult result;
+  result.method = method.name();
+  const synthetic::IdentitySet data(o.data);
+  const Evaluator evaluator(o, data);
+  auto encoder = make_encoder(o);
+  ::torch::optim::SGD optimizer(
+      encoder->parameters(),
+      ::torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  std::unique_ptr<Head> head = make_head(o, method.kind, std::move(protomem_factory));
+  result.state_mb = head->state_bytes() / (1024.0 * 1024.0);
+  BatchSampler sampler(o, method.sampler);
+  std::mt19937_64 staleness_rng(o.seed + 5);
+
+  result.untrained = evaluator.evaluate(encoder);
+  result.curve.push_back({0, std::nan(""), result.untrained, std::nan("")});
+
+  Progress progress(result.method, o.steps, o.progress);
+  std::vector<std::int64_t> ids, idx;
+  double train_seconds = 0, loss_since = 0;
+  std::int64_t since = 0;
+  for (std::int64_t step = 0; step < o.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    sampler.next(ids, idx);
+    const at::Tensor x = make_images(data, ids, idx);
+    const at::Tensor y = ::torch::tensor(ids, ::torch::kLong);
+    const double lr = lr_at(o, step);
+    static_cast<::torch::optim::SGDOptions&>(optimizer.param_groups()[0].options()).lr(lr);
+    optimizer.zero_grad();
+    at::Tensor loss = head->loss(encoder->forward(x), y);
+    loss.backward();
+    optimizer.step();
+    head->update(lr, step + 1);
+    const double value = loss.item<double>();
+    train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!std::isfinite(value)) {
+      throw std::runtime_error(result.method + ": the loss is not finite at step " +
+                               std::to_string(step + 1) + " (try a smaller --lr)");
+    }
+    result.losses.push_back(value);
+    loss_since += value;
+    ++since;
+    progress.update(step + 1, value, (step + 1) * o.batch / train_seconds);
+    if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) {
+      CurvePoint point{step + 1, loss_since / since, evaluator.evaluate(encoder), 0.0};
+      point.staleness_cos =
+          measure_staleness(o, data, encoder, *head, staleness_rng, step + 1, &result.staleness);
+      result.curve.push_back(point);
+      loss_since = 0;
+      since = 0;
+      progress.update(step + 1, value, (step + 1) * o.batch / train_seconds, true);
+    }
+  }
+  progress.finish();
+  result.final = result.curve.back().scores;
+  result.staleness_cos = result.curve.back().staleness_cos;
+  result.step_ms = 1000.0 * train_seconds / std::max<std::int64_t>(1, o.steps);
+  const std::size_t tail = std::min<std::size_t>(result.losses.size(), 20);
+  result.final_loss = std::accumulate(result.losses.end() - static_cast<std::ptrdiff_t>(tail),
+                                      result.losses.end(), 0.0) /
+                      std::max<std::size_t>(1, tail);
+  return result;
+}
+
+/// The default-policy protomem head (what tests use without the policy dispatch).
+inline std::unique_ptr<Head> make_default_protomem_head(const Options& o) {
+  return std::make_unique<ProtomemHead<protomem::ExemplarMean, protomem::LeastRecentlyWritten>>(o);
+}
+
+}  // namespace train

@@ -1,0 +1,239 @@
+// Mining policies: what a memory remembers about look-alike classes ("doppelgangers"), so that a
+// sampler can put them into the same batch (hard-example mining; protomem/sampler.hpp).
+//
+// Each step's memory pass already yields, for every batch class c, the stored classes whose
+// prototypes are most similar to c's fresh prototype p_c (the mining seam: p_c . w_j is summed from
+// the cosines the pass computes anyway, O(B M) additions and a top-k heap, no extra GEMM). A mining
+// policy asks for its k of them and keeps what it needs from each committed step.
+//
+// A Mining policy must provide
+//   static constexpr const char* name;               // stored in checkpoints
+//   index_t similar_k() const;                       // similar classes wanted per batch class (0:
+//   none) template <class Scalar> void record(Span<const label_t> classes, Span<const label_t>
+//   similar,
+//               Span<const Scalar> cosines, index_t stride) noexcept;
+//       // called by PrototypeMemory::commit() only (never for a discarded forward), after the
+//       // memory's own update: similar[c * stride + r], r < stride, is the r-th most similar
+//       // stored class to classes[c] (-1 pads), stride >= similar_k(); must not allocate or throw
+//   Span<const label_t> doppelgangers(label_t label) const;  // what a sampler draws from,
+//   Span<const float> cosines(label_t label) const;          // most similar first
+//   void clear();                                    // forget the state, keep the parameters
+//   void save(detail::ByteWriter&) const;  void load(detail::ByteReader&);
+//
+// Alternatives, side by side:
+//   NoMining            remembers nothing; steps compute no similarities for it (default).
+//   DoppelgangerMining  a bounded table class -> its k most similar classes, as of the last
+//                       committed step that held the class; see the class comment.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <protomem/detail/serialize.hpp>
+#include <protomem/detail/slot_map.hpp>
+#include <protomem/detail/slot_queue.hpp>
+#include <protomem/error.hpp>
+#include <protomem/view.hpp>
+#include <vector>
+
+namespace protomem {
+
+/// No mining (the default): nothing is computed or stored.
+struct NoMining {
+  static constexpr const char* name = "none";
+  index_t similar_k() const { return 0; }
+  template <class Scalar>
+  void record(Span<const label_t>, Span<const label_t>, Span<const Scalar>, index_t) noexcept {}
+  Span<const label_t> doppelgangers(label_t) const { return {}; }
+  Span<const float> cosines(label_t) const { return {}; }
+  void clear() {}
+  void save(detail::ByteWriter&) const {}
+  void load(detail::ByteReader&) {}
+};
+
+/// Doppelganger mining: a table from a class to its k most similar stored classes.
+///
+/// Update rule [our reconstruction]: when a committed step holds class a, a's row is replaced by
+/// the step's k most similar stored classes to a's fresh prototype, most similar first, with their
+/// cosines (the relation is one-directional: b in a's row, not necessarily a in b's). A class
+/// whose step found no stored class (an empty memory) keeps its row. Classes of the same batch
+/// never find each other (their stale copies are not candidates in that step).
+/// Bound: at most `table_capacity` classes have a row; a class that needs a row when the table is
+/// full takes the row of the least recently updated class (updates of a row, not reads, count).
+/// Cost per committed step: O(C k) plus O(1) expected per class (hash lookup and list moves); the
+/// table is allocated once, so record() never allocates.
+/// Checkpoint state: k, then the rows in eviction order (least recently updated first); the table
+/// capacity is a size, like the memory's, so load() keeps this object's and requires the
+/// checkpoint's row count to fit in it; k is a parameter and comes from the checkpoint.
+class DoppelgangerMining {
+ public:
+  static constexpr const char* name = "doppelganger";
+  static constexpr index_t max_k = 1 << 16;
+
+  /// k in [1, max_k] doppelgangers per class, in a table of at most `table_capacity` >= 1 classes.
+  DoppelgangerMining(index_t k, index_t table_capacity)
+      : k_(k),
+        capacity_(table_capacity),
+        map_(checked_capacity(table_capacity)),
+        order_(table_capacity),
+        owner_(static_cast<std::size_t>(table_capacity), -1),
+        count_(static_cast<std::size_t>(table_capacity), 0),
+        similar_(static_cast<std::size_t>(table_capacity * checked_k(k)), -1),
+        cosine_(static_cast<std::size_t>(table_capacity * k), 0.0f) {}
+
+  index_t similar_k() const { return k_; }
+  index_t k() const { return k_; }
+  index_t table_capacity() const { return capacity_; }
+  /// Classes with a row.
+  index_t size() const { return used_; }
+  bool contains(label_t label) const { return map_.find(label) >= 0; }
+
+  /// The doppelgangers of `label`, most similar first (empty when it has no row).
+  Span<const label_t> doppelgangers(label_t label) const {
+    const index_t row = map_.find(label);
+    if (row < 0) return {};
+    return {similar_.data() + row * k_, count_[static_cast<std::size_t>(row)]};
+  }
+  /// Their cosines p_a . w_b at the step that wrote the row.
+  Span<const float> cosines(label_t label) const {
+    const index_t row = map_.find(label);
+    if (row < 0) return {};
+    return {cosine_.data() + row * k_, count_[static_cast<std::size_t>(row)]};
+  }
+
+  /// Calls f(label, doppelgangers, cosines) for every row, least recently updated first.
+  template <class F>
+  void for_each(F&& f) const {
+    for (index_t row = order_.front(); row >= 0; row = order_.next(row)) {
+      const auto n = count_[static_cast<std::size_t>(row)];
+      f(owner_[static_cast<std::size_t>(row)], Span<const label_t>{similar_.data() + row * k_, n},
+        Span<const float>{cosine_.data() + row * k_, n});
+    }
+  }
+
+  template <class Scalar>
+  void record(Span<const label_t> classes, Span<const label_t> similar, Span<const Scalar> cosines,
+              index_t stride) noexcept {
+    const index_t take = std::min(k_, stride);
+    for (index_t c = 0; c < classes.size; ++c) {
+      const label_t* found = similar.data + c * stride;
+      index_t n = 0;
+      while (n < take && found[n] >= 0) ++n;
+      if (n == 0) continue;
+      const index_t row = row_for(classes[c]);
+      for (index_t r = 0; r < n; ++r) {
+        similar_[static_cast<std::size_t>(row * k_ + r)] = found[r];
+        cosine_[static_cast<std::size_t>(row * k_ + r)] =
+            static_cast<float>(cosines[c * stride + r]);
+      }
+      count_[static_cast<std::size_t>(row)] = n;
+    }
+  }
+
+  void clear() {
+    map_.clear();
+    order_.clear();
+    used_ = 0;
+  }
+
+  void save(detail::ByteWriter& out) const {
+    out.put<std::int64_t>(k_);
+    out.put<std::uint64_t>(static_cast<std::uint64_t>(used_));
+    for (index_t row = order_.front(); row >= 0; row = order_.next(row)) {
+      const auto n = count_[static_cast<std::size_t>(row)];
+      out.put<std::int64_t>(owner_[static_cast<std::size_t>(row)]);
+      out.put<std::uint64_t>(static_cast<std::uint64_t>(n));
+      for (index_t r = 0; r < n; ++r) {
+        out.put<std::int64_t>(similar_[static_cast<std::size_t>(row * k_ + r)]);
+        out.put<float>(cosine_[static_cast<std::size_t>(row * k_ + r)]);
+      }
+    }
+  }
+
+  /// Replaces k and the rows by the checkpoint's; throws (leaving *this unchanged) when they do
+  /// not fit this table or are malformed.
+  void load(detail::ByteReader& in) {
+    const auto k = in.get<std::int64_t>("the doppelganger k");
+    if (k < 1 || k > max_k) {
+      detail::fail(in.source(), ": doppelganger mining k = ", k, " is outside [1, ", max_k, "]");
+    }
+    const auto n = in.get<std::uint64_t>("the doppelganger row count");
+    if (n > static_cast<std::uint64_t>(capacity_)) {
+      detail::fail(in.source(), " holds ", n, " doppelganger rows; this table's capacity is ",
+                   capacity_);
+    }
+    DoppelgangerMining loaded(k, capacity_);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      const auto label = in.get<std::int64_t>("a doppelganger row's label");
+      const auto count = in.get<std::uint64_t>("a doppelganger row's count");
+      if (label < 0 || loaded.contains(label)) {
+        detail::fail(in.source(), ": doppelganger row ", i, " has label ", label,
+                     ", negative or repeated");
+      }
+      if (count < 1 || count > static_cast<std::uint64_t>(k)) {
+        detail::fail(in.source(), ": doppelganger row ", i, " (label ", label, ") has ", count,
+                     " entries; k = ", k);
+      }
+      const index_t row = loaded.row_for(label);
+      for (std::uint64_t r = 0; r < count; ++r) {
+        const auto other = in.get<std::int64_t>("a doppelganger label");
+        const auto cosine = in.get<float>("a doppelganger cosine");
+        if (other < 0 || other == label || !std::isfinite(cosine)) {
+          detail::fail(in.source(), ": doppelganger row ", i, " (label ", label, ") entry ", r,
+                       " is label ", other, " with cosine ", cosine);
+        }
+        loaded.similar_[static_cast<std::size_t>(row * k + static_cast<index_t>(r))] = other;
+        loaded.cosine_[static_cast<std::size_t>(row * k + static_cast<index_t>(r))] = cosine;
+      }
+      loaded.count_[static_cast<std::size_t>(row)] = static_cast<index_t>(count);
+    }
+    *this = std::move(loaded);
+  }
+
+ private:
+  static index_t checked_k(index_t k) {
+    if (k < 1 || k > max_k) {
+      detail::fail("DoppelgangerMining: k = ", k, " must be in [1, ", max_k, "]");
+    }
+    return k;
+  }
+  static std::size_t checked_capacity(index_t capacity) {
+    if (capacity < 1 || capacity > (index_t{1} << 40)) {
+      detail::fail("DoppelgangerMining: table_capacity = ", capacity, " must be in [1, 2^40]");
+    }
+    return static_cast<std::size_t>(capacity);
+  }
+
+  // The row of `label`, made the most recently updated: its own, an unused one, or the least
+  // recently updated class's. Cannot throw: the label is >= 0 and a full map frees an entry first.
+  index_t row_for(label_t label) noexcept {
+    index_t row = map_.find(label);
+    if (row >= 0) {
+      order_.move_to_back(row);
+      return row;
+    }
+    if (used_ < capacity_) {
+      row = used_++;
+    } else {
+      row = order_.front();
+      order_.unlink(row);
+      map_.erase(owner_[static_cast<std::size_t>(row)]);
+    }
+    owner_[static_cast<std::size_t>(row)] = label;
+    map_.insert(label, row);
+    order_.push_back(row);
+    return row;
+  }
+
+  index_t k_;
+  index_t capacity_;
+  index_t used_ = 0;
+  detail::SlotMap map_;           // label -> row
+  detail::SlotQueue order_;       // rows, least recently updated first
+  std::vector<label_t> owner_;    // per row: its class
+  std::vector<index_t> count_;    // per row: doppelgangers held (<= k)
+  std::vector<label_t> similar_;  // rows x k
+  std::vector<float> cosine_;     // rows x k
+};
+
+}  // namespace protomem

@@ -1,0 +1,212 @@
+// Shared by the CUDA tests: device buffers, random batches, and comparisons of a CUDA memory with
+// a CPU memory of the same policies (the reference: the CPU backend, itself checked against finite
+// differences, a naive loop and PyTorch autograd in tests/).
+#pragma once
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <protomem/cuda.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace cuda_test {
+
+using protomem::index_t;
+using protomem::label_t;
+
+/// A batch on the host: K exemplars per class around a per-label direction, with varied norms.
+struct Batch {
+  std::vector<float> embeddings;
+  std::vector<label_t> labels;
+  index_t dim = 0;
+  index_t rows() const { return static_cast<index_t>(labels.size()); }
+};
+
+inline Batch make_batch(std::mt19937_64& rng, index_t dim, label_t label_range, int max_classes,
+                        int min_exemplars, int max_exemplars, float spread = 0.6f) {
+  std::uniform_int_distribution<label_t> label(0, label_range - 1);
+  std::uniform_int_distribution<int> classes(1, max_classes),
+      exemplars(min_exemplars, max_exemplars);
+  std::uniform_real_distribution<float> norm(0.5f, 3.0f);
+  std::normal_distribution<float> normal;
+  std::vector<label_t> chosen;
+  const int c = classes(rng);
+  while (static_cast<int>(chosen.size()) < c) {
+    const label_t l = label(rng);
+    if (std::find(chosen.begin(), chosen.end(), l) == chosen.end()) chosen.push_back(l);
+  }
+  Batch batch;
+  batch.dim = dim;
+  for (label_t l : chosen) {
+    std::mt19937_64 class_rng(static_cast<std::uint64_t>(l) * 7919 + 3);
+    std::vector<float> centre(static_cast<std::size_t>(dim));
+    for (float& v : centre) v = normal(class_rng);
+    const int k = exemplars(rng);
+    for (int e = 0; e < k; ++e) {
+      const float scale = norm(rng);
+      for (index_t j = 0; j < dim; ++j) {
+        batch.embeddings.push_back(scale * (centre[j] + spread * normal(rng)));
+      }
+      batch.labels.push_back(l);
+    }
+  }
+  // Shuffle the rows so that a class's exemplars are not adjacent.
+  std::vector<index_t> order(batch.labels.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<index_t>(i);
+  std::shuffle(order.begin(), order.end(), rng);
+  Batch shuffled;
+  shuffled.dim = dim;
+  for (index_t i : order) {
+    shuffled.labels.push_back(batch.labels[static_cast<std::size_t>(i)]);
+    shuffled.embeddings.insert(shuffled.embeddings.end(), batch.embeddings.begin() + i * dim,
+                               batch.embeddings.begin() + (i + 1) * dim);
+  }
+  return shuffled;
+}
+
+/// Device copies of a batch's embeddings and room for its gradient.
+struct DeviceBatch {
+  protomem::detail::DeviceArray<float> embeddings, gradient;
+  index_t rows = 0, dim = 0;
+
+  explicit DeviceBatch(const Batch& batch)
+      : embeddings(batch.embeddings.size()),
+        gradient(batch.embeddings.size()),
+        rows(batch.rows()),
+        dim(batch.dim) {
+    protomem::detail::cuda_check(
+        cudaMemcpy(embeddings.data(), batch.embeddings.data(),
+                   batch.embeddings.size() * sizeof(float), cudaMemcpyHostToDevice),
+        "test upload");
+  }
+  std::vector<float> gradient_on_host() const {
+    std::vector<float> out(static_cast<std::size_t>(rows * dim));
+    protomem::detail::cuda_check(
+        cudaMemcpy(out.data(), gradient.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
+        "test download");
+    return out;
+  }
+};
+
+/// One step's outputs.
+struct Outcome {
+  float loss = 0;
+  std::vector<float> gradient;
+  protomem::StepResult<float> result;
+};
+
+template <class Memory>
+Outcome forward_cpu(Memory& memory, const Batch& batch) {
+  Outcome out;
+  out.gradient.resize(batch.embeddings.size());
+  out.result = memory.forward(
+      protomem::matrix_view<const float>(batch.embeddings.data(), batch.rows(), batch.dim),
+      protomem::label_view(batch.labels.data(), batch.rows()),
+      protomem::matrix_view(out.gradient.data(), batch.rows(), batch.dim));
+  out.loss = out.result.loss;
+  return out;
+}
+
+template <class Memory>
+Outcome forward_gpu(Memory& memory, const Batch& batch) {
+  DeviceBatch device(batch);
+  Outcome out;
+  out.result = memory.forward(
+      protomem::matrix_view<const float>(device.embeddings.data(), batch.rows(), batch.dim),
+      protomem::label_view(batch.labels.data(), batch.rows()),
+      protomem::matrix_view(device.gradient.data(), batch.rows(), batch.dim));
+  out.loss = out.result.loss;
+  out.gradient = device.gradient_on_host();
+  return out;
+}
+
+struct Tolerance {
+  double loss = 1e-4;       // relative to max(1, |loss|)
+  double gradient = 2e-3;   // max abs difference relative to the largest |dL/de|
+  double prototype = 2e-5;  // max abs difference of stored unit prototypes
+  double cosine = 1e-4;     // mining-seam cosines
+};
+
+inline double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, double(std::fabs(x)));
+  return m;
+}
+
+inline void check_outcomes(const Outcome& cpu, const Outcome& gpu, const Tolerance& tol) {
+  INFO("loss cpu " << cpu.loss << " gpu " << gpu.loss);
+  CHECK(std::isfinite(gpu.loss));
+  CHECK(std::fabs(double(gpu.loss) - double(cpu.loss)) <=
+        tol.loss * std::max(1.0, std::fabs(double(cpu.loss))));
+  REQUIRE(cpu.gradient.size() == gpu.gradient.size());
+  double worst = 0;
+  for (std::size_t t = 0; t < cpu.gradient.size(); ++t) {
+    worst = std::max(worst, double(std::fabs(cpu.gradient[t] - gpu.gradient[t])));
+  }
+  const double scale = std::max(max_abs(cpu.gradient), 1e-12);
+  INFO("gradient: max |cpu - gpu| = " << worst << ", max |cpu| = " << scale);
+  CHECK(worst <= tol.gradient * scale);
+  CHECK(cpu.result.classes == gpu.result.classes);
+  REQUIRE(cpu.result.similar_k == gpu.result.similar_k);
+  const index_t k = cpu.result.similar_k;
+  REQUIRE(cpu.result.similar.size() == gpu.result.similar.size());
+  for (std::size_t c = 0; c < cpu.result.classes.size(); ++c) {
+    for (index_t r = 0; r < k; ++r) {
+      const std::size_t at = c * static_cast<std::size_t>(k) + static_cast<std::size_t>(r);
+      const float a = cpu.result.similar_cosines[at], b = gpu.result.similar_cosines[at];
+      INFO("class " << cpu.result.classes[c] << " rank " << r << ": cpu label "
+                    << cpu.result.similar[at] << " (" << a << "), gpu label "
+                    << gpu.result.similar[at] << " (" << b << ")");
+      CHECK((cpu.result.similar[at] < 0) == (gpu.result.similar[at] < 0));
+      if (cpu.result.similar[at] < 0) continue;
+      CHECK(std::fabs(double(a) - double(b)) <= tol.cosine);
+      // Where the neighbours' cosines are well apart, the same class must be chosen.
+      const bool separated =
+          (r == 0 || std::fabs(cpu.result.similar_cosines[at - 1] - a) > 10 * tol.cosine) &&
+          (r + 1 == k || cpu.result.similar[at + 1] < 0 ||
+           std::fabs(cpu.result.similar_cosines[at + 1] - a) > 10 * tol.cosine);
+      if (separated) CHECK(cpu.result.similar[at] == gpu.result.similar[at]);
+    }
+  }
+}
+
+/// Same classes, queue order, ages, counters; prototypes within `tol.prototype`.
+template <class CpuMemory, class GpuMemory>
+void check_same_state(const CpuMemory& cpu, const GpuMemory& gpu, const Tolerance& tol) {
+  REQUIRE(cpu.size() == gpu.size());
+  CHECK(cpu.stats().steps == gpu.stats().steps);
+  CHECK(cpu.stats().refreshes == gpu.stats().refreshes);
+  CHECK(cpu.stats().insertions == gpu.stats().insertions);
+  CHECK(cpu.stats().evictions == gpu.stats().evictions);
+  auto a = cpu.begin();
+  auto b = gpu.begin();
+  double worst = 0;
+  for (; a != cpu.end() && b != gpu.end(); ++a, ++b) {
+    const auto x = *a;
+    const auto y = *b;
+    REQUIRE(x.label == y.label);
+    CHECK(x.last_written == y.last_written);
+    REQUIRE(x.prototype.size == y.prototype.size);
+    for (index_t j = 0; j < x.prototype.size; ++j) {
+      worst = std::max(worst, double(std::fabs(x.prototype[j] - y.prototype[j])));
+    }
+  }
+  CHECK(a == cpu.end());
+  CHECK(b == gpu.end());
+  INFO("prototypes: max |cpu - gpu| = " << worst);
+  CHECK(worst <= tol.prototype);
+}
+
+template <class Memory>
+std::string checkpoint_bytes(const Memory& memory) {
+  std::ostringstream out;
+  memory.save(out);
+  return out.str();
+}
+
+}  // namespace cuda_test

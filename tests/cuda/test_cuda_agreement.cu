@@ -1,0 +1,417 @@
+// The CUDA backend against the CPU backend: the same steps on the same batches give the same loss,
+// gradient, mining lists and memory state, for every policy, over random runs with evictions and
+// refreshes, across memory tiles, with the caller's stream and workspace, in every GEMM precision
+// (looser where the inputs are rounded); and invalid input fails with the CPU backend's message,
+// leaving the memory as it was.
+#include <tuple>
+#include <type_traits>
+
+#include "support.cuh"
+
+namespace {
+
+using namespace cuda_test;
+using protomem::Config;
+using protomem::CudaResources;
+using protomem::GemmPrecision;
+
+struct Run {
+  Config config;
+  int steps = 40;
+  label_t label_range = 60;
+  int max_classes = 8;
+  int min_exemplars = 1;
+  int max_exemplars = 4;
+  std::uint64_t seed = 1;
+  CudaResources resources;
+  Tolerance tolerance;
+};
+
+template <class Margin, class Generator, class Refresh, class Queue,
+          class Mining = protomem::NoMining>
+void check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh = Refresh{},
+                     Mining mining = Mining{}) {
+  using Cpu =
+      protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue, Mining>;
+  using Gpu =
+      protomem::PrototypeMemory<float, protomem::cuda, Margin, Generator, Refresh, Queue, Mining>;
+  Cpu cpu(run.config, margin, Generator{}, refresh, Queue{}, mining);
+  Gpu gpu(run.resources, run.config, margin, Generator{}, refresh, Queue{}, mining);
+  std::mt19937_64 rng(run.seed);
+  for (int t = 0; t < run.steps; ++t) {
+    INFO("step " << t);
+    const Batch batch = make_batch(rng, run.config.dim, run.label_range, run.max_classes,
+                                   run.min_exemplars, run.max_exemplars);
+    const Outcome expected = forward_cpu(cpu, batch);
+    const Outcome got = forward_gpu(gpu, batch);
+    check_outcomes(expected, got, run.tolerance);
+    cpu.commit();
+    gpu.commit();
+    check_same_state(cpu, gpu, run.tolerance);
+  }
+  CHECK(gpu.stats().evictions > 0);
+  CHECK(gpu.stats().refreshes > 0);
+  if constexpr (!std::is_same_v<Mining, protomem::NoMining>) {
+    // The Mining policy saw the same lists: the same rows, counts and (to rounding) cosines.
+    std::vector<std::tuple<label_t, std::vector<label_t>, std::vector<float>>> a, b;
+    auto collect = [](auto& out) {
+      return [&out](label_t owner, protomem::Span<const label_t> labels,
+                    protomem::Span<const float> cosines) {
+        out.emplace_back(owner, std::vector<label_t>(labels.begin(), labels.end()),
+                         std::vector<float>(cosines.begin(), cosines.end()));
+      };
+    };
+    cpu.mining().for_each(collect(a));
+    gpu.mining().for_each(collect(b));
+    REQUIRE(a.size() == b.size());
+    CHECK(a.size() > 0);
+    for (std::size_t r = 0; r < a.size(); ++r) {
+      CHECK(std::get<0>(a[r]) == std::get<0>(b[r]));
+      REQUIRE(std::get<1>(a[r]).size() == std::get<1>(b[r]).size());
+      for (std::size_t j = 0; j < std::get<2>(a[r]).size(); ++j) {
+        CHECK(std::fabs(std::get<2>(a[r])[j] - std::get<2>(b[r])[j]) <= run.tolerance.cosine);
+      }
+    }
+  }
+}
+
+Run base_run(index_t capacity, index_t dim) {
+  Run run;
+  run.config.capacity = capacity;
+  run.config.dim = dim;
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("CUDA = CPU: CosFace, exemplar mean, replace, least recently written; mining; tiles",
+          "[cuda][agreement]") {
+  Run run = base_run(48, 40);
+  run.config.similar_k = 3;
+  // 5 columns per tile: the memory pass runs over many tiles, as it does at scale.
+  run.config.workspace_bytes = 5 * 40 * sizeof(float);
+  run.max_classes = 10;
+  check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                  protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35));
+}
+
+TEST_CASE("CUDA = CPU: no margin, detached mean, momentum, first in first out",
+          "[cuda][agreement]") {
+  Run run = base_run(30, 33);
+  run.seed = 2;
+  check_agreement<protomem::NoMargin, protomem::DetachedExemplarMean, protomem::Momentum,
+                  protomem::FirstInFirstOut>(run, protomem::NoMargin(30.0),
+                                             protomem::Momentum(0.7));
+}
+
+TEST_CASE("CUDA = CPU: ArcFace, leave-one-out, replace, first in first out", "[cuda][agreement]") {
+  Run run = base_run(40, 300);  // D > one block of threads
+  run.seed = 3;
+  run.min_exemplars = 2;
+  run.config.similar_k = 2;
+  check_agreement<protomem::ArcFace, protomem::LeaveOneOut, protomem::Replace,
+                  protomem::FirstInFirstOut>(run, protomem::ArcFace(32.0, 0.5));
+}
+
+TEST_CASE("CUDA = CPU: ArcFace easy margin, exemplar mean, momentum, least recently written",
+          "[cuda][agreement]") {
+  Run run = base_run(36, 24);
+  run.seed = 4;
+  run.config.workspace_bytes = 7 * 40 * sizeof(float);
+  check_agreement<protomem::ArcFace, protomem::ExemplarMean, protomem::Momentum,
+                  protomem::LeastRecentlyWritten>(run, protomem::ArcFace(48.0, 0.3, true),
+                                                  protomem::Momentum(0.25));
+}
+
+TEST_CASE("CUDA = CPU: combined margin, leave-one-out, momentum, least recently written",
+          "[cuda][agreement]") {
+  Run run = base_run(32, 64);
+  run.seed = 5;
+  run.min_exemplars = 2;
+  run.max_exemplars = 5;
+  check_agreement<protomem::CombinedMargin, protomem::LeaveOneOut, protomem::Momentum,
+                  protomem::LeastRecentlyWritten>(
+      run, protomem::CombinedMargin(32.0, 1.2, 0.3, 0.1), protomem::Momentum(0.5));
+}
+
+TEST_CASE("CUDA = CPU: combined margin, detached mean, replace, first in first out",
+          "[cuda][agreement]") {
+  Run run = base_run(25, 16);
+  run.seed = 6;
+  run.config.similar_k = 30;  // more than the memory holds: padded with -1
+  check_agreement<protomem::CombinedMargin, protomem::DetachedExemplarMean, protomem::Replace,
+                  protomem::FirstInFirstOut>(run, protomem::CombinedMargin(16.0, 2.0, 0.0, 0.2));
+}
+
+TEST_CASE("CUDA = CPU: doppelganger mining policy on top of Config::similar_k",
+          "[cuda][agreement][mining]") {
+  Run run = base_run(40, 24);
+  run.seed = 13;
+  run.config.similar_k = 2;  // the policy asks for 4: the step computes max(2, 4)
+  run.config.workspace_bytes = 6 * 40 * sizeof(float);
+  check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                  protomem::LeastRecentlyWritten, protomem::DoppelgangerMining>(
+      run, protomem::CosFace(), protomem::Replace(), protomem::DoppelgangerMining(4, 32));
+}
+
+TEST_CASE("CUDA = CPU on the caller's stream and workspace, switching streams between steps",
+          "[cuda][resources]") {
+  cudaStream_t first = nullptr, second = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&first, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&second, cudaStreamNonBlocking) == cudaSuccess);
+  cublasHandle_t handle = nullptr;
+  REQUIRE(cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS);
+  {
+    using Cpu = protomem::PrototypeMemory<float>;
+    using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
+    Config config;
+    config.capacity = 40;
+    config.dim = 32;
+    config.workspace_bytes = 9 * 64 * sizeof(float);
+    CudaResources resources;
+    resources.stream = first;
+    resources.cublas = handle;
+    Cpu cpu(config);
+    Gpu gpu(resources, config);
+    // Two-phase workspace: ask the size once for the largest batch, allocate, lend it.
+    const std::size_t bytes = protomem::workspace_size(gpu, /*rows=*/64, /*classes=*/16);
+    CHECK(bytes > 0);
+    protomem::detail::DeviceArray<char> workspace(bytes);
+    resources.workspace = workspace.data();
+    resources.workspace_bytes = bytes;
+    gpu.set_resources(resources);
+    CHECK(gpu.resources().workspace == workspace.data());
+
+    std::mt19937_64 rng(7);
+    for (int t = 0; t < 30; ++t) {
+      INFO("step " << t);
+      if (t % 10 == 5) {  // the training loop's current stream changes
+        resources.stream = resources.stream == first ? second : first;
+        gpu.set_resources(resources);
+      }
+      const Batch batch = make_batch(rng, config.dim, 70, 16, 1, 4);
+      const Outcome expected = forward_cpu(cpu, batch);
+      const Outcome got = forward_gpu(gpu, batch);
+      check_outcomes(expected, got, Tolerance{});
+      cpu.commit();
+      gpu.commit();
+      check_same_state(cpu, gpu, Tolerance{});
+    }
+    // The handle's stream is the caller's own again after every step.
+    cudaStream_t handle_stream = first;
+    REQUIRE(cublasGetStream(handle, &handle_stream) == CUBLAS_STATUS_SUCCESS);
+    CHECK(handle_stream == nullptr);
+  }
+  cublasDestroy(handle);
+  cudaStreamDestroy(first);
+  cudaStreamDestroy(second);
+}
+
+TEST_CASE("tensor-core GEMM precisions stay close to the CPU; the stored prototypes do not move",
+          "[cuda][precision]") {
+  for (GemmPrecision precision :
+       {GemmPrecision::tf32, GemmPrecision::bf16, GemmPrecision::fp16, GemmPrecision::fp32}) {
+    INFO("precision " << protomem::to_string(precision));
+    Run run = base_run(64, 128);
+    run.seed = 8;
+    run.steps = 25;
+    run.label_range = 150;
+    run.config.workspace_bytes = 16 * 40 * sizeof(float);
+    run.resources.precision = precision;
+    if (precision != GemmPrecision::fp32) {
+      // Rounded GEMM inputs move the cosines by about 1e-3 (bf16) and the logits by s times that;
+      // the prototypes are made in fp32 and must agree as tightly as ever.
+      run.tolerance.loss = 3e-2;
+      run.tolerance.gradient = 6e-2;
+    }
+    check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                    protomem::LeastRecentlyWritten>(run, protomem::CosFace(16.0, 0.2));
+  }
+}
+
+TEST_CASE("switching precision mid-run keeps the 16-bit copy of the memory current",
+          "[cuda][precision]") {
+  using Cpu = protomem::PrototypeMemory<float>;
+  using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
+  Config config;
+  config.capacity = 30;
+  config.dim = 16;
+  Cpu cpu(config, protomem::CosFace(8.0, 0.2));
+  Gpu gpu(CudaResources{}, config, protomem::CosFace(8.0, 0.2));
+  std::mt19937_64 rng(9);
+  const GemmPrecision order[] = {GemmPrecision::bf16, GemmPrecision::fp32, GemmPrecision::bf16,
+                                 GemmPrecision::fp16, GemmPrecision::fp32};
+  Tolerance loose;
+  loose.loss = 3e-2;
+  loose.gradient = 6e-2;
+  for (int t = 0; t < 40; ++t) {
+    CudaResources resources = gpu.resources();
+    resources.precision = order[(t / 8) % 5];
+    gpu.set_resources(resources);
+    const Batch batch = make_batch(rng, config.dim, 50, 6, 1, 3);
+    const Outcome expected = forward_cpu(cpu, batch);
+    const Outcome got = forward_gpu(gpu, batch);
+    check_outcomes(expected, got, loose);
+    cpu.commit();
+    gpu.commit();
+  }
+  check_same_state(cpu, gpu, Tolerance{});
+}
+
+TEST_CASE("reading the memory after many unread steps copies it whole and correctly",
+          "[cuda][mirror]") {
+  using Cpu = protomem::PrototypeMemory<float>;
+  using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
+  Config config;
+  config.capacity = 20;
+  config.dim = 8;
+  Cpu cpu(config);
+  Gpu gpu(CudaResources{}, config);
+  std::mt19937_64 rng(10);
+  for (int t = 0; t < 60; ++t) {  // far more writes than slots, no read in between
+    const Batch batch = make_batch(rng, config.dim, 80, 6, 1, 3);
+    DeviceBatch device(batch);
+    std::vector<float> g(batch.embeddings.size());
+    cpu.step(protomem::matrix_view<const float>(batch.embeddings.data(), batch.rows(), batch.dim),
+             protomem::label_view(batch.labels.data(), batch.rows()),
+             protomem::matrix_view(g.data(), batch.rows(), batch.dim));
+    gpu.step(protomem::matrix_view<const float>(device.embeddings.data(), batch.rows(), batch.dim),
+             protomem::label_view(batch.labels.data(), batch.rows()),
+             protomem::matrix_view(device.gradient.data(), batch.rows(), batch.dim));
+  }
+  check_same_state(cpu, gpu, Tolerance{});
+  gpu.clear();
+  CHECK(gpu.size() == 0);
+  CHECK(gpu.begin() == gpu.end());
+}
+
+// ---- invalid input ------------------------------------------------------------------------------
+
+namespace {
+
+template <class Cpu, class Gpu>
+void check_same_error(Cpu& cpu, Gpu& gpu, const Batch& batch) {
+  std::string cpu_message, gpu_message;
+  const std::string before = checkpoint_bytes(gpu);
+  try {
+    forward_cpu(cpu, batch);
+  } catch (const protomem::Error& e) {
+    cpu_message = e.what();
+  }
+  try {
+    forward_gpu(gpu, batch);
+  } catch (const protomem::Error& e) {
+    gpu_message = e.what();
+  }
+  INFO("cpu: " << cpu_message);
+  INFO("gpu: " << gpu_message);
+  CHECK_FALSE(cpu_message.empty());
+  CHECK(gpu_message == cpu_message);
+  CHECK_FALSE(gpu.pending());
+  CHECK(checkpoint_bytes(gpu) == before);
+}
+
+template <class Cpu, class Gpu>
+void warm_up(Cpu& cpu, Gpu& gpu, std::mt19937_64& rng, index_t dim, int min_exemplars) {
+  for (int t = 0; t < 5; ++t) {
+    const Batch batch = make_batch(rng, dim, 30, 5, min_exemplars, 3);
+    forward_cpu(cpu, batch);
+    forward_gpu(gpu, batch);
+    cpu.commit();
+    gpu.commit();
+  }
+}
+
+}  // namespace
+
+TEST_CASE("invalid embeddings fail on the GPU with the CPU's message and change nothing",
+          "[cuda][validation]") {
+  using Cpu = protomem::PrototypeMemory<float>;
+  using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
+  Config config;
+  config.capacity = 16;
+  config.dim = 12;
+  Cpu cpu(config);
+  Gpu gpu(CudaResources{}, config);
+  std::mt19937_64 rng(11);
+  warm_up(cpu, gpu, rng, config.dim, 1);
+  Batch batch = make_batch(rng, config.dim, 30, 4, 2, 3);
+
+  SECTION("a NaN (the first invalid row wins, as on the CPU)") {
+    batch.embeddings[5 * 12 + 7] = std::numeric_limits<float>::infinity();
+    batch.embeddings[3 * 12 + 2] = std::nanf("");
+    check_same_error(cpu, gpu, batch);
+  }
+  SECTION("a zero row") {
+    std::fill(batch.embeddings.begin() + 2 * 12, batch.embeddings.begin() + 3 * 12, 0.0f);
+    check_same_error(cpu, gpu, batch);
+  }
+  SECTION("a row too small to normalise in float") {
+    std::fill(batch.embeddings.begin() + 1 * 12, batch.embeddings.begin() + 2 * 12,
+              1e-44f);  // a float denormal
+    check_same_error(cpu, gpu, batch);
+  }
+  SECTION("exemplars that sum to zero") {
+    Batch opposite;
+    opposite.dim = 12;
+    opposite.labels = {4, 4, 9};
+    for (int j = 0; j < 12; ++j) opposite.embeddings.push_back(float(j) - 5.5f);
+    for (int j = 0; j < 12; ++j) opposite.embeddings.push_back(5.5f - float(j));
+    for (int j = 0; j < 12; ++j) opposite.embeddings.push_back(1.0f);
+    check_same_error(cpu, gpu, opposite);
+  }
+  SECTION("a failed step leaves the caller's buffer alone, even as its own gradient buffer") {
+    batch.embeddings[4 * 12 + 1] = std::nanf("");
+    DeviceBatch device(batch);
+    const auto B = batch.rows();
+    CHECK_THROWS_WITH(
+        gpu.forward(protomem::matrix_view<const float>(device.embeddings.data(), B, 12),
+                    protomem::label_view(batch.labels.data(), B),
+                    protomem::matrix_view(device.embeddings.data(), B, 12)),
+        Catch::Matchers::Contains("embeddings(4, 1) = nan is not finite"));
+    std::vector<float> after(batch.embeddings.size());
+    REQUIRE(cudaMemcpy(after.data(), device.embeddings.data(), after.size() * sizeof(float),
+                       cudaMemcpyDeviceToHost) == cudaSuccess);
+    for (std::size_t t = 0; t < after.size(); ++t) {
+      if (std::isnan(batch.embeddings[t])) {
+        CHECK(std::isnan(after[t]));
+      } else {
+        CHECK(after[t] == batch.embeddings[t]);
+      }
+    }
+  }
+  SECTION("host memory where device memory is expected") {
+    std::vector<float> gradient(batch.embeddings.size());
+    CHECK_THROWS_WITH(
+        gpu.forward(protomem::matrix_view<const float>(batch.embeddings.data(), batch.rows(), 12),
+                    protomem::label_view(batch.labels.data(), batch.rows()),
+                    protomem::matrix_view(gradient.data(), batch.rows(), 12)),
+        Catch::Matchers::Contains("is not device memory"));
+    CHECK_FALSE(gpu.pending());
+  }
+}
+
+TEST_CASE("a leave-one-out prototype that is undefined fails as on the CPU", "[cuda][validation]") {
+  using Cpu =
+      protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::LeaveOneOut>;
+  using Gpu =
+      protomem::PrototypeMemory<float, protomem::cuda, protomem::CosFace, protomem::LeaveOneOut>;
+  Config config;
+  config.capacity = 16;
+  config.dim = 6;
+  Cpu cpu(config);
+  Gpu gpu(CudaResources{}, config);
+  std::mt19937_64 rng(12);
+  warm_up(cpu, gpu, rng, config.dim, 2);
+  // Class 3: a, b, -b: the others of sample 1 (label 3) are b + (-b) = 0.
+  Batch batch;
+  batch.dim = 6;
+  batch.labels = {8, 3, 3, 3, 8};
+  const float rows[5][6] = {{1, 2, 3, 4, 5, 6},
+                            {1, 0, 0, 1, 0, 0},
+                            {0, 1, 2, 0, 1, 1},
+                            {0, -1, -2, 0, -1, -1},
+                            {6, 5, 4, 3, 2, 1}};
+  for (const auto& row : rows) batch.embeddings.insert(batch.embeddings.end(), row, row + 6);
+  check_same_error(cpu, gpu, batch);
+}
