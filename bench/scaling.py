@@ -78,10 +78,12 @@ def main():
             print(f"{m:<12} {n:>9} | {ms:>8.2f} {lo:>7.2f}..{hi:<7.2f} {ms / base:>8.3f} |"
                   f" {rss:>12.0f} {runs[0]['state']:>9.1f}")
             table.append(dict(method=m, N=n, ms=ms, min_ms=lo, max_ms=hi, relative=ms / base,
-                              peak_rss_mib=rss, state_mib=runs[0]["state"]))
+                              peak_rss_mib=rss, state_mib=runs[0]["state"],
+                              runs_ms=[x["ms"] for x in runs], runs_rss_mib=[x["rss"] for x in runs]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(threads=args.threads, rounds=args.rounds, rows=table), f, indent=1)
+            json.dump(dict(threads=args.threads, rounds=args.rounds, min_time=args.min_time,
+                           load_average=os.getloadavg(), rows=table), f, indent=1)
     return 0
 
 

@@ -19,6 +19,7 @@ pieces instead, an in-place scale and exclusion on the memory logits, no grad fo
 Usage:
   /usr/bin/python3 bench/torch_step.py --bench build/bench/bench/bench_step [--threads 2]
       [--repetitions 3] [--shapes 256x512x65536,128x128x16384] [--json out.json]
+  /usr/bin/python3 bench/torch_step.py --bench build/bench/bench/bench_step --profile 256x512x65536
 Default shapes: the grid of bench_step (B in 128 256 512, D in 128 512, M in 2^14 .. 2^20).
 """
 import argparse
@@ -102,6 +103,33 @@ def time_torch(B, D, M, threads, repetitions):
     return statistics.median(times), statistics.median(plain), statistics.median(bounds)
 
 
+def profile(shape, threads, repetitions):
+    """Where the tuned PyTorch step spends its time: its GEMMs (aten::mm, addmm) against the rest."""
+    B, D, M = shape
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    W = F.normalize(torch.rand(M, D, generator=g) * 2 - 1, dim=1)
+    e = torch.rand(B, D, generator=g) * 2 - 1
+    excluded = torch.empty(0, dtype=torch.long)
+    labels = torch.arange(B) // EXEMPLARS + M
+    torch_step(e, labels, W, excluded)  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repetitions):
+            torch_step(e, labels, W, excluded)
+    events = prof.key_averages()
+    total = sum(ev.self_cpu_time_total for ev in events)
+    gemm = sum(ev.self_cpu_time_total for ev in events if ev.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    print(f"torch {torch.__version__}, {threads} thread(s); tuned step at B={B} D={D} M={M}, "
+          f"{repetitions} steps profiled")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    print(f"GEMMs (aten::mm/addmm/bmm): {gemm / 1e3 / repetitions:.1f} ms of "
+          f"{total / 1e3 / repetitions:.1f} ms self CPU time per step ({gemm / total:.1%}); "
+          f"the rest: {(total - gemm) / 1e3 / repetitions:.1f} ms. A step of protomem cannot take "
+          f"less than the GEMMs, so torch/protomem <= total / GEMMs = {total / gemm:.2f} at this "
+          f"shape unless protomem's GEMMs beat OpenBLAS's.")
+    return 0
+
+
 def run_bench(bench, B, D, M, threads, repetitions):
     name = f"BM_Step<protomem::cpu>/B:{B}/D:{D}/M:{M}/"
     cmd = [bench, f"--benchmark_filter=^{name.replace('<', '.').replace('>', '.')}",
@@ -111,7 +139,7 @@ def run_bench(bench, B, D, M, threads, repetitions):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     result = json.loads(out)
     for b in result["benchmarks"]:
-        if b.get("aggregate_name") == "median":
+        if b.get("aggregate_name") == "median" or (repetitions == 1 and b["run_type"] == "iteration"):
             step_ms = b["real_time"] if b["time_unit"] == "ms" else b["real_time"] / 1e6
             return step_ms / 1e3, b["bound_ms"] / 1e3, b["ratio"], result["context"]
     raise RuntimeError(f"no median for {name} in bench_step's output")
@@ -124,7 +152,13 @@ def main():
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--shapes", default="", help="comma-separated BxDxM (default: the grid)")
     parser.add_argument("--json", default="", help="write the table as JSON here")
+    parser.add_argument("--profile", default="", metavar="BxDxM",
+                        help="instead: profile the tuned PyTorch step at this shape (torch.profiler, "
+                             "operators by self CPU time) and exit; --bench is then not run")
     args = parser.parse_args()
+    if args.profile:
+        return profile(tuple(int(v) for v in args.profile.split("x")), args.threads,
+                       args.repetitions)
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     else:
@@ -144,14 +178,20 @@ def main():
         rows.append(dict(B=B, D=D, M=M, protomem_s=step, bound_s=bound, protomem_over_bound=ratio,
                          torch_s=t, torch_plain_s=tp, torch_bound_s=tb, torch_over_bound=t / tb,
                          plain_over_bound=tp / tb, torch_over_protomem=t / step,
-                         plain_over_protomem=tp / step))
+                         plain_over_protomem=tp / step, load_average_1min=os.getloadavg()[0]))
+        if args.json:  # after every shape, so that an interrupted run keeps what it measured
+            write_json(args, rows)
         print(f"{B:>4} {D:>4} {M:>8} | {step * 1e3:>11.1f} {bound * 1e3:>9.1f} {t * 1e3:>9.1f}"
               f" {tp * 1e3:>9.1f} | {ratio:>14.3f} {t / tb:>11.2f} {tp / tb:>11.2f} |"
               f" {t / step:>14.2f} {tp / step:>14.2f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(threads=args.threads, torch=torch.__version__, rows=rows), f, indent=1)
     return 0
+
+
+def write_json(args, rows):
+    with open(args.json + ".tmp", "w") as f:
+        json.dump(dict(threads=args.threads, torch=torch.__version__,
+                       repetitions=args.repetitions, rows=rows), f, indent=1)
+    os.replace(args.json + ".tmp", args.json)
 
 
 if __name__ == "__main__":
