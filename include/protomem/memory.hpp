@@ -445,15 +445,19 @@ class PrototypeMemory {
     std::vector<backend::SlotWrite> writes;
     writes.reserve(classes.size());
     std::vector<index_t> fresh_classes;
-    std::vector<std::uint8_t> in_batch;  // per slot, built lazily only when evicting
+    // Slots refreshed by this batch (at most C, sorted): eviction skips them. A sorted list, not a
+    // flag per slot, so that a step allocates O(C), not O(M) (docs/performance.md, peak memory).
+    std::vector<index_t> refreshed;
     for (index_t c = 0; c < static_cast<index_t>(classes.size()); ++c) {
       const index_t slot = book_.map.find(classes[c]);
       if (slot >= 0) {
         writes.push_back({c, slot, true});
+        refreshed.push_back(slot);
       } else {
         fresh_classes.push_back(c);
       }
     }
+    std::sort(refreshed.begin(), refreshed.end());
     index_t next_empty = book_.used;
     index_t victim = book_.queue.front();
     for (index_t c : fresh_classes) {
@@ -461,13 +465,9 @@ class PrototypeMemory {
         writes.push_back({c, next_empty++, false});
         continue;
       }
-      if (in_batch.empty()) {
-        in_batch.assign(static_cast<std::size_t>(config_.capacity), 0);
-        for (const auto& w : writes) {
-          if (w.refresh) in_batch[static_cast<std::size_t>(w.slot)] = 1;
-        }
+      while (std::binary_search(refreshed.begin(), refreshed.end(), victim)) {
+        victim = book_.queue.next(victim);
       }
-      while (in_batch[static_cast<std::size_t>(victim)]) victim = book_.queue.next(victim);
       writes.push_back({c, victim, false});
       victim = book_.queue.next(victim);
     }
