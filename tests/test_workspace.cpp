@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <random>
 #include <sstream>
 #include <string>
@@ -205,3 +206,54 @@ TEMPLATE_TEST_CASE("a step's heap use stays within the workspace budget", "[work
     }
   }
 }
+
+#ifdef PROTOMEM_TEST_COUNTS_ALLOCATIONS
+TEST_CASE("a commit that evicts allocates O(C), whatever the capacity", "[workspace]") {
+  // Eviction must skip the slots this batch refreshes; the bookkeeping for that is per batch
+  // class, not per slot. The same batch (half of its classes stored, half new, so that the commit
+  // both refreshes and evicts) against a full memory of M = 2^10 and of M = 2^14 slots.
+  const index_t dim = 2, classes = 16, exemplars = 2, rows = classes * exemplars;
+  std::mt19937_64 rng(8);
+  std::normal_distribution<float> normal;
+  std::vector<long long> peaks;
+  for (index_t capacity : {index_t{1} << 10, index_t{1} << 14}) {
+    CAPTURE(capacity);
+    protomem::Config config{capacity, dim};
+    config.threads = 1;
+    protomem::PrototypeMemory<float> memory(config);
+    {  // fill: labels 0 .. M-1, one exemplar each, 1024 classes a step
+      const index_t n = 1024;
+      std::vector<float> e(static_cast<std::size_t>(n * dim)), g(e.size());
+      std::vector<label_t> y(static_cast<std::size_t>(n));
+      for (label_t next = 0; memory.size() < memory.capacity();) {
+        for (float& v : e) v = normal(rng);
+        for (label_t& label : y) label = next++;
+        memory.step(protomem::matrix_view(static_cast<const float*>(e.data()), n, dim),
+                    protomem::label_view(y.data(), n), protomem::matrix_view(g.data(), n, dim));
+      }
+    }
+    std::vector<float> e(static_cast<std::size_t>(rows * dim)), g(e.size());
+    for (float& v : e) v = normal(rng);
+    std::vector<label_t> y(static_cast<std::size_t>(rows));
+    for (index_t i = 0; i < rows; ++i) {
+      const index_t c = i / exemplars;  // even classes stored (labels near the queue's back)
+      y[static_cast<std::size_t>(i)] = c % 2 == 0 ? label_t(capacity - 1 - c) : (label_t{1} << 40) + c;
+    }
+    memory.forward(protomem::matrix_view(static_cast<const float*>(e.data()), rows, dim),
+                   protomem::label_view(y.data(), rows), protomem::matrix_view(g.data(), rows, dim));
+    const protomem::Stats before = memory.stats();
+    counter::in_use = 0;
+    counter::peak = 0;
+    counter::on = true;
+    memory.commit();
+    counter::on = false;
+    peaks.push_back(counter::peak.load());
+    CHECK(memory.stats().refreshes - before.refreshes == std::uint64_t(classes / 2));
+    CHECK(memory.stats().evictions - before.evictions == std::uint64_t(classes / 2));
+  }
+  INFO("commit's peak heap growth at M = 2^10: " << peaks[0] << " bytes, at M = 2^14: " << peaks[1]);
+  // A flag per slot would add 2^14 - 2^10 bytes; allow a little for the allocator.
+  CHECK(peaks[1] <= peaks[0] + 1024);
+  CHECK(peaks[1] < 8192LL);
+}
+#endif
