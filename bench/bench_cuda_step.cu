@@ -1,10 +1,12 @@
 // GPU step against the cuBLAS two-GEMM bound on the same shapes (DESIGN.md section 5; issue #5:
 // target <= 1.3x at B = 512, D = 512, M = 2^20).
 //
-//   BM_two_gemm_bound/B/D/M/precision  logits (B x M) = X W^T, then G (B x D) = P W, cuBLAS only
-//   BM_cuda_step/B/D/M/precision       PrototypeMemory<float, cuda>::step() on a full memory of M
+//   BM_two_gemm_bound/B/D/M/precision/0 logits (B x M) = X W^T, then G (B x D) = P W, cuBLAS only
+//   BM_cuda_step/B/D/M/precision/0     PrototypeMemory<float, cuda>::step() on a full memory of M
 //                                      slots: forward (one host sync) + commit, wall clock
-// precision: 0 fp32, 1 tf32, 2 bf16, 3 fp16 (protomem::GemmPrecision), the same for both.
+//   BM_cuda_step_tile/512/512/2^20/precision/T   the same step with CudaResources::tile_columns = T
+// precision: 0 fp32, 1 tf32, 2 bf16, 3 fp16 (protomem::GemmPrecision), the same for both; the
+// bound's operands are random, as the step's are.
 // The memory is filled through a synthetic checkpoint (filling 2^20 slots by steps would cost
 // O(M^2 D)). Prints a summary table (step / bound) after the benchmarks; --benchmark_out=FILE
 // --benchmark_out_format=json writes every figure. Exits 77 where there is no GPU.
@@ -95,6 +97,33 @@ std::string synthetic_checkpoint(index_t M, index_t D) {
   return bytes;
 }
 
+// Device noise in [-1, 1) as the precision's input type, for the bound's operands.
+template <class T>
+__global__ void fill_noise(T* out, std::size_t n, std::uint64_t seed) {
+  for (std::size_t t = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; t < n;
+       t += std::size_t(gridDim.x) * blockDim.x) {
+    std::uint64_t z = (t + 1) * 0x9E3779B97F4A7C15ULL + seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    out[t] = protomem::backend::cuda_kernels::convert_to<T>(float(z >> 40) / float(1 << 23) - 1.0f);
+  }
+}
+
+void fill(void* out, std::size_t n, protomem::GemmPrecision precision, std::uint64_t seed) {
+  switch (precision) {
+    case protomem::GemmPrecision::bf16:
+      fill_noise<<<1024, 256>>>(static_cast<__nv_bfloat16*>(out), n, seed);
+      break;
+    case protomem::GemmPrecision::fp16:
+      fill_noise<<<1024, 256>>>(static_cast<__half*>(out), n, seed);
+      break;
+    default:
+      fill_noise<<<1024, 256>>>(static_cast<float*>(out), n, seed);
+  }
+  check(cudaGetLastError(), "fill_noise");
+}
+
 struct MemoryBuffer : std::streambuf {
   MemoryBuffer(char* data, std::size_t size) { setg(data, data, data + size); }
 };
@@ -108,6 +137,7 @@ Memory& full_memory(index_t D, index_t M) {
     protomem::Config config;
     config.capacity = M;
     config.dim = D;
+    config.workspace_bytes = std::size_t{1} << 30;  // lets the tile sweep go past the L2 cap
     memory = std::make_unique<Memory>(protomem::CudaResources{}, config);
     std::string bytes = synthetic_checkpoint(M, D);
     MemoryBuffer buffer(bytes.data(), bytes.size());
@@ -146,6 +176,7 @@ void BM_cuda_step(benchmark::State& state) {
   Memory& memory = full_memory(D, M);
   protomem::CudaResources resources = memory.resources();
   resources.precision = precision;
+  resources.tile_columns = state.range(4);  // 0: the automatic width
   memory.set_resources(resources);
   Batch batch(B, D);
   static std::int64_t next_label = std::int64_t{1} << 40;
@@ -156,7 +187,16 @@ void BM_cuda_step(benchmark::State& state) {
                        protomem::label_view(batch.labels.data(), B),
                        protomem::matrix_view(batch.gradient.data(), B, D));
   };
-  for (int warm = 0; warm < 3; ++warm) step();  // workspace, 16-bit copy, cuBLAS heuristics
+  for (int warm = 0; warm < 2; ++warm) step();  // workspace, 16-bit copy, cuBLAS heuristics
+  batch.relabel(next_label);
+  next_label += B / kExemplars;
+  const index_t tile =
+      memory
+          .forward(protomem::matrix_view<const float>(batch.embeddings.data(), B, D),
+                   protomem::label_view(batch.labels.data(), B),
+                   protomem::matrix_view(batch.gradient.data(), B, D))
+          .tile_columns;
+  memory.commit();
   check(cudaDeviceSynchronize(), "warm-up");
   float loss = 0;
   for (auto _ : state) {
@@ -182,9 +222,10 @@ void BM_two_gemm_bound(benchmark::State& state) {
   protomem::detail::DeviceArray<float> logits(static_cast<std::size_t>(B * M));
   protomem::detail::DeviceArray<char> p(half ? static_cast<std::size_t>(B * M) * 2 : 0);
   protomem::detail::DeviceArray<float> g(static_cast<std::size_t>(B * D));
-  check(cudaMemset(x.data(), 0, x.size()), "memset");  // zeros: values do not change GEMM time
-  check(cudaMemset(w.data(), 0, w.size()), "memset");
-  if (half) check(cudaMemset(p.data(), 0, p.size()), "memset");
+  // Random values like the step's (tensor cores run measurably faster on zeros).
+  fill(x.data(), x.size() / in, precision, 1);
+  fill(w.data(), w.size() / in, precision, 2);
+  if (half) fill(p.data(), p.size() / in, precision, 3);
   protomem::detail::OwnedCublas handle = protomem::detail::OwnedCublas::create();
   const cudaDataType_t type = protomem::detail::gemm_input_type(precision);
   const cublasComputeType_t compute = protomem::detail::gemm_compute_type(precision);
@@ -225,7 +266,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& run : runs) {
-      if (run.run_type != Run::RT_Iteration) continue;  // (no aggregates: fixed iterations)
+      if (run.run_type != Run::RT_Iteration) continue;          // (no aggregates: fixed iterations)
       times[run.benchmark_name()] = run.GetAdjustedRealTime();  // milliseconds (Unit below)
     }
     ConsoleReporter::ReportRuns(runs);
@@ -250,7 +291,7 @@ int main(int argc, char** argv) {
   check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
   for (const auto& shape : kShapes) {
     for (std::int64_t precision = 0; precision < 4; ++precision) {
-      const std::vector<std::int64_t> args = {shape[0], shape[1], shape[2], precision};
+      const std::vector<std::int64_t> args = {shape[0], shape[1], shape[2], precision, 0};
       benchmark::RegisterBenchmark("BM_two_gemm_bound", BM_two_gemm_bound)
           ->Args(args)
           ->UseManualTime()
@@ -265,6 +306,16 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  // Tile width at the target shape: the automatic width (above) against fixed ones.
+  for (std::int64_t precision : {0, 2}) {
+    for (std::int64_t tile : {4096, 32768, 131072}) {
+      benchmark::RegisterBenchmark("BM_cuda_step_tile", BM_cuda_step)
+          ->Args({512, 512, std::int64_t{1} << 20, precision, tile})
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(20);
+    }
+  }
   SummaryReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
 

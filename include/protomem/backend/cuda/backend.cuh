@@ -413,13 +413,16 @@ class CudaBackend {
 
   // The CPU backend's rule (the budget over B x sizeof(float) bytes per column, at most U), and at
   // most what fits in half the L2 cache (but no fewer than 1024 columns), so that the tile written
-  // by the cosine GEMM is still in L2 when the softmax kernel and the second GEMM read it.
+  // by the cosine GEMM is still in L2 when the softmax kernel and the second GEMM read it; or, in
+  // place of that cap, the caller's CudaResources::tile_columns.
   index_t tile_columns(index_t B, index_t U, std::size_t budget) const {
     const auto per_column = static_cast<std::size_t>(std::max<index_t>(B, 1)) * sizeof(float);
     index_t t = static_cast<index_t>(std::max<std::size_t>(1, budget / per_column));
-    const index_t l2_cap =
-        std::max<index_t>(1024, static_cast<index_t>(l2_bytes_ / 2 / per_column));
-    t = std::min({t, l2_cap, static_cast<index_t>(INT_MAX / 2)});
+    const index_t cap =
+        resources_.tile_columns > 0
+            ? static_cast<index_t>(resources_.tile_columns)
+            : std::max<index_t>(1024, static_cast<index_t>(l2_bytes_ / 2 / per_column));
+    t = std::min({t, cap, static_cast<index_t>(INT_MAX / 2)});
     return std::max<index_t>(1, std::min(t, U));
   }
 

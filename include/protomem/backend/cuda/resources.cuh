@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -49,6 +50,11 @@ struct CudaResources {
   std::size_t workspace_bytes = 0;
   /// How the two memory-sized GEMMs compute.
   GemmPrecision precision = GemmPrecision::fp32;
+  /// Stored prototypes per tile of the memory pass. 0 (default): the budget's width
+  /// (Config::workspace_bytes over B x 4 bytes), capped at half the L2 cache so that a tile's
+  /// logits stay in L2 between the kernels that read them. A positive value replaces the L2 cap
+  /// (the budget still applies): wider tiles make fewer, larger GEMMs (docs/cuda.md measures both).
+  std::int64_t tile_columns = 0;
 };
 
 }  // namespace protomem
