@@ -207,6 +207,7 @@ void BM_cuda_step(benchmark::State& state) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   state.counters["loss"] = loss;
+  state.counters["tile"] = double(tile);
   state.counters["GEMM_TFLOPs"] = benchmark::Counter(4.0 * double(B) * double(D) * double(M),
                                                      benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(protomem::to_string(precision));

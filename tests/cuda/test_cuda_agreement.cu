@@ -95,6 +95,20 @@ TEST_CASE("CUDA = CPU: CosFace, exemplar mean, replace, least recently written; 
                   protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35));
 }
 
+TEST_CASE("CUDA = CPU over wide tiles: the four-column softmax path and a ragged last tile",
+          "[cuda][agreement]") {
+  // T = 4000 / B columns per tile (100 at B = 40, 400 at B = 10), rounded down to a multiple of 4,
+  // over up to 500 used slots: whole tiles take tile_softmax's float4 path, the last one takes it
+  // or the scalar path depending on its width. About 820 classes over 150 steps: evictions.
+  Run run = base_run(500, 32);
+  run.config.workspace_bytes = 4000 * sizeof(float);
+  run.label_range = 2000;
+  run.max_classes = 10;
+  run.steps = 150;
+  check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                  protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35));
+}
+
 TEST_CASE("CUDA = CPU: no margin, detached mean, momentum, first in first out",
           "[cuda][agreement]") {
   Run run = base_run(30, 33);

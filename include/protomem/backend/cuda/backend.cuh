@@ -423,6 +423,7 @@ class CudaBackend {
             ? static_cast<index_t>(resources_.tile_columns)
             : std::max<index_t>(1024, static_cast<index_t>(l2_bytes_ / 2 / per_column));
     t = std::min({t, cap, static_cast<index_t>(INT_MAX / 2)});
+    if (t < U && t >= 64) t -= t % 4;  // whole tiles of a multiple of 4: tile_softmax's fast path
     return std::max<index_t>(1, std::min(t, U));
   }
 
