@@ -4,7 +4,7 @@
 //   BM_two_gemm_bound/B/D/M/precision/0 logits (B x M) = X W^T, then G (B x D) = P W, cuBLAS only
 //   BM_cuda_step/B/D/M/precision/0     PrototypeMemory<float, cuda>::step() on a full memory of M
 //                                      slots: forward (one host sync) + commit, wall clock
-//   BM_cuda_step_tile/512/512/2^20/precision/T   the same step with CudaResources::tile_columns = T
+//   BM_cuda_step_tile/512/512/2^20/precision/T   the same step, tiles of T columns (1 GiB budget)
 // precision: 0 fp32, 1 tf32, 2 bf16, 3 fp16 (protomem::GemmPrecision), the same for both; the
 // bound's operands are random, as the step's are.
 // The memory is filled through a synthetic checkpoint (filling 2^20 slots by steps would cost
@@ -12,6 +12,7 @@
 // --benchmark_out_format=json writes every figure. Exits 77 where there is no GPU.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -129,26 +130,27 @@ struct MemoryBuffer : std::streambuf {
 };
 
 // One full memory per (D, M), shared by the precisions and batch sizes.
-Memory& full_memory(index_t D, index_t M) {
-  static std::pair<index_t, index_t> key{0, 0};
+// The memory with the default Config (workspace budget 64 MiB) or, for the tile sweep, a budget
+// wide enough for any tile of it.
+Memory& full_memory(index_t D, index_t M, bool wide_budget) {
+  static std::tuple<index_t, index_t, bool> key{0, 0, false};
   static std::unique_ptr<Memory> memory;  // one at a time: 2^20 x 512 floats is 2 GiB
-  if (!memory || key != std::make_pair(D, M)) {
+  if (!memory || key != std::make_tuple(D, M, wide_budget)) {
     memory.reset();
     protomem::Config config;
     config.capacity = M;
     config.dim = D;
-    config.workspace_bytes = std::size_t{1} << 30;  // lets the tile sweep go past the L2 cap
+    if (wide_budget) config.workspace_bytes = std::size_t{1} << 30;
     memory = std::make_unique<Memory>(protomem::CudaResources{}, config);
     std::string bytes = synthetic_checkpoint(M, D);
     MemoryBuffer buffer(bytes.data(), bytes.size());
     std::istream in(&buffer);
     memory->load(in, "synthetic checkpoint");
-    key = {D, M};
+    key = {D, M, wide_budget};
   }
   return *memory;
 }
 
-// A batch of B rows, B / 4 classes that are not in the memory (each step evicts the oldest).
 struct Batch {
   protomem::detail::DeviceArray<float> embeddings, gradient;
   std::vector<std::int64_t> labels;
@@ -173,10 +175,11 @@ struct Batch {
 void BM_cuda_step(benchmark::State& state) {
   const index_t B = state.range(0), D = state.range(1), M = state.range(2);
   const auto precision = static_cast<protomem::GemmPrecision>(state.range(3));
-  Memory& memory = full_memory(D, M);
+  const std::int64_t tile = state.range(4);  // 0: the width the default budget gives
+  Memory& memory = full_memory(D, M, tile > 0);
   protomem::CudaResources resources = memory.resources();
   resources.precision = precision;
-  resources.tile_columns = state.range(4);  // 0: the automatic width
+  resources.tile_columns = tile;
   memory.set_resources(resources);
   Batch batch(B, D);
   static std::int64_t next_label = std::int64_t{1} << 40;
@@ -190,7 +193,7 @@ void BM_cuda_step(benchmark::State& state) {
   for (int warm = 0; warm < 2; ++warm) step();  // workspace, 16-bit copy, cuBLAS heuristics
   batch.relabel(next_label);
   next_label += B / kExemplars;
-  const index_t tile =
+  const index_t tile_used =
       memory
           .forward(protomem::matrix_view<const float>(batch.embeddings.data(), B, D),
                    protomem::label_view(batch.labels.data(), B),
@@ -207,7 +210,7 @@ void BM_cuda_step(benchmark::State& state) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   state.counters["loss"] = loss;
-  state.counters["tile"] = double(tile);
+  state.counters["tile"] = double(tile_used);
   state.counters["GEMM_TFLOPs"] = benchmark::Counter(4.0 * double(B) * double(D) * double(M),
                                                      benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(protomem::to_string(precision));
@@ -307,9 +310,10 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  // Tile width at the target shape: the automatic width (above) against fixed ones.
+  // Tile width at the target shape, the budget raised to 1 GiB: 15,360 is half an H200's L2, 32,768
+  // the default budget's width at B = 512, 524,288 two tiles.
   for (std::int64_t precision : {0, 2}) {
-    for (std::int64_t tile : {4096, 32768, 131072}) {
+    for (std::int64_t tile : {4096, 15360, 32768, 131072, 524288}) {
       benchmark::RegisterBenchmark("BM_cuda_step_tile", BM_cuda_step)
           ->Args({512, 512, std::int64_t{1} << 20, precision, tile})
           ->UseManualTime()
@@ -346,6 +350,28 @@ int main(int argc, char** argv) {
                   protomem::to_string(static_cast<protomem::GemmPrecision>(precision)),
                   step->second, bound->second, step->second / bound->second);
     }
+  }
+  std::printf("\ntile width at B = 512, D = 512, M = 2^20 (1 GiB workspace budget)\n");
+  std::printf("%-10s %9s %10s %7s\n", "precision", "T", "step ms", "ratio");
+  std::vector<std::tuple<int, long long, double, double>> sweep;  // precision, T, step, ratio
+  for (const auto& [name, ms] : reporter.times) {
+    long long b = 0, d = 0, m = 0, t = 0;
+    int precision = 0;
+    if (std::sscanf(name.c_str(), "BM_cuda_step_tile/%lld/%lld/%lld/%d/%lld", &b, &d, &m,
+                    &precision, &t) != 5) {
+      continue;
+    }
+    char bound_name[96];
+    std::snprintf(bound_name, sizeof bound_name, "BM_two_gemm_bound/%lld/%lld/%lld/%d/", b, d, m,
+                  precision);
+    const auto bound = reporter.times.lower_bound(bound_name);
+    const bool found = bound != reporter.times.end() && bound->first.rfind(bound_name, 0) == 0;
+    sweep.emplace_back(precision, t, ms, found ? ms / bound->second : 0.0);
+  }
+  std::sort(sweep.begin(), sweep.end());
+  for (const auto& [precision, t, ms, ratio] : sweep) {
+    std::printf("%-10s %9lld %10.3f %7.2f\n",
+                protomem::to_string(static_cast<protomem::GemmPrecision>(precision)), t, ms, ratio);
   }
   return 0;
 }

@@ -50,10 +50,9 @@ struct CudaResources {
   std::size_t workspace_bytes = 0;
   /// How the two memory-sized GEMMs compute.
   GemmPrecision precision = GemmPrecision::fp32;
-  /// Stored prototypes per tile of the memory pass. 0 (default): the budget's width
-  /// (Config::workspace_bytes over B x 4 bytes), capped at half the L2 cache so that a tile's
-  /// logits stay in L2 between the kernels that read them. A positive value replaces the L2 cap
-  /// (the budget still applies): wider tiles make fewer, larger GEMMs (docs/cuda.md measures both).
+  /// At most this many stored prototypes per tile of the memory pass; 0 (default): no cap beyond
+  /// Config::workspace_bytes, whose B x T x 4-byte logit tile sets the width. Wider tiles make
+  /// fewer, larger GEMMs, which the GPU runs faster (docs/cuda.md measures it).
   std::int64_t tile_columns = 0;
 };
 
