@@ -119,6 +119,23 @@ def scaling_table(data):
         out.append(f"| {r['method']} | {r['N']:.0e} | {r['ms']:.2f} | {iqr} | "
                    f"{r['min_ms']:.2f}..{r['max_ms']:.2f} | {r['relative']:.3f} | "
                    f"{r['peak_rss_mib']:.0f} | {r['state_mib']:.1f} |")
+    notes = []
+    for method in dict.fromkeys(r["method"] for r in data["rows"]):
+        runs = {r["N"]: r for r in data["rows"] if r["method"] == method and "skipped" not in r}
+        lo, hi = min(runs), max(runs)
+        if lo == hi:
+            continue
+        note = (f"{method}: median step time at N = {hi:.0e} is {runs[hi]['ms'] / runs[lo]['ms']:.3f}x "
+                f"that at N = {lo:.0e}")
+        if runs[lo].get("runs_ms") and runs[hi].get("runs_ms"):
+            # The spread of the ratio: its value for each round (the two runs of a round are
+            # minutes apart at most).
+            per_round = [b / a for a, b in zip(runs[lo]["runs_ms"], runs[hi]["runs_ms"])]
+            note += (f" (per round {min(per_round):.3f} to {max(per_round):.3f}, median "
+                     f"{statistics.median(per_round):.3f})")
+        notes.append(note)
+    if notes:
+        out += ["", "; ".join(notes) + "."]
     return out
 
 
