@@ -177,6 +177,8 @@ def update(path):
             lines = table(argv)
         except FileNotFoundError:
             lines = [f"*Not measured: {argv[0]} does not exist.*"]
+        except json.JSONDecodeError:
+            lines = [f"*Not measured: {argv[0]} is incomplete (its run had not finished).*"]
         return m.group(1) + "\n".join(lines) + "\n" + m.group(4)
 
     text = BLOCK.sub(replace, text)
