@@ -38,7 +38,7 @@ def fmt(v):
         return v
     if v == int(v) and abs(v) < 1e7:
         return f"{int(v)}"
-    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
 def gbench_table(data, counters, pattern):
