@@ -1,15 +1,18 @@
 // GPU step against the cuBLAS two-GEMM bound on the same shapes (DESIGN.md section 5; issue #5:
 // target <= 1.3x at B = 512, D = 512, M = 2^20).
 //
-//   BM_two_gemm_bound/B/D/M/precision  logits (B x M) = X W^T, then G (B x D) = P W, cuBLAS only
-//   BM_cuda_step/B/D/M/precision       PrototypeMemory<float, cuda>::step() on a full memory of M
+//   BM_two_gemm_bound/B/D/M/precision/0 logits (B x M) = X W^T, then G (B x D) = P W, cuBLAS only
+//   BM_cuda_step/B/D/M/precision/0     PrototypeMemory<float, cuda>::step() on a full memory of M
 //                                      slots: forward (one host sync) + commit, wall clock
-// precision: 0 fp32, 1 tf32, 2 bf16, 3 fp16 (protomem::GemmPrecision), the same for both.
+//   BM_cuda_step_tile/512/512/2^20/precision/T   the same step, tiles of T columns (1 GiB budget)
+// precision: 0 fp32, 1 tf32, 2 bf16, 3 fp16 (protomem::GemmPrecision), the same for both; the
+// bound's operands are random, as the step's are.
 // The memory is filled through a synthetic checkpoint (filling 2^20 slots by steps would cost
 // O(M^2 D)). Prints a summary table (step / bound) after the benchmarks; --benchmark_out=FILE
 // --benchmark_out_format=json writes every figure. Exits 77 where there is no GPU.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -95,30 +98,59 @@ std::string synthetic_checkpoint(index_t M, index_t D) {
   return bytes;
 }
 
+// Device noise in [-1, 1) as the precision's input type, for the bound's operands.
+template <class T>
+__global__ void fill_noise(T* out, std::size_t n, std::uint64_t seed) {
+  for (std::size_t t = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; t < n;
+       t += std::size_t(gridDim.x) * blockDim.x) {
+    std::uint64_t z = (t + 1) * 0x9E3779B97F4A7C15ULL + seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    out[t] = protomem::backend::cuda_kernels::convert_to<T>(float(z >> 40) / float(1 << 23) - 1.0f);
+  }
+}
+
+void fill(void* out, std::size_t n, protomem::GemmPrecision precision, std::uint64_t seed) {
+  switch (precision) {
+    case protomem::GemmPrecision::bf16:
+      fill_noise<<<1024, 256>>>(static_cast<__nv_bfloat16*>(out), n, seed);
+      break;
+    case protomem::GemmPrecision::fp16:
+      fill_noise<<<1024, 256>>>(static_cast<__half*>(out), n, seed);
+      break;
+    default:
+      fill_noise<<<1024, 256>>>(static_cast<float*>(out), n, seed);
+  }
+  check(cudaGetLastError(), "fill_noise");
+}
+
 struct MemoryBuffer : std::streambuf {
   MemoryBuffer(char* data, std::size_t size) { setg(data, data, data + size); }
 };
 
 // One full memory per (D, M), shared by the precisions and batch sizes.
-Memory& full_memory(index_t D, index_t M) {
-  static std::pair<index_t, index_t> key{0, 0};
+// The memory with the default Config (workspace budget 64 MiB) or, for the tile sweep, a budget
+// wide enough for any tile of it.
+Memory& full_memory(index_t D, index_t M, bool wide_budget) {
+  static std::tuple<index_t, index_t, bool> key{0, 0, false};
   static std::unique_ptr<Memory> memory;  // one at a time: 2^20 x 512 floats is 2 GiB
-  if (!memory || key != std::make_pair(D, M)) {
+  if (!memory || key != std::make_tuple(D, M, wide_budget)) {
     memory.reset();
     protomem::Config config;
     config.capacity = M;
     config.dim = D;
+    if (wide_budget) config.workspace_bytes = std::size_t{1} << 30;
     memory = std::make_unique<Memory>(protomem::CudaResources{}, config);
     std::string bytes = synthetic_checkpoint(M, D);
     MemoryBuffer buffer(bytes.data(), bytes.size());
     std::istream in(&buffer);
     memory->load(in, "synthetic checkpoint");
-    key = {D, M};
+    key = {D, M, wide_budget};
   }
   return *memory;
 }
 
-// A batch of B rows, B / 4 classes that are not in the memory (each step evicts the oldest).
 struct Batch {
   protomem::detail::DeviceArray<float> embeddings, gradient;
   std::vector<std::int64_t> labels;
@@ -143,9 +175,11 @@ struct Batch {
 void BM_cuda_step(benchmark::State& state) {
   const index_t B = state.range(0), D = state.range(1), M = state.range(2);
   const auto precision = static_cast<protomem::GemmPrecision>(state.range(3));
-  Memory& memory = full_memory(D, M);
+  const std::int64_t tile = state.range(4);  // 0: the width the default budget gives
+  Memory& memory = full_memory(D, M, tile > 0);
   protomem::CudaResources resources = memory.resources();
   resources.precision = precision;
+  resources.tile_columns = tile;
   memory.set_resources(resources);
   Batch batch(B, D);
   static std::int64_t next_label = std::int64_t{1} << 40;
@@ -156,7 +190,16 @@ void BM_cuda_step(benchmark::State& state) {
                        protomem::label_view(batch.labels.data(), B),
                        protomem::matrix_view(batch.gradient.data(), B, D));
   };
-  for (int warm = 0; warm < 3; ++warm) step();  // workspace, 16-bit copy, cuBLAS heuristics
+  for (int warm = 0; warm < 2; ++warm) step();  // workspace, 16-bit copy, cuBLAS heuristics
+  batch.relabel(next_label);
+  next_label += B / kExemplars;
+  const index_t tile_used =
+      memory
+          .forward(protomem::matrix_view<const float>(batch.embeddings.data(), B, D),
+                   protomem::label_view(batch.labels.data(), B),
+                   protomem::matrix_view(batch.gradient.data(), B, D))
+          .tile_columns;
+  memory.commit();
   check(cudaDeviceSynchronize(), "warm-up");
   float loss = 0;
   for (auto _ : state) {
@@ -167,6 +210,7 @@ void BM_cuda_step(benchmark::State& state) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   state.counters["loss"] = loss;
+  state.counters["tile"] = double(tile_used);
   state.counters["GEMM_TFLOPs"] = benchmark::Counter(4.0 * double(B) * double(D) * double(M),
                                                      benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(protomem::to_string(precision));
@@ -182,9 +226,10 @@ void BM_two_gemm_bound(benchmark::State& state) {
   protomem::detail::DeviceArray<float> logits(static_cast<std::size_t>(B * M));
   protomem::detail::DeviceArray<char> p(half ? static_cast<std::size_t>(B * M) * 2 : 0);
   protomem::detail::DeviceArray<float> g(static_cast<std::size_t>(B * D));
-  check(cudaMemset(x.data(), 0, x.size()), "memset");  // zeros: values do not change GEMM time
-  check(cudaMemset(w.data(), 0, w.size()), "memset");
-  if (half) check(cudaMemset(p.data(), 0, p.size()), "memset");
+  // Random values like the step's (tensor cores run measurably faster on zeros).
+  fill(x.data(), x.size() / in, precision, 1);
+  fill(w.data(), w.size() / in, precision, 2);
+  if (half) fill(p.data(), p.size() / in, precision, 3);
   protomem::detail::OwnedCublas handle = protomem::detail::OwnedCublas::create();
   const cudaDataType_t type = protomem::detail::gemm_input_type(precision);
   const cublasComputeType_t compute = protomem::detail::gemm_compute_type(precision);
@@ -225,7 +270,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& run : runs) {
-      if (run.run_type != Run::RT_Iteration) continue;  // (no aggregates: fixed iterations)
+      if (run.run_type != Run::RT_Iteration) continue;          // (no aggregates: fixed iterations)
       times[run.benchmark_name()] = run.GetAdjustedRealTime();  // milliseconds (Unit below)
     }
     ConsoleReporter::ReportRuns(runs);
@@ -250,7 +295,7 @@ int main(int argc, char** argv) {
   check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
   for (const auto& shape : kShapes) {
     for (std::int64_t precision = 0; precision < 4; ++precision) {
-      const std::vector<std::int64_t> args = {shape[0], shape[1], shape[2], precision};
+      const std::vector<std::int64_t> args = {shape[0], shape[1], shape[2], precision, 0};
       benchmark::RegisterBenchmark("BM_two_gemm_bound", BM_two_gemm_bound)
           ->Args(args)
           ->UseManualTime()
@@ -265,6 +310,17 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  // Tile width at the target shape, the budget raised to 1 GiB: 15,360 is half an H200's L2, 32,768
+  // the default budget's width at B = 512, 524,288 two tiles.
+  for (std::int64_t precision : {0, 2}) {
+    for (std::int64_t tile : {4096, 15360, 32768, 131072, 524288}) {
+      benchmark::RegisterBenchmark("BM_cuda_step_tile", BM_cuda_step)
+          ->Args({512, 512, std::int64_t{1} << 20, precision, tile})
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(20);
+    }
+  }
   SummaryReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
 
@@ -294,6 +350,28 @@ int main(int argc, char** argv) {
                   protomem::to_string(static_cast<protomem::GemmPrecision>(precision)),
                   step->second, bound->second, step->second / bound->second);
     }
+  }
+  std::printf("\ntile width at B = 512, D = 512, M = 2^20 (1 GiB workspace budget)\n");
+  std::printf("%-10s %9s %10s %7s\n", "precision", "T", "step ms", "ratio");
+  std::vector<std::tuple<int, long long, double, double>> sweep;  // precision, T, step, ratio
+  for (const auto& [name, ms] : reporter.times) {
+    long long b = 0, d = 0, m = 0, t = 0;
+    int precision = 0;
+    if (std::sscanf(name.c_str(), "BM_cuda_step_tile/%lld/%lld/%lld/%d/%lld", &b, &d, &m,
+                    &precision, &t) != 5) {
+      continue;
+    }
+    char bound_name[96];
+    std::snprintf(bound_name, sizeof bound_name, "BM_two_gemm_bound/%lld/%lld/%lld/%d/", b, d, m,
+                  precision);
+    const auto bound = reporter.times.lower_bound(bound_name);
+    const bool found = bound != reporter.times.end() && bound->first.rfind(bound_name, 0) == 0;
+    sweep.emplace_back(precision, t, ms, found ? ms / bound->second : 0.0);
+  }
+  std::sort(sweep.begin(), sweep.end());
+  for (const auto& [precision, t, ms, ratio] : sweep) {
+    std::printf("%-10s %9lld %10.3f %7.2f\n",
+                protomem::to_string(static_cast<protomem::GemmPrecision>(precision)), t, ms, ratio);
   }
   return 0;
 }

@@ -44,7 +44,7 @@ void check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh =
                                    run.min_exemplars, run.max_exemplars);
     const Outcome expected = forward_cpu(cpu, batch);
     const Outcome got = forward_gpu(gpu, batch);
-    check_outcomes(expected, got, run.tolerance);
+    check_outcomes(batch, margin.scale(), expected, got, run.tolerance);
     cpu.commit();
     gpu.commit();
     check_same_state(cpu, gpu, run.tolerance);
@@ -91,6 +91,20 @@ TEST_CASE("CUDA = CPU: CosFace, exemplar mean, replace, least recently written; 
   // 5 columns per tile: the memory pass runs over many tiles, as it does at scale.
   run.config.workspace_bytes = 5 * 40 * sizeof(float);
   run.max_classes = 10;
+  check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                  protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35));
+}
+
+TEST_CASE("CUDA = CPU over wide tiles: the four-column softmax path and a ragged last tile",
+          "[cuda][agreement]") {
+  // T = 4000 / B columns per tile (100 at B = 40, 400 at B = 10), rounded down to a multiple of 4,
+  // over up to 500 used slots: whole tiles take tile_softmax's float4 path, the last one takes it
+  // or the scalar path depending on its width. About 820 classes over 150 steps: evictions.
+  Run run = base_run(500, 32);
+  run.config.workspace_bytes = 4000 * sizeof(float);
+  run.label_range = 2000;
+  run.max_classes = 10;
+  run.steps = 150;
   check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
                   protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35));
 }
@@ -192,7 +206,7 @@ TEST_CASE("CUDA = CPU on the caller's stream and workspace, switching streams be
       const Batch batch = make_batch(rng, config.dim, 70, 16, 1, 4);
       const Outcome expected = forward_cpu(cpu, batch);
       const Outcome got = forward_gpu(gpu, batch);
-      check_outcomes(expected, got, Tolerance{});
+      check_outcomes(batch, cpu.margin().scale(), expected, got, Tolerance{});
       cpu.commit();
       gpu.commit();
       check_same_state(cpu, gpu, Tolerance{});
@@ -251,7 +265,7 @@ TEST_CASE("switching precision mid-run keeps the 16-bit copy of the memory curre
     const Batch batch = make_batch(rng, config.dim, 50, 6, 1, 3);
     const Outcome expected = forward_cpu(cpu, batch);
     const Outcome got = forward_gpu(gpu, batch);
-    check_outcomes(expected, got, loose);
+    check_outcomes(batch, cpu.margin().scale(), expected, got, loose);
     cpu.commit();
     gpu.commit();
   }
@@ -335,7 +349,11 @@ TEST_CASE("invalid embeddings fail on the GPU with the CPU's message and change 
   Gpu gpu(CudaResources{}, config);
   std::mt19937_64 rng(11);
   warm_up(cpu, gpu, rng, config.dim, 1);
-  Batch batch = make_batch(rng, config.dim, 30, 4, 2, 3);
+  // The sections below spoil rows up to 5: draw until the batch has them (a short batch would
+  // leave the spoiled values outside it, and nothing to detect).
+  Batch batch;
+  do batch = make_batch(rng, config.dim, 30, 4, 2, 3);
+  while (batch.rows() < 6);
 
   SECTION("a NaN (the first invalid row wins, as on the CPU)") {
     batch.embeddings[5 * 12 + 7] = std::numeric_limits<float>::infinity();

@@ -70,7 +70,7 @@ TEST_CASE("a GPU checkpoint loads on the CPU, and the CPU's loads back on the GP
     const Batch batch = make_batch(rng, kDim, 50, 6, 1, 3);
     const Outcome expected = forward_cpu(cpu, batch);
     const Outcome got = forward_gpu(gpu, batch);
-    check_outcomes(expected, got, Tolerance{});
+    check_outcomes(batch, cpu.margin().scale(), expected, got, Tolerance{});
     cpu.commit();
     gpu.commit();
     check_same_state(cpu, gpu, Tolerance{});
@@ -85,7 +85,8 @@ TEST_CASE("a GPU checkpoint loads on the CPU, and the CPU's loads back on the GP
   // ... and steps from it as the CPU does (the first step uploads the loaded prototypes).
   for (int t = 0; t < 10; ++t) {
     const Batch batch = make_batch(rng, kDim, 50, 6, 1, 3);
-    check_outcomes(forward_cpu(cpu, batch), forward_gpu(back, batch), Tolerance{});
+    check_outcomes(batch, cpu.margin().scale(), forward_cpu(cpu, batch), forward_gpu(back, batch),
+                   Tolerance{});
     cpu.commit();
     back.commit();
     check_same_state(cpu, back, Tolerance{});

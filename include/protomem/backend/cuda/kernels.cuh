@@ -207,10 +207,26 @@ __global__ void start_top_k(float* cosines, Index* slots, Index n) {
 
 // ---- 3. memory pass -----------------------------------------------------------------------------
 
+/// Four P values at out[0..3] (16-byte aligned for float, 8-byte for the 16-bit types).
+__device__ __forceinline__ void store4(float* out, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(out) = make_float4(a, b, c, d);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* out, float a, float b, float c, float d) {
+  __nv_bfloat162 pair[2] = {__floats2bfloat162_rn(a, b), __floats2bfloat162_rn(c, d)};
+  *reinterpret_cast<uint2*>(out) = *reinterpret_cast<const uint2*>(pair);
+}
+__device__ __forceinline__ void store4(__half* out, float a, float b, float c, float d) {
+  __half2 pair[2] = {__floats2half2_rn(a, b), __floats2half2_rn(c, d)};
+  *reinterpret_cast<uint2*>(out) = *reinterpret_cast<const uint2*>(pair);
+}
+
 /// Block per row, after the tile's cosine GEMM: z_ij = s cos_ij over the tile's active columns,
 /// the running max m_i and sum l_i updated as flash-attention does, P_ij = exp(z_ij - m_i) written
 /// (in place when P is float, else to the 16-bit buffer for the next GEMM), and O_i rescaled by
 /// exp(m_old - m_new) so that the next GEMM can accumulate P W into it.
+/// The kernel is bound by reading the tile twice (max, then exp) from L2: where the tile's width
+/// allows (n and the mask's offset multiples of 4; the backend makes tile widths so) it moves four
+/// columns per load and store. max(s z) = s max(z) for s > 0, so both paths give the same P.
 template <class P>
 __global__ void __launch_bounds__(kThreads)
     tile_softmax(float* logits, Index n, const std::uint8_t* inactive, float s, float* run_max,
@@ -219,19 +235,50 @@ __global__ void __launch_bounds__(kThreads)
   const float* row = logits + i * n;
   P* out = probabilities + i * n;
   const float old_max = run_max[i];
+  const bool by4 = n % 4 == 0 && reinterpret_cast<std::uintptr_t>(inactive) % 4 == 0;
+  const Index n4 = by4 ? n / 4 : 0;
+  const auto* row4 = reinterpret_cast<const float4*>(row);
+  const auto* mask4 = reinterpret_cast<const uchar4*>(inactive);
+
   float tile_max = -INFINITY;
-  for (Index j = threadIdx.x; j < n; j += kThreads) {
-    if (!inactive[j]) tile_max = fmaxf(tile_max, s * row[j]);
+  if (by4) {
+#pragma unroll 4
+    for (Index q = threadIdx.x; q < n4; q += kThreads) {
+      const float4 z = row4[q];
+      const uchar4 m = mask4[q];
+      if (!m.x) tile_max = fmaxf(tile_max, z.x);
+      if (!m.y) tile_max = fmaxf(tile_max, z.y);
+      if (!m.z) tile_max = fmaxf(tile_max, z.z);
+      if (!m.w) tile_max = fmaxf(tile_max, z.w);
+    }
+  } else {
+    for (Index j = threadIdx.x; j < n; j += kThreads) {
+      if (!inactive[j]) tile_max = fmaxf(tile_max, row[j]);
+    }
   }
-  tile_max = block_reduce(tile_max, MaxOp{});
+  tile_max = s * block_reduce(tile_max, MaxOp{});
   const float new_max = fmaxf(old_max, tile_max);
   const float rescale = old_max == new_max ? 1.0f : expf(old_max - new_max);
+  const bool live = new_max != -INFINITY;
   float sum = 0;
-  for (Index j = threadIdx.x; j < n; j += kThreads) {
-    float p = 0;
-    if (!inactive[j] && new_max != -INFINITY) p = expf(s * row[j] - new_max);
-    out[j] = convert_to<P>(p);
-    sum += p;
+  if (by4) {
+#pragma unroll 4
+    for (Index q = threadIdx.x; q < n4; q += kThreads) {
+      const float4 z = row4[q];
+      const uchar4 m = mask4[q];
+      const float a = !m.x && live ? expf(s * z.x - new_max) : 0.0f;
+      const float b = !m.y && live ? expf(s * z.y - new_max) : 0.0f;
+      const float c = !m.z && live ? expf(s * z.z - new_max) : 0.0f;
+      const float d = !m.w && live ? expf(s * z.w - new_max) : 0.0f;
+      store4(out + 4 * q, a, b, c, d);
+      sum += (a + b) + (c + d);
+    }
+  } else {
+    for (Index j = threadIdx.x; j < n; j += kThreads) {
+      const float p = !inactive[j] && live ? expf(s * row[j] - new_max) : 0.0f;
+      out[j] = convert_to<P>(p);
+      sum += p;
+    }
   }
   sum = block_reduce(sum, SumOp{});
   if (threadIdx.x == 0) {

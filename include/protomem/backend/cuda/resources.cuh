@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -49,6 +50,10 @@ struct CudaResources {
   std::size_t workspace_bytes = 0;
   /// How the two memory-sized GEMMs compute.
   GemmPrecision precision = GemmPrecision::fp32;
+  /// At most this many stored prototypes per tile of the memory pass; 0 (default): no cap beyond
+  /// Config::workspace_bytes, whose B x T x 4-byte logit tile sets the width. Wider tiles make
+  /// fewer, larger GEMMs, which the GPU runs faster (docs/cuda.md measures it).
+  std::int64_t tile_columns = 0;
 };
 
 }  // namespace protomem
