@@ -1,26 +1,31 @@
 // Checkpoints: round trip, bit-identical continuation, and every way a file can be wrong — each of
 // which throws protomem::Error and leaves the memory exactly as it was.
 #include <catch2/catch.hpp>
-
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <protomem/memory.hpp>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include <protomem/memory.hpp>
+#include "support/checkpoint.hpp"
 
 namespace {
 
+using checkpoint_support::bytes_of;
+using checkpoint_support::crc32_bitwise;
+using checkpoint_support::records_offset;
+using checkpoint_support::with_valid_crc;
+
+using Catch::Matchers::Contains;
 using protomem::index_t;
 using protomem::label_t;
-using Catch::Matchers::Contains;
 
-using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace,
-                                         protomem::ExemplarMean, protomem::Momentum,
-                                         protomem::LeastRecentlyWritten>;
+using Memory =
+    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Momentum, protomem::LeastRecentlyWritten>;
 constexpr index_t kDim = 6;
 
 Memory make_memory(double momentum = 0.3) {
@@ -42,7 +47,8 @@ struct Feed {
       if (std::find(y.begin(), y.end(), l) != y.end()) continue;
       for (int k = 0; k < 3; ++k) {
         y.push_back(l);
-        for (index_t j = 0; j < kDim; ++j) e.push_back(normal(rng) + 0.3f * static_cast<float>(l % 7));
+        for (index_t j = 0; j < kDim; ++j)
+          e.push_back(normal(rng) + 0.3f * static_cast<float>(l % 7));
       }
     }
   }
@@ -57,9 +63,9 @@ std::string run(Memory& memory, Feed& feed, int steps) {
     feed.next(e, y);
     g.resize(e.size());
     const auto B = static_cast<index_t>(y.size());
-    const float loss = memory.step(protomem::matrix_view<const float>(e.data(), B, kDim),
-                                   protomem::label_view(y.data(), B),
-                                   protomem::matrix_view(g.data(), B, kDim));
+    const float loss =
+        memory.step(protomem::matrix_view<const float>(e.data(), B, kDim),
+                    protomem::label_view(y.data(), B), protomem::matrix_view(g.data(), B, kDim));
     trace.append(reinterpret_cast<const char*>(&loss), sizeof loss);
     trace.append(reinterpret_cast<const char*>(g.data()), g.size() * sizeof(float));
   }
@@ -67,50 +73,9 @@ std::string run(Memory& memory, Feed& feed, int steps) {
 }
 
 template <class M>
-std::string bytes_of(const M& memory) {
-  std::ostringstream out;
-  memory.save(out);
-  return out.str();
-}
-
-template <class M>
 void load_bytes(M& memory, const std::string& bytes) {
   std::istringstream in(bytes);
   memory.load(in);
-}
-
-// CRC-32 bit by bit (zlib's polynomial), written independently of the library's table version.
-std::uint32_t crc32_bitwise(const std::string& s) {
-  std::uint32_t crc = 0xFFFFFFFFU;
-  for (unsigned char byte : s) {
-    crc ^= byte;
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320U & (0U - (crc & 1U)));
-  }
-  return ~crc;
-}
-
-// Rewrites the trailing CRC so that a deliberately edited file passes the integrity check.
-std::string with_valid_crc(std::string bytes) {
-  const std::uint32_t crc = crc32_bitwise(bytes.substr(0, bytes.size() - 4));
-  for (int k = 0; k < 4; ++k) bytes[bytes.size() - 4 + k] = static_cast<char>(crc >> (8 * k));
-  return bytes;
-}
-
-// Offset of the record count: fixed header, then the five policies (margin, generator, refresh,
-// queue, mining) as written by this memory type.
-std::size_t records_offset(const std::string& bytes) {
-  std::size_t at = 8 + 4 + 4 + 8 + 8 + 8 + 4 * 8;
-  for (int p = 0; p < 5; ++p) {
-    std::uint32_t n;
-    std::memcpy(&n, bytes.data() + at, 4);
-    at += 4 + n;
-    std::memcpy(&n, bytes.data() + at, 4);
-    at += 4 + n;
-    std::uint64_t m;
-    std::memcpy(&m, bytes.data() + at, 8);
-    at += 8 + m;
-  }
-  return at;
 }
 
 }  // namespace
@@ -224,7 +189,8 @@ TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", 
   SECTION("another format version") {
     std::string bad = good;
     bad[8] = 2;
-    rejects(with_valid_crc(bad), "has checkpoint format version 2; this build of protomem reads version 1");
+    rejects(with_valid_crc(bad),
+            "has checkpoint format version 2; this build of protomem reads version 1");
   }
   SECTION("another dimension") {
     protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
@@ -321,8 +287,8 @@ TEST_CASE("a pending forward is not part of a checkpoint, and load discards it",
   feed.next(e, y);
   g.resize(e.size());
   const auto B = static_cast<index_t>(y.size());
-  memory.forward(protomem::matrix_view<const float>(e.data(), B, kDim), protomem::label_view(y.data(), B),
-                 protomem::matrix_view(g.data(), B, kDim));
+  memory.forward(protomem::matrix_view<const float>(e.data(), B, kDim),
+                 protomem::label_view(y.data(), B), protomem::matrix_view(g.data(), B, kDim));
   CHECK(bytes_of(memory) == committed);
   load_bytes(memory, committed);
   CHECK_FALSE(memory.pending());

@@ -18,7 +18,12 @@
 #include <tuple>
 #include <vector>
 
+#include "support/checkpoint.hpp"
+
 namespace {
+
+using checkpoint_support::bytes_of;
+using checkpoint_support::with_valid_crc;
 
 using Catch::Matchers::Contains;
 using protomem::DoppelgangerMining;
@@ -123,27 +128,6 @@ MiningMemory<double> make_memory(index_t dim, index_t k, index_t table_capacity)
   return MiningMemory<double>({32, dim}, protomem::CosFace(), protomem::ExemplarMean(),
                               protomem::Replace(), protomem::LeastRecentlyWritten(),
                               DoppelgangerMining(k, table_capacity));
-}
-
-std::string bytes_of(const MiningMemory<double>& memory) {
-  std::ostringstream out;
-  memory.save(out);
-  return out.str();
-}
-
-std::uint32_t crc32_bitwise(const std::string& s) {
-  std::uint32_t crc = 0xFFFFFFFFU;
-  for (unsigned char byte : s) {
-    crc ^= byte;
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320U & (0U - (crc & 1U)));
-  }
-  return ~crc;
-}
-
-std::string with_valid_crc(std::string bytes) {
-  const std::uint32_t crc = crc32_bitwise(bytes.substr(0, bytes.size() - 4));
-  for (int k = 0; k < 4; ++k) bytes[bytes.size() - 4 + k] = static_cast<char>(crc >> (8 * k));
-  return bytes;
 }
 
 }  // namespace

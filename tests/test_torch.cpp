@@ -199,6 +199,62 @@ TEST_CASE("torch adapter: wrong tensors get clear errors and change nothing", "[
   CHECK_FALSE(head.pending());
 }
 
+TEST_CASE("torch adapter: a Mining policy, its table reached through the head", "[torch][mining]") {
+  // Step 1 stores classes 0, 1, 2; step 2 brings classes 3, 4, 5, where class 3's exemplars are
+  // class 1's plus small noise. After the committed step 2, class 3's row must name class 1 first,
+  // with the cosine between the two generated prototypes computed here independently (normalised
+  // mean of the normalised exemplars, as DESIGN.md section 2).
+  using Head = protomem::torch::PrototypeHead<double, protomem::CosFace, protomem::ExemplarMean,
+                                              protomem::Replace, protomem::LeastRecentlyWritten,
+                                              protomem::DoppelgangerMining>;
+  Head head(small_config<double>(), protomem::CosFace{}, protomem::ExemplarMean{},
+            protomem::Replace{}, protomem::LeastRecentlyWritten{},
+            protomem::DoppelgangerMining(/*k=*/2, /*table_capacity=*/16));
+  CHECK(&head.mining() == &head.memory().mining());
+  CHECK(head.mining().k() == 2);
+
+  torch::manual_seed(11);
+  const auto opts = torch::dtype(torch::kDouble);
+  const at::Tensor first = torch::randn({12, 8}, opts);  // rows 4..7: class 1
+  const at::Tensor y1 =
+      torch::tensor(std::vector<std::int64_t>{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2});
+  head(first.clone().requires_grad_(true), y1).backward();
+  CHECK(head.mining().size() == 0);  // an empty memory: step 1 found no stored class
+
+  at::Tensor second = torch::randn({12, 8}, opts);
+  second.slice(0, 0, 4).copy_(first.slice(0, 4, 8) + 0.01 * torch::randn({4, 8}, opts));
+  const at::Tensor y2 =
+      torch::tensor(std::vector<std::int64_t>{3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5});
+
+  SECTION("only a committed step reaches the table") {
+    {
+      torch::NoGradGuard no_grad;  // evaluation
+      head(second, y2);
+    }
+    head(second.clone().requires_grad_(true), y2);  // forward without backward: discarded
+    CHECK(head.mining().size() == 0);
+  }
+  SECTION("the committed step's row is the most similar stored class, with its cosine") {
+    head(second.clone().requires_grad_(true), y2).backward();
+    REQUIRE(head.mining().contains(3));
+    const auto similar = head.mining().doppelgangers(3);
+    const auto cosines = head.mining().cosines(3);
+    REQUIRE(similar.size == 2);
+    CHECK(similar[0] == 1);
+    auto prototype = [](const at::Tensor& rows) {
+      const at::Tensor unit = rows / rows.norm(2, {1}, true);
+      const at::Tensor mean = unit.sum(0);
+      return mean / mean.norm();
+    };
+    const double expected =
+        (prototype(second.slice(0, 0, 4)) * prototype(first.slice(0, 4, 8))).sum().item<double>();
+    CHECK(cosines[0] == Approx(expected).epsilon(1e-5));
+    CHECK(cosines[0] >= cosines[1]);
+    // Class 1's row is untouched: the relation is one-directional, written for batch classes only.
+    CHECK_FALSE(head.mining().contains(1));
+  }
+}
+
 TEST_CASE("main job: a short seeded run beats the untrained encoder on held-out identities",
           "[torch][train]") {
   train::Options o;

@@ -10,7 +10,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -41,8 +43,9 @@ them on held-out identities (verification TAR at FAR 1e-3/1e-4, rank-1 identific
 distractors), at the same number of steps and images.
 
 methods
-  --methods LIST            comma-separated, from: protomem-grouped, full-grouped, full-instance,
-                            pfc-grouped, pfc-instance, or 'all' (default all)
+  --methods LIST            comma-separated, from: protomem-grouped, protomem-mining,
+                            full-grouped, full-instance, pfc-grouped, pfc-instance, or 'all'
+                            (default all: every method but protomem-mining)
 data (docs/synthetic-data.md)
   --identities N            training identities (default 10000; any size up to 10^7 and beyond)
   --images-per-identity N   training images per identity (default 16)
@@ -61,8 +64,8 @@ data (docs/synthetic-data.md)
 encoder and optimisation
   --dim N                   embedding dimension D (default 64)
   --hidden N                encoder MLP width (default 256)
-  --steps N                 training steps (default 600)
-  --batch N                 images per step B (default 256)
+  --steps N                 training steps (default 300)
+  --batch N                 images per step B (default 128)
   --exemplars N             images per identity K in grouped batches (default 4)
   --lr X                    peak SGD learning rate, warm-up then cosine (default 0.1)
   --momentum X              SGD momentum (default 0.9)
@@ -78,10 +81,17 @@ protomem
   --generator mean|detached|leave-one-out   (default mean)
   --refresh replace|momentum:A               (default replace)
   --queue lrw|fifo          eviction order (default lrw: least recently written)
+doppelganger mining (protomem-mining; docs/mining.md)
+  --mining                  run protomem with DoppelgangerMining and mined batches: the method
+                            protomem-grouped becomes protomem-mining
+  --doppelganger-fraction F share of each batch's identities filled with look-alikes of the others
+                            from the memory's mining table, in (0, 1) (default 0.25)
+  --similar-k N             look-alikes remembered per identity, in [1, 65536] (default 8)
+  --mining-table N          identities with a row in the table (default min(identities, 2^20))
 sampled softmax
   --sample-rate R           share of classifier rows per step, in (0, 1] (default 0.1)
 evaluation and output
-  --eval-every N            steps between evaluations for the curves (default 200)
+  --eval-every N            steps between evaluations for the curves (default 100)
   --staleness-classes N     classes sampled per staleness measurement (default 256)
   --out DIR                 output directory (default train-out)
   --no-plot                 do not draw curves.png
@@ -119,6 +129,7 @@ struct Cli {
   std::vector<train::Method> methods;
   std::string out = "train-out";
   bool plot = true;
+  bool mining = false;  // --mining: protomem-grouped becomes protomem-mining
   int threads = 0;
   std::string child;                   // internal: run this one method and write its files
   std::vector<std::string> forwarded;  // the user's flags, passed on to children
@@ -129,6 +140,7 @@ std::vector<train::Method> parse_methods(const std::string& list) {
   using train::Sampler;
   const std::map<std::string, train::Method> known = {
       {"protomem-grouped", {Kind::protomem, Sampler::grouped}},
+      {"protomem-mining", {Kind::protomem, Sampler::mined}},
       {"full-grouped", {Kind::full, Sampler::grouped}},
       {"full-instance", {Kind::full, Sampler::instance}},
       {"pfc-grouped", {Kind::pfc, Sampler::grouped}},
@@ -144,8 +156,8 @@ std::vector<train::Method> parse_methods(const std::string& list) {
     auto it = known.find(name);
     if (it == known.end()) {
       throw UsageError("--methods: unknown method '" + name +
-                       "' (protomem-grouped, full-grouped, full-instance, pfc-grouped, "
-                       "pfc-instance, all)");
+                       "' (protomem-grouped, protomem-mining, full-grouped, full-instance, "
+                       "pfc-grouped, pfc-instance, all)");
     }
     methods.push_back(it->second);
   }
@@ -178,6 +190,10 @@ Cli parse(int argc, char** argv) {
     if (flag == "--no-progress") {
       o.progress = false;
       cli.forwarded.push_back(flag);
+      continue;
+    }
+    if (flag == "--mining") {  // not forwarded: a child gets its method by name
+      cli.mining = true;
       continue;
     }
     if (flag.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + flag + "'");
@@ -268,6 +284,12 @@ Cli parse(int argc, char** argv) {
         throw UsageError("--refresh must be replace or momentum:A, not '" + value + "'");
     } else if (flag == "--queue")
       o.queue = value;
+    else if (flag == "--doppelganger-fraction")
+      o.doppelganger_fraction = R();
+    else if (flag == "--similar-k")
+      o.similar_k = I();
+    else if (flag == "--mining-table")
+      o.mining_table = I();
     else if (flag == "--sample-rate")
       o.sample_rate = R();
     else if (flag == "--eval-every")
@@ -282,6 +304,16 @@ Cli parse(int argc, char** argv) {
       cli.forwarded.push_back(flag);
       cli.forwarded.push_back(value);
     }
+  }
+  if (cli.mining && cli.child.empty()) {
+    bool found = false;
+    for (auto& m : cli.methods) {
+      if (m.kind == train::Kind::protomem) {
+        m.sampler = train::Sampler::mined;
+        found = true;
+      }
+    }
+    if (!found) throw UsageError("--mining applies to protomem, but --methods holds no protomem");
   }
   return cli;
 }
@@ -323,6 +355,20 @@ void check(const Cli& cli) {
   need(o.refresh >= 0 && o.refresh < 1, "--refresh momentum:A needs 0 <= A < 1");
   need(o.queue == "lrw" || o.queue == "fifo", "--queue must be lrw or fifo, not '" + o.queue + "'");
   need(o.sample_rate > 0 && o.sample_rate <= 1, "--sample-rate must be in (0, 1]");
+  {
+    const double f = o.doppelganger_fraction;
+    const std::int64_t classes = o.batch / std::max<std::int64_t>(1, o.exemplars);
+    const auto mined =
+        static_cast<std::int64_t>(std::floor(f * static_cast<double>(classes) + 0.5));
+    std::ostringstream what;
+    what << "--doppelganger-fraction " << f << " must be in (0, 1) and give between 1 and "
+         << classes - 1 << " of the " << classes
+         << " identities per batch (round(F x batch / exemplars) = " << mined << ")";
+    need(f > 0 && f < 1 && mined >= 1 && mined < classes, what.str());
+  }
+  need(o.similar_k >= 1 && o.similar_k <= protomem::DoppelgangerMining::max_k,
+       "--similar-k must be in [1, 65536], not " + std::to_string(o.similar_k));
+  need(o.mining_table >= 0, "--mining-table must be >= 1 (or 0: the default)");
   need(o.eval_every >= 1, "--eval-every must be >= 1");
   need(o.staleness_classes >= 1, "--staleness-classes must be >= 1");
   need(cli.threads >= 0, "--threads must be >= 0");
@@ -351,6 +397,13 @@ int run_child(const Cli& cli) {
       << r.final.tar_1e3 << "\ntar_1e4 " << r.final.tar_1e4 << "\nrank1 " << r.final.rank1
       << "\nstep_ms " << r.step_ms << "\nstate_mb " << r.state_mb << "\nfinal_loss " << r.final_loss
       << "\nstaleness_cos " << r.staleness_cos << "\n";
+  }
+  if (r.fill_per_batch > 0) {
+    std::printf(
+        "%s: %.1f look-alike fill identities per batch; %.1f%% of them from the mining table (the "
+        "rest random), %.1f%% the planted look-alike of an identity in the same batch\n",
+        m.c_str(), r.fill_per_batch, 100.0 * r.fill_from_table, 100.0 * r.fill_planted_twins);
+    std::fflush(stdout);
   }
   {
     std::ofstream f(file_of(cli.out, m, "loss.csv"));

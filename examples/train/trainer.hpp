@@ -9,10 +9,12 @@
 //             all, as insightface's PartialFC), and only the sampled rows (and their momentum) are
 //             updated, as in Partial FC v1 / the MXNet memory bank
 // Batches are either class-grouped (P = batch / K identities, K images each, identities in shuffled
-// order, every identity once per epoch: the sampler Prototype Memory needs) or instance batches
+// order, every identity once per epoch: the sampler Prototype Memory needs), instance batches
 // (batch images drawn uniformly over all training images: the usual sampler for learned
-// classifiers). Every method sees the same number of steps and images; the encoder starts from the
-// same seeded initialisation.
+// classifiers) or mined (protomem's IterateAndSample with doppelganger fill: a share of each
+// batch's identities are look-alikes of the others, from the memory's DoppelgangerMining table;
+// protomem only, docs/mining.md). Every method sees the same number of steps and images; the
+// encoder starts from the same seeded initialisation.
 //
 // Evaluation on identities never trained on ([N, N + eval_identities) and distractors above them):
 // verification TAR at FAR 1e-3 and 1e-4 over all image pairs, rank-1 identification of probes
@@ -33,10 +35,14 @@
 #include <functional>
 #include <memory>
 #include <numeric>
+#include <protomem/dataset_index.hpp>
+#include <protomem/policies/mining.hpp>
+#include <protomem/sampler.hpp>
 #include <protomem/torch.hpp>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "synthetic.hpp"
@@ -44,14 +50,17 @@
 namespace train {
 
 enum class Kind { protomem, full, pfc };
-enum class Sampler { grouped, instance };
+enum class Sampler { grouped, instance, mined };
 
 struct Method {
   Kind kind;
   Sampler sampler;
   std::string name() const {
     const char* k = kind == Kind::protomem ? "protomem" : (kind == Kind::full ? "full" : "pfc");
-    return std::string(k) + (sampler == Sampler::grouped ? "-grouped" : "-instance");
+    const char* s = sampler == Sampler::grouped    ? "-grouped"
+                    : sampler == Sampler::instance ? "-instance"
+                                                   : "-mining";
+    return std::string(k) + s;
   }
 };
 
@@ -65,8 +74,8 @@ struct Options {
   std::int64_t distractors = 10000;       // distractor images (one per further identity)
   std::int64_t hidden = 256;              // encoder width
   std::int64_t dim = 64;                  // D: embedding dimension
-  std::int64_t steps = 600;
-  std::int64_t batch = 256;    // B images per step
+  std::int64_t steps = 300;    // the defaults are the `1e4` run of docs/results.md (scripts/demo):
+  std::int64_t batch = 128;    // B images per step; a few minutes on 2 cores
   std::int64_t exemplars = 4;  // K images per identity in grouped batches
   double lr = 0.1;
   double momentum = 0.9;
@@ -78,8 +87,12 @@ struct Options {
   std::string generator = "mean";        // mean | detached | leave-one-out
   double refresh = 0.0;                  // momentum a of the refresh (0: replace)
   std::string queue = "lrw";             // lrw | fifo
+  double doppelganger_fraction = 0.25;   // mined batches: share of the P identities mined
+  std::int64_t similar_k = 8;            // mined: doppelgangers remembered per class
+  std::int64_t mining_table = 0;         // mined: classes with a row (0: min(N, 2^20))
+  bool mining = false;                   // protomem head with DoppelgangerMining (set per method)
   double sample_rate = 0.1;              // pfc: share of the N rows used per step
-  std::int64_t eval_every = 200;         // steps between evaluations (curves)
+  std::int64_t eval_every = 100;         // steps between evaluations (curves)
   std::int64_t staleness_classes = 256;  // classes sampled per staleness measurement
   std::uint64_t seed = 1;                // encoder init, samplers
   bool progress = true;                  // progress bar on a terminal
@@ -126,16 +139,32 @@ class Head {
   virtual double state_bytes() const = 0;
   virtual VectorSample sample_vectors(std::int64_t count, std::mt19937_64& rng,
                                       std::int64_t step) const = 0;
+  /// The doppelganger table mined batches draw from (protomem with DoppelgangerMining only).
+  virtual const protomem::DoppelgangerMining* mining_table() const { return nullptr; }
 };
 
+inline std::int64_t mining_table_capacity(const Options& o) {
+  return o.mining_table > 0 ? o.mining_table : std::min<std::int64_t>(o.identities, 1 << 20);
+}
+
+template <class Mining>
+Mining make_mining(const Options&) {
+  return Mining{};
+}
+template <>
+inline protomem::DoppelgangerMining make_mining<protomem::DoppelgangerMining>(const Options& o) {
+  return protomem::DoppelgangerMining(o.similar_k, mining_table_capacity(o));
+}
+
 /// Prototype Memory through the LibTorch adapter.
-template <class Generator, class Queue>
+template <class Generator, class Queue, class Mining = protomem::NoMining>
 class ProtomemHead : public Head {
  public:
   using Adapter = protomem::torch::PrototypeHead<float, protomem::CombinedMargin, Generator,
-                                                 protomem::Momentum, Queue>;
+                                                 protomem::Momentum, Queue, Mining>;
   explicit ProtomemHead(const Options& o)
-      : head_(config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{}) {}
+      : head_(config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{},
+              make_mining<Mining>(o)) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override { return head_(e, y); }
   void update(double, std::int64_t) override {}  // committed by loss.backward()
@@ -161,6 +190,13 @@ class ProtomemHead : public Head {
     return s;
   }
   const Adapter& adapter() const { return head_; }
+  const protomem::DoppelgangerMining* mining_table() const override {
+    if constexpr (std::is_same_v<Mining, protomem::DoppelgangerMining>) {
+      return &head_.mining();
+    } else {
+      return nullptr;
+    }
+  }
 
  private:
   static protomem::Config config(const Options& o) {
@@ -304,11 +340,55 @@ class LearnedHead : public Head {
 class BatchSampler {
  public:
   BatchSampler(const Options& o, Sampler kind)
-      : o_(o), kind_(kind), rng_(o.seed * 1000003 + (kind == Sampler::grouped ? 1 : 2)) {}
+      : o_(o), kind_(kind), rng_(o.seed * 1000003 + (kind == Sampler::grouped ? 1 : 2)) {
+    if (kind == Sampler::mined) {
+      // Sample s is image s % n of identity s / n (n images per identity).
+      std::vector<protomem::label_t> labels(
+          static_cast<std::size_t>(o.identities * o.images_per_identity));
+      for (std::size_t s = 0; s < labels.size(); ++s) {
+        labels[s] = static_cast<protomem::label_t>(s) / o.images_per_identity;
+      }
+      index_ =
+          std::make_unique<protomem::DatasetIndex>(protomem::DatasetIndex::from_labels(labels));
+      protomem::SamplerConfig c;
+      c.classes_per_batch = o.batch / o.exemplars;
+      c.exemplars_per_class = o.exemplars;
+      c.seed = o.seed * 1000003 + 3;
+      c.doppelganger_fraction = o.doppelganger_fraction;
+      mined_ = std::make_unique<protomem::IterateAndSample>(*index_, c);
+    }
+  }
 
-  void next(std::vector<std::int64_t>& ids, std::vector<std::int64_t>& idx) {
+  /// Mined batches: how their fill classes came about, summed over the batches drawn.
+  struct FillCounts {
+    std::int64_t batches = 0, fill = 0, from_table = 0, planted_twins = 0;
+  };
+  const FillCounts& fill_counts() const { return fill_; }
+
+  /// `table`: the doppelganger table of mined batches (nullptr: random fill).
+  void next(std::vector<std::int64_t>& ids, std::vector<std::int64_t>& idx,
+            const protomem::DoppelgangerMining* table = nullptr,
+            const synthetic::IdentitySet* data = nullptr) {
     ids.resize(static_cast<std::size_t>(o_.batch));
     idx.resize(static_cast<std::size_t>(o_.batch));
+    if (kind_ == Sampler::mined) {
+      const protomem::Batch b = table ? mined_->next(*table) : mined_->next();
+      for (std::size_t i = 0; i < b.samples.size(); ++i) {
+        ids[i] = b.samples[i] / o_.images_per_identity;
+        idx[i] = b.samples[i] % o_.images_per_identity;
+      }
+      ++fill_.batches;
+      fill_.fill += mined_->mined_per_batch();
+      fill_.from_table += b.mined_classes;
+      if (data) {  // mined classes that are the planted look-alike of a base class of the batch
+        const auto base = b.classes.begin() + b.base_classes;
+        for (auto c = base; c != base + b.mined_classes; ++c) {
+          const std::int64_t twin = data->lookalike_of(*c);
+          fill_.planted_twins += twin >= 0 && std::find(b.classes.begin(), base, twin) != base;
+        }
+      }
+      return;
+    }
     if (kind_ == Sampler::instance) {
       std::uniform_int_distribution<std::int64_t> id(0, o_.identities - 1),
           im(0, o_.images_per_identity - 1);
@@ -346,6 +426,9 @@ class BatchSampler {
   std::mt19937_64 rng_;
   std::vector<std::int64_t> order_;
   std::size_t cursor_ = 0;
+  std::unique_ptr<protomem::DatasetIndex> index_;  // mined batches
+  std::unique_ptr<protomem::IterateAndSample> mined_;
+  FillCounts fill_;
 };
 
 inline at::Tensor make_images(const synthetic::IdentitySet& data,
@@ -489,6 +572,9 @@ struct RunResult {
   std::vector<double> losses;  // every step
   std::vector<CurvePoint> curve;
   std::vector<StalenessPoint> staleness;
+  // Mined batches: fill classes per batch, the share of them found in the doppelganger table and
+  // the share that are the planted look-alike of a base class in the same batch.
+  double fill_per_batch = 0, fill_from_table = 0, fill_planted_twins = 0;
 };
 
 inline double lr_at(const Options& o, std::int64_t step) {
@@ -501,7 +587,7 @@ inline double lr_at(const Options& o, std::int64_t step) {
 inline std::unique_ptr<Head> make_head(
     const Options& o, Kind kind,
     std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
-  if (kind == Kind::protomem) return protomem_factory(o);
+  if (kind == Kind::protomem) return protomem_factory(o);  // o.mining chooses the Mining policy
   return std::make_unique<LearnedHead>(o, kind == Kind::full ? 1.0 : o.sample_rate);
 }
 
@@ -580,7 +666,9 @@ inline RunResult run_method(const Options& o, const Method& method,
   ::torch::optim::SGD optimizer(
       encoder->parameters(),
       ::torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
-  std::unique_ptr<Head> head = make_head(o, method.kind, std::move(protomem_factory));
+  Options head_options = o;
+  head_options.mining = method.sampler == Sampler::mined;
+  std::unique_ptr<Head> head = make_head(head_options, method.kind, std::move(protomem_factory));
   result.state_mb = head->state_bytes() / (1024.0 * 1024.0);
   BatchSampler sampler(o, method.sampler);
   std::mt19937_64 staleness_rng(o.seed + 5);
@@ -594,7 +682,7 @@ inline RunResult run_method(const Options& o, const Method& method,
   std::int64_t since = 0;
   for (std::int64_t step = 0; step < o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    sampler.next(ids, idx);
+    sampler.next(ids, idx, head->mining_table(), &data);
     const at::Tensor x = make_images(data, ids, idx);
     const at::Tensor y = ::torch::tensor(ids, ::torch::kLong);
     const double lr = lr_at(o, step);
@@ -628,6 +716,11 @@ inline RunResult run_method(const Options& o, const Method& method,
   result.final = result.curve.back().scores;
   result.staleness_cos = result.curve.back().staleness_cos;
   result.step_ms = 1000.0 * train_seconds / std::max<std::int64_t>(1, o.steps);
+  if (const auto& f = sampler.fill_counts(); f.batches > 0 && f.fill > 0) {
+    result.fill_per_batch = static_cast<double>(f.fill) / f.batches;
+    result.fill_from_table = static_cast<double>(f.from_table) / f.fill;
+    result.fill_planted_twins = static_cast<double>(f.planted_twins) / f.fill;
+  }
   const std::size_t tail = std::min<std::size_t>(result.losses.size(), 20);
   result.final_loss = std::accumulate(result.losses.end() - static_cast<std::ptrdiff_t>(tail),
                                       result.losses.end(), 0.0) /
@@ -635,9 +728,16 @@ inline RunResult run_method(const Options& o, const Method& method,
   return result;
 }
 
-/// The default-policy protomem head (what tests use without the policy dispatch).
+/// The default-policy protomem head (what tests use without the policy dispatch), with
+/// DoppelgangerMining when o.mining.
 inline std::unique_ptr<Head> make_default_protomem_head(const Options& o) {
-  return std::make_unique<ProtomemHead<protomem::ExemplarMean, protomem::LeastRecentlyWritten>>(o);
+  using protomem::ExemplarMean;
+  using protomem::LeastRecentlyWritten;
+  if (o.mining) {
+    return std::make_unique<
+        ProtomemHead<ExemplarMean, LeastRecentlyWritten, protomem::DoppelgangerMining>>(o);
+  }
+  return std::make_unique<ProtomemHead<ExemplarMean, LeastRecentlyWritten>>(o);
 }
 
 }  // namespace train

@@ -113,17 +113,28 @@ struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<Memory>> {
 /// the core's PrototypeMemory::forward() (no copy of the embeddings for row-contiguous tensors);
 /// the memory changes only as the header comment says; every failure throws protomem::Error and
 /// leaves the memory as it was.
+/// Mining: the memory's Mining policy (NoMining by default; DoppelgangerMining keeps the table a
+/// sampler draws look-alike classes from, see protomem/sampler.hpp). Its table is updated only by
+/// committed steps, like the memory: head.mining() after backward() reflects the trained steps.
 template <class Scalar, class Margin = CosFace, class Generator = ExemplarMean,
-          class Refresh = Replace, class Queue = LeastRecentlyWritten>
+          class Refresh = Replace, class Queue = LeastRecentlyWritten, class Mining = NoMining>
 class PrototypeHead {
  public:
-  using Memory = PrototypeMemory<Scalar, cpu, Margin, Generator, Refresh, Queue>;
+  using Memory = PrototypeMemory<Scalar, cpu, Margin, Generator, Refresh, Queue, Mining>;
 
   explicit PrototypeHead(const Config& config, Margin margin = Margin{},
                          Generator generator = Generator{}, Refresh refresh = Refresh{},
                          Queue queue = Queue{}, Commit mode = Commit::on_backward)
+      : PrototypeHead(config, std::move(margin), std::move(generator), std::move(refresh),
+                      std::move(queue), Mining{}, mode) {}
+
+  /// With a Mining policy object (e.g. DoppelgangerMining(k, table_capacity), which has no
+  /// default).
+  PrototypeHead(const Config& config, Margin margin, Generator generator, Refresh refresh,
+                Queue queue, Mining mining, Commit mode = Commit::on_backward)
       : state_(c10::make_intrusive<State>(mode, config, std::move(margin), std::move(generator),
-                                          std::move(refresh), std::move(queue))) {}
+                                          std::move(refresh), std::move(queue),
+                                          std::move(mining))) {}
 
   /// The mean margin-softmax loss of the batch (0-dim tensor); differentiable w.r.t. the
   /// embeddings when autograd records.
@@ -180,6 +191,8 @@ class PrototypeHead {
 
   Memory& memory() { return state_->memory; }
   const Memory& memory() const { return state_->memory; }
+  /// The memory's Mining policy (memory().mining()): the doppelganger table a sampler draws from.
+  const Mining& mining() const { return state_->memory.mining(); }
 
  private:
   using State = detail::HeadState<Memory>;
