@@ -19,9 +19,7 @@
 // exist already (they are the process's, not a step's). Threads: $PROTOMEM_BENCH_THREADS (default
 // every core). Run: bench_memory --benchmark_format=json (each benchmark runs one iteration).
 #include <benchmark/benchmark.h>
-#include <malloc.h>
 
-#include <atomic>
 #include <cstddef>
 #include <cstdio>
 #include <fstream>
@@ -32,73 +30,7 @@
 
 #include "common.hpp"
 
-#if !defined(__GLIBC__)
-#error "bench_memory counts allocations by interposing glibc's malloc"
-#endif
-
-namespace counter {
-std::atomic<bool> on{false};
-std::atomic<long long> in_use{0};
-std::atomic<long long> peak{0};
-
-inline void add(void* p) {
-  if (p == nullptr || !on.load(std::memory_order_relaxed)) return;
-  const long long now = in_use += static_cast<long long>(malloc_usable_size(p));
-  long long seen = peak.load(std::memory_order_relaxed);
-  while (now > seen && !peak.compare_exchange_weak(seen, now)) {
-  }
-}
-inline void remove(void* p) {
-  if (p == nullptr || !on.load(std::memory_order_relaxed)) return;
-  in_use -= static_cast<long long>(malloc_usable_size(p));
-}
-inline void start() {
-  in_use = 0;
-  peak = 0;
-  on = true;
-}
-}  // namespace counter
-
-extern "C" {
-void* __libc_malloc(std::size_t);
-void* __libc_calloc(std::size_t, std::size_t);
-void* __libc_realloc(void*, std::size_t);
-void* __libc_memalign(std::size_t, std::size_t);
-void __libc_free(void*);
-
-void* malloc(std::size_t n) {
-  void* p = __libc_malloc(n);
-  counter::add(p);
-  return p;
-}
-void* calloc(std::size_t n, std::size_t size) {
-  void* p = __libc_calloc(n, size);
-  counter::add(p);
-  return p;
-}
-void* realloc(void* old, std::size_t n) {
-  counter::remove(old);
-  void* p = __libc_realloc(old, n);
-  counter::add(p != nullptr ? p : old);
-  return p;
-}
-void free(void* p) {
-  counter::remove(p);
-  __libc_free(p);
-}
-void* memalign(std::size_t alignment, std::size_t n) {
-  void* p = __libc_memalign(alignment, n);
-  counter::add(p);
-  return p;
-}
-void* aligned_alloc(std::size_t alignment, std::size_t n) { return memalign(alignment, n); }
-int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
-  void* p = memalign(alignment, n);
-  if (p == nullptr) return 12;  // ENOMEM
-  *out = p;
-  return 0;
-}
-}
+#include "../tests/support/allocation_counter.hpp"  // defines malloc & co. for this executable
 
 namespace {
 

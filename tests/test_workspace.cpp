@@ -28,66 +28,7 @@
 #endif
 
 #ifdef PROTOMEM_TEST_COUNTS_ALLOCATIONS
-#include <malloc.h>
-
-namespace counter {
-std::atomic<bool> on{false};
-std::atomic<long long> in_use{0};
-std::atomic<long long> peak{0};
-
-inline void add(void* p) {
-  if (p == nullptr || !on.load(std::memory_order_relaxed)) return;
-  const long long now = in_use += static_cast<long long>(malloc_usable_size(p));
-  long long seen = peak.load(std::memory_order_relaxed);
-  while (now > seen && !peak.compare_exchange_weak(seen, now)) {
-  }
-}
-inline void remove(void* p) {
-  if (p == nullptr || !on.load(std::memory_order_relaxed)) return;
-  in_use -= static_cast<long long>(malloc_usable_size(p));
-}
-}  // namespace counter
-
-extern "C" {
-void* __libc_malloc(std::size_t);
-void* __libc_calloc(std::size_t, std::size_t);
-void* __libc_realloc(void*, std::size_t);
-void* __libc_memalign(std::size_t, std::size_t);
-void __libc_free(void*);
-
-void* malloc(std::size_t n) {
-  void* p = __libc_malloc(n);
-  counter::add(p);
-  return p;
-}
-void* calloc(std::size_t n, std::size_t size) {
-  void* p = __libc_calloc(n, size);
-  counter::add(p);
-  return p;
-}
-void* realloc(void* old, std::size_t n) {
-  counter::remove(old);
-  void* p = __libc_realloc(old, n);
-  counter::add(p != nullptr ? p : old);
-  return p;
-}
-void free(void* p) {
-  counter::remove(p);
-  __libc_free(p);
-}
-void* memalign(std::size_t alignment, std::size_t n) {
-  void* p = __libc_memalign(alignment, n);
-  counter::add(p);
-  return p;
-}
-void* aligned_alloc(std::size_t alignment, std::size_t n) { return memalign(alignment, n); }
-int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
-  void* p = memalign(alignment, n);
-  if (p == nullptr) return 12;  // ENOMEM
-  *out = p;
-  return 0;
-}
-}
+#include "support/allocation_counter.hpp"
 #endif
 
 namespace {
@@ -186,9 +127,7 @@ TEMPLATE_TEST_CASE("a step's heap use stays within the workspace budget", "[work
         std::istringstream in(out.str());
         cold.load(in);
       }
-      counter::in_use = 0;
-      counter::peak = 0;
-      counter::on = true;
+      counter::start();
       result = cold.forward(f.view(), protomem::label_view(f.labels.data(), f.rows), f.grad());
       counter::on = false;
       cold.discard();
@@ -242,9 +181,7 @@ TEST_CASE("a commit that evicts allocates O(C), whatever the capacity", "[worksp
     memory.forward(protomem::matrix_view(static_cast<const float*>(e.data()), rows, dim),
                    protomem::label_view(y.data(), rows), protomem::matrix_view(g.data(), rows, dim));
     const protomem::Stats before = memory.stats();
-    counter::in_use = 0;
-    counter::peak = 0;
-    counter::on = true;
+    counter::start();
     memory.commit();
     counter::on = false;
     peaks.push_back(counter::peak.load());
