@@ -420,7 +420,8 @@ int run_child(const Cli& cli) {
   {
     std::ofstream f(file_of(cli.out, m, "staleness.csv"));
     for (const auto& p : r.staleness) {
-      f << m << "," << p.step << "," << p.label << "," << p.age << "," << p.cosine << "\n";
+      f << m << "," << p.step << "," << p.label << "," << p.age << "," << p.cosine << ","
+        << p.positive_age << "\n";
     }
   }
   return 0;
@@ -502,7 +503,7 @@ int run_parent(const Cli& cli, const char* self) {
   concatenate(cli.out, cli.methods, "loss.csv", "method,step,loss");
   concatenate(cli.out, cli.methods, "curves.csv",
               "method,step,loss,tar_1e3,tar_1e4,rank1,staleness_cos");
-  concatenate(cli.out, cli.methods, "staleness.csv", "method,step,label,age,cosine");
+  concatenate(cli.out, cli.methods, "staleness.csv", "method,step,label,age,cosine,positive_age");
 
   std::ofstream csv(cli.out + "/results.csv");
   csv << "method,identities,steps,images,tar_1e3,tar_1e4,rank1,step_ms,state_mb,peak_rss_mb,final_"

@@ -20,7 +20,7 @@
 // verification TAR at FAR 1e-3 and 1e-4 over all image pairs, rank-1 identification of probes
 // against a gallery of one image per identity plus distractor images, and prototype staleness
 // (cosine between a class's classifier vector and its current mean embedding, against the vector's
-// age in steps).
+// age in steps: since it was last written, and since its class was last a positive).
 #pragma once
 
 #include <torch/torch.h>
@@ -125,7 +125,12 @@ inline at::Tensor unit(const at::Tensor& t) { return t / t.norm(2, {1}, true).cl
 struct VectorSample {
   std::vector<std::int64_t> labels;
   std::vector<std::int64_t> ages;  // steps since the vector was last written
-  at::Tensor vectors;              // S x D, unit rows
+  // Steps since the vector's class was last a positive (in a step's batch). For a learned
+  // classifier this differs from `ages` where a row is also written as a negative (Partial FC's
+  // sampled negatives, every row under full softmax); a prototype is written only when its class
+  // is in the batch, so there the two are equal.
+  std::vector<std::int64_t> positive_ages;
+  at::Tensor vectors;  // S x D, unit rows
 };
 
 class Head {
@@ -185,6 +190,7 @@ class ProtomemHead : public Head {
       std::copy(p.begin(), p.end(), s.vectors.data_ptr<float>() + r * memory.dim());
       s.ages.push_back(
           static_cast<std::int64_t>(memory.step_count() - memory.last_written(labels[r])));
+      s.positive_ages.push_back(s.ages.back());
     }
     s.labels = std::move(labels);
     return s;
@@ -219,7 +225,8 @@ class LearnedHead : public Head {
         momentum_(o.momentum),
         margin_(make_margin(o)),
         rng_(o.seed * 7919 + 17),
-        last_(static_cast<std::size_t>(o.identities), -1) {
+        last_(static_cast<std::size_t>(o.identities), -1),
+        last_positive_(static_cast<std::size_t>(o.identities), -1) {
     ::torch::NoGradGuard no_grad;
     weight_ = at::randn({n_, o.dim}, at::detail::createCPUGenerator(o.seed + 101)) * 0.01;
     velocity_ = ::torch::zeros_like(weight_);
@@ -227,6 +234,8 @@ class LearnedHead : public Head {
   }
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
+    const auto* labels = y.data_ptr<std::int64_t>();
+    positives_.assign(labels, labels + y.size(0));
     at::Tensor rows, targets;
     if (rate_ >= 1.0) {
       weight_.set_requires_grad(true);
@@ -244,6 +253,8 @@ class LearnedHead : public Head {
 
   void update(double lr, std::int64_t step) override {
     ::torch::NoGradGuard no_grad;
+    for (std::int64_t c : positives_) last_positive_[static_cast<std::size_t>(c)] = step;
+    positives_.clear();
     if (rate_ >= 1.0) {
       velocity_.mul_(momentum_).add_(weight_.grad());
       weight_.sub_(velocity_ * lr);
@@ -272,6 +283,8 @@ class LearnedHead : public Head {
       s.labels.push_back(c);
       const std::int64_t last = last_[static_cast<std::size_t>(c)];
       s.ages.push_back(last < 0 ? step + 1 : step - last);  // never written: older than the run
+      const std::int64_t positive = last_positive_[static_cast<std::size_t>(c)];
+      s.positive_ages.push_back(positive < 0 ? step + 1 : step - positive);  // same convention
     }
     ::torch::NoGradGuard no_grad;
     const at::Tensor idx = ::torch::tensor(s.labels, ::torch::kLong);
@@ -330,7 +343,9 @@ class LearnedHead : public Head {
   std::mt19937_64 rng_;
   at::Tensor weight_, velocity_, index_, sub_;
   std::vector<std::uint8_t> mark_;
-  std::vector<std::int64_t> last_;
+  std::vector<std::int64_t> last_;           // step a row was last written (sampled)
+  std::vector<std::int64_t> last_positive_;  // step a row's class was last in the batch
+  std::vector<std::int64_t> positives_;      // this step's batch labels, for update()
 };
 
 // ---- data
@@ -559,6 +574,7 @@ struct CurvePoint {
 
 struct StalenessPoint {
   std::int64_t step, label, age;
+  std::int64_t positive_age;  // steps since the class was last a positive (VectorSample)
   double cosine;
 };
 
@@ -614,7 +630,7 @@ inline double measure_staleness(const Options& o, const synthetic::IdentitySet& 
   for (std::size_t r = 0; r < s.labels.size(); ++r) {
     const double c = cos.data_ptr<float>()[r];
     total += c;
-    if (out) out->push_back({step, s.labels[r], s.ages[r], c});
+    if (out) out->push_back({step, s.labels[r], s.ages[r], s.positive_ages[r], c});
   }
   return total / s.labels.size();
 }
