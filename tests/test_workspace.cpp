@@ -101,7 +101,7 @@ struct Fixture {
 TEMPLATE_TEST_CASE("a step's heap use stays within the workspace budget", "[workspace]",
                    protomem::cpu, protomem::cpu_bf16) {
   const index_t capacity = 8192, dim = 32, classes = 16, exemplars = 4;
-  const index_t B = classes * exemplars, C = classes;
+  [[maybe_unused]] const index_t B = classes * exemplars, C = classes;  // C: the counted bound only
   for (int threads : {1, 2}) {
     for (std::size_t budget : {std::size_t(B) * 4 * 8, std::size_t(96) << 10}) {
       CAPTURE(threads, budget);
