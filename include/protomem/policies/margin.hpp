@@ -8,7 +8,8 @@
 //   template <class T> T derivative(T cos) const; // d psi / d cos (finite everywhere)
 //   void save(detail::ByteWriter&) const;  void load(detail::ByteReader&);   // parameters
 // target/derivative are PROTOMEM_HOST_DEVICE so that the CUDA backend evaluates the same code.
-// Constructors and load() reject parameters out of range with protomem::Error.
+// Constructors and load() reject parameters out of range with protomem::Error (checked in double);
+// PrototypeMemory checks them again in its Scalar (detail::check_margin_in).
 //
 // Alternatives, side by side:
 //   NoMargin       psi = cos                                            (NormFace)
@@ -36,6 +37,29 @@ inline void check_range(double v, double lo, double hi, const char* what, const 
     fail(policy, ": ", what, " = ", v, " is outside [", lo, ", ", hi, "]");
   }
 }
+/// A margin policy checked in the arithmetic a step uses (Scalar), as PrototypeMemory does at
+/// construction and at load: the constructors check in double, but a float memory would turn
+/// s = 1e-50 into 0 and s = 1e39 into inf. Requires s to be a normal Scalar > 0 and s * psi(cos)
+/// and s * dpsi/dcos to be finite Scalars at cos = -1, -1/2, 0, 1/2, 1 (the ends are where the
+/// margins' fallbacks and floors act).
+template <class Scalar, class Margin>
+void check_margin_in(const Margin& margin) {
+  const char* scalar = sizeof(Scalar) == 4 ? "float" : "double";
+  const auto s = static_cast<Scalar>(margin.scale());
+  if (!(std::isfinite(s) && s >= std::numeric_limits<Scalar>::min())) {
+    fail(Margin::name, ": scale s = ", margin.scale(), " is ", s, " as a ", scalar,
+         " (the memory's arithmetic); it must be a finite ", scalar, " > 0 and not subnormal");
+  }
+  for (const Scalar c : {Scalar(-1), Scalar(-0.5), Scalar(0), Scalar(0.5), Scalar(1)}) {
+    const Scalar z = s * margin.template target<Scalar>(c);
+    const Scalar dz = s * margin.template derivative<Scalar>(c);
+    if (!(std::isfinite(z) && std::isfinite(dz))) {
+      fail(Margin::name, ": with s = ", margin.scale(), " the target logit at cos = ", c, " is ", z,
+           " and its derivative ", dz, " as a ", scalar, "; both must be finite");
+    }
+  }
+}
+
 template <class T>
 PROTOMEM_HOST_DEVICE T clamp_cos(T c) {
   return c > T(1) ? T(1) : (c < T(-1) ? T(-1) : c);

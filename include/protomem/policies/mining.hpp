@@ -14,7 +14,8 @@
 //               Span<const Scalar> cosines, index_t stride) noexcept;
 //       // called by PrototypeMemory::commit() only (never for a discarded forward), after the
 //       // memory's own update: similar[c * stride + r], r < stride, is the r-th most similar
-//       // stored class to classes[c] (-1 pads), stride >= similar_k(); must not allocate or throw
+//       // stored class to classes[c] (-1 pads), stride >= similar_k(); must not allocate, and
+//       // must be noexcept (checked at compile time: a commit cannot fail after its write)
 //   Span<const label_t> doppelgangers(label_t label) const;  // what a sampler draws from,
 //   Span<const float> cosines(label_t label) const;          // most similar first
 //   void clear();                                    // forget the state, keep the parameters
@@ -29,6 +30,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/detail/slot_map.hpp>
 #include <protomem/detail/slot_queue.hpp>
@@ -37,6 +40,13 @@
 #include <vector>
 
 namespace protomem {
+namespace detail {
+/// Whether Mining::record for a memory of Scalar is declared noexcept (PrototypeMemory requires it).
+template <class Mining, class Scalar>
+constexpr bool nothrow_record_v = noexcept(std::declval<Mining&>().record(
+    std::declval<Span<const label_t>>(), std::declval<Span<const label_t>>(),
+    std::declval<Span<const Scalar>>(), std::declval<index_t>()));
+}  // namespace detail
 
 /// No mining (the default): nothing is computed or stored.
 struct NoMining {

@@ -3,8 +3,10 @@
 //
 // A Refresh policy must provide
 //   static constexpr const char* name;
-//   template <class T> void refresh(const T* old, T* fresh, index_t dim) const;
-//       // overwrite `fresh` (unit norm) with the prototype to store; `old` is the stored one
+//   template <class T> void refresh(const T* old, T* fresh, index_t dim) const noexcept;
+//       // overwrite `fresh` (unit norm) with the prototype to store; `old` is the stored one;
+//       // noexcept (checked at compile time): it runs inside commit(), after the point where a
+//       // commit can still fail, so it must not throw
 //   void save(detail::ByteWriter&) const;  void load(detail::ByteReader&);
 // Guarantee: the stored prototype has unit norm.
 //
@@ -14,6 +16,8 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
+#include <utility>
 
 #include <protomem/detail/config.hpp>
 #include <protomem/detail/serialize.hpp>
@@ -21,12 +25,18 @@
 #include <protomem/view.hpp>
 
 namespace protomem {
+namespace detail {
+/// Whether Refresh::refresh on T values is declared noexcept (PrototypeMemory requires it).
+template <class Refresh, class T>
+constexpr bool nothrow_refresh_v = noexcept(std::declval<const Refresh&>().refresh(
+    std::declval<const T*>(), std::declval<T*>(), std::declval<index_t>()));
+}  // namespace detail
 
 /// Replace the stored prototype by the fresh one.
 struct Replace {
   static constexpr const char* name = "replace";
   template <class T>
-  PROTOMEM_HOST_DEVICE void refresh(const T*, T*, index_t) const {}
+  PROTOMEM_HOST_DEVICE void refresh(const T*, T*, index_t) const noexcept {}
   void save(detail::ByteWriter&) const {}
   void load(detail::ByteReader&) {}
 };
@@ -43,7 +53,7 @@ struct Momentum {
     }
   }
   template <class T>
-  PROTOMEM_HOST_DEVICE void refresh(const T* old, T* fresh, index_t dim) const {
+  PROTOMEM_HOST_DEVICE void refresh(const T* old, T* fresh, index_t dim) const noexcept {
     T norm2 = 0;
     for (index_t k = 0; k < dim; ++k) {
       const T v = T(a) * old[k] + T(1 - a) * fresh[k];
