@@ -118,9 +118,9 @@ class PrototypeMemory {
   // Refresh policy inside the CPU backend's write, the Mining policy's record) must not throw, or
   // a retried commit would apply twice. Checked here rather than trusted to a comment.
   static_assert(detail::nothrow_refresh_v<Refresh, Scalar>,
-                "Refresh::refresh must be noexcept: it runs inside commit(), past its last failure");
+                "Refresh::refresh must be noexcept: it runs in commit(), past its last failure");
   static_assert(detail::nothrow_record_v<Mining, Scalar>,
-                "Mining::record must be noexcept: it runs inside commit(), past its last failure");
+                "Mining::record must be noexcept: it runs in commit(), past its last failure");
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
 
  public:
@@ -452,9 +452,11 @@ class PrototypeMemory {
 
   // std::bad_alloc / std::length_error from building a store of `config`'s size, as an Error.
   [[noreturn]] static void fail_allocation(const std::string& source, const Config& config) {
-    const double bytes = double(config.capacity) * double(config.dim) * double(sizeof(Scalar));
-    detail::fail(source, source.empty() ? "" : ": ", "cannot allocate a memory of capacity x dim = ",
-                 config.capacity, " x ", config.dim, " (", bytes, " bytes of prototypes)");
+    const auto bytes = static_cast<std::uint64_t>(config.capacity) *
+                       static_cast<std::uint64_t>(config.dim) * sizeof(Scalar);  // checked()
+    detail::fail(source, source.empty() ? "" : ": ",
+                 "cannot allocate a memory of capacity x dim = ", config.capacity, " x ",
+                 config.dim, " (", bytes, " bytes of prototypes)");
   }
 
   template <class T>
@@ -736,8 +738,8 @@ class PrototypeMemory {
     // Sizes from the file, compared by division so that nothing wraps: every record holds
     // 24 + dim x scalar_bytes bytes, and n of them (and the checksum) must follow the header.
     const std::uint64_t left = bytes.size() - in.offset();
-    if (dim == 0 || dim > left / scalar_bytes) {
-      detail::fail(source, " is corrupt: dim ", dim, " cannot fit in its ", bytes.size(), " bytes");
+    if (dim == 0 || dim > (std::uint64_t{1} << 56)) {
+      detail::fail(source, " is corrupt: dim ", dim, " is not a dimension");
     }
     const std::uint64_t record_bytes = 24 + dim * scalar_bytes;
     if (left < 4 || n > (left - 4) / record_bytes) {

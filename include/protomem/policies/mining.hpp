@@ -41,7 +41,7 @@
 
 namespace protomem {
 namespace detail {
-/// Whether Mining::record for a memory of Scalar is declared noexcept (PrototypeMemory requires it).
+/// Whether Mining::record for a Scalar memory is declared noexcept (PrototypeMemory requires it).
 template <class Mining, class Scalar>
 constexpr bool nothrow_record_v = noexcept(std::declval<Mining&>().record(
     std::declval<Span<const label_t>>(), std::declval<Span<const label_t>>(),
