@@ -13,9 +13,12 @@ struct ThrowingMining : protomem::NoMining {
   template <class Scalar>
   void record(protomem::Span<const protomem::label_t>, protomem::Span<const protomem::label_t>,
               protomem::Span<const Scalar>, protomem::index_t) {
-    if (throws) throw std::runtime_error("record failed");
+    if (first) {  // fails once
+      first = false;
+      throw std::runtime_error("record failed");
+    }
   }
-  bool throws = true;
+  bool first = true;
 };
 
 int main() {

@@ -22,6 +22,10 @@ Gpu make_gpu() {
   return Gpu(CudaResources{}, c, protomem::CosFace(32.0, 0.3), {}, protomem::Momentum(0.4));
 }
 
+}  // namespace
+
+// Outside the anonymous namespace: nvcc warns about its unreferenced members there.
+namespace cuda_guarantees {
 // A margin that breaks its contract between the points PrototypeMemory probes (see
 // tests/test_guarantees.cpp): the last line of defence must catch its NaN loss on the device too.
 struct NanTargetMargin {
@@ -39,7 +43,7 @@ struct NanTargetMargin {
   void load(protomem::detail::ByteReader&) {}
 };
 
-}  // namespace
+}  // namespace cuda_guarantees
 
 TEST_CASE("a failed device write changes nothing, and a retried commit writes once",
           "[cuda][guarantees]") {
@@ -99,7 +103,7 @@ TEST_CASE("a GPU step whose loss is not finite throws and commits nothing",
   Config c;
   c.capacity = 16;
   c.dim = 8;
-  protomem::PrototypeMemory<float, protomem::cuda, NanTargetMargin> memory(CudaResources{}, c);
+  protomem::PrototypeMemory<float, protomem::cuda, cuda_guarantees::NanTargetMargin> memory(CudaResources{}, c);
   std::mt19937_64 rng(33);
   const Batch batch = make_batch(rng, 8, 30, 3, 3, 3, 0.3f);
   DeviceBatch device(batch);
