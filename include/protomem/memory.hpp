@@ -848,7 +848,7 @@ class PrototypeMemory {
   std::vector<label_t> pending_classes_;
   std::vector<label_t> pending_similar_;  // C x k, for the Mining policy
   std::vector<Scalar> pending_cosines_;
-  index_t pending_k_ = 0;                 // k of pending_similar_ (0: no Mining record)
+  index_t pending_k_ = 0;  // k of pending_similar_ (0: no Mining record)
 };
 
 }  // namespace protomem

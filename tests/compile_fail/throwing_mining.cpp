@@ -3,10 +3,9 @@
 // apply twice; PrototypeMemory refuses it with a static_assert. Were it accepted, main() shows the
 // double apply: it exits 1 when a retried commit counts two steps.
 #include <cstdio>
+#include <protomem/memory.hpp>
 #include <stdexcept>
 #include <vector>
-
-#include <protomem/memory.hpp>
 
 struct ThrowingMining : protomem::NoMining {
   protomem::index_t similar_k() const { return 1; }

@@ -3,10 +3,9 @@
 // a commit may fail; PrototypeMemory refuses it with a static_assert. Were it accepted, the CPU
 // backend's noexcept write would end the process (std::terminate) at the second commit below.
 #include <cstdio>
+#include <protomem/memory.hpp>
 #include <stdexcept>
 #include <vector>
-
-#include <protomem/memory.hpp>
 
 struct ThrowingRefresh {
   static constexpr const char* name = "throwing";

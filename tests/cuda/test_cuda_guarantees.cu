@@ -98,12 +98,12 @@ TEST_CASE("a forward that throws on the GPU keeps the pending update", "[cuda][g
   CHECK(checkpoint_bytes(memory) == checkpoint_bytes(reference));
 }
 
-TEST_CASE("a GPU step whose loss is not finite throws and commits nothing",
-          "[cuda][guarantees]") {
+TEST_CASE("a GPU step whose loss is not finite throws and commits nothing", "[cuda][guarantees]") {
   Config c;
   c.capacity = 16;
   c.dim = 8;
-  protomem::PrototypeMemory<float, protomem::cuda, cuda_guarantees::NanTargetMargin> memory(CudaResources{}, c);
+  protomem::PrototypeMemory<float, protomem::cuda, cuda_guarantees::NanTargetMargin> memory(
+      CudaResources{}, c);
   std::mt19937_64 rng(33);
   const Batch batch = make_batch(rng, 8, 30, 3, 3, 3, 0.3f);
   DeviceBatch device(batch);

@@ -280,11 +280,10 @@ class CudaBackend {
         detail::cuda_check_launch("leave_one_out_scatter");
       }
     }
-    k_::through_normalisation<<<grid(B), kThreads, 0, s>>>(w.grad_x, w.x, w.inv_norm, D,
-                                                            w.status);
+    k_::through_normalisation<<<grid(B), kThreads, 0, s>>>(w.grad_x, w.x, w.inv_norm, D, w.status);
     detail::cuda_check_launch("through_normalisation");
     k_::copy_gradient<<<grid(B), kThreads, 0, s>>>(w.grad_x, D, w.status, gradient.data,
-                                                    gradient.row_stride);
+                                                   gradient.row_stride);
     detail::cuda_check_launch("copy_gradient");
 
     // The one host synchronisation of a step: the status (errors and loss) and the mining lists.
@@ -395,9 +394,9 @@ class CudaBackend {
       }
     }
     if (status != cudaSuccess) {
-      detail::fail("CUDA error in commit (writing the fresh prototypes): ",
-                   cudaGetErrorName(status), " (", cudaGetErrorString(status),
-                   "); nothing was written and the update is still pending");
+      detail::fail(
+          "CUDA error in commit (writing the fresh prototypes): ", cudaGetErrorName(status), " (",
+          cudaGetErrorString(status), "); nothing was written and the update is still pending");
     }
     // The host mirror: remember the written rows (no allocation: stale_ has reserved room).
     for (const SlotWrite& write : writes) {
@@ -762,7 +761,6 @@ class CudaBackend {
 
   index_t last_tile_columns_ = 0;  // of the last forward(), for the pass report
   std::size_t last_workspace_bytes_ = 0;
-
 };
 
 }  // namespace backend
