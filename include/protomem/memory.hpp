@@ -110,6 +110,13 @@ template <class Scalar, class Device = cpu, class Margin = CosFace,
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
+  // Each policy's requirements (listed at the top of its family's header), checked member by
+  // member so that a missing one is named here rather than deep inside a backend.
+  static_assert(detail::check_margin_policy<Margin, Scalar>());
+  static_assert(detail::check_generator_policy<Generator>());
+  static_assert(detail::check_refresh_policy<Refresh, Scalar>());
+  static_assert(detail::check_queue_policy<Queue>());
+  static_assert(detail::check_mining_policy<Mining, Scalar>());
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
 
  public:
