@@ -1,6 +1,6 @@
 // bench_step: one protomem step (forward + commit) against the two-GEMM bound, measured in the
-// same iteration on the same shapes (docs/design.md, "Performance model"), so that their ratio is robust to a
-// machine whose speed drifts.
+// same iteration on the same shapes (docs/design.md, "Performance model"), so that their ratio is
+// robust to a machine whose speed drifts.
 //
 //   BM_Step<Device>/B/D/M   step time (manual time); counters bound_ms (logits B x D x M plus
 //                           gradient B x M x D, OpenBLAS sgemm on the full shapes, same threads)

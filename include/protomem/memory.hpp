@@ -2,11 +2,12 @@
 // of a margin softmax (Smirnov et al., "Prototype Memory for Large-Scale Face Representation
 // Learning", IEEE Access 2022; the rules we had to reconstruct are listed in docs/algorithm.md).
 //
-// One step (docs/design.md, "One step"; docs/algorithm.md): the batch's exemplars are normalised; each batch class gets a
-// fresh prototype, the mean of its exemplars; the fresh prototypes (differentiable) and the stored
-// prototypes of every other class (constants) are the columns of a margin softmax; the loss and
-// dL/dE are returned; then the fresh prototypes are written into the memory: a class already
-// stored is refreshed, a new class takes an empty slot or evicts the oldest.
+// One step (docs/algorithm.md, "One step"): the batch's exemplars are normalised; each batch class
+// gets a fresh prototype, the mean of its exemplars; the fresh prototypes (differentiable) and the
+// stored prototypes of every other class (constants) are the columns of a margin softmax; the loss
+// and dL/dE are returned; then the fresh prototypes are written into the memory: a class already
+// stored is refreshed, a new class takes an empty slot or evicts the oldest. The design behind it:
+// docs/design.md; a step's path through the files: docs/architecture.md.
 //
 //   protomem::PrototypeMemory<float> memory({/*capacity=*/65536, /*dim=*/512});
 //   float loss = memory.step(embeddings, labels, gradient);   // or forward() ... commit()
