@@ -6,9 +6,6 @@
 //   test_c10d --worker R W DIR   worker R of W: joins the process group and runs the Catch2
 //                                cases below with it.
 // CTest registers one launcher per W (tests/comm/CMakeLists.txt), each with a TIMEOUT.
-#define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -32,6 +29,10 @@
 #include "support/comm_cases.hpp"
 #include "support/shard_model.hpp"
 #include "support/shard_sim.hpp"
+
+// After LibTorch: glog (under c10) defines CHECK too; Catch2's must be the one in force.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
 
 extern char** environ;
 
@@ -140,7 +141,8 @@ int launch(int world) {
 
 int main(int argc, char** argv) {
   if (argc >= 5 && std::string(argv[1]) == "--worker") {
-    return worker(std::atoi(argv[2]), std::atoi(argv[3]), argv[4], 1, argv);
+    // Arguments after DIR go to Catch2 (DIR stands in for the program name).
+    return worker(std::atoi(argv[2]), std::atoi(argv[3]), argv[4], argc - 4, argv + 4);
   }
   if (argc == 3 && std::string(argv[1]) == "--world") return launch(std::atoi(argv[2]));
   std::fprintf(stderr, "usage: %s --world W | --worker RANK W DIR\n", argv[0]);
