@@ -2,12 +2,10 @@
 // default, and the collectives and failure agreement over 1, 2, 3 and 4 thread ranks
 // (tests/support/thread_comm.hpp). The same cases run over MPI and c10d in tests/comm/.
 #include <catch2/catch.hpp>
-
 #include <cstdint>
+#include <protomem/communicator.hpp>
 #include <string>
 #include <vector>
-
-#include <protomem/communicator.hpp>
 
 #include "support/comm_cases.hpp"
 #include "support/thread_comm.hpp"

@@ -5,13 +5,11 @@
 // independent single-process model (tests/support/shard_model.hpp), which is itself checked
 // against the real PrototypeMemory here.
 #include <catch2/catch.hpp>
-
+#include <protomem/detail/shard_plan.hpp>
+#include <protomem/memory.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <protomem/detail/shard_plan.hpp>
-#include <protomem/memory.hpp>
 
 #include "support/comm_cases.hpp"
 #include "support/shard_model.hpp"
@@ -67,9 +65,9 @@ void model_matches_memory(bool moves_to_back) {
 }
 
 struct RunResult {
-  std::vector<std::string> errors;      // per rank: an exception, if any
-  std::vector<std::string> failures;    // per rank: failed expectations
-  std::vector<ShardRecord> records;     // rank 0's gathered logical memory at the end
+  std::vector<std::string> errors;    // per rank: an exception, if any
+  std::vector<std::string> failures;  // per rank: failed expectations
+  std::vector<ShardRecord> records;   // rank 0's gathered logical memory at the end
   std::uint64_t steps = 0;
 };
 
@@ -143,7 +141,8 @@ TEST_CASE("the logical memory moves between world sizes (checkpoint N -> M)", "[
   for (auto [from, to] : {std::pair{4, 1}, std::pair{1, 2}, std::pair{2, 4}, std::pair{3, 2}}) {
     INFO(from << " -> " << to << " ranks");
     const std::uint64_t seed = 1000 + std::uint64_t(from * 10 + to);
-    const RunResult first = run_shards(from, M, 24, true, seed, 0, 0, 600, {}, LogicalModel(M, true));
+    const RunResult first =
+        run_shards(from, M, 24, true, seed, 0, 0, 600, {}, LogicalModel(M, true));
     require_clean(first);
     // The model at the checkpoint, rebuilt from the same stream (it is deterministic).
     LogicalModel model(M, true);

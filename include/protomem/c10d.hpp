@@ -18,20 +18,19 @@
 // as unsigned) and the result offset back.
 #pragma once
 
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <exception>
-#include <string>
-#include <type_traits>
-#include <vector>
-
-#include <ATen/ATen.h>
-#include <c10/util/Exception.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
-
 #include <protomem/communicator.hpp>
 #include <protomem/error.hpp>
+#include <string>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <type_traits>
+#include <vector>
 
 namespace protomem {
 

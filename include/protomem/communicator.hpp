@@ -37,13 +37,12 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <protomem/error.hpp>
+#include <protomem/view.hpp>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <protomem/error.hpp>
-#include <protomem/view.hpp>
 
 namespace protomem {
 
@@ -71,14 +70,16 @@ namespace detail {
 template <class C, class = void>
 struct has_rank : std::false_type {};
 template <class C>
-struct has_rank<C, std::enable_if_t<std::is_convertible_v<
-                       decltype(std::declval<const C&>().rank()), int>>> : std::true_type {};
+struct has_rank<
+    C, std::enable_if_t<std::is_convertible_v<decltype(std::declval<const C&>().rank()), int>>>
+    : std::true_type {};
 
 template <class C, class = void>
 struct has_world_size : std::false_type {};
 template <class C>
-struct has_world_size<C, std::enable_if_t<std::is_convertible_v<
-                             decltype(std::declval<const C&>().world_size()), int>>>
+struct has_world_size<
+    C,
+    std::enable_if_t<std::is_convertible_v<decltype(std::declval<const C&>().world_size()), int>>>
     : std::true_type {};
 
 template <class C, class T, class = void>
@@ -104,17 +105,17 @@ struct has_traffic<C, std::enable_if_t<std::is_convertible_v<
     : std::true_type {};
 
 template <class C, class T>
-constexpr bool has_collectives_for = has_all_gather<C, T>::value && has_all_reduce<C, T>::value;
+constexpr bool has_collectives_for = has_all_gather<C, T>::value&& has_all_reduce<C, T>::value;
 
 }  // namespace detail
 
 /// True when C meets every requirement of the Communicator concept (top of this header).
 template <class C>
 inline constexpr bool is_communicator_v =
-    detail::has_rank<C>::value && detail::has_world_size<C>::value &&
-    detail::has_traffic<C>::value && detail::has_collectives_for<C, std::int64_t> &&
-    detail::has_collectives_for<C, std::uint64_t> && detail::has_collectives_for<C, float> &&
-    detail::has_collectives_for<C, double>;
+    detail::has_rank<C>::value&& detail::has_world_size<C>::value&& detail::has_traffic<C>::value&&
+        detail::has_collectives_for<C, std::int64_t>&&
+            detail::has_collectives_for<C, std::uint64_t>&& detail::has_collectives_for<C, float>&&
+                detail::has_collectives_for<C, double>;
 
 /// static_asserts each requirement of the Communicator concept, naming the one that is missing;
 /// returns true, so that it can be used as `static_assert(check_communicator<C>());`.
@@ -244,7 +245,8 @@ class SingleProcess {
 
 static_assert(check_communicator<SingleProcess>());
 
-// ---- helpers built on the concept ----------------------------------------------------------------
+// ---- helpers built on the concept
+// ----------------------------------------------------------------
 
 /// Every rank's `mine` (an all-gather of one value per rank): e.g. the batch sizes B_r.
 template <class Comm>
@@ -334,8 +336,8 @@ void collective_check(Comm& comm, Check&& check) {
   const std::vector<std::uint64_t> words =
       failed ? pack_message(message) : std::vector<std::uint64_t>{};
   std::vector<std::int64_t> counts;
-  const std::vector<std::uint64_t> all = all_gather_varying(
-      comm, words.data(), static_cast<std::int64_t>(words.size()), &counts);
+  const std::vector<std::uint64_t> all =
+      all_gather_varying(comm, words.data(), static_cast<std::int64_t>(words.size()), &counts);
 
   int first = -1;
   std::int64_t offset = 0, first_offset = 0;
@@ -352,9 +354,9 @@ void collective_check(Comm& comm, Check&& check) {
     offset += counts[static_cast<std::size_t>(r)];
   }
   // counts[r] > 0 exactly on the failing ranks (a message is never empty), so first >= 0.
-  std::string text = "rank " + std::to_string(first) + " of " + std::to_string(W) + ": " +
-                     unpack_message(all.data() + first_offset,
-                                    counts[static_cast<std::size_t>(first)]);
+  std::string text =
+      "rank " + std::to_string(first) + " of " + std::to_string(W) + ": " +
+      unpack_message(all.data() + first_offset, counts[static_cast<std::size_t>(first)]);
   if (!others.empty()) {
     const bool several = others.find(',') != std::string::npos;
     text += std::string(" (also failed on rank") + (several ? "s " : " ") + others + ")";

@@ -14,17 +14,16 @@
 // total (checked; a protomem::Error names the count).
 #pragma once
 
+#include <mpi.h>
+
 #include <climits>
 #include <cstdint>
+#include <protomem/communicator.hpp>
+#include <protomem/error.hpp>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <mpi.h>
-
-#include <protomem/communicator.hpp>
-#include <protomem/error.hpp>
 
 namespace protomem {
 

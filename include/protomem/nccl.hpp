@@ -23,16 +23,15 @@
 // (e.g. ncclCommAbort after a timeout) is what turns that into an error.
 #pragma once
 
-#include <cstdint>
-#include <string>
-#include <type_traits>
-#include <vector>
-
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <cstdint>
 #include <protomem/communicator.hpp>
 #include <protomem/error.hpp>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace protomem {
 

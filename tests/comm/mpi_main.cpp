@@ -1,9 +1,9 @@
 // main() of the MPI tests: MPI_Init, Catch2 on every rank, MPI_Finalize. Every rank exits with the
 // same code (the worst over all ranks), so mpirun and CTest report one verdict.
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
 #include <mpi.h>
+
+#include <catch2/catch.hpp>
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);

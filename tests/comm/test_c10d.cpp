@@ -16,15 +16,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
-#include <string>
-#include <thread>
-#include <vector>
-
-#include <torch/csrc/distributed/c10d/FileStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-
 #include <protomem/c10d.hpp>
 #include <protomem/detail/shard_plan.hpp>
+#include <string>
+#include <thread>
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <vector>
 
 #include "support/comm_cases.hpp"
 #include "support/shard_model.hpp"
@@ -76,8 +74,8 @@ int worker(int rank, int world, const std::string& dir, int argc, char** argv) {
   protomem::C10dCommunicator comm(group);
   the_comm = &comm;
   Catch::Session session;
-  session.configData().name = "test_c10d rank " + std::to_string(rank) + " of " +
-                              std::to_string(world);
+  session.configData().name =
+      "test_c10d rank " + std::to_string(rank) + " of " + std::to_string(world);
   int failed = session.applyCommandLine(argc, argv);
   if (failed == 0) failed = session.run();
   return failed == 0 ? 0 : 1;

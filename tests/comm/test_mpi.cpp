@@ -2,15 +2,13 @@
 // (tests/comm/CMakeLists.txt): the collectives against values every rank computes itself, the
 // agreement on failure, and the sharded bookkeeping against the single-process model - including
 // a move from all ranks to a sub-communicator of about half of them (a checkpoint N -> M).
-#include <catch2/catch.hpp>
-
 #include <mpi.h>
 
-#include <string>
-#include <vector>
-
+#include <catch2/catch.hpp>
 #include <protomem/detail/shard_plan.hpp>
 #include <protomem/mpi.hpp>
+#include <string>
+#include <vector>
 
 #include "support/comm_cases.hpp"
 #include "support/shard_model.hpp"

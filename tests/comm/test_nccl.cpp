@@ -3,17 +3,15 @@
 // where no GPU is usable. On one GPU this is W = 1 (NCCL allows one rank per device), which still
 // runs every NCCL call the adapter makes (broadcast group, all-gather, all-reduce, staging).
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
-#include <cstdio>
-#include <string>
-#include <thread>
-#include <vector>
-
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <catch2/catch.hpp>
+#include <cstdio>
 #include <protomem/nccl.hpp>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "support/comm_cases.hpp"
 
@@ -28,7 +26,8 @@ std::string on_every_device(Body body) {
   std::vector<ncclComm_t> comms(static_cast<std::size_t>(W));
   std::vector<int> devices(static_cast<std::size_t>(W));
   for (int d = 0; d < W; ++d) devices[std::size_t(d)] = d;
-  if (ncclCommInitAll(comms.data(), W, devices.data()) != ncclSuccess) return "ncclCommInitAll failed";
+  if (ncclCommInitAll(comms.data(), W, devices.data()) != ncclSuccess)
+    return "ncclCommInitAll failed";
   std::vector<std::string> reports(static_cast<std::size_t>(W));
   std::vector<std::thread> threads;
   for (int d = 0; d < W; ++d) {

@@ -9,15 +9,14 @@
 #pragma once
 
 #include <cstdint>
-#include <sstream>
 #include <limits>
+#include <protomem/communicator.hpp>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <typeinfo>
 #include <vector>
-
-#include <protomem/communicator.hpp>
 
 namespace protomem::test {
 
@@ -41,7 +40,8 @@ T comm_value(int rank, std::int64_t i) {
     return std::int64_t{rank} * 1000003 + i - 7 - (i % 3 == 0 ? std::int64_t{1} << 40 : 0);
   } else if constexpr (std::is_same_v<T, std::uint64_t>) {
     // Above 2^63 for some: an engine without unsigned types must still order them as unsigned.
-    return (i % 2 == 0 ? std::uint64_t{1} << 63 : 0) + std::uint64_t(rank) * 1000 + std::uint64_t(i);
+    return (i % 2 == 0 ? std::uint64_t{1} << 63 : 0) + std::uint64_t(rank) * 1000 +
+           std::uint64_t(i);
   } else {
     return static_cast<T>((rank + 1) * 0.5 + double(i % 64) * 0.125 - 3.0);
   }
@@ -88,8 +88,10 @@ void check_all_gather_type(Comm& comm, Expect& expect) {
     if (W == 1) {
       expect(used.bytes() == 0, "used.bytes() == 0");
     } else {
-      expect(used.bytes_sent >= sizeof(T) * std::uint64_t(count), "used.bytes_sent >= sizeof(T) * std::uint64_t(count)");
-      expect(used.bytes_received >= sizeof(T) * (expected.size() - std::uint64_t(count)), "used.bytes_received >= sizeof(T) * (expected.size() - std::uint64_t(count))");
+      expect(used.bytes_sent >= sizeof(T) * std::uint64_t(count),
+             "used.bytes_sent >= sizeof(T) * std::uint64_t(count)");
+      expect(used.bytes_received >= sizeof(T) * (expected.size() - std::uint64_t(count)),
+             "used.bytes_received >= sizeof(T) * (expected.size() - std::uint64_t(count))");
     }
   }
 }
@@ -119,7 +121,8 @@ void check_all_reduce_type(Comm& comm, Expect& expect) {
       expect.context = where.str();
       expect(data == expected, "data == expected");
       expect(used.collectives == 1, "used.collectives == 1");
-      expect(used.bytes() == (W == 1 ? 0 : 2 * sizeof(T) * std::uint64_t(count)), "used.bytes() == (W == 1 ? 0 : 2 * sizeof(T) * std::uint64_t(count))");
+      expect(used.bytes() == (W == 1 ? 0 : 2 * sizeof(T) * std::uint64_t(count)),
+             "used.bytes() == (W == 1 ? 0 : 2 * sizeof(T) * std::uint64_t(count))");
     }
   }
 }

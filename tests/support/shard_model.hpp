@@ -7,10 +7,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <protomem/view.hpp>
 #include <random>
 #include <vector>
-
-#include <protomem/view.hpp>
 
 namespace protomem::test {
 
@@ -31,9 +30,12 @@ class LogicalModel {
   /// One step with the batch's distinct classes (ascending).
   void step(const std::vector<label_t>& classes) {
     ++steps;
-    auto in_batch = [&](label_t l) { return std::binary_search(classes.begin(), classes.end(), l); };
+    auto in_batch = [&](label_t l) {
+      return std::binary_search(classes.begin(), classes.end(), l);
+    };
     auto stored = [&](label_t l) {
-      return std::any_of(order.begin(), order.end(), [&](const ModelEntry& e) { return e.label == l; });
+      return std::any_of(order.begin(), order.end(),
+                         [&](const ModelEntry& e) { return e.label == l; });
     };
     std::vector<label_t> refreshed;
     std::vector<std::pair<label_t, index_t>> placed;  // new class, its slot
@@ -114,7 +116,8 @@ class BatchStream {
     }
     std::sort(cuts.begin(), cuts.end());
     if (world_size > 1 && coin(rng_)) {  // rank r surely gets nothing
-      const auto r = std::uniform_int_distribution<std::size_t>(0, std::size_t(world_size) - 1)(rng_);
+      const auto r =
+          std::uniform_int_distribution<std::size_t>(0, std::size_t(world_size) - 1)(rng_);
       if (r + 1 < std::size_t(world_size)) {
         cuts[r + 1] = cuts[r];  // rank r + 1 takes rank r's share
       } else {

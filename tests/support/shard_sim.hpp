@@ -6,11 +6,10 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
-#include <vector>
-
 #include <protomem/communicator.hpp>
 #include <protomem/detail/shard_plan.hpp>
+#include <string>
+#include <vector>
 
 #include "comm_cases.hpp"
 #include "shard_model.hpp"

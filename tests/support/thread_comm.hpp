@@ -15,13 +15,12 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <protomem/communicator.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <typeinfo>
 #include <vector>
-
-#include <protomem/communicator.hpp>
 
 namespace protomem::test {
 

@@ -41,14 +41,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <utility>
-#include <vector>
-
 #include <protomem/communicator.hpp>
 #include <protomem/detail/slot_map.hpp>
 #include <protomem/detail/slot_queue.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
+#include <utility>
+#include <vector>
 
 namespace protomem::detail {
 
@@ -122,7 +121,8 @@ class ShardBook {
         fail("shard book: record ", i, " (label ", r.label, ") was last written at step ",
              r.last_written, ", after the memory's step ", steps);
       }
-      if (r.label < 0) fail("shard book: record ", i, " has label ", r.label, " (labels must be >= 0)");
+      if (r.label < 0)
+        fail("shard book: record ", i, " has label ", r.label, " (labels must be >= 0)");
       const index_t earlier = labels.find(r.label);
       if (earlier >= 0) {
         fail("shard book: record ", i, " has label ", r.label, ", as record ", earlier, " does");
@@ -148,7 +148,9 @@ class ShardBook {
 
   const ShardLayout& layout() const { return layout_; }
   // Replicated: the same on every rank.
-  index_t used() const { return used_; }  ///< classes stored over all ranks (global slots [0, used))
+  index_t used() const {
+    return used_;
+  }  ///< classes stored over all ranks (global slots [0, used))
   const ShardCounters& counters() const { return counters_; }
   std::uint64_t steps() const { return counters_.steps; }
   std::int64_t next_ticket() const { return next_ticket_; }
@@ -234,8 +236,7 @@ struct ShardPlanner {
     const index_t C = classes.size;
     // The classes are the same on every rank (all-gathered), so these throws are too.
     if (C > layout.capacity) {
-      fail("the batch has ", C, " distinct classes but the memory's capacity is ",
-           layout.capacity);
+      fail("the batch has ", C, " distinct classes but the memory's capacity is ", layout.capacity);
     }
     for (index_t c = 0; c < C; ++c) {
       if (classes[c] < 0) fail("shard plan: classes[", c, "] = ", classes[c], " is negative");
@@ -291,8 +292,8 @@ struct ShardPlanner {
     for (index_t c = 0; c < C; ++c) {
       if (stored[static_cast<std::size_t>(c)] != 0) continue;
       const std::int64_t ticket = base + (refresh_moves_to_back ? R : 0) + fresh;
-      const index_t global = fresh < k_fill ? book.used_ + fresh
-                                            : victims[static_cast<std::size_t>(fresh - k_fill)];
+      const index_t global =
+          fresh < k_fill ? book.used_ + fresh : victims[static_cast<std::size_t>(fresh - k_fill)];
       ++fresh;
       if (layout.owner(global) == layout.rank) {
         plan.writes.push_back({c, classes[c], layout.local(global), false, ticket});
@@ -304,9 +305,8 @@ struct ShardPlanner {
  private:
   // Every rank offers its k oldest slots that hold no class of the batch; all pick the k oldest
   // offers. Returns their global slots, oldest first.
-  static std::vector<index_t> oldest(const ShardBook& book,
-                                     const std::vector<index_t>& local_slot, index_t k,
-                                     Comm& comm) {
+  static std::vector<index_t> oldest(const ShardBook& book, const std::vector<index_t>& local_slot,
+                                     index_t k, Comm& comm) {
     std::vector<index_t> refreshed;  // local slots of this batch's classes, sorted
     for (index_t s : local_slot) {
       if (s >= 0) refreshed.push_back(s);
@@ -393,8 +393,8 @@ std::vector<ShardRecord> gather_records(const ShardBook& book, Comm& comm) {
   std::vector<std::int64_t> packed;
   packed.reserve(4 * mine.size());
   for (const ShardRecord& r : mine) {
-    packed.insert(packed.end(), {r.label, static_cast<std::int64_t>(r.last_written), r.slot,
-                                 r.ticket});
+    packed.insert(packed.end(),
+                  {r.label, static_cast<std::int64_t>(r.last_written), r.slot, r.ticket});
   }
   const std::vector<std::int64_t> all =
       all_gather_varying(comm, packed.data(), static_cast<std::int64_t>(packed.size()));
