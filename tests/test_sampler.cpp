@@ -175,7 +175,7 @@ TEST_CASE("every bad list line is an error naming its line", "[sampler][dataset]
   CHECK_THROWS_WITH(parse(good + "y.jpg 9223372036854775808\n"),
                     Contains("train.lst:4: label '9223372036854775808' is out of range"));
   CHECK(parse(good + "y.jpg 9223372036854775807\n").label(1) == 9223372036854775807LL);
-  CHECK_THROWS_WITH(parse("# only comments\n\n"), Contains("dataset: holds no samples"));
+  CHECK_THROWS_WITH(parse("# only comments\n\n"), Contains("train.lst: holds no samples"));
   CHECK_THROWS_WITH(DatasetIndex::from_list_file("/nonexistent/protomem.lst"),
                     Contains("cannot open '/nonexistent/protomem.lst'"));
 }

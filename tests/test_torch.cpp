@@ -148,6 +148,27 @@ TEST_CASE("torch adapter: when the memory is updated", "[torch]") {
     skipped.backward();  // late backward of the discarded step: gradient, but no commit
     CHECK(memory.step_count() == 1);
   }
+  SECTION("a forward that throws leaves the pending update to its backward") {
+    at::Tensor loss = head(e, batch_labels(0));
+    // Class 2 of the next batch has exemplars that sum to zero: the core throws in its generator,
+    // after it has begun building that forward's fresh prototypes.
+    at::Tensor bad = torch::randn({12, 8});
+    bad[1] = -bad[0];
+    bad[3] = -bad[2];
+    CHECK_THROWS_WITH(head(bad.requires_grad_(), batch_labels(1)), Catch::Contains("sum to zero"));
+    CHECK(head.pending());
+    loss.backward();
+    CHECK(memory.step_count() == 1);
+    // What was committed is the first batch's update, as a core memory makes it.
+    protomem::PrototypeMemory<float> core(small_config<float>());
+    std::vector<float> grad;
+    const at::Tensor labels = batch_labels(0);
+    core_step(core, e.detach(), labels, grad);
+    std::ostringstream committed, expected;
+    memory.save(committed);
+    core.save(expected);
+    CHECK(committed.str() == expected.str());
+  }
   SECTION("a second backward through the same graph does not commit twice") {
     at::Tensor loss = head(e, batch_labels(0));
     loss.backward({}, /*retain_graph=*/true);

@@ -10,7 +10,8 @@
 // The label is the last whitespace-separated field, a non-negative decimal integer; the path is
 // everything before it, trimmed (it may contain inner spaces). Empty lines and lines whose first
 // non-blank character is '#' are skipped; a trailing '\r' (CRLF files) is ignored. Every malformed
-// line throws protomem::Error naming the source, the 1-based line number and what is wrong.
+// line throws protomem::Error naming the source, the 1-based line number and what is wrong (text
+// from the file is escaped in messages, detail::escaped); so does a list with no sample line.
 //
 // Requires: at least one sample; labels >= 0.
 // Guarantees: built once, immutable; class lookup by label in O(1) expected; the samples of a class
@@ -68,8 +69,8 @@ class DatasetIndex {
       const std::size_t field = line.find_last_of(" \t", last);  // before the label
       const std::string text = line.substr(first, last + 1 - first);
       if (field == std::string::npos || field < first) {
-        detail::fail(source, ":", number, ": expected '<path> <label>' but found one field '", text,
-                     "'");
+        detail::fail(source, ":", number, ": expected '<path> <label>' but found one field '",
+                     detail::escaped(text), "'");
       }
       const std::string label_text = line.substr(field + 1, last - field);
       const std::size_t path_end = line.find_last_not_of(" \t", field);
@@ -77,6 +78,9 @@ class DatasetIndex {
       paths.push_back(line.substr(first, path_end + 1 - first));
     }
     if (in.bad()) detail::fail(source, ": reading failed");
+    if (labels.empty()) {
+      detail::fail(source, ": holds no samples (every line is empty or a comment)");
+    }
     return DatasetIndex(std::move(labels), std::move(paths));
   }
 
@@ -142,18 +146,20 @@ class DatasetIndex {
   static label_t parse_label(const std::string& text, const std::string& source,
                              std::uint64_t line) {
     if (text[0] == '-') {
-      detail::fail(source, ":", line, ": label '", text, "' is negative (labels must be >= 0)");
+      detail::fail(source, ":", line, ": label '", detail::escaped(text),
+                   "' is negative (labels must be >= 0)");
     }
     label_t value = 0;
     for (char ch : text) {
       if (ch < '0' || ch > '9') {
-        detail::fail(source, ":", line, ": label '", text, "' is not a non-negative integer");
+        detail::fail(source, ":", line, ": label '", detail::escaped(text),
+                     "' is not a non-negative integer");
       }
       const int digit = ch - '0';
       constexpr label_t largest = std::numeric_limits<label_t>::max();
       if (value > (largest - digit) / 10) {
-        detail::fail(source, ":", line, ": label '", text, "' is out of range (at most ", largest,
-                     ")");
+        detail::fail(source, ":", line, ": label '", detail::escaped(text),
+                     "' is out of range (at most ", largest, ")");
       }
       value = value * 10 + digit;
     }

@@ -3,9 +3,11 @@
 //   "protomem: labels[17] = -3 is negative (labels must be >= 0)".
 #pragma once
 
+#include <cstddef>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -38,6 +40,30 @@ decltype(auto) printable(T&& value) {
   } else {
     return std::forward<T>(value);
   }
+}
+
+/// Text that came from a file or a stream, made safe to put into a message: printable ASCII is
+/// kept, backslash and every other byte (control characters, bytes >= 0x80) become \\ and \xNN,
+/// and text longer than `limit` bytes is cut there and marked with "...", so a corrupt file can
+/// neither garble a terminal nor flood a log.
+inline std::string escaped(std::string_view text, std::size_t limit = 200) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  const std::size_t n = text.size() < limit ? text.size() : limit;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte == '\\') {
+      out += "\\\\";
+    } else if (byte >= 0x20 && byte < 0x7f) {
+      out += static_cast<char>(byte);
+    } else {
+      out += "\\x";
+      out += hex[byte >> 4];
+      out += hex[byte & 15];
+    }
+  }
+  if (n < text.size()) out += "...";
+  return out;
 }
 
 /// Builds an Error message from any streamable parts: fail("labels[", i, "] = ", v, " ...").

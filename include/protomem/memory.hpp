@@ -15,7 +15,8 @@
 // Requires: embeddings B x dim (row-major, row stride >= dim), finite and non-zero rows; labels
 // >= 0 (and < num_classes when declared); at most `capacity` distinct labels per batch.
 // Guarantees: per-step work O(B D M), independent of the number of identities; every failure throws
-// protomem::Error and leaves the memory exactly as it was.
+// protomem::Error and leaves the memory exactly as it was (also the caller's gradient buffer, and a
+// pending update); a step whose loss or gradient is not finite throws and commits nothing.
 #pragma once
 
 #include <algorithm>
@@ -26,8 +27,10 @@
 #include <istream>
 #include <iterator>
 #include <limits>
+#include <new>
 #include <ostream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -148,17 +151,23 @@ class PrototypeMemory {
                         std::move(refresh), std::move(queue), std::move(mining)) {}
 
   /// A memory whose backend uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
+  /// A capacity x dim that cannot be allocated throws protomem::Error (not std::bad_alloc).
   PrototypeMemory(const resources_type& resources, const Config& config, Margin margin = Margin{},
                   Generator generator = Generator{}, Refresh refresh = Refresh{},
-                  Queue queue = Queue{}, Mining mining = Mining{})
+                  Queue queue = Queue{}, Mining mining = Mining{}) try
       : config_(checked(config)),
-        margin_(std::move(margin)),
+        margin_(checked_margin(std::move(margin))),
         generator_(std::move(generator)),
         refresh_(std::move(refresh)),
         queue_(std::move(queue)),
         mining_(std::move(mining)),
         book_(config_.capacity),
-        backend_(config_.capacity, config_.dim, resources) {}
+        backend_(config_.capacity, config_.dim, resources) {
+  } catch (const std::bad_alloc&) {
+    fail_allocation("", config);
+  } catch (const std::length_error&) {
+    fail_allocation("", config);
+  }
 
   // ---- the step ---------------------------------------------------------------------------------
 
@@ -171,12 +180,30 @@ class PrototypeMemory {
   }
 
   /// The loss and dL/dE of a step; the memory is not changed until commit() (or discard()).
+  /// A forward that throws writes nothing into `gradient`.
   StepResult<Scalar> forward(MatrixView<const Scalar> embeddings, LabelView labels,
                              MatrixView<Scalar> gradient) {
     if (pending_) {
       detail::fail("forward() called while the previous forward's update is pending; call "
                    "commit() or discard() first");
     }
+    return forward_step(embeddings, labels, gradient);
+  }
+
+  /// As forward(), but a pending update is allowed: it is replaced by this forward's when this
+  /// forward succeeds, and kept as it was when it throws (the LibTorch head's training forward,
+  /// which drops a step whose backward never ran).
+  StepResult<Scalar> forward_replacing(MatrixView<const Scalar> embeddings, LabelView labels,
+                                       MatrixView<Scalar> gradient) {
+    return forward_step(embeddings, labels, gradient);
+  }
+
+ private:
+  // The step's forward; on a throw nothing changes (the backend keeps the pending fresh
+  // prototypes, and the pending bookkeeping below is written only after the backend succeeded).
+  StepResult<Scalar> forward_step(MatrixView<const Scalar> embeddings, LabelView labels,
+                                  MatrixView<Scalar> gradient) {
+    detail::check_margin_in<Scalar>(margin_);  // margin() is mutable: checked per step (O(1))
     check_batch(embeddings, labels, gradient);
     detail::BatchClasses batch = detail::group_by_class(labels);
     check_classes(batch);
@@ -201,28 +228,39 @@ class PrototypeMemory {
     result.similar.reserve(similar.slots.size());
     for (index_t slot : similar.slots) result.similar.push_back(slot < 0 ? -1 : book_.label[slot]);
     result.similar_cosines = std::move(similar.cosines);
-    if (mining_.similar_k() > 0) {  // kept for the Mining policy at commit()
-      pending_similar_ = result.similar;
-      pending_cosines_ = result.similar_cosines;
+    // The pending update, built aside and swapped in: nothing below can throw.
+    std::vector<label_t> pending_similar;
+    std::vector<Scalar> pending_cosines;
+    const bool mines = mining_.similar_k() > 0;
+    if (mines) {  // kept for the Mining policy at commit()
+      pending_similar = result.similar;
+      pending_cosines = result.similar_cosines;
     }
-    pending_classes_ = std::move(batch.labels);
+    pending_classes_.swap(batch.labels);
+    pending_similar_.swap(pending_similar);
+    pending_cosines_.swap(pending_cosines);
+    pending_k_ = mines ? similar.k : 0;
     pending_ = true;
     return result;
   }
 
-  /// Writes the fresh prototypes of the last forward() into the memory.
+ public:
+  /// Writes the fresh prototypes of the last forward() into the memory. Throws, changing nothing
+  /// (the update stays pending, so commit() may be retried), only before the update is written;
+  /// once it is, the update is marked done and the rest cannot throw (the policies' noexcept is
+  /// checked at compile time), so a commit never applies twice.
   void commit() {
     if (!pending_) {
       detail::fail("commit() without a pending forward(): each forward() is committed at most once");
     }
-    std::vector<backend::SlotWrite> writes = plan_writes(pending_classes_);
-    backend_.write(writes, refresh_);
+    std::vector<backend::SlotWrite> writes = plan_writes(pending_classes_);  // may throw
+    backend_.write(writes, refresh_);  // the CPU's cannot throw; the CUDA one throws unwritten
+    pending_ = false;                  // done: nothing below throws
     apply_writes(writes);
-    if (mining_.similar_k() > 0) {  // only committed steps reach the Mining policy
+    if (pending_k_ > 0) {  // only committed steps reach the Mining policy
       mining_.record(span_of(pending_classes_), span_of(pending_similar_),
-                     span_of(pending_cosines_), std::max(config_.similar_k, mining_.similar_k()));
+                     span_of(pending_cosines_), pending_k_);
     }
-    pending_ = false;
   }
 
   /// Drops the update of the last forward() (e.g. a step skipped for a non-finite loss).
@@ -348,17 +386,25 @@ class PrototypeMemory {
   /// holds more classes than this memory's capacity. Discards a pending forward.
   /// Reads exactly one checkpoint from `in`, which may hold more data after it.
   void load(std::istream& in, const std::string& source = "checkpoint stream") {
-    const std::string bytes = read_checkpoint(in, source);
-    deserialize(bytes, source);
+    try {
+      const std::string bytes = read_checkpoint(in, source);
+      deserialize(bytes, source);
+    } catch (const std::bad_alloc&) {
+      fail_allocation(source, config_);
+    }
   }
 
   /// Reads the checkpoint file at `path`; the file must hold exactly one checkpoint.
   void load(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) detail::fail("load: cannot open '", path, "'");
-    const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-    if (in.bad()) detail::fail("load: reading '", path, "' failed");
-    deserialize(bytes, "'" + path + "'");
+    try {
+      const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+      if (in.bad()) detail::fail("load: reading '", path, "' failed");
+      deserialize(bytes, "'" + path + "'");
+    } catch (const std::bad_alloc&) {
+      fail_allocation("load: '" + path + "'", config_);
+    }
   }
 
   /// Replaces the stored classes by `labels.size` = n records given in eviction order (record 0 is
@@ -470,12 +516,33 @@ class PrototypeMemory {
       detail::fail("Config::capacity = ", config.capacity, " is beyond any memory");
     }
     if (config.dim < 1) detail::fail("Config::dim = ", config.dim, " must be >= 1");
+    // capacity x dim values must be addressable before anything multiplies them.
+    const auto largest = static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max());
+    if (static_cast<std::uint64_t>(config.dim) >
+        largest / sizeof(Scalar) / static_cast<std::uint64_t>(config.capacity)) {
+      detail::fail("Config: capacity x dim = ", config.capacity, " x ", config.dim,
+                   " prototypes are beyond any memory (more than 2^63 bytes)");
+    }
     if (config.num_classes < 0) {
       detail::fail("Config::num_classes = ", config.num_classes, " must be >= 0 (0: undeclared)");
     }
     if (config.similar_k < 0) detail::fail("Config::similar_k = ", config.similar_k, " must be >= 0");
     if (config.workspace_bytes == 0) detail::fail("Config::workspace_bytes must be > 0");
     return config;
+  }
+
+  static Margin checked_margin(Margin margin) {
+    detail::check_margin_in<Scalar>(margin);
+    return margin;
+  }
+
+  // std::bad_alloc / std::length_error from building a store of `config`'s size, as an Error.
+  [[noreturn]] static void fail_allocation(const std::string& source, const Config& config) {
+    const auto bytes = static_cast<std::uint64_t>(config.capacity) *
+                       static_cast<std::uint64_t>(config.dim) * sizeof(Scalar);  // checked()
+    detail::fail(source, source.empty() ? "" : ": ",
+                 "cannot allocate a memory of capacity x dim = ", config.capacity, " x ",
+                 config.dim, " (", bytes, " bytes of prototypes)");
   }
 
   template <class T>
@@ -605,6 +672,10 @@ class PrototypeMemory {
   //   narrow memory rounded as a write would round it.
   //   | u32 CRC-32 (zlib) of every byte before it
   static constexpr char magic[9] = "PROTOMEM";
+  // How far from 1 the norm of a loaded prototype may be. A memory normalises in Scalar (error
+  // about sqrt(dim) ulps); a float checkpoint of a bf16 memory holds decoded bf16 values, each
+  // within 2^-8 of its float, so their norm is within 2^-8 = 0.0039 of 1 (fp16: 2^-11).
+  static constexpr double unit_norm_tolerance = sizeof(Scalar) == 4 ? 1e-2 : 1e-6;
 
   template <class Policy>
   static void save_policy(detail::ByteWriter& out, const char* family, const Policy& policy) {
@@ -625,10 +696,11 @@ class PrototypeMemory {
   static Policy load_policy(const StoredPolicy& stored, const char* family, const Policy& current,
                             const std::string& source) {
     if (stored.family != family) {
-      detail::fail(source, ": expected the ", family, " policy, found '", stored.family, "'");
+      detail::fail(source, ": expected the ", family, " policy, found '",
+                   detail::escaped(stored.family), "'");
     }
     if (stored.name != Policy::name) {
-      detail::fail(source, ": its ", family, " policy is '", stored.name,
+      detail::fail(source, ": its ", family, " policy is '", detail::escaped(stored.name),
                    "' but this memory uses '", Policy::name, "'");
     }
     detail::ByteReader in(stored.state.data(), stored.state.size(), source);
@@ -706,10 +778,13 @@ class PrototypeMemory {
     }
     if (!take(8)) return bytes;
     const std::uint64_t n = number(8);
-    if (scalar_bytes > 8 || dim > (std::uint64_t{1} << 32) || n > (std::uint64_t{1} << 40)) {
+    // At most 2^32 x 8 + 24 bytes a record: n x that cannot wrap below 2^62 bytes.
+    const std::uint64_t record_bytes = 24 + dim * scalar_bytes;
+    if (scalar_bytes > 8 || dim > (std::uint64_t{1} << 32) ||
+        n > (std::uint64_t{1} << 62) / record_bytes) {
       return bytes;  // deserialize() reports the corrupt header
     }
-    take(n * (24 + dim * scalar_bytes) + 4);
+    take(n * record_bytes + 4);
     if (in.bad()) detail::fail(source, ": reading failed");
     return bytes;
   }
@@ -746,16 +821,18 @@ class PrototypeMemory {
     if (scalar_bytes != 4 && scalar_bytes != 8) {
       detail::fail(source, " is corrupt: scalar size ", scalar_bytes, " is neither 4 nor 8");
     }
-    if (dim == 0 || dim > bytes.size() || n > bytes.size()) {
-      detail::fail(source, " is corrupt: dim ", dim, " and record count ", n,
-                   " cannot fit in its ", bytes.size(), " bytes");
+    // Sizes from the file, compared by division so that nothing wraps: every record holds
+    // 24 + dim x scalar_bytes bytes, and n of them (and the checksum) must follow the header.
+    const std::uint64_t left = bytes.size() - in.offset();
+    if (dim == 0 || dim > (std::uint64_t{1} << 56)) {
+      detail::fail(source, " is corrupt: dim ", dim, " is not a dimension");
     }
     const std::uint64_t record_bytes = 24 + dim * scalar_bytes;
-    const std::uint64_t expected = in.offset() + n * record_bytes + 4;
-    if (bytes.size() < expected) {
-      detail::fail(source, " is truncated: ", bytes.size(), " bytes where its header announces ",
-                   expected, " (", n, " records)");
+    if (left < 4 || n > (left - 4) / record_bytes) {
+      detail::fail(source, " is truncated: ", bytes.size(), " bytes where its header announces ", n,
+                   " records of ", record_bytes, " bytes after byte ", in.offset());
     }
+    const std::uint64_t expected = in.offset() + n * record_bytes + 4;
     if (bytes.size() > expected) {
       detail::fail(source, " has ", bytes.size() - expected, " unexpected bytes past its end");
     }
@@ -786,6 +863,7 @@ class PrototypeMemory {
     Refresh refresh = load_policy(policies[2], "refresh", refresh_, source);
     Queue queue = load_policy(policies[3], "queue", queue_, source);
     Mining mining = load_policy(policies[4], "mining", mining_, source);
+    detail::check_margin_in<Scalar>(margin);  // valid in double is not enough (e.g. s = 1e39)
 
     Book book(config_.capacity);
     book.stats = stats;
@@ -815,10 +893,16 @@ class PrototypeMemory {
       book.queue.push_back(static_cast<index_t>(slot));
       Scalar* p = prototypes.data() + r * dim;
       for (std::uint64_t k = 0; k < dim; ++k) p[k] = in.get<Scalar>("a prototype value");
+      double norm2 = 0;
       for (std::uint64_t k = 0; k < dim; ++k) {
         if (!std::isfinite(p[k])) {
           detail::fail(source, ": the prototype of label ", label, " has a non-finite value");
         }
+        norm2 += double(p[k]) * double(p[k]);
+      }
+      if (!(std::abs(std::sqrt(norm2) - 1.0) <= unit_norm_tolerance)) {
+        detail::fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
+                     "; a stored prototype is a unit vector (within ", unit_norm_tolerance, ")");
       }
       slots.push_back(static_cast<index_t>(slot));
     }
@@ -850,6 +934,7 @@ class PrototypeMemory {
   std::vector<label_t> pending_classes_;
   std::vector<label_t> pending_similar_;  // C x k, for the Mining policy
   std::vector<Scalar> pending_cosines_;
+  index_t pending_k_ = 0;                 // k of pending_similar_ (0: no Mining record)
 };
 
 }  // namespace protomem

@@ -280,8 +280,8 @@ class BatchSampler {
                    format_version);
     }
     if (order != ClassOrder::name) {
-      detail::fail(source, " is the state of a '", order, "' sampler; this sampler is '",
-                   ClassOrder::name, "'");
+      detail::fail(source, " is the state of a '", detail::escaped(order),
+                   "' sampler; this sampler is '", ClassOrder::name, "'");
     }
     if (C != static_cast<std::uint64_t>(config_.classes_per_batch) ||
         K != static_cast<std::uint64_t>(config_.exemplars_per_class) ||

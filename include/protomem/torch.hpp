@@ -13,7 +13,8 @@
 //     update of the step pending; the backward pass through the loss commits it. The memory
 //     therefore changes only for steps that are actually trained on.
 //   - a forward whose backward never ran (loss only logged, step skipped for a non-finite loss) is
-//     discarded by the next forward: it never reaches the memory.
+//     discarded by the next forward that succeeds: it never reaches the memory. A forward that
+//     throws leaves it pending (its backward still commits it).
 //   - an evaluation forward (under torch::NoGradGuard, or embeddings that do not require grad)
 //     returns the loss and never updates the memory.
 //   - a second backward through the same graph (retain_graph) does not commit twice.
@@ -146,13 +147,10 @@ class PrototypeHead {
     check(embeddings, labels);
     Memory& memory = state_->memory;
     const bool training = ::torch::GradMode::is_enabled() && embeddings.requires_grad();
-    if (memory.pending()) {
-      if (state_->mode == Commit::manual && training) {
-        protomem::detail::fail(
-            "PrototypeHead (Commit::manual): the previous training forward is "
-            "neither committed nor discarded; call commit() or discard() first");
-      }
-      memory.discard();  // its backward never ran: the step was not trained on
+    if (memory.pending() && state_->mode == Commit::manual && training) {
+      protomem::detail::fail(
+          "PrototypeHead (Commit::manual): the previous training forward is "
+          "neither committed nor discarded; call commit() or discard() first");
     }
 
     // Views over the caller's tensors: zero-copy whenever each row is contiguous.
@@ -162,7 +160,9 @@ class PrototypeHead {
     const index_t batch = rows.size(0), dim = rows.size(1);
     at::Tensor gradient = at::empty({batch, dim}, rows.options());
 
-    StepResult<Scalar> result = memory.forward(
+    // A pending update's backward never ran (the step was not trained on): it is dropped, but
+    // only once this forward has succeeded, so a forward that throws leaves it to its backward.
+    StepResult<Scalar> result = memory.forward_replacing(
         matrix_view<const Scalar>(rows.data_ptr<Scalar>(), batch, dim, rows.stride(0)),
         label_view(y.data_ptr<std::int64_t>(), batch),
         matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim));

@@ -16,7 +16,9 @@
 // function from a __global__ function".
 // Guarantees (the built-in margins): constructors and load() reject parameters out of range with
 // protomem::Error; target and derivative are finite for every cos in [-1, 1], and the CPU and
-// CUDA backends evaluate the same code.
+// CUDA backends evaluate the same code. Parameters are checked in double by the constructors
+// and load(), and again in the memory's Scalar by PrototypeMemory (detail::check_margin_in), so a
+// scale that is finite in double but 0 or inf in float is rejected.
 //
 // Alternatives, side by side:
 //   NoMargin       psi = cos                                            (NormFace)
@@ -45,6 +47,29 @@ inline void check_range(double v, double lo, double hi, const char* what, const 
     fail(policy, ": ", what, " = ", v, " is outside [", lo, ", ", hi, "]");
   }
 }
+/// A margin policy checked in the arithmetic a step uses (Scalar), as PrototypeMemory does at
+/// construction and at load: the constructors check in double, but a float memory would turn
+/// s = 1e-50 into 0 and s = 1e39 into inf. Requires s to be a normal Scalar > 0 and s * psi(cos)
+/// and s * dpsi/dcos to be finite Scalars at cos = -1, -1/2, 0, 1/2, 1 (the ends are where the
+/// margins' fallbacks and floors act).
+template <class Scalar, class Margin>
+void check_margin_in(const Margin& margin) {
+  const char* scalar = sizeof(Scalar) == 4 ? "float" : "double";
+  const auto s = static_cast<Scalar>(margin.scale());
+  if (!(std::isfinite(s) && s >= std::numeric_limits<Scalar>::min())) {
+    fail(Margin::name, ": scale s = ", margin.scale(), " is ", s, " as a ", scalar,
+         " (the memory's arithmetic); it must be a finite ", scalar, " > 0 and not subnormal");
+  }
+  for (const Scalar c : {Scalar(-1), Scalar(-0.5), Scalar(0), Scalar(0.5), Scalar(1)}) {
+    const Scalar z = s * margin.template target<Scalar>(c);
+    const Scalar dz = s * margin.template derivative<Scalar>(c);
+    if (!(std::isfinite(z) && std::isfinite(dz))) {
+      fail(Margin::name, ": with s = ", margin.scale(), " the target logit at cos = ", c, " is ", z,
+           " and its derivative ", dz, " as a ", scalar, "; both must be finite");
+    }
+  }
+}
+
 template <class T>
 PROTOMEM_HOST_DEVICE T clamp_cos(T c) {
   return c > T(1) ? T(1) : (c < T(-1) ? T(-1) : c);

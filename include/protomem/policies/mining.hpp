@@ -37,6 +37,8 @@
 #include <cmath>
 #include <cstdint>
 #include <protomem/detail/detect.hpp>
+#include <type_traits>
+#include <utility>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/detail/slot_map.hpp>
 #include <protomem/detail/slot_queue.hpp>
@@ -45,7 +47,6 @@
 #include <vector>
 
 namespace protomem {
-
 /// No mining (the default): nothing is computed or stored.
 struct NoMining {
   static constexpr const char* name = "none";

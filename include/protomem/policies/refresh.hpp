@@ -21,6 +21,8 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
+#include <utility>
 
 #include <protomem/detail/config.hpp>
 #include <protomem/detail/detect.hpp>
@@ -29,7 +31,6 @@
 #include <protomem/view.hpp>
 
 namespace protomem {
-
 /// Replace the stored prototype by the fresh one.
 struct Replace {
   static constexpr const char* name = "replace";

@@ -18,13 +18,18 @@
 // decoded into float before its two GEMMs (storage.hpp).
 //
 // Requires: embeddings validated for shape by the caller (PrototypeMemory does this).
-// Guarantees: forward() changes nothing but its workspace and the pending fresh prototypes; it
-// throws protomem::Error for non-finite or zero-norm embeddings and degenerate exemplar sums.
+// Guarantees: forward() changes nothing but its workspace, and on success the pending fresh
+// prototypes and the caller's gradient; it throws protomem::Error for non-finite or zero-norm
+// embeddings, degenerate exemplar sums and a loss or gradient that comes out non-finite, and then
+// leaves the fresh prototypes of the previous forward and the gradient buffer as they were.
+// No exception escapes the OpenMP region: each lane catches its own and the first is rethrown
+// after the region.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <type_traits>
@@ -146,12 +151,37 @@ class CpuBackend {
 #else
     BlasThreads blas(threads);  // no OpenMP: the BLAS may use Config::threads threads
 #endif
+    // This forward builds its fresh prototypes in the spare buffer and keeps them only when it
+    // succeeds: a forward that throws leaves the pending ones (what write() stores) as they were.
+    fresh_.swap(spare_fresh_);
+    struct KeepPending {
+      RowMatrix& fresh;
+      RowMatrix& spare;
+      bool succeeded = false;
+      ~KeepPending() {
+        if (!succeeded) fresh.swap(spare);
+      }
+    } keep{fresh_, spare_fresh_};
     normalise(embeddings);
     generate<Generator>(batch);
     memory_pass(batch, used, excluded, Scalar(margin.scale()), workspace_bytes, wanted, similar,
                 report);
     const Scalar loss = batch_columns<Generator>(batch, margin);
-    backward<Generator>(batch, Scalar(margin.scale()), gradient);
+    // The last line of defence (validated inputs and policies should never get here): a step
+    // whose loss or gradient is not finite is rejected, before the caller's gradient is written.
+    if (!std::isfinite(loss)) {
+      detail::fail("the step's loss is ", loss, ", not finite; the step is rejected");
+    }
+    backward<Generator>(batch, Scalar(margin.scale()));
+    for (index_t i = 0; i < grad_x_.rows(); ++i) {  // over B x D, not B x M
+      if (!grad_x_.row(i).allFinite()) {
+        detail::fail("the step's gradient dL/dE row ", i, " is not finite; the step is rejected");
+      }
+    }
+    for (index_t i = 0; i < grad_x_.rows(); ++i) {
+      std::copy(grad_x_.row(i).data(), grad_x_.row(i).data() + grad_x_.cols(), gradient.row(i));
+    }
+    keep.succeeded = true;
     return loss;
   }
 
@@ -302,9 +332,17 @@ class CpuBackend {
       }
     }
 
+    // An exception must not leave an OpenMP region (that terminates the process): a lane keeps
+    // its own (e.g. std::bad_alloc from Eigen's GEMM, which allocates its blocks on the heap
+    // above EIGEN_STACK_ALLOCATION_LIMIT) and the first is rethrown after the region.
+    std::vector<std::exception_ptr> failed(static_cast<std::size_t>(lanes));
     auto run_lane = [&](int t) {
-      const index_t lo = used * t / lanes, hi = used * (t + 1) / lanes;
-      process_lane(lanes_[static_cast<std::size_t>(t)], batch, lo, hi, T, s, k_best);
+      try {
+        const index_t lo = used * t / lanes, hi = used * (t + 1) / lanes;
+        process_lane(lanes_[static_cast<std::size_t>(t)], batch, lo, hi, T, s, k_best);
+      } catch (...) {
+        failed[static_cast<std::size_t>(t)] = std::current_exception();
+      }
     };
 #ifdef _OPENMP
 #pragma omp parallel num_threads(lanes)
@@ -316,6 +354,9 @@ class CpuBackend {
 #else
     run_lane(0);
 #endif
+    for (const std::exception_ptr& error : failed) {
+      if (error) std::rethrow_exception(error);
+    }
 
     // Merge the lanes: m_i = max over lanes, l_i and O_i rescaled to it. run_max_ is in logits.
     run_max_.resize(B);
@@ -371,7 +412,7 @@ class CpuBackend {
     std::vector<std::vector<Candidate>> best;  // per class: a min-heap of the k best (mining)
   };
 
-  // Slots [lo, hi) in tiles of T columns. Allocates nothing.
+  // Slots [lo, hi) in tiles of T columns. Allocates nothing itself (Eigen's GEMM may).
   void process_lane(Lane& lane, const detail::BatchClasses& batch, index_t lo, index_t hi,
                     index_t T, Scalar s, index_t k_best) {
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
@@ -488,9 +529,10 @@ class CpuBackend {
     return Scalar(loss / double(B));
   }
 
-  // 5. dL/dx_i = memory part + batch columns (+ the generator's chain), then dL/de_i.
+  // 5. dL/dx_i = memory part + batch columns (+ the generator's chain), then dL/de_i, left in
+  //    grad_x_ (forward() checks it before copying it into the caller's gradient).
   template <class Generator>
-  void backward(const detail::BatchClasses& batch, Scalar s, MatrixView<Scalar> gradient) {
+  void backward(const detail::BatchClasses& batch, Scalar s) {
     (void)s;
     const index_t B = x_.rows(), C = batch.size(), D = x_.cols();
     grad_x_ = memory_weight_.asDiagonal() * weighted_;
@@ -527,12 +569,11 @@ class CpuBackend {
         }
       }
     }
-    // x_i = e_i / |e_i|: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|.
+    // x_i = e_i / |e_i|: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|, in place.
     for (index_t i = 0; i < B; ++i) {
       auto g = grad_x_.row(i);
       const Scalar along = g.dot(x_.row(i));
-      Scalar* out = gradient.row(i);
-      for (index_t k = 0; k < D; ++k) out[k] = (g(k) - along * x_(i, k)) * inv_norm_[i];
+      g = (g - along * x_.row(i)) * inv_norm_[i];
     }
   }
 
@@ -540,6 +581,7 @@ class CpuBackend {
   Vector decoded_;     // D: one decoded prototype for write() (narrow storage), never reallocated
 
   // Per-step workspace, kept between steps to avoid reallocation.
+  RowMatrix spare_fresh_;  // the other forward's fresh prototypes (see forward())
   RowMatrix x_, fresh_, others_, weighted_, batch_cos_, batch_grad_, grad_x_, grad_fresh_,
       grad_others_;
   Vector inv_norm_, inv_sum_norm_, inv_others_norm_, run_max_, run_sum_, target_cos_, target_grad_,

@@ -15,6 +15,7 @@
 // duration of a step and restore the previous values afterwards, so nothing outlives the call.
 #pragma once
 
+#include <climits>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -36,10 +37,19 @@ int openblas_get_num_threads(void);
 #include <omp.h>
 #endif
 
+#include <protomem/error.hpp>
 #include <protomem/view.hpp>
 
 namespace protomem {
 namespace backend {
+
+/// A GEMM dimension as the int a CBLAS takes, checked rather than narrowed.
+inline int blas_int(index_t value) {
+  if (value < 0 || value > INT_MAX) {
+    detail::fail("a matrix dimension of the step (", value, ") exceeds the BLAS's int range");
+  }
+  return static_cast<int>(value);
+}
 
 /// Which GEMM this translation unit was compiled with (for reports and benchmarks).
 inline const char* gemm_name() {
@@ -61,11 +71,11 @@ void gemm(bool transpose_b, index_t m, index_t n, index_t k, Scalar alpha, const
 #ifdef PROTOMEM_USE_CBLAS
   const auto tb = transpose_b ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<Scalar, float>) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, int(m), int(n), int(k), alpha, a, int(lda), b,
-                int(ldb), beta, c, int(ldc));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, blas_int(m), blas_int(n), blas_int(k), alpha, a,
+                blas_int(lda), b, blas_int(ldb), beta, c, blas_int(ldc));
   } else {
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, tb, int(m), int(n), int(k), alpha, a, int(lda), b,
-                int(ldb), beta, c, int(ldc));
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, tb, blas_int(m), blas_int(n), blas_int(k), alpha, a,
+                blas_int(lda), b, blas_int(ldb), beta, c, blas_int(ldc));
   }
 #else
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

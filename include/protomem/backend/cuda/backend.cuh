@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -139,6 +140,10 @@ class CudaBackend {
     upload_pending_ = true;
   }
 
+  /// Test hook (tests/cuda/test_cuda_guarantees.cu): the next write() fails with `status`, as a
+  /// failed kernel launch would, before it issues anything. Not for use outside tests.
+  void fail_next_write_for_testing(cudaError_t status) { injected_write_failure_ = status; }
+
   void clear() {
     hwm_ = 0;
     host_.clear();
@@ -158,7 +163,6 @@ class CudaBackend {
     (void)generator;
     constexpr bool loo = Generator::leave_one_out;
     detail::DeviceScope scope(device_);
-    throw_deferred();
     check_device_pointer(embeddings.data, "embeddings.data");
     check_device_pointer(gradient.data, "gradient.data");
     const cudaStream_t s = stream();
@@ -169,6 +173,17 @@ class CudaBackend {
 
     upload_host_store();
     ensure_shadow(resources_.precision);
+    // This forward builds its fresh prototypes in the spare buffer and keeps them only when it
+    // succeeds: a forward that throws leaves the pending ones (what write() stores) as they were.
+    std::swap(fresh_, spare_fresh_);
+    struct KeepPending {
+      detail::ScratchBuffer& fresh;
+      detail::ScratchBuffer& spare;
+      bool succeeded = false;
+      ~KeepPending() {
+        if (!succeeded) std::swap(fresh, spare);
+      }
+    } keep{fresh_, spare_fresh_};
 
     // Workspace: the caller's when it is large enough, else ours (CUB's two-phase idiom).
     Work w;
@@ -265,9 +280,12 @@ class CudaBackend {
         detail::cuda_check_launch("leave_one_out_scatter");
       }
     }
-    k_::through_normalisation<<<grid(B), kThreads, 0, s>>>(
-        w.grad_x, w.x, w.inv_norm, D, w.status, gradient.data, gradient.row_stride);
+    k_::through_normalisation<<<grid(B), kThreads, 0, s>>>(w.grad_x, w.x, w.inv_norm, D,
+                                                            w.status);
     detail::cuda_check_launch("through_normalisation");
+    k_::copy_gradient<<<grid(B), kThreads, 0, s>>>(w.grad_x, D, w.status, gradient.data,
+                                                    gradient.row_stride);
+    detail::cuda_check_launch("copy_gradient");
 
     // The one host synchronisation of a step: the status (errors and loss) and the mining lists.
     status_host_.reserve(1);
@@ -286,14 +304,25 @@ class CudaBackend {
                          "cudaMemcpyAsync(similar slots)");
     }
     detail::cuda_check(cudaStreamSynchronize(s), "the step (cudaStreamSynchronize)");
-    throw_invalid_input(*status_host_.data(), batch, embeddings, w);
+    const StepStatus& status = *status_host_.data();
+    throw_invalid_input(status, batch, embeddings, w);
+    // The last line of defence, as on the CPU (copy_gradient has written nothing then).
+    const auto loss = Scalar(status.loss_sum / double(B));
+    if (!std::isfinite(loss)) {
+      detail::fail("the step's loss is ", loss, ", not finite; the step is rejected");
+    }
+    if (status.bad_gradient != cuda_kernels::kNone) {
+      detail::fail("the step's gradient dL/dE row ", status.bad_gradient,
+                   " is not finite; the step is rejected");
+    }
 
     if (k > 0) {
       similar->slots.assign(similar_slots_host_.data(), similar_slots_host_.data() + listed);
       similar->cosines.assign(similar_cosines_host_.data(),
                               similar_cosines_host_.data() + listed);
     }
-    return Scalar(status_host_.data()->loss_sum / double(B));
+    keep.succeeded = true;
+    return loss;
   }
 
   /// The seam with a thread count and a report of the memory pass (as the multi-threaded CPU
@@ -316,16 +345,24 @@ class CudaBackend {
   }
 
   /// Stores the fresh prototypes of the last forward() into their slots: one upload of the plan
-  /// and one kernel, asynchronous. Allocates nothing and cannot throw; a device error is reported
-  /// by the next call (and every later one: the device state is then unknown).
+  /// and one kernel, asynchronous. Allocates nothing. Every error the runtime reports while
+  /// issuing them (device, plan copy, launch) throws protomem::Error with the store unwritten,
+  /// before PrototypeMemory changes its bookkeeping, so that the update stays pending and a retried
+  /// commit() writes it once. A fault while the kernel runs surfaces at the next synchronisation
+  /// (the next forward() or prototype read); such faults leave the CUDA context unusable, and
+  /// every later call throws.
   template <class Refresh>
-  void write(const std::vector<SlotWrite>& writes, const Refresh& refresh) noexcept {
+  void write(const std::vector<SlotWrite>& writes, const Refresh& refresh) {
     const auto W = static_cast<index_t>(writes.size());
     if (W == 0) return;
     cudaError_t status = cudaSuccess;
     {
       detail::DeviceScope scope(device_, status);
       const cudaStream_t s = stream();
+      if (status == cudaSuccess) status = std::exchange(injected_write_failure_, cudaSuccess);
+      // An error left by earlier work on this thread would read as this launch's: clear it first
+      // (it fails this commit, with nothing written).
+      if (status == cudaSuccess) status = cudaGetLastError();
       if (status == cudaSuccess) status = cudaEventSynchronize(plan_copied_.get());
       if (status == cudaSuccess) {
         Index* plan = plan_host_.data();  // room for 3 C entries reserved by forward()
@@ -357,9 +394,10 @@ class CudaBackend {
         status = cudaGetLastError();
       }
     }
-    if (status != cudaSuccess && deferred_status_ == cudaSuccess) {
-      deferred_status_ = status;
-      deferred_what_ = "commit (writing the fresh prototypes)";
+    if (status != cudaSuccess) {
+      detail::fail("CUDA error in commit (writing the fresh prototypes): ",
+                   cudaGetErrorName(status), " (", cudaGetErrorString(status),
+                   "); nothing was written and the update is still pending");
     }
     // The host mirror: remember the written rows (no allocation: stale_ has reserved room).
     for (const SlotWrite& write : writes) {
@@ -620,14 +658,6 @@ class CudaBackend {
     }
   }
 
-  void throw_deferred() const {
-    if (deferred_status_ != cudaSuccess) {
-      detail::fail("the device failed in an earlier ", deferred_what_, ": ",
-                   cudaGetErrorName(deferred_status_), " (", cudaGetErrorString(deferred_status_),
-                   "); the memory's device state is unknown");
-    }
-  }
-
   // After load(): the prototypes set on the host go to the device in one copy.
   void upload_host_store() {
     if (!upload_pending_) return;
@@ -667,7 +697,6 @@ class CudaBackend {
     if (upload_pending_) return;  // the host copy is the newer one until the next step uploads it
     if (!stale_all_ && stale_.empty()) return;
     detail::DeviceScope scope(device_);
-    throw_deferred();
     if (host_.size() < static_cast<std::size_t>(hwm_ * dim_)) {
       host_.resize(static_cast<std::size_t>(hwm_ * dim_));
     }
@@ -713,6 +742,8 @@ class CudaBackend {
   bool shadow_valid_ = false;
   detail::ScratchBuffer workspace_;            // ours, when the caller lends none
   detail::ScratchBuffer fresh_;                // C x D fresh prototypes, forward() -> write()
+  detail::ScratchBuffer spare_fresh_;          // the other forward's (see forward())
+  cudaError_t injected_write_failure_ = cudaSuccess;  // fail_next_write_for_testing()
   detail::ScratchBuffer plan_device_;          // the write plan on the device
   detail::PinnedArray<Index> plan_host_;       // ... and its staging
   detail::PinnedArray<Index> meta_host_;       // staging of the batch's grouping
@@ -732,8 +763,6 @@ class CudaBackend {
   index_t last_tile_columns_ = 0;  // of the last forward(), for the pass report
   std::size_t last_workspace_bytes_ = 0;
 
-  cudaError_t deferred_status_ = cudaSuccess;
-  const char* deferred_what_ = "";
 };
 
 }  // namespace backend

@@ -32,6 +32,7 @@ struct StepStatus {
   unsigned long long bad_embedding;
   unsigned long long bad_class;  ///< min batch class whose exemplars sum to zero
   unsigned long long bad_loo;    ///< min sample whose leave-one-out sum is zero
+  unsigned long long bad_gradient;  ///< min row whose dL/de is not finite
   double loss_sum;               ///< sum over the batch of the cross-entropy
 };
 
@@ -490,22 +491,39 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// Block per row: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|, into the caller's gradient rows.
-/// Writes nothing when the step found invalid input: as on the CPU, a failed step leaves the
-/// caller's gradient buffer (which may be the embeddings' own) untouched.
+/// Block per row: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|, in place in grad_x (each thread
+/// rewrites only the values it read); a row with a non-finite value is reported in the status.
 template <int = 0>
 __global__ void __launch_bounds__(kThreads)
-    through_normalisation(const float* grad_x, const float* x, const float* inv_norm, Index D,
-                          const StepStatus* status, float* gradient, Index gradient_stride) {
-  if (status->bad_embedding != kNone || status->bad_class != kNone || status->bad_loo != kNone) {
-    return;
-  }
+    through_normalisation(float* grad_x, const float* x, const float* inv_norm, Index D,
+                          StepStatus* status) {
   const Index i = blockIdx.x;
   float along = 0;
   for (Index k = threadIdx.x; k < D; k += kThreads) along += grad_x[i * D + k] * x[i * D + k];
   along = block_reduce(along, SumOp{});
+  bool finite = true;
   for (Index k = threadIdx.x; k < D; k += kThreads) {
-    gradient[i * gradient_stride + k] = (grad_x[i * D + k] - along * x[i * D + k]) * inv_norm[i];
+    const float g = (grad_x[i * D + k] - along * x[i * D + k]) * inv_norm[i];
+    grad_x[i * D + k] = g;
+    finite = finite && isfinite(g);
+  }
+  if (!finite) atomicMin(&status->bad_gradient, static_cast<unsigned long long>(i));
+}
+
+/// Block per row: the gradient into the caller's rows, only when the step is valid (no invalid
+/// input, a finite loss and gradient): as on the CPU, a failed step leaves the caller's gradient
+/// buffer (which may be the embeddings' own) untouched.
+template <int = 0>
+__global__ void __launch_bounds__(kThreads)
+    copy_gradient(const float* grad_x, Index D, const StepStatus* status, float* gradient,
+                  Index gradient_stride) {
+  if (status->bad_embedding != kNone || status->bad_class != kNone || status->bad_loo != kNone ||
+      status->bad_gradient != kNone || !isfinite(status->loss_sum)) {
+    return;
+  }
+  const Index i = blockIdx.x;
+  for (Index k = threadIdx.x; k < D; k += kThreads) {
+    gradient[i * gradient_stride + k] = grad_x[i * D + k];
   }
 }
 
