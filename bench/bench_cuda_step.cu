@@ -1,5 +1,5 @@
-// GPU step against the cuBLAS two-GEMM bound on the same shapes (DESIGN.md section 5; issue #5:
-// target <= 1.3x at B = 512, D = 512, M = 2^20).
+// GPU step against the cuBLAS two-GEMM bound on the same shapes (docs/design.md, "Performance
+// model"; issue #5: target <= 1.3x at B = 512, D = 512, M = 2^20).
 //
 //   BM_two_gemm_bound/B/D/M/precision/0 logits (B x M) = X W^T, then G (B x D) = P W, cuBLAS only
 //   BM_cuda_step/B/D/M/precision/0     PrototypeMemory<float, cuda>::step() on a full memory of M
@@ -7,7 +7,7 @@
 //   BM_cuda_step_tile/512/512/2^20/precision/T   the same step, tiles of T columns (1 GiB budget)
 // precision: 0 fp32, 1 tf32, 2 bf16, 3 fp16 (protomem::GemmPrecision), the same for both; the
 // bound's operands are random, as the step's are.
-// The memory is filled through a synthetic checkpoint (filling 2^20 slots by steps would cost
+// The memory is filled by PrototypeMemory::assign (filling 2^20 slots by steps would cost
 // O(M^2 D)). Prints a summary table (step / bound) after the benchmarks; --benchmark_out=FILE
 // --benchmark_out_format=json writes every figure. Exits 77 where there is no GPU.
 #include <benchmark/benchmark.h>
@@ -17,11 +17,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <protomem/cuda.hpp>
-#include <streambuf>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -44,58 +42,26 @@ struct Noise {
   }
 };
 
-// A checkpoint (format version 1, memory.hpp: header, 5 policies, records, CRC) of a full memory:
-// labels 0..M-1, random unit prototypes, the default policies.
-std::string synthetic_checkpoint(index_t M, index_t D) {
-  protomem::detail::ByteWriter out;
-  out.bytes().append("PROTOMEM", 8);
-  out.put<std::uint32_t>(Memory::format_version);
-  out.put<std::uint32_t>(sizeof(float));
-  out.put<std::uint64_t>(static_cast<std::uint64_t>(D));
-  out.put<std::uint64_t>(static_cast<std::uint64_t>(M));
-  out.put<std::int64_t>(0);
-  out.put<std::uint64_t>(1);  // steps
-  out.put<std::uint64_t>(0);
-  out.put<std::uint64_t>(static_cast<std::uint64_t>(M));
-  out.put<std::uint64_t>(0);
-  auto policy = [&](const char* family, const char* name, const auto& value) {
-    out.put_string(family);
-    out.put_string(name);
-    protomem::detail::ByteWriter state;
-    value.save(state);
-    out.put_bytes(state.bytes());
-  };
-  policy("margin", protomem::CosFace::name, protomem::CosFace());
-  policy("generator", protomem::ExemplarMean::name, protomem::ExemplarMean());
-  policy("refresh", protomem::Replace::name, protomem::Replace());
-  policy("queue", protomem::LeastRecentlyWritten::name, protomem::LeastRecentlyWritten());
-  policy("mining", protomem::NoMining::name, protomem::NoMining());
-  out.put<std::uint64_t>(static_cast<std::uint64_t>(M));
-  std::string& bytes = out.bytes();
-  const std::size_t header = bytes.size();
-  const std::size_t record = 24 + static_cast<std::size_t>(D) * sizeof(float);
-  bytes.resize(header + static_cast<std::size_t>(M) * record + 4);
+// Fills `memory` with M classes: labels 0..M-1 in eviction order, random unit prototypes, all
+// written at step 1 (PrototypeMemory::assign takes the records from the host).
+void fill_full(Memory& memory, index_t M, index_t D) {
+  std::vector<std::int64_t> labels(static_cast<std::size_t>(M));
+  std::vector<std::uint64_t> written(static_cast<std::size_t>(M), 1);
+  std::vector<float> prototypes(static_cast<std::size_t>(M * D));
   Noise noise{12345};
-  std::vector<float> p(static_cast<std::size_t>(D));
   for (index_t slot = 0; slot < M; ++slot) {
-    char* r = bytes.data() + header + static_cast<std::size_t>(slot) * record;
-    const std::int64_t label = slot;
-    const std::uint64_t where = static_cast<std::uint64_t>(slot), written = 1;
-    std::memcpy(r, &label, 8);  // little-endian hosts only (x86-64, aarch64)
-    std::memcpy(r + 8, &where, 8);
-    std::memcpy(r + 16, &written, 8);
+    labels[static_cast<std::size_t>(slot)] = slot;
+    float* p = prototypes.data() + slot * D;
     double n2 = 0;
-    for (float& v : p) {
-      v = noise.next();
-      n2 += double(v) * v;
+    for (index_t k = 0; k < D; ++k) {
+      p[k] = noise.next();
+      n2 += double(p[k]) * p[k];
     }
     const float inv = float(1.0 / std::sqrt(n2));
-    for (float& v : p) v *= inv;
-    std::memcpy(r + 24, p.data(), p.size() * sizeof(float));
+    for (index_t k = 0; k < D; ++k) p[k] *= inv;
   }
-  const std::uint32_t crc = protomem::detail::crc32(bytes.data(), bytes.size() - 4);
-  std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);
-  return bytes;
+  memory.assign({labels.data(), M}, protomem::matrix_view<const float>(prototypes.data(), M, D),
+                {written.data(), M}, 1);
 }
 
 // Device noise in [-1, 1) as the precision's input type, for the bound's operands.
@@ -125,10 +91,6 @@ void fill(void* out, std::size_t n, protomem::GemmPrecision precision, std::uint
   check(cudaGetLastError(), "fill_noise");
 }
 
-struct MemoryBuffer : std::streambuf {
-  MemoryBuffer(char* data, std::size_t size) { setg(data, data, data + size); }
-};
-
 // One full memory per (D, M), shared by the precisions and batch sizes.
 // The memory with the default Config (workspace budget 64 MiB) or, for the tile sweep, a budget
 // wide enough for any tile of it.
@@ -142,10 +104,7 @@ Memory& full_memory(index_t D, index_t M, bool wide_budget) {
     config.dim = D;
     if (wide_budget) config.workspace_bytes = std::size_t{1} << 30;
     memory = std::make_unique<Memory>(protomem::CudaResources{}, config);
-    std::string bytes = synthetic_checkpoint(M, D);
-    MemoryBuffer buffer(bytes.data(), bytes.size());
-    std::istream in(&buffer);
-    memory->load(in, "synthetic checkpoint");
+    fill_full(*memory, M, D);
     key = {D, M, wide_budget};
   }
   return *memory;
@@ -280,7 +239,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
 
 const std::vector<std::vector<std::int64_t>> kShapes = {
     {512, 512, std::int64_t{1} << 20},  // issue #5's target shape
-    {256, 512, std::int64_t{1} << 16},  // DESIGN.md section 5's CPU peer shape
+    {256, 512, std::int64_t{1} << 16},  // the CPU benchmarks' shape against PyTorch (docs/performance.md)
 };
 
 }  // namespace

@@ -60,22 +60,8 @@ bool reset_peak_rss() {
   return std::fclose(f) == 0 && ok;
 }
 
-struct Batch {
-  std::vector<float> embeddings, gradient;
-  std::vector<label_t> labels;
-  Batch(index_t B, index_t D)
-      : embeddings(std::size_t(B * D)), gradient(std::size_t(B * D)), labels(std::size_t(B)) {
-    bench::Random random(3);
-    for (float& v : embeddings) v = random.symmetric();
-  }
-  void relabel(label_t& next) {  // B / K classes new to the memory
-    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = next + label_t(i) / kExemplars;
-    next += label_t(labels.size()) / kExemplars;
-  }
-};
-
 template <class Memory>
-protomem::StepResult<float> step(Memory& memory, Batch& batch, label_t& next, index_t B,
+protomem::StepResult<float> step(Memory& memory, bench::Batch& batch, label_t& next, index_t B,
                                  index_t D) {
   batch.relabel(next);
   auto result = memory.forward(protomem::matrix_view(batch.embeddings.data(), B, D),
@@ -95,7 +81,7 @@ void warm_up_once(int threads) {
     protomem::PrototypeMemory<float> memory(config);
     bench::fill(
         memory, 8192, [](index_t r) { return label_t(r); }, 9);
-    Batch batch(256, D);
+    bench::Batch batch(256, D, kExemplars);
     label_t next = 8192;
     step(memory, batch, next, 256, D);
   }
@@ -113,7 +99,7 @@ void BM_StepMemory(benchmark::State& state) {
   protomem::Config config{M, D};
   config.threads = threads;
   config.workspace_bytes = budget;
-  Batch batch(B, D);
+  bench::Batch batch(B, D, kExemplars);
   label_t next = M;
 
   counter::start();

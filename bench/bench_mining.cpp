@@ -23,12 +23,12 @@
 #include <cstdint>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include <protomem/detail/serialize.hpp>
 #include <protomem/memory.hpp>
+
+#include "common.hpp"
 
 namespace {
 
@@ -44,55 +44,12 @@ using MiningMemory =
                               protomem::Replace, protomem::LeastRecentlyWritten,
                               protomem::DoppelgangerMining>;
 
-// A checkpoint of a full memory (format: docs/algorithm.md) with random unit prototypes for labels
-// 0 .. M-1, written directly: filling 2^16 slots through steps would take minutes.
-template <class Memory>
-std::string full_checkpoint(const Memory& memory, std::uint64_t seed) {
-  protomem::detail::ByteWriter out;
-  out.bytes().append("PROTOMEM", 8);
-  out.put<std::uint32_t>(Memory::format_version);
-  out.put<std::uint32_t>(sizeof(float));
-  out.put<std::uint64_t>(kDim);
-  out.put<std::uint64_t>(kSlots);
-  out.put<std::int64_t>(0);
-  for (std::uint64_t counter : {std::uint64_t{1}, std::uint64_t{0}, std::uint64_t(kSlots), std::uint64_t{0}}) {
-    out.put<std::uint64_t>(counter);
-  }
-  auto policy = [&](const char* family, const auto& p) {
-    out.put_string(family);
-    out.put_string(std::decay_t<decltype(p)>::name);
-    protomem::detail::ByteWriter state;
-    p.save(state);
-    out.put_bytes(state.bytes());
-  };
-  policy("margin", memory.margin());
-  policy("generator", memory.generator());
-  policy("refresh", memory.refresh());
-  policy("queue", memory.queue());
-  policy("mining", memory.mining());
-  out.put<std::uint64_t>(kSlots);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> p(kDim);
-  for (index_t slot = 0; slot < kSlots; ++slot) {
-    out.put<std::int64_t>(slot);
-    out.put<std::uint64_t>(static_cast<std::uint64_t>(slot));
-    out.put<std::uint64_t>(1);
-    double n2 = 0;
-    for (float& v : p) {
-      v = normal(rng);
-      n2 += double(v) * v;
-    }
-    for (float v : p) out.put<float>(static_cast<float>(v / std::sqrt(n2)));
-  }
-  out.put<std::uint32_t>(protomem::detail::crc32(out.bytes().data(), out.bytes().size()));
-  return out.bytes();
-}
-
+// A full memory: random unit prototypes for labels 0 .. M-1, assigned directly (filling 2^16
+// slots through steps would take minutes).
 template <class Memory>
 void fill(Memory& memory) {
-  std::istringstream in(full_checkpoint(memory, 1));
-  memory.load(in);
+  bench::fill(
+      memory, kSlots, [](index_t r) { return label_t(r); }, 1);
 }
 
 // Batches of 64 new classes around random centres, 4 noisy exemplars each.

@@ -1,6 +1,6 @@
 // bench_step: one protomem step (forward + commit) against the two-GEMM bound, measured in the
-// same iteration on the same shapes (DESIGN.md section 5), so that their ratio is robust to a
-// machine whose speed drifts.
+// same iteration on the same shapes (docs/design.md, "Performance model"), so that their ratio is
+// robust to a machine whose speed drifts.
 //
 //   BM_Step<Device>/B/D/M   step time (manual time); counters bound_ms (logits B x D x M plus
 //                           gradient B x M x D, OpenBLAS sgemm on the full shapes, same threads)
@@ -82,20 +82,6 @@ Fixture<Device>& fixture(index_t D, index_t M, int threads, std::size_t budget =
   return *static_cast<Fixture<Device>*>(holder.value.get());
 }
 
-struct Batch {
-  std::vector<float> embeddings, gradient;
-  std::vector<label_t> labels;
-  Batch(index_t B, index_t D)
-      : embeddings(std::size_t(B * D)), gradient(std::size_t(B * D)), labels(std::size_t(B)) {
-    bench::Random random(3);
-    for (float& v : embeddings) v = random.symmetric();
-  }
-  void relabel(label_t& next) {  // B / K new classes
-    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = next + label_t(i) / kExemplars;
-    next += label_t(labels.size()) / kExemplars;
-  }
-};
-
 // The two GEMMs of a step at full size, with OpenBLAS on `threads` threads.
 struct Bound {
   index_t B, D, M;
@@ -132,7 +118,7 @@ void run_step(benchmark::State& state, index_t tile) {
   const std::size_t budget =
       tile > 0 ? std::size_t(threads) * std::size_t(tile * B) * sizeof(float) : 0;
   Fixture<Device>& f = fixture<Device>(D, M, threads, budget);
-  Batch batch(B, D);
+  bench::Batch batch(B, D, kExemplars);
   Bound bound(B, D, M);
   double step_total = 0, bound_total = 0;
   protomem::StepResult<float> last;

@@ -1,25 +1,21 @@
 // Helpers shared by protomem's benchmarks: thread count, random unit vectors, filling a memory
-// through a checkpoint (the only public way to hold 2^20 classes without 2^20 / C steps), peak RSS.
+// with random classes (PrototypeMemory::assign: 2^20 classes without 2^20 / C steps), a batch of
+// new classes, peak RSS.
 #pragma once
 
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <functional>
-#include <sstream>
-#include <stdexcept>
+#include <protomem/detail/random.hpp>
+#include <protomem/memory.hpp>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <protomem/memory.hpp>
 
 namespace bench {
 
@@ -47,16 +43,11 @@ inline double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux: KiB
 }
 
-/// A fast deterministic generator (splitmix64): benchmark data need speed, not quality.
+/// Benchmark data: splitmix64 bits (protomem's own generator) as floats, fast rather than good.
 struct Random {
-  std::uint64_t state;
-  explicit Random(std::uint64_t seed) : state(seed * 0x9E3779B97F4A7C15ULL + 1) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-  }
+  protomem::detail::SplitMix64 bits;
+  explicit Random(std::uint64_t seed) : bits(seed * 0x9E3779B97F4A7C15ULL + 1) {}
+  std::uint64_t next() { return bits.next(); }
   /// Uniform in [-1, 1).
   float symmetric() {
     return static_cast<float>(static_cast<double>(next() >> 40) * 0x1p-23 - 1.0);
@@ -77,54 +68,44 @@ inline void unit_rows(float* out, index_t rows, index_t dim, Random& random) {
   }
 }
 
-/// Loads `count` classes into `memory` (which must be empty of pending work): labels label_of(r),
-/// random unit prototypes. Streams a checkpoint through a temporary file in the format that
-/// memory.hpp documents, taking its header from an empty memory's save().
+/// Fills `memory` with `count` classes: labels label_of(0 .. count - 1) in eviction order, random
+/// unit prototypes, all written at step 0 (PrototypeMemory::assign; a pending forward is dropped).
 template <class Memory>
 void fill(Memory& memory, index_t count, const std::function<label_t(index_t)>& label_of,
           std::uint64_t seed) {
   const index_t dim = memory.dim();
-  protomem::Config small = memory.config();
-  small.capacity = 1;
-  std::ostringstream empty_out;
-  Memory(small, memory.margin(), memory.generator(), memory.refresh(), memory.queue())
-      .save(empty_out);
-  std::string head = empty_out.str();
-  head.resize(head.size() - 12);  // drop the record count (u64) and the CRC (u32)
-
-  char name[] = "/tmp/protomem_bench_XXXXXX";
-  const int fd = mkstemp(name);
-  if (fd < 0) throw std::runtime_error("bench::fill: mkstemp failed");
-  close(fd);
-  {
-    std::ofstream out(name, std::ios::binary);
-    std::uint32_t crc = 0;
-    auto write = [&](const void* data, std::size_t size) {
-      out.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
-      crc = protomem::detail::crc32(static_cast<const char*>(data), size, crc);
-    };
-    write(head.data(), head.size());
-    const auto n = static_cast<std::uint64_t>(count);
-    write(&n, 8);  // little-endian hosts only (x86-64, AArch64)
-    Random random(seed);
-    std::vector<char> record(static_cast<std::size_t>(24 + 4 * dim));
-    std::vector<float> prototype(static_cast<std::size_t>(dim));
-    for (index_t r = 0; r < count; ++r) {
-      const std::int64_t label = label_of(r);
-      const auto slot = static_cast<std::uint64_t>(r);
-      const std::uint64_t written = 0;
-      unit_rows(prototype.data(), 1, dim, random);
-      std::memcpy(record.data(), &label, 8);
-      std::memcpy(record.data() + 8, &slot, 8);
-      std::memcpy(record.data() + 16, &written, 8);
-      std::memcpy(record.data() + 24, prototype.data(), prototype.size() * 4);
-      write(record.data(), record.size());
-    }
-    out.write(reinterpret_cast<const char*>(&crc), 4);
-    if (!out) throw std::runtime_error("bench::fill: writing the checkpoint failed");
+  std::vector<label_t> labels(static_cast<std::size_t>(count));
+  std::vector<std::uint64_t> written(static_cast<std::size_t>(count), 0);
+  std::vector<float> prototypes(static_cast<std::size_t>(count * dim));
+  Random random(seed);
+  for (index_t r = 0; r < count; ++r) {
+    labels[static_cast<std::size_t>(r)] = label_of(r);
+    unit_rows(prototypes.data() + r * dim, 1, dim, random);
   }
-  memory.load(std::string(name));
-  std::remove(name);
+  memory.assign({labels.data(), count},
+                protomem::matrix_view<const float>(prototypes.data(), count, dim),
+                {written.data(), count}, 0);
 }
+
+/// A batch of B random embeddings (uniform in [-1, 1)) of B / K classes, K exemplars each, and room
+/// for its gradient; relabel() makes its classes new to the memory before each step.
+struct Batch {
+  std::vector<float> embeddings, gradient;
+  std::vector<label_t> labels;
+  index_t exemplars;
+  Batch(index_t B, index_t D, index_t K)
+      : embeddings(std::size_t(B * D)),
+        gradient(std::size_t(B * D)),
+        labels(std::size_t(B)),
+        exemplars(K) {
+    Random random(3);
+    for (float& v : embeddings) v = random.symmetric();
+  }
+  /// Labels next, next + 1, ... (K rows each); advances `next` past them.
+  void relabel(label_t& next) {
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = next + label_t(i) / exemplars;
+    next += label_t(labels.size()) / exemplars;
+  }
+};
 
 }  // namespace bench

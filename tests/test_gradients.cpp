@@ -11,6 +11,7 @@
 
 #include <protomem/memory.hpp>
 
+#include "support/batch.hpp"
 #include "support/naive.hpp"
 
 namespace {
@@ -18,34 +19,15 @@ namespace {
 using protomem::index_t;
 using protomem::label_t;
 
-struct Batch {
-  std::vector<double> embeddings;  // B x D, row stride D + 2 (strided on purpose)
-  std::vector<label_t> labels;
-  index_t stride = 0;
-};
+using Batch = test_support::Batch<double>;
 
 constexpr index_t kDim = 5;
-constexpr index_t kStride = kDim + 2;
+constexpr index_t kStride = kDim + 2;  // rows padded with NaN that must never be read
 
-// Exemplars of a class scatter around a class direction, so that cosines are spread over [-1, 1].
+// Exemplars scatter around a class direction, with norms in [0.3, 3], so that cosines are spread
+// over [-1, 1] and the normalisation's gradient matters.
 Batch make_batch(const std::vector<std::pair<label_t, int>>& classes, std::mt19937_64& rng) {
-  std::normal_distribution<double> normal;
-  std::uniform_real_distribution<double> scale(0.3, 3.0);
-  Batch batch;
-  batch.stride = kStride;
-  for (const auto& [label, count] : classes) {
-    std::mt19937_64 class_rng(static_cast<std::uint64_t>(label) * 7919 + 1);
-    std::vector<double> centre(kDim);
-    for (double& v : centre) v = normal(class_rng);
-    for (int k = 0; k < count; ++k) {
-      const double norm = scale(rng);
-      for (index_t j = 0; j < kDim; ++j) batch.embeddings.push_back(norm * (centre[j] + 0.7 * normal(rng)));
-      batch.embeddings.push_back(1e300);  // padding past the row: must never be read
-      batch.embeddings.push_back(-1e300);
-      batch.labels.push_back(label);
-    }
-  }
-  return batch;
+  return test_support::make_batch<double>(classes, kDim, rng, {0.7, 0.3, 3.0, kStride - kDim});
 }
 
 // The loss of `batch` (and its gradient into `gradient`), leaving the memory as it was.

@@ -1,9 +1,9 @@
 // The strong guarantee where it is easiest to lose, and the last lines of defence
-// (docs/reliability.md): a failure inside the step's OpenMP region, margins that are valid in
-// double but not in the memory's float, steps whose loss or gradient comes out non-finite,
-// checkpoints whose prototypes are not unit vectors or whose scale breaks a float step, sizes that
-// cannot be allocated, and file text in messages. Every case checks that the memory is exactly as
-// before (through its checkpoint bytes) and that the caller's gradient buffer is untouched.
+// (docs/reliability.md): a failure inside the step's OpenMP region, margins that are valid in double
+// but not in the memory's float, steps whose loss or gradient comes out non-finite, checkpoints
+// whose prototypes are not unit vectors or whose scale breaks a float step, sizes that cannot be
+// allocated, and file text in messages. Every case checks that the memory is exactly as before
+// (through its checkpoint bytes) and that the caller's gradient buffer is untouched.
 //
 // To make Eigen's GEMM fail inside the memory pass's parallel region, this file (and only this
 // one) builds Eigen with EIGEN_RUNTIME_NO_MALLOC, an eigen_assert that throws, and no stack
@@ -12,22 +12,24 @@
 #include <stdexcept>
 #define EIGEN_RUNTIME_NO_MALLOC
 #define EIGEN_STACK_ALLOCATION_LIMIT 0
-#define eigen_assert(x)                                             \
-  do {                                                              \
-    if (!(x)) throw std::runtime_error("eigen_assert failed: " #x); \
+#define eigen_assert(x)                                                  \
+  do {                                                                   \
+    if (!(x)) throw std::runtime_error("eigen_assert failed: " #x);      \
   } while (false)
 
 #include <catch2/catch.hpp>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <protomem/dataset_index.hpp>
-#include <protomem/memory.hpp>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <protomem/dataset_index.hpp>
+#include <protomem/memory.hpp>
 
 #include "support/checkpoint.hpp"
 
@@ -113,35 +115,7 @@ struct InfiniteSlopeMargin {
   void load(protomem::detail::ByteReader&) {}
 };
 
-// Policies that could throw inside commit(): PrototypeMemory refuses them at compile time
-// (tests/compile_fail shows the refusal itself; here, the trait it uses).
-struct ThrowingRefresh {
-  static constexpr const char* name = "throwing";
-  template <class T>
-  void refresh(const T*, T*, index_t) const {
-    throw std::runtime_error("refresh");
-  }
-  void save(protomem::detail::ByteWriter&) const {}
-  void load(protomem::detail::ByteReader&) {}
-};
-struct ThrowingMining : protomem::NoMining {
-  template <class Scalar>
-  void record(protomem::Span<const label_t>, protomem::Span<const label_t>,
-              protomem::Span<const Scalar>, index_t) {
-    throw std::runtime_error("record");
-  }
-};
-
 }  // namespace
-
-TEST_CASE("policies that could throw inside commit() are refused at compile time", "[guarantees]") {
-  STATIC_REQUIRE(protomem::detail::nothrow_refresh_v<protomem::Replace, float>);
-  STATIC_REQUIRE(protomem::detail::nothrow_refresh_v<protomem::Momentum, double>);
-  STATIC_REQUIRE_FALSE(protomem::detail::nothrow_refresh_v<ThrowingRefresh, float>);
-  STATIC_REQUIRE(protomem::detail::nothrow_record_v<protomem::NoMining, float>);
-  STATIC_REQUIRE(protomem::detail::nothrow_record_v<protomem::DoppelgangerMining, double>);
-  STATIC_REQUIRE_FALSE(protomem::detail::nothrow_record_v<ThrowingMining, float>);
-}
 
 TEST_CASE("an exception inside the memory pass's OpenMP region is rethrown after it",
           "[guarantees]") {
@@ -230,7 +204,8 @@ TEST_CASE("a step whose loss or gradient is not finite throws and commits nothin
   }
 }
 
-TEST_CASE("a forward that throws keeps the pending update for forward_replacing", "[guarantees]") {
+TEST_CASE("a forward that throws keeps the pending update for forward_replacing",
+          "[guarantees]") {
   // The fresh prototypes of the pending forward survive a forward that fails after it has begun
   // building its own (exemplars that sum to zero fail in the generator).
   protomem::PrototypeMemory<float> memory({16, 4}), reference({16, 4});
@@ -296,9 +271,8 @@ TEST_CASE("a size that cannot be allocated is a protomem::Error", "[guarantees]"
   // (Sizes past the address space: even an overcommitting kernel refuses them.)
   CHECK_THROWS_WITH(Float({huge, huge}), Contains("beyond any memory"));
   CHECK_THROWS_WITH(Float({2, index_t{1} << 62}), Contains("beyond any memory"));
-  CHECK_THROWS_WITH(
-      Float({2, index_t{1} << 59}),
-      Contains("cannot allocate a memory of capacity x dim = 2 x 576460752303423488"));
+  CHECK_THROWS_WITH(Float({2, index_t{1} << 59}),
+                    Contains("cannot allocate a memory of capacity x dim = 2 x 576460752303423488"));
   CHECK_THROWS_AS(Float({2, index_t{1} << 59}), protomem::Error);
   // An empty memory's checkpoint is shorter than its dim: it loads (dim bounds no record).
   Float wide({8, 512}), wide_copy({8, 512});

@@ -14,6 +14,7 @@
 
 #include <protomem/memory.hpp>
 
+#include "support/batch.hpp"
 #include "support/naive.hpp"
 
 namespace {
@@ -22,28 +23,11 @@ using protomem::index_t;
 using protomem::label_t;
 
 // A batch of K exemplars for each label, around a per-label direction, in dimension D.
-struct Batch {
-  std::vector<double> embeddings;
-  std::vector<label_t> labels;
-  index_t dim = 0;
-  index_t rows() const { return static_cast<index_t>(labels.size()); }
-};
+using Batch = test_support::Batch<double>;
 
 Batch make_batch(const std::vector<label_t>& classes, int exemplars, index_t dim,
                  std::mt19937_64& rng, double spread = 0.5) {
-  std::normal_distribution<double> normal;
-  Batch batch;
-  batch.dim = dim;
-  for (label_t label : classes) {
-    std::mt19937_64 class_rng(static_cast<std::uint64_t>(label) * 104729 + 17);
-    std::vector<double> centre(static_cast<std::size_t>(dim));
-    for (double& v : centre) v = normal(class_rng);
-    for (int k = 0; k < exemplars; ++k) {
-      for (index_t j = 0; j < dim; ++j) batch.embeddings.push_back(centre[j] + spread * normal(rng));
-      batch.labels.push_back(label);
-    }
-  }
-  return batch;
+  return test_support::make_batch<double>(classes, exemplars, dim, rng, {spread});
 }
 
 template <class Memory>

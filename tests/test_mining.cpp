@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "support/batch.hpp"
 #include "support/checkpoint.hpp"
 
 namespace {
@@ -102,18 +103,9 @@ Scalar step(Memory& memory, const std::vector<Scalar>& e, const std::vector<labe
 // A batch of `per_class` exemplars around fixed per-label directions.
 void make_batch(const std::vector<label_t>& classes, int per_class, index_t dim,
                 std::mt19937_64& rng, std::vector<double>& e, std::vector<label_t>& y) {
-  std::normal_distribution<double> normal;
-  e.clear();
-  y.clear();
-  for (label_t l : classes) {
-    std::mt19937_64 centre_rng(static_cast<std::uint64_t>(l) * 7919 + 1);
-    std::vector<double> centre(static_cast<std::size_t>(dim));
-    for (double& v : centre) v = normal(centre_rng);
-    for (int k = 0; k < per_class; ++k) {
-      for (double v : centre) e.push_back(v + 0.3 * normal(rng));
-      y.push_back(l);
-    }
-  }
+  auto batch = test_support::make_batch<double>(classes, per_class, dim, rng, {0.3});
+  e = std::move(batch.embeddings);
+  y = std::move(batch.labels);
 }
 
 std::vector<label_t> random_classes(std::mt19937_64& rng, int count, label_t range) {

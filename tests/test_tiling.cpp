@@ -21,6 +21,7 @@
 #include <omp.h>
 #endif
 
+#include "support/batch.hpp"
 #include "support/naive.hpp"
 
 namespace {
@@ -29,30 +30,13 @@ using protomem::index_t;
 using protomem::label_t;
 
 template <class T>
-struct Batch {
-  std::vector<T> embeddings;
-  std::vector<label_t> labels;
-  index_t dim = 0;
-  index_t rows() const { return static_cast<index_t>(labels.size()); }
-};
+using Batch = test_support::Batch<T>;
 
 // `classes` classes of `exemplars` each, labels from `first`, around random class directions.
 template <class T>
 Batch<T> make_batch(label_t first, int classes, int exemplars, index_t dim, std::mt19937_64& rng) {
-  std::normal_distribution<double> normal;
-  Batch<T> batch;
-  batch.dim = dim;
-  for (int c = 0; c < classes; ++c) {
-    std::mt19937_64 class_rng(static_cast<std::uint64_t>(first + c) * 7919 + 3);
-    std::vector<double> centre(static_cast<std::size_t>(dim));
-    for (double& v : centre) v = normal(class_rng);
-    for (int k = 0; k < exemplars; ++k) {
-      for (index_t j = 0; j < dim; ++j)
-        batch.embeddings.push_back(T(centre[j] + 0.8 * normal(rng)));
-      batch.labels.push_back(first + c);
-    }
-  }
-  return batch;
+  return test_support::make_batch<T>(test_support::consecutive_labels(first, classes), exemplars,
+                                     dim, rng, {0.8});
 }
 
 template <class Memory, class T>

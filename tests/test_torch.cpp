@@ -224,7 +224,7 @@ TEST_CASE("torch adapter: a Mining policy, its table reached through the head", 
   // Step 1 stores classes 0, 1, 2; step 2 brings classes 3, 4, 5, where class 3's exemplars are
   // class 1's plus small noise. After the committed step 2, class 3's row must name class 1 first,
   // with the cosine between the two generated prototypes computed here independently (normalised
-  // mean of the normalised exemplars, as DESIGN.md section 2).
+  // mean of the normalised exemplars, as docs/algorithm.md, "One step").
   using Head = protomem::torch::PrototypeHead<double, protomem::CosFace, protomem::ExemplarMean,
                                               protomem::Replace, protomem::LeastRecentlyWritten,
                                               protomem::DoppelgangerMining>;

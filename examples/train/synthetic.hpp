@@ -26,14 +26,14 @@
 #include <string>
 #include <vector>
 
+#include <protomem/detail/random.hpp>
+
 namespace synthetic {
 
-/// SplitMix64 finaliser: a bijective 64-bit mix, the counter-based generator's core.
+/// One splitmix64 step (golden-ratio increment, then protomem's finaliser): a bijective 64-bit
+/// mix, the counter-based generator's core.
 inline std::uint64_t mix(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
+  return protomem::detail::mix64(x + 0x9E3779B97F4A7C15ULL);
 }
 
 /// A stream of random numbers that is a pure function of its key (seed, tag, a, b).

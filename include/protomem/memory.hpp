@@ -2,11 +2,12 @@
 // of a margin softmax (Smirnov et al., "Prototype Memory for Large-Scale Face Representation
 // Learning", IEEE Access 2022; the rules we had to reconstruct are listed in docs/algorithm.md).
 //
-// One step (DESIGN.md section 2): the batch's exemplars are normalised; each batch class gets a
-// fresh prototype, the mean of its exemplars; the fresh prototypes (differentiable) and the stored
-// prototypes of every other class (constants) are the columns of a margin softmax; the loss and
-// dL/dE are returned; then the fresh prototypes are written into the memory: a class already
-// stored is refreshed, a new class takes an empty slot or evicts the oldest.
+// One step (docs/algorithm.md, "One step"): the batch's exemplars are normalised; each batch class
+// gets a fresh prototype, the mean of its exemplars; the fresh prototypes (differentiable) and the
+// stored prototypes of every other class (constants) are the columns of a margin softmax; the loss
+// and dL/dE are returned; then the fresh prototypes are written into the memory: a class already
+// stored is refreshed, a new class takes an empty slot or evicts the oldest. The design behind it:
+// docs/design.md; a step's path through the files: docs/architecture.md.
 //
 //   protomem::PrototypeMemory<float> memory({/*capacity=*/65536, /*dim=*/512});
 //   float loss = memory.step(embeddings, labels, gradient);   // or forward() ... commit()
@@ -114,13 +115,13 @@ template <class Scalar, class Device = cpu, class Margin = CosFace,
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
-  // commit() marks its update done as soon as the backend has written it; what runs after (the
-  // Refresh policy inside the CPU backend's write, the Mining policy's record) must not throw, or
-  // a retried commit would apply twice. Checked here rather than trusted to a comment.
-  static_assert(detail::nothrow_refresh_v<Refresh, Scalar>,
-                "Refresh::refresh must be noexcept: it runs in commit(), past its last failure");
-  static_assert(detail::nothrow_record_v<Mining, Scalar>,
-                "Mining::record must be noexcept: it runs in commit(), past its last failure");
+  // Each policy's requirements (listed at the top of its family's header), checked member by
+  // member so that a missing one is named here rather than deep inside a backend.
+  static_assert(detail::check_margin_policy<Margin, Scalar>());
+  static_assert(detail::check_generator_policy<Generator>());
+  static_assert(detail::check_refresh_policy<Refresh, Scalar>());
+  static_assert(detail::check_queue_policy<Queue>());
+  static_assert(detail::check_mining_policy<Mining, Scalar>());
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
 
  public:
@@ -404,6 +405,91 @@ class PrototypeMemory {
     } catch (const std::bad_alloc&) {
       fail_allocation("load: '" + path + "'", config_);
     }
+  }
+
+  /// Replaces the stored classes by `labels.size` = n records given in eviction order (record 0 is
+  /// the next to be evicted), record r being labels[r] with prototype row r of `prototypes` (host
+  /// memory, n x dim, any row stride >= dim) written at step last_written[r]; step_count() becomes
+  /// `steps`. It fills a memory as load() would, without checkpoint bytes (e.g. a benchmark's
+  /// memory of 2^20 classes). Prototypes are stored as given (rounded under narrow storage, as a
+  /// write would round them); iteration then yields the records in this order.
+  /// Requires: n <= capacity; labels >= 0, distinct, and < num_classes when declared; finite
+  /// prototypes of unit norm (| |p| - 1 | <= sqrt(epsilon of Scalar)); last_written[r] <= steps.
+  /// Guarantees: on a violation throws protomem::Error naming the record and changes nothing;
+  /// otherwise the counters restart (steps = `steps`, insertions = n, refreshes = evictions = 0),
+  /// the policies keep their parameters, the Mining policy forgets its state (as clear()), and a
+  /// pending forward is discarded.
+  void assign(Span<const label_t> labels, MatrixView<const Scalar> prototypes,
+              Span<const std::uint64_t> last_written, std::uint64_t steps) {
+    const index_t n = labels.size;
+    if (n < 0) detail::fail("assign: labels.size = ", n, " is negative");
+    if (prototypes.rows != n || last_written.size != n) {
+      detail::fail("assign: ", n, " labels but ", prototypes.rows, " prototype rows and ",
+                   last_written.size, " last_written steps");
+    }
+    if (n > config_.capacity) {
+      detail::fail("assign: ", n, " records but the memory's capacity is ", config_.capacity);
+    }
+    if (n > 0 && (labels.data == nullptr || prototypes.data == nullptr ||
+                  last_written.data == nullptr)) {
+      detail::fail("assign: labels, prototypes or last_written has null data for ", n, " records");
+    }
+    if (n > 0 && prototypes.cols != config_.dim) {
+      detail::fail("assign: prototypes.cols = ", prototypes.cols, " but the memory's dim = ",
+                   config_.dim);
+    }
+    if (n > 0 && prototypes.row_stride < prototypes.cols) {
+      detail::fail("assign: prototypes.row_stride = ", prototypes.row_stride,
+                   " < prototypes.cols = ", prototypes.cols);
+    }
+    const double tolerance = std::sqrt(double(std::numeric_limits<Scalar>::epsilon()));
+    Book book(config_.capacity);
+    book.stats.steps = steps;
+    book.stats.insertions = static_cast<std::uint64_t>(n);
+    book.used = n;
+    for (index_t r = 0; r < n; ++r) {
+      const label_t label = labels[r];
+      if (label < 0) detail::fail("assign: labels[", r, "] = ", label, " is negative");
+      if (config_.num_classes > 0 && label >= config_.num_classes) {
+        detail::fail("assign: labels[", r, "] = ", label, " is outside the declared range [0, ",
+                     config_.num_classes, ")");
+      }
+      if (book.map.find(label) >= 0) {
+        detail::fail("assign: labels[", r, "] = ", label, " appears twice");
+      }
+      if (last_written[r] > steps) {
+        detail::fail("assign: last_written[", r, "] = ", last_written[r], " (label ", label,
+                     ") is after step ", steps);
+      }
+      const Scalar* p = prototypes.data + r * prototypes.row_stride;
+      double norm2 = 0;
+      for (index_t k = 0; k < config_.dim; ++k) {
+        if (!std::isfinite(p[k])) {
+          detail::fail("assign: prototypes(", r, ", ", k, ") = ", p[k], " (label ", label,
+                       ") is not finite");
+        }
+        norm2 += double(p[k]) * double(p[k]);
+      }
+      if (!(std::fabs(std::sqrt(norm2) - 1.0) <= tolerance)) {
+        detail::fail("assign: prototype ", r, " (label ", label, ") has norm ", std::sqrt(norm2),
+                     "; prototypes must have unit norm (within ", tolerance, ")");
+      }
+      book.label[static_cast<std::size_t>(r)] = label;
+      book.written[static_cast<std::size_t>(r)] = last_written[r];
+      book.map.insert(label, r);
+      book.queue.push_back(r);
+    }
+    Backend backend(config_.capacity, config_.dim, backend_.resources());
+    for (index_t r = 0; r < n; ++r) {
+      backend.set_prototype(r, prototypes.data + r * prototypes.row_stride);
+    }
+    Mining mining = mining_;
+    mining.clear();
+    // Everything that can fail has run: swap the new state in.
+    backend_ = std::move(backend);
+    book_ = std::move(book);
+    mining_ = std::move(mining);
+    pending_ = false;
   }
 
 

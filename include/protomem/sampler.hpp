@@ -25,7 +25,7 @@
 //                   epoch's last batch takes its N mod C_base remaining classes and is completed
 //                   with classes drawn without replacement from the epoch's other classes, so
 //                   batches keep their shape and those few classes are visited twice in that epoch
-//                   (default; DESIGN.md section 3).
+//                   (default; docs/design.md, "The policies").
 //   UniformClasses  (UniformSampler) each batch draws C_base distinct classes uniformly at random,
 //                   independently of other batches; its nominal epoch is ceil(N / C_base) batches.
 //

@@ -14,59 +14,26 @@
 #include <string>
 #include <vector>
 
+#include "../support/batch.hpp"
+
 namespace cuda_test {
 
 using protomem::index_t;
 using protomem::label_t;
 
-/// A batch on the host: K exemplars per class around a per-label direction, with varied norms.
-struct Batch {
-  std::vector<float> embeddings;
-  std::vector<label_t> labels;
-  index_t dim = 0;
-  index_t rows() const { return static_cast<index_t>(labels.size()); }
-};
+/// A batch on the host: K exemplars per class around a per-label direction, with varied norms,
+/// rows shuffled so that a class's exemplars are not adjacent.
+using Batch = test_support::Batch<float>;
 
 inline Batch make_batch(std::mt19937_64& rng, index_t dim, label_t label_range, int max_classes,
                         int min_exemplars, int max_exemplars, float spread = 0.6f) {
-  std::uniform_int_distribution<label_t> label(0, label_range - 1);
   std::uniform_int_distribution<int> classes(1, max_classes),
       exemplars(min_exemplars, max_exemplars);
-  std::uniform_real_distribution<float> norm(0.5f, 3.0f);
-  std::normal_distribution<float> normal;
-  std::vector<label_t> chosen;
-  const int c = classes(rng);
-  while (static_cast<int>(chosen.size()) < c) {
-    const label_t l = label(rng);
-    if (std::find(chosen.begin(), chosen.end(), l) == chosen.end()) chosen.push_back(l);
+  std::vector<std::pair<label_t, int>> counted;
+  for (label_t l : test_support::distinct_labels(rng, classes(rng), label_range)) {
+    counted.emplace_back(l, exemplars(rng));
   }
-  Batch batch;
-  batch.dim = dim;
-  for (label_t l : chosen) {
-    std::mt19937_64 class_rng(static_cast<std::uint64_t>(l) * 7919 + 3);
-    std::vector<float> centre(static_cast<std::size_t>(dim));
-    for (float& v : centre) v = normal(class_rng);
-    const int k = exemplars(rng);
-    for (int e = 0; e < k; ++e) {
-      const float scale = norm(rng);
-      for (index_t j = 0; j < dim; ++j) {
-        batch.embeddings.push_back(scale * (centre[j] + spread * normal(rng)));
-      }
-      batch.labels.push_back(l);
-    }
-  }
-  // Shuffle the rows so that a class's exemplars are not adjacent.
-  std::vector<index_t> order(batch.labels.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<index_t>(i);
-  std::shuffle(order.begin(), order.end(), rng);
-  Batch shuffled;
-  shuffled.dim = dim;
-  for (index_t i : order) {
-    shuffled.labels.push_back(batch.labels[static_cast<std::size_t>(i)]);
-    shuffled.embeddings.insert(shuffled.embeddings.end(), batch.embeddings.begin() + i * dim,
-                               batch.embeddings.begin() + (i + 1) * dim);
-  }
-  return shuffled;
+  return test_support::make_batch<float>(counted, dim, rng, {spread, 0.5, 3.0, 0, true});
 }
 
 /// Device copies of a batch's embeddings and room for its gradient.

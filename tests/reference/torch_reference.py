@@ -6,8 +6,9 @@ Usage: torch_reference.py PATH/TO/dump_cases
 Runs the dump binary (tests/reference/dump_cases.cpp), which prints random steps of
 PrototypeMemory<double> as JSON: the raw embeddings E, the labels, the memory's stored records before
 the step, and the C++ loss and gradient. For each case this script recomputes the step's loss from
-scratch in torch float64, straight from the formulas of DESIGN.md section 2 and the policy headers'
-documented rules, and lets autograd produce dL/dE. Nothing here ports the C++ backward pass.
+scratch in torch float64, straight from the formulas of docs/algorithm.md ("One step", "The
+gradient") and the policy headers' documented rules, and lets autograd produce dL/dE. Nothing here
+ports the C++ backward pass.
 
 Exit status: 0 all cases agree (relative error <= 1e-9 for the loss and for the gradient),
 1 a disagreement (or the dump failed), 77 torch is not available (CTest's skip code).

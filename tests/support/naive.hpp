@@ -1,4 +1,4 @@
-// A naive, loop-by-loop evaluation of one step's loss (DESIGN.md section 2), written without the
+// A naive, loop-by-loop evaluation of one step's loss (docs/algorithm.md, "One step"), written without the
 // library's numerics: the independent computation that tests compare the library with.
 #pragma once
 

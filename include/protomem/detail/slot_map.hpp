@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <protomem/detail/random.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
 #include <vector>
@@ -132,12 +133,7 @@ class SlotMap {
   /// The splitmix64 finaliser: a bijection on 64 bits whose low bits depend on every input bit,
   /// so sequential labels and labels that are multiples of the table size spread over the table.
   /// Unseeded: labels come from the user's own data, not from an adversary.
-  static std::uint64_t hash(label_t label) {
-    auto z = static_cast<std::uint64_t>(label);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
+  static std::uint64_t hash(label_t label) { return mix64(static_cast<std::uint64_t>(label)); }
 
  private:
   static constexpr label_t kEmpty = -1;

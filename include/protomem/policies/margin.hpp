@@ -1,15 +1,24 @@
 // Margin policies: how the target logit of a sample is formed from its cosine to its own class
 // prototype. Every policy turns cos_iy into s * psi(cos_iy); non-target columns are always s * cos.
 //
-// A Margin policy must provide
-//   static constexpr const char* name;            // stored in checkpoints
-//   double scale() const;                         // s > 0
-//   template <class T> T target(T cos) const;     // psi(cos), cos in [-1, 1]
-//   template <class T> T derivative(T cos) const; // d psi / d cos (finite everywhere)
-//   void save(detail::ByteWriter&) const;  void load(detail::ByteReader&);   // parameters
-// target/derivative are PROTOMEM_HOST_DEVICE so that the CUDA backend evaluates the same code.
-// Constructors and load() reject parameters out of range with protomem::Error (checked in double);
-// PrototypeMemory checks them again in its Scalar (detail::check_margin_in).
+// Requires, of a Margin policy P (PrototypeMemory checks each member at compile time and names the
+// one that is missing: detail::check_margin_policy at the end of this header):
+//   static constexpr const char* name;               stored in checkpoints
+//   double scale() const;                            s > 0
+//   PROTOMEM_HOST_DEVICE T target(T cos) const;      psi(cos), cos in [-1, 1]
+//   PROTOMEM_HOST_DEVICE T derivative(T cos) const;  d psi / d cos, finite everywhere
+//   void save(detail::ByteWriter&) const;            its parameters, for checkpoints
+//   void load(detail::ByteReader&);                  the same; bad values throw protomem::Error
+//   copy-constructible and move-assignable           load() checks a copy, then moves it in
+// T is the memory's Scalar (target and derivative may be templates, as the built-in ones are).
+// protomem::cuda evaluates target and derivative in device code, so there they must be marked
+// PROTOMEM_HOST_DEVICE: nvcc cannot be asked beforehand and otherwise reports "calling a __host__
+// function from a __global__ function".
+// Guarantees (the built-in margins): constructors and load() reject parameters out of range with
+// protomem::Error; target and derivative are finite for every cos in [-1, 1], and the CPU and
+// CUDA backends evaluate the same code. Parameters are checked in double by the constructors
+// and load(), and again in the memory's Scalar by PrototypeMemory (detail::check_margin_in), so a
+// scale that is finite in double but 0 or inf in float is rejected.
 //
 // Alternatives, side by side:
 //   NoMargin       psi = cos                                            (NormFace)
@@ -23,6 +32,7 @@
 #include <limits>
 
 #include <protomem/detail/config.hpp>
+#include <protomem/detail/detect.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
 
@@ -224,5 +234,44 @@ struct CombinedMargin {
     *this = CombinedMargin(scale, a, b, in.get<double>("margin m3"));
   }
 };
+
+namespace detail {
+
+template <class P>
+using margin_scale_t = decltype(static_cast<double>(std::declval<const P&>().scale()));
+template <class P, class T>
+using margin_target_t =
+    decltype(static_cast<T>(std::declval<const P&>().target(std::declval<T>())));
+template <class P, class T>
+using margin_derivative_t =
+    decltype(static_cast<T>(std::declval<const P&>().derivative(std::declval<T>())));
+
+/// The requirements of a Margin policy (this header's comment), one static_assert per member so
+/// that the compiler names the missing one. True when they all hold.
+template <class P, class Scalar>
+constexpr bool check_margin_policy() {
+  static_assert(is_detected<policy_name_t, P>,
+                "protomem: a Margin policy needs `static constexpr const char* name` (stored in "
+                "checkpoints)");
+  static_assert(is_detected<margin_scale_t, P>,
+                "protomem: a Margin policy needs `double scale() const` (the logit scale s)");
+  static_assert(is_detected<margin_target_t, P, Scalar>,
+                "protomem: a Margin policy needs `PROTOMEM_HOST_DEVICE T target(T cos) const` "
+                "(psi(cos)) for T = the memory's Scalar; mark it PROTOMEM_HOST_DEVICE for "
+                "protomem::cuda");
+  static_assert(is_detected<margin_derivative_t, P, Scalar>,
+                "protomem: a Margin policy needs `PROTOMEM_HOST_DEVICE T derivative(T cos) const` "
+                "(d psi / d cos) for T = the memory's Scalar; mark it PROTOMEM_HOST_DEVICE for "
+                "protomem::cuda");
+  static_assert(is_detected<policy_save_t, P>,
+                "protomem: a Margin policy needs `void save(protomem::detail::ByteWriter&) const`");
+  static_assert(is_detected<policy_load_t, P>,
+                "protomem: a Margin policy needs `void load(protomem::detail::ByteReader&)`");
+  static_assert(policy_is_copyable<P>,
+                "protomem: a Margin policy must be copy-constructible and move-assignable");
+  return true;
+}
+
+}  // namespace detail
 
 }  // namespace protomem

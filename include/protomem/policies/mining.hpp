@@ -6,20 +6,26 @@
 // the cosines the pass computes anyway, O(B M) additions and a top-k heap, no extra GEMM). A mining
 // policy asks for its k of them and keeps what it needs from each committed step.
 //
-// A Mining policy must provide
-//   static constexpr const char* name;               // stored in checkpoints
-//   index_t similar_k() const;                       // similar classes wanted per batch class (0:
-//   none) template <class Scalar> void record(Span<const label_t> classes, Span<const label_t>
-//   similar,
-//               Span<const Scalar> cosines, index_t stride) noexcept;
-//       // called by PrototypeMemory::commit() only (never for a discarded forward), after the
-//       // memory's own update: similar[c * stride + r], r < stride, is the r-th most similar
-//       // stored class to classes[c] (-1 pads), stride >= similar_k(); must not allocate, and
-//       // must be noexcept (checked at compile time: a commit cannot fail after its write)
-//   Span<const label_t> doppelgangers(label_t label) const;  // what a sampler draws from,
-//   Span<const float> cosines(label_t label) const;          // most similar first
-//   void clear();                                    // forget the state, keep the parameters
-//   void save(detail::ByteWriter&) const;  void load(detail::ByteReader&);
+// Requires, of a Mining policy P (PrototypeMemory checks each member at compile time and names the
+// one that is missing: detail::check_mining_policy at the end of this header):
+//   static constexpr const char* name;                    stored in checkpoints
+//   index_t similar_k() const;                            similar classes wanted per batch class
+//                                                         (0: none)
+//   void record(Span<const label_t> classes, Span<const label_t> similar,
+//               Span<const T> cosines, index_t stride) noexcept;
+//       called by PrototypeMemory::commit() only (never for a discarded forward), after the
+//       memory's own update, with T the memory's Scalar: similar[c * stride + r], r < stride, is
+//       the r-th most similar stored class to classes[c] (-1 pads), stride >= similar_k(); it must
+//       not allocate or throw, because the memory has already changed
+//   Span<const label_t> doppelgangers(label_t label) const;  what a sampler draws from,
+//   Span<const float> cosines(label_t label) const;          most similar first
+//   void clear();                                         forget the state, keep the parameters
+//   void save(detail::ByteWriter&) const;                 parameters and state, for checkpoints
+//   void load(detail::ByteReader&);                       the same; bad state throws
+//                                                         protomem::Error and changes nothing
+//   copy-constructible and move-assignable                load() checks a copy, then moves it in
+// Guarantees (the built-in policies): the state depends on committed steps only; its size is
+// bounded by the constructor's arguments, whatever the number of steps.
 //
 // Alternatives, side by side:
 //   NoMining            remembers nothing; steps compute no similarities for it (default).
@@ -30,6 +36,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <protomem/detail/detect.hpp>
 #include <type_traits>
 #include <utility>
 #include <protomem/detail/serialize.hpp>
@@ -40,14 +47,6 @@
 #include <vector>
 
 namespace protomem {
-namespace detail {
-/// Whether Mining::record for a Scalar memory is declared noexcept (PrototypeMemory requires it).
-template <class Mining, class Scalar>
-constexpr bool nothrow_record_v = noexcept(std::declval<Mining&>().record(
-    std::declval<Span<const label_t>>(), std::declval<Span<const label_t>>(),
-    std::declval<Span<const Scalar>>(), std::declval<index_t>()));
-}  // namespace detail
-
 /// No mining (the default): nothing is computed or stored.
 struct NoMining {
   static constexpr const char* name = "none";
@@ -245,5 +244,63 @@ class DoppelgangerMining {
   std::vector<label_t> similar_;  // rows x k
   std::vector<float> cosine_;     // rows x k
 };
+
+namespace detail {
+
+template <class P>
+using mining_similar_k_t = decltype(static_cast<index_t>(std::declval<const P&>().similar_k()));
+template <class P, class T>
+using mining_record_t = decltype(std::declval<P&>().record(
+    std::declval<Span<const label_t>>(), std::declval<Span<const label_t>>(),
+    std::declval<Span<const T>>(), std::declval<index_t>()));
+template <class P, class T>
+using mining_record_noexcept_t = std::enable_if_t<noexcept(std::declval<P&>().record(
+    std::declval<Span<const label_t>>(), std::declval<Span<const label_t>>(),
+    std::declval<Span<const T>>(), std::declval<index_t>()))>;
+template <class P>
+using mining_doppelgangers_t = std::enable_if_t<std::is_convertible_v<
+    decltype(std::declval<const P&>().doppelgangers(label_t{})), Span<const label_t>>>;
+template <class P>
+using mining_cosines_t =
+    std::enable_if_t<std::is_convertible_v<decltype(std::declval<const P&>().cosines(label_t{})),
+                                           Span<const float>>>;
+template <class P>
+using mining_clear_t = decltype(std::declval<P&>().clear());
+
+/// The requirements of a Mining policy (this header's comment), one static_assert per member so
+/// that the compiler names the missing one. True when they all hold.
+template <class P, class Scalar>
+constexpr bool check_mining_policy() {
+  static_assert(is_detected<policy_name_t, P>,
+                "protomem: a Mining policy needs `static constexpr const char* name` (stored in "
+                "checkpoints)");
+  static_assert(is_detected<mining_similar_k_t, P>,
+                "protomem: a Mining policy needs `index_t similar_k() const` (0: no similarities)");
+  static_assert(is_detected<mining_record_t, P, Scalar>,
+                "protomem: a Mining policy needs `void record(Span<const label_t> classes, "
+                "Span<const label_t> similar, Span<const T> cosines, index_t stride) noexcept` for "
+                "T = the memory's Scalar");
+  static_assert(
+      !is_detected<mining_record_t, P, Scalar> || is_detected<mining_record_noexcept_t, P, Scalar>,
+      "protomem: a Mining policy's `record(...)` must be noexcept (commit() calls it "
+      "after the memory has changed)");
+  static_assert(
+      is_detected<mining_doppelgangers_t, P>,
+      "protomem: a Mining policy needs `Span<const label_t> doppelgangers(label_t) const` "
+      "(what a sampler draws from)");
+  static_assert(is_detected<mining_cosines_t, P>,
+                "protomem: a Mining policy needs `Span<const float> cosines(label_t) const`");
+  static_assert(is_detected<mining_clear_t, P>,
+                "protomem: a Mining policy needs `void clear()` (forget the state)");
+  static_assert(is_detected<policy_save_t, P>,
+                "protomem: a Mining policy needs `void save(protomem::detail::ByteWriter&) const`");
+  static_assert(is_detected<policy_load_t, P>,
+                "protomem: a Mining policy needs `void load(protomem::detail::ByteReader&)`");
+  static_assert(policy_is_copyable<P>,
+                "protomem: a Mining policy must be copy-constructible and move-assignable");
+  return true;
+}
+
+}  // namespace detail
 
 }  // namespace protomem

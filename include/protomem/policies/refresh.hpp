@@ -1,14 +1,19 @@
 // Refresh policies: what a class already in the memory keeps when the batch brings a fresh
 // prototype of it. New classes always store the fresh prototype as it is.
 //
-// A Refresh policy must provide
-//   static constexpr const char* name;
-//   template <class T> void refresh(const T* old, T* fresh, index_t dim) const noexcept;
-//       // overwrite `fresh` (unit norm) with the prototype to store; `old` is the stored one;
-//       // noexcept (checked at compile time): it runs inside commit(), after the point where a
-//       // commit can still fail, so it must not throw
-//   void save(detail::ByteWriter&) const;  void load(detail::ByteReader&);
-// Guarantee: the stored prototype has unit norm.
+// Requires, of a Refresh policy P (PrototypeMemory checks each member at compile time and names the
+// one that is missing: detail::check_refresh_policy at the end of this header):
+//   static constexpr const char* name;          stored in checkpoints
+//   PROTOMEM_HOST_DEVICE void refresh(const T* old, T* fresh, index_t dim) const noexcept;
+//       overwrite `fresh` (unit norm) with the unit-norm prototype to store; `old` is the stored
+//       one; T is the memory's Scalar. noexcept because the backends call it while they write the
+//       memory, after the point where a commit may still fail; PROTOMEM_HOST_DEVICE because
+//       protomem::cuda calls it in device code.
+//   void save(detail::ByteWriter&) const;       its parameters, for checkpoints
+//   void load(detail::ByteReader&);             the same; bad values throw protomem::Error
+//   copy-constructible and move-assignable      load() checks a copy, then moves it in
+// Guarantees (the built-in policies): the stored prototype has unit norm; constructors and load()
+// reject parameters out of range with protomem::Error.
 //
 // Alternatives, side by side:
 //   Replace   store the fresh prototype (default).
@@ -20,18 +25,12 @@
 #include <utility>
 
 #include <protomem/detail/config.hpp>
+#include <protomem/detail/detect.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
 
 namespace protomem {
-namespace detail {
-/// Whether Refresh::refresh on T values is declared noexcept (PrototypeMemory requires it).
-template <class Refresh, class T>
-constexpr bool nothrow_refresh_v = noexcept(std::declval<const Refresh&>().refresh(
-    std::declval<const T*>(), std::declval<T*>(), std::declval<index_t>()));
-}  // namespace detail
-
 /// Replace the stored prototype by the fresh one.
 struct Replace {
   static constexpr const char* name = "replace";
@@ -66,5 +65,41 @@ struct Momentum {
   void save(detail::ByteWriter& out) const { out.put(a); }
   void load(detail::ByteReader& in) { *this = Momentum(in.get<double>("refresh momentum a")); }
 };
+
+namespace detail {
+
+template <class P, class T>
+using refresh_call_t = decltype(std::declval<const P&>().refresh(
+    std::declval<const T*>(), std::declval<T*>(), std::declval<index_t>()));
+template <class P, class T>
+using refresh_noexcept_t = std::enable_if_t<noexcept(std::declval<const P&>().refresh(
+    std::declval<const T*>(), std::declval<T*>(), std::declval<index_t>()))>;
+
+/// The requirements of a Refresh policy (this header's comment), one static_assert per member so
+/// that the compiler names the missing one. True when they all hold.
+template <class P, class Scalar>
+constexpr bool check_refresh_policy() {
+  static_assert(is_detected<policy_name_t, P>,
+                "protomem: a Refresh policy needs `static constexpr const char* name` (stored in "
+                "checkpoints)");
+  static_assert(is_detected<refresh_call_t, P, Scalar>,
+                "protomem: a Refresh policy needs `PROTOMEM_HOST_DEVICE void refresh(const T* old, "
+                "T* fresh, index_t dim) const noexcept` for T = the memory's Scalar; mark it "
+                "PROTOMEM_HOST_DEVICE for protomem::cuda");
+  static_assert(
+      !is_detected<refresh_call_t, P, Scalar> || is_detected<refresh_noexcept_t, P, Scalar>,
+      "protomem: a Refresh policy's `refresh(const T* old, T* fresh, index_t dim) const` "
+      "must be noexcept (the backends call it while writing the memory)");
+  static_assert(
+      is_detected<policy_save_t, P>,
+      "protomem: a Refresh policy needs `void save(protomem::detail::ByteWriter&) const`");
+  static_assert(is_detected<policy_load_t, P>,
+                "protomem: a Refresh policy needs `void load(protomem::detail::ByteReader&)`");
+  static_assert(policy_is_copyable<P>,
+                "protomem: a Refresh policy must be copy-constructible and move-assignable");
+  return true;
+}
+
+}  // namespace detail
 
 }  // namespace protomem

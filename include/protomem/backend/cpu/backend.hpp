@@ -1,6 +1,6 @@
 // CPU backend: the prototype store in host memory and the numerics of a step on Eigen.
 //
-// One step, in the order of DESIGN.md section 2 (each numbered part below is one function):
+// One step, in the order of docs/algorithm.md, "One step" (each numbered part below is one function):
 //   1. normalise      x_i = e_i / |e_i|                       (rejects non-finite and zero rows)
 //   2. generate       p_c = normalize(sum_{i in c} x_i)        (and q_i for leave-one-out)
 //   3. memory pass    over the stored prototypes in tiles: logits, online softmax statistics
@@ -133,7 +133,7 @@ class CpuBackend {
   }
   void clear() { store_.setZero(); }
 
-  /// Loss and dL/de of one step (DESIGN.md section 2). `used` slots [0, used) hold prototypes;
+  /// Loss and dL/de of one step (docs/algorithm.md, "One step"). `used` slots [0, used) hold prototypes;
   /// `excluded` lists the slots of classes in this batch (their stale copies are no columns).
   /// `threads` as Config::threads. Keeps the fresh prototypes for write().
   template <class Margin, class Generator>

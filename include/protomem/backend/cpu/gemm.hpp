@@ -138,7 +138,7 @@ class BlasThreads {
   BlasThreads& operator=(const BlasThreads&) = delete;
 
  private:
-  int saved_ = 0;
+  [[maybe_unused]] int saved_ = 0;  // unused without OpenBLAS
 };
 
 /// Sets OpenMP's thread count for nested teams of the calling thread (its nthreads-var) for a

@@ -154,7 +154,7 @@ class CudaBackend {
 
   // ---- the step ---------------------------------------------------------------------------------
 
-  /// Loss and dL/de of one step (DESIGN.md section 2); see the CPU backend's forward().
+  /// Loss and dL/de of one step (docs/algorithm.md, "One step"); see the CPU backend's forward().
   template <class Margin, class Generator>
   Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
                  MatrixView<Scalar> gradient, index_t used, const std::vector<index_t>& excluded,

@@ -1,7 +1,7 @@
-// Must NOT compile (tests/CMakeLists.txt, compile_fail_throwing_mining): a Mining policy whose
-// record() may throw runs inside commit() after the update is written, so a retried commit would
-// apply twice; PrototypeMemory refuses it with a static_assert. Were it accepted, main() shows the
-// double apply: it exits 1 when a retried commit counts two steps.
+// A Mining policy whose record() may throw: record() runs inside commit() after the update is
+// written, so a retried commit would apply twice; PrototypeMemory must refuse it and say why.
+// Were it accepted (as before the check existed), main() shows the double apply: it exits 1 when a
+// retried commit counts two steps.
 #include <cstdio>
 #include <protomem/memory.hpp>
 #include <stdexcept>

@@ -1,0 +1,18 @@
+// A Generator policy without min_exemplars: PrototypeMemory must name the missing member (see
+// complete.cpp for the whole set).
+#include <protomem/memory.hpp>
+
+namespace {
+
+struct GeneratorWithoutMinExemplars {
+  static constexpr const char* name = "broken";
+  static constexpr bool gradient = true;
+  static constexpr bool leave_one_out = false;
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace,
+                                               GeneratorWithoutMinExemplars>) > 0);
+
+}  // namespace

@@ -1,0 +1,26 @@
+// A Mining policy without clear(): PrototypeMemory must name the missing member (see complete.cpp
+// for the whole set).
+#include <protomem/memory.hpp>
+
+namespace {
+
+using protomem::index_t;
+using protomem::label_t;
+using protomem::Span;
+
+struct MiningWithoutClear {
+  static constexpr const char* name = "broken";
+  index_t similar_k() const { return 0; }
+  template <class T>
+  void record(Span<const label_t>, Span<const label_t>, Span<const T>, index_t) noexcept {}
+  Span<const label_t> doppelgangers(label_t) const { return {}; }
+  Span<const float> cosines(label_t) const { return {}; }
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+static_assert(sizeof(protomem::PrototypeMemory<
+                     float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
+                     protomem::Replace, protomem::LeastRecentlyWritten, MiningWithoutClear>) > 0);
+
+}  // namespace

@@ -1,0 +1,17 @@
+// A Queue policy without refresh_moves_to_back: PrototypeMemory must name the missing member (see
+// complete.cpp for the whole set).
+#include <protomem/memory.hpp>
+
+namespace {
+
+struct QueueWithoutOrder {
+  static constexpr const char* name = "broken";
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace,
+                                               protomem::ExemplarMean, protomem::Replace,
+                                               QueueWithoutOrder>) > 0);
+
+}  // namespace

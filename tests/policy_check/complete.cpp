@@ -1,0 +1,69 @@
+// The control for the policy checks: the smallest policies of every family that meet the
+// requirements listed in policies/*.hpp. Building this must succeed; each broken_*.cpp beside it
+// is one of these with a single requirement removed, and must fail with a message naming it.
+#include <protomem/memory.hpp>
+
+namespace {
+
+using protomem::index_t;
+using protomem::label_t;
+using protomem::Span;
+
+struct PlainMargin {
+  static constexpr const char* name = "plain";
+  double scale() const { return 16.0; }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T target(T cos) const {
+    return cos;
+  }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T derivative(T) const {
+    return T(1);
+  }
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+struct PlainGenerator {
+  static constexpr const char* name = "plain";
+  static constexpr bool gradient = true;
+  static constexpr bool leave_one_out = false;
+  static constexpr index_t min_exemplars = 1;
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+struct PlainRefresh {
+  static constexpr const char* name = "plain";
+  template <class T>
+  PROTOMEM_HOST_DEVICE void refresh(const T*, T*, index_t) const noexcept {}
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+struct PlainQueue {
+  static constexpr const char* name = "plain";
+  static constexpr bool refresh_moves_to_back = true;
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+struct PlainMining {
+  static constexpr const char* name = "plain";
+  index_t similar_k() const { return 0; }
+  template <class T>
+  void record(Span<const label_t>, Span<const label_t>, Span<const T>, index_t) noexcept {}
+  Span<const label_t> doppelgangers(label_t) const { return {}; }
+  Span<const float> cosines(label_t) const { return {}; }
+  void clear() {}
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
+// sizeof instantiates the class, and with it the requirement checks, but none of the numerics.
+static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator,
+                                               PlainRefresh, PlainQueue, PlainMining>) > 0);
+static_assert(sizeof(protomem::PrototypeMemory<double, protomem::cpu, PlainMargin, PlainGenerator,
+                                               PlainRefresh, PlainQueue, PlainMining>) > 0);
+
+}  // namespace
