@@ -68,10 +68,9 @@ void fuzz_checkpoint(const std::uint8_t* data, std::size_t size, MakeMemory make
     embeddings[i] = static_cast<Scalar>(1 + (i * 7) % 5) * (i % 3 == 0 ? -1 : 1);
   }
   const std::vector<protomem::label_t> labels = {0, 0, 1, 1, 1000000007, 1000000007};
-  const Scalar loss =
-      memory.step(protomem::matrix_view<const Scalar>(embeddings.data(), 6, dim),
-                  protomem::label_view(labels.data(), 6),
-                  protomem::matrix_view<Scalar>(gradient.data(), 6, dim));
+  const Scalar loss = memory.step(protomem::matrix_view<const Scalar>(embeddings.data(), 6, dim),
+                                  protomem::label_view(labels.data(), 6),
+                                  protomem::matrix_view<Scalar>(gradient.data(), 6, dim));
   if (!std::isfinite(loss)) finding("a step after a successful load gave a non-finite loss");
 }
 

@@ -50,7 +50,8 @@ void feed(Memory& memory, int steps, int classes, std::uint64_t seed) {
     std::vector<float> e(24), g(24);
     for (float& v : e) v = static_cast<float>(next() % 1000) / 500.0f - 1.0f + 0.01f;
     memory.step(protomem::matrix_view<const float>(e.data(), 6, 4),
-                protomem::label_view(labels.data(), 6), protomem::matrix_view<float>(g.data(), 6, 4));
+                protomem::label_view(labels.data(), 6),
+                protomem::matrix_view<float>(g.data(), 6, 4));
   }
 }
 
@@ -81,10 +82,10 @@ int main(int argc, char** argv) {
     }
   }
   {
-    using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace,
-                                             protomem::ExemplarMean, protomem::Replace,
-                                             protomem::LeastRecentlyWritten,
-                                             protomem::DoppelgangerMining>;
+    using Memory =
+        protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
+                                  protomem::Replace, protomem::LeastRecentlyWritten,
+                                  protomem::DoppelgangerMining>;
     for (int steps : {0, 2, 12}) {
       Memory memory({8, 4}, protomem::CosFace(), protomem::ExemplarMean(), protomem::Replace(),
                     protomem::LeastRecentlyWritten(), protomem::DoppelgangerMining(3, 6));
