@@ -709,10 +709,18 @@ class PrototypeMemory {
       book.queue.push_back(static_cast<index_t>(slot));
       Scalar* p = prototypes.data() + r * dim;
       for (std::uint64_t k = 0; k < dim; ++k) p[k] = in.get<Scalar>("a prototype value");
+      double norm2 = 0;
       for (std::uint64_t k = 0; k < dim; ++k) {
         if (!std::isfinite(p[k])) {
           detail::fail(source, ": the prototype of label ", label, " has a non-finite value");
         }
+        norm2 += static_cast<double>(p[k]) * static_cast<double>(p[k]);
+      }
+      // Stored prototypes have unit norm (narrow storage rounds each value by < 2^-8 relative);
+      // any other norm would let logits s * cos leave [-s, s] and overflow (found by fuzzing).
+      if (!(std::abs(std::sqrt(norm2) - 1.0) <= 1e-2)) {
+        detail::fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
+                     "; stored prototypes have norm 1");
       }
       slots.push_back(static_cast<index_t>(slot));
     }

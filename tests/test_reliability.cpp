@@ -1,13 +1,17 @@
+// Reliability (docs/reliability.md).
 // Crash-safe files (protomem/detail/atomic_file.hpp, PrototypeMemory::save(path),
 // BatchSampler::save(path)): a save that fails at any byte, for want of space or permission, or
 // because the target cannot be replaced, throws, leaves the old file loadable and identical, and
 // leaves no temporary behind; concurrent saves to one path never share a temporary.
+// Checks fuzzing showed missing (tests/fuzz/regressions holds the inputs): a margin scale that is
+// 0 in float or overflows it, and a stored prototype that is not of unit norm.
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -292,10 +296,39 @@ TEST_CASE("the sampler state goes to a file crash-safely and loads back", "[atom
 }
 
 TEST_CASE("a margin scale outside [1e-3, 1e4] is rejected (fuzzing found 1e-302 loading)",
-          "[margin]") {
+          "[fuzz]") {
   CHECK_NOTHROW(protomem::CosFace(1e-3, 0.2));
   CHECK_NOTHROW(protomem::ArcFace(1e4, 0.5));
   CHECK_THROWS_WITH(protomem::CosFace(1e-302), Contains("scale s = 1e-302"));
   CHECK_THROWS_WITH(protomem::ArcFace(1e159), Contains("scale s = 1e+159"));
   CHECK_THROWS_WITH(protomem::NoMargin(2e4), Contains("within [0.001, 10000]"));
+}
+
+TEST_CASE("a checkpoint whose prototype is not of unit norm is rejected (found by fuzzing)",
+          "[fuzz]") {
+  const Memory source = make_memory(3, 4);
+  const std::string good = bytes_of(source);
+  // The first record's first prototype value, after its label, slot and last_written.
+  const std::size_t value = checkpoint_support::records_offset(good) + 8 + 24;
+  for (float v : {2.0f, 1e38f, 0.0f}) {
+    INFO("the first value set to " << v);
+    std::string bad = good;
+    std::memcpy(&bad[value], &v, sizeof v);
+    bad = checkpoint_support::with_valid_crc(bad);
+    Memory target = make_memory(2, 9);
+    const std::string before = bytes_of(target);
+    std::istringstream in(bad);
+    CHECK_THROWS_WITH(target.load(in),
+                      Contains("has norm") && Contains("stored prototypes have norm 1"));
+    CHECK(bytes_of(target) == before);
+  }
+  // Rounding of narrow storage stays well inside the tolerance: a value changed by 2^-8 relative.
+  std::string rounded = good;
+  float first;
+  std::memcpy(&first, &rounded[value], sizeof first);
+  first *= 1.0f + 1.0f / 256;
+  std::memcpy(&rounded[value], &first, sizeof first);
+  Memory target = make_memory(0, 0);
+  std::istringstream in(checkpoint_support::with_valid_crc(rounded));
+  CHECK_NOTHROW(target.load(in));
 }
