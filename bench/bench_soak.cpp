@@ -8,9 +8,11 @@
 //
 // Per window of W evictions it prints: evictions so far, steps, resident set size (RSS, from
 // /proc/self/statm) at the window's end, the median and the 99th percentile of the window's step
-// times (forward + commit), and the memory's own counters, which must show exactly C new classes
-// per step. The first window starts once the memory is full. One thread (Config::threads = 1):
-// the point is stability, not speed. Exits non-zero if the counters disagree with the churn.
+// times (forward + commit), wall and this thread's CPU time (the one to compare on a shared
+// machine), and the memory's own counters, which must show exactly C new classes per step. The
+// first window starts once the memory is full. One thread (Config::threads = 1): the point is
+// stability, not speed. Exits non-zero if the counters disagree with the churn.
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,9 +20,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <protomem/memory.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -43,6 +47,14 @@ double rss_mib() {
          (1024.0 * 1024.0);
 }
 
+// CPU time of this thread: unlike wall time, it does not grow when other processes share the cores
+// (the step runs on this one thread: Config::threads = 1, no OpenMP in this executable).
+double thread_cpu_ms() {
+  timespec t{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_nsec) * 1e-6;
+}
+
 double quantile(std::vector<double> v, double q) {
   const std::size_t at = static_cast<std::size_t>(q * static_cast<double>(v.size() - 1));
   std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(at), v.end());
@@ -51,7 +63,7 @@ double quantile(std::vector<double> v, double q) {
 
 struct Window {
   std::uint64_t evictions, steps;
-  double rss_mib, median_ms, p99_ms;
+  double rss_mib, median_ms, p99_ms, median_cpu_ms, p99_cpu_ms;
   std::uint64_t insertions, refreshes;
 };
 
@@ -104,12 +116,14 @@ int main(int argc, char** argv) {
       rng ^= rng >> 27;
       v = static_cast<float>((rng * 0x2545F4914F6CDD1DULL) >> 40) / 8388608.0f - 1.0f;
     }
+    const double cpu_start = thread_cpu_ms();
     const auto start = std::chrono::steady_clock::now();
     memory.step(protomem::matrix_view<const float>(embeddings.data(), B, o.dim),
                 protomem::label_view(labels.data(), B),
                 protomem::matrix_view<float>(gradient.data(), B, o.dim));
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-        .count();
+    const double wall =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return std::make_pair(wall, thread_cpu_ms() - cpu_start);
   };
 
   while (memory.size() < memory.capacity()) step();  // fill
@@ -122,46 +136,55 @@ int main(int argc, char** argv) {
       static_cast<long long>(o.dim), static_cast<long long>(o.capacity),
       static_cast<long long>(o.classes), static_cast<long long>(o.exemplars),
       static_cast<unsigned long long>(steps0), rss_full);
-  std::printf("%12s %9s %9s %11s %11s %12s\n", "evictions", "steps", "RSS MiB", "median ms",
-              "p99 ms", "refreshes");
+  std::printf("%12s %9s %9s %11s %11s %11s %11s %10s\n", "evictions", "steps", "RSS MiB",
+              "median ms", "p99 ms", "median CPU", "p99 CPU", "refreshes");
   std::fflush(stdout);
 
   std::vector<Window> windows;
-  std::vector<double> times;
+  std::vector<double> times, cpu_times;
   bool consistent = true;
   while (memory.stats().evictions - evictions0 < o.evictions) {
-    times.push_back(step());
+    const auto [wall, cpu] = step();
+    times.push_back(wall);
+    cpu_times.push_back(cpu);
     const std::uint64_t done = memory.stats().evictions - evictions0;
     if (done / o.window > windows.size() || done >= o.evictions) {
       const auto& s = memory.stats();
-      Window w{
-          done,         s.steps - steps0, rss_mib(), quantile(times, 0.5), quantile(times, 0.99),
-          s.insertions, s.refreshes};
+      Window w{done,
+               s.steps - steps0,
+               rss_mib(),
+               quantile(times, 0.5),
+               quantile(times, 0.99),
+               quantile(cpu_times, 0.5),
+               quantile(cpu_times, 0.99),
+               s.insertions,
+               s.refreshes};
       // Every step inserts C classes and, in a full memory, evicts C: nothing is refreshed.
       consistent =
           consistent && s.refreshes == 0 &&
           s.evictions - evictions0 == (s.steps - steps0) * static_cast<std::uint64_t>(o.classes) &&
           memory.size() == memory.capacity();
       windows.push_back(w);
-      std::printf("%12llu %9llu %9.2f %11.4f %11.4f %12llu\n",
+      std::printf("%12llu %9llu %9.2f %11.4f %11.4f %11.4f %11.4f %10llu\n",
                   static_cast<unsigned long long>(w.evictions),
                   static_cast<unsigned long long>(w.steps), w.rss_mib, w.median_ms, w.p99_ms,
-                  static_cast<unsigned long long>(w.refreshes));
+                  w.median_cpu_ms, w.p99_cpu_ms, static_cast<unsigned long long>(w.refreshes));
       std::fflush(stdout);
       times.clear();
+      cpu_times.clear();
     }
   }
 
   double rss_min = windows.front().rss_mib, rss_max = rss_min;
-  double med_min = windows.front().median_ms, med_max = med_min;
+  double med_min = windows.front().median_cpu_ms, med_max = med_min;
   for (const Window& w : windows) {
     rss_min = std::min(rss_min, w.rss_mib);
     rss_max = std::max(rss_max, w.rss_mib);
-    med_min = std::min(med_min, w.median_ms);
-    med_max = std::max(med_max, w.median_ms);
+    med_min = std::min(med_min, w.median_cpu_ms);
+    med_max = std::max(med_max, w.median_cpu_ms);
   }
   std::printf(
-      "RSS over the windows: %.2f to %.2f MiB (%.2f at full); median step %.4f to %.4f ms;"
+      "RSS over the windows: %.2f to %.2f MiB (%.2f at full); median step CPU time %.4f to %.4f ms;"
       " counters %s\n",
       rss_min, rss_max, rss_full, med_min, med_max, consistent ? "consistent" : "WRONG");
 
@@ -177,7 +200,8 @@ int main(int argc, char** argv) {
       const Window& w = windows[i];
       out << "    {\"evictions\": " << w.evictions << ", \"steps\": " << w.steps
           << ", \"rss_mib\": " << w.rss_mib << ", \"median_step_ms\": " << w.median_ms
-          << ", \"p99_step_ms\": " << w.p99_ms << "}" << (i + 1 < windows.size() ? "," : "")
+          << ", \"p99_step_ms\": " << w.p99_ms << ", \"median_step_cpu_ms\": " << w.median_cpu_ms
+          << ", \"p99_step_cpu_ms\": " << w.p99_cpu_ms << "}" << (i + 1 < windows.size() ? "," : "")
           << "\n";
     }
     out << "  ]\n}\n";
