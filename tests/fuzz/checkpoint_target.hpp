@@ -25,6 +25,15 @@ namespace fuzz_support {
   std::abort();
 }
 
+/// The memories' configuration: capacity 8, dim 4, and a small tile budget (a step's default 64 MiB
+/// of tiles would cost every execution large allocations under AddressSanitizer).
+inline protomem::Config config() {
+  protomem::Config c{/*capacity=*/8, /*dim=*/4};
+  c.workspace_bytes = std::size_t{1} << 16;
+  c.threads = 1;
+  return c;
+}
+
 template <class Memory>
 std::string bytes_of(const Memory& memory) {
   std::ostringstream out;

@@ -9,8 +9,8 @@ using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   fuzz_support::fuzz_checkpoint(data, size, [] {
-    return Memory({/*capacity=*/8, /*dim=*/4}, protomem::ArcFace(32.0, 0.4),
-                  protomem::ExemplarMean(), protomem::Momentum(0.3));
+    return Memory(fuzz_support::config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+                  protomem::Momentum(0.3));
   });
   return 0;
 }

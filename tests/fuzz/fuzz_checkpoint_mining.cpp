@@ -11,7 +11,7 @@ using Memory =
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   fuzz_support::fuzz_checkpoint(data, size, [] {
-    return Memory({/*capacity=*/8, /*dim=*/4}, protomem::CosFace(), protomem::ExemplarMean(),
+    return Memory(fuzz_support::config(), protomem::CosFace(), protomem::ExemplarMean(),
                   protomem::Replace(), protomem::LeastRecentlyWritten(),
                   protomem::DoppelgangerMining(/*k=*/3, /*table_capacity=*/6));
   });
