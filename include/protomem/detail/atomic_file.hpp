@@ -156,11 +156,10 @@ inline void write_file_atomically(const std::string& path,
            "': ", system_reason(code));
     }
   }
-  AtomicFile file(path, temporary);
-  file.fd_ = fd;
-
   // 2. Content, flushed to the disk, closed, renamed into place; any failure removes the temporary.
   try {
+    AtomicFile file(path, temporary);
+    file.fd_ = fd;
     writer(file);
     while (::fsync(fd) != 0) {
       if (errno == EINTR) continue;
