@@ -31,7 +31,7 @@ namespace detail {
 /// The range of the scale s: far wider than any used in practice (16 to 64), and narrow enough that
 /// s stays a normal, non-zero float and s times a cosine or margin term stays finite, whatever a
 /// checkpoint says (a fuzzed checkpoint with s = 1e-302, which is 0 in float, loaded and then gave
-/// a NaN loss; a huge s would overflow float the other way).
+/// a non-finite loss; a huge s would overflow float the other way).
 constexpr double min_scale = 1e-3;
 constexpr double max_scale = 1e4;
 inline void check_scale(double s, const char* policy) {
