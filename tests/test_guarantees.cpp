@@ -154,17 +154,37 @@ TEST_CASE("an exception inside the memory pass's OpenMP region is rethrown after
   CHECK(memory.step_count() == 9);
 }
 
+// A user's margin that checks nothing itself: only the memory's check in its Scalar stops a scale
+// that is fine in double but 0 or inf in float. (The built-in margins also keep s in [1e-3, 1e4].)
+struct UncheckedMargin {
+  static constexpr const char* name = "unchecked";
+  double s = 64.0;
+  double scale() const { return s; }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T target(T cos) const {
+    return cos;
+  }
+  template <class T>
+  PROTOMEM_HOST_DEVICE T derivative(T) const {
+    return T(1);
+  }
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
 TEST_CASE("a float memory checks its margin in float", "[guarantees]") {
   using Float = protomem::PrototypeMemory<float>;
-  CHECK_THROWS_WITH(Float({8, 4}, protomem::CosFace(1e-50)), Contains("is 0 as a float"));
-  CHECK_THROWS_WITH(Float({8, 4}, protomem::CosFace(1e39)), Contains("is inf as a float"));
-  using ArcFloat = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace>;
-  using NormFloat = protomem::PrototypeMemory<float, protomem::cpu, protomem::NoMargin>;
-  CHECK_THROWS_AS(ArcFloat({8, 4}, protomem::ArcFace(1e39)), protomem::Error);
-  CHECK_THROWS_AS(NormFloat({8, 4}, protomem::NoMargin(1e-40)), protomem::Error);  // subnormal
+  using UncheckedFloat = protomem::PrototypeMemory<float, protomem::cpu, UncheckedMargin>;
+  using UncheckedDouble = protomem::PrototypeMemory<double, protomem::cpu, UncheckedMargin>;
+  CHECK_THROWS_WITH(UncheckedFloat({8, 4}, UncheckedMargin{1e-50}), Contains("is 0 as a float"));
+  CHECK_THROWS_WITH(UncheckedFloat({8, 4}, UncheckedMargin{1e39}), Contains("is inf as a float"));
+  CHECK_THROWS_AS(UncheckedFloat({8, 4}, UncheckedMargin{1e-40}), protomem::Error);  // subnormal
   // The same values are fine in double.
-  CHECK_NOTHROW(protomem::PrototypeMemory<double>({8, 4}, protomem::CosFace(1e-50)));
-  CHECK_NOTHROW(protomem::PrototypeMemory<double>({8, 4}, protomem::CosFace(1e39)));
+  CHECK_NOTHROW(UncheckedDouble({8, 4}, UncheckedMargin{1e-50}));
+  CHECK_NOTHROW(UncheckedDouble({8, 4}, UncheckedMargin{1e39}));
+  // The built-in margins refuse such scales in any Scalar.
+  CHECK_THROWS_WITH(protomem::CosFace(1e-50), Contains("within [0.001, 10000]"));
+  CHECK_THROWS_AS(protomem::ArcFace(1e39), protomem::Error);
 
   // margin() is mutable: a step re-checks it, and throws before anything changes.
   Float memory({8, 4});
@@ -249,13 +269,13 @@ TEST_CASE("a loaded memory satisfies every invariant a stepped one does", "[guar
     CHECK_THROWS_WITH(load(with_valid_crc(bad)), Contains("has norm 999.99"));
     CHECK(bytes_of(target) == before);
   }
-  SECTION("a scale valid in double that a float step cannot use") {
+  SECTION("a scale outside the margin's range") {
     std::string bad = good;
     const std::string name = "cosface";
     const std::size_t s_at = bad.find(name) + name.size() + 8;  // the margin state: s, then m
     for (double s : {1e39, 1e-50}) {
       std::memcpy(&bad[s_at], &s, 8);
-      CHECK_THROWS_WITH(load(with_valid_crc(bad)), Contains("as a float"));
+      CHECK_THROWS_WITH(load(with_valid_crc(bad)), Contains("scale s = "));
       CHECK(bytes_of(target) == before);
     }
   }

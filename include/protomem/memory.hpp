@@ -37,6 +37,7 @@
 #include <vector>
 
 #include <protomem/backend/cpu/backend.hpp>
+#include <protomem/detail/atomic_file.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/detail/slot_map.hpp>
@@ -363,23 +364,10 @@ class PrototypeMemory {
     if (!out) detail::fail("save: writing the checkpoint to the stream failed");
   }
 
-  /// Writes to `path` through a temporary file renamed into place, so that an existing checkpoint
-  /// is never left half-written.
-  void save(const std::string& path) const {
-    const std::string temporary = path + ".tmp";
-    {
-      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-      if (!out) detail::fail("save: cannot open '", temporary, "' for writing");
-      const std::string bytes = serialize();
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      out.close();
-      if (!out) detail::fail("save: writing '", temporary, "' failed");
-    }
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-      std::remove(temporary.c_str());
-      detail::fail("save: cannot rename '", temporary, "' to '", path, "'");
-    }
-  }
+  /// Writes to `path` crash-safely (detail/atomic_file.hpp): through a new temporary file in the
+  /// same directory, flushed to the disk and renamed over `path`. A failed save throws, removes
+  /// its temporary and leaves the file at `path` as it was.
+  void save(const std::string& path) const { detail::write_file_atomically(path, serialize()); }
 
   /// Replaces the state by a checkpoint's. Throws, leaving the memory untouched, when the
   /// checkpoint is truncated, corrupt, of another version, scalar type, dimension or policy, or
@@ -900,6 +888,7 @@ class PrototypeMemory {
         }
         norm2 += double(p[k]) * double(p[k]);
       }
+      // Any other norm would let logits s * cos leave [-s, s] and overflow (found by fuzzing too).
       if (!(std::abs(std::sqrt(norm2) - 1.0) <= unit_norm_tolerance)) {
         detail::fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
                      "; a stored prototype is a unit vector (within ", unit_norm_tolerance, ")");

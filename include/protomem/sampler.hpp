@@ -12,7 +12,8 @@
 //     own bounded draws and shuffles (protomem/detail/random.hpp), not the standard library's
 //     implementation-defined distributions, so a seed gives the same batches on every platform.
 //   - Resumable: the state is the seed and the number of batches drawn; save() writes it (with the
-//     configuration and a fingerprint of the data set, checked by load()). A stream may hold a
+//     configuration and a fingerprint of the data set, checked by load()); save(path) replaces a
+//     file crash-safely (a failed save leaves the old file). A stream may hold a
 //     memory checkpoint followed by the sampler state: PrototypeMemory::load(std::istream&) stops
 //     at the end of its checkpoint, and load() here reads exactly one sampler state.
 //   - Every batch holds C distinct classes; a class's K exemplars are distinct samples whenever the
@@ -45,15 +46,18 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <istream>
 #include <numeric>
 #include <ostream>
 #include <protomem/dataset_index.hpp>
+#include <protomem/detail/atomic_file.hpp>
 #include <protomem/detail/random.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
 #include <protomem/policies/mining.hpp>
 #include <protomem/view.hpp>
+#include <sstream>
 #include <string>
 #include <unordered_set>
 #include <utility>
@@ -229,6 +233,27 @@ class BatchSampler {
     w.put<std::uint32_t>(detail::crc32(w.bytes().data(), w.bytes().size()));
     out.write(w.bytes().data(), static_cast<std::streamsize>(w.bytes().size()));
     if (!out) detail::fail("sampler save: writing to the stream failed");
+  }
+
+  /// Writes the state to the file at `path` crash-safely, as PrototypeMemory::save(path) does: a
+  /// failed save throws and leaves the file at `path` as it was.
+  void save(const std::string& path) const {
+    std::ostringstream out;
+    save(out);
+    detail::write_file_atomically(path, out.str());
+  }
+
+  /// Reads the state file at `path` (which must hold exactly one state), as load(std::istream&).
+  void load(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) detail::fail("sampler load: cannot open '", path, "'");
+    BatchSampler loaded = *this;
+    loaded.load(in, "'" + path + "'");
+    if (in.peek() != std::char_traits<char>::eof()) {
+      detail::fail("'", path, "' has unexpected bytes after its sampler state");
+    }
+    if (in.bad()) detail::fail("sampler load: reading '", path, "' failed");
+    *this = std::move(loaded);
   }
 
   /// Reads exactly one sampler state from `in` and restores its seed and position. Throws, leaving

@@ -4,7 +4,7 @@
 // Requires, of a Margin policy P (PrototypeMemory checks each member at compile time and names the
 // one that is missing: detail::check_margin_policy at the end of this header):
 //   static constexpr const char* name;               stored in checkpoints
-//   double scale() const;                            s > 0
+//   double scale() const;                            s in [1e-3, 1e4] (detail::check_scale)
 //   PROTOMEM_HOST_DEVICE T target(T cos) const;      psi(cos), cos in [-1, 1]
 //   PROTOMEM_HOST_DEVICE T derivative(T cos) const;  d psi / d cos, finite everywhere
 //   void save(detail::ByteWriter&) const;            its parameters, for checkpoints
@@ -39,8 +39,17 @@
 namespace protomem {
 namespace detail {
 
+/// The range of the scale s: far wider than any used in practice (16 to 64), and narrow enough that
+/// s stays a normal, non-zero float and s times a cosine or margin term stays finite, whatever a
+/// checkpoint says (a fuzzed checkpoint with s = 1e-302, which is 0 in float, loaded and then gave
+/// a non-finite loss; a huge s would overflow float the other way).
+constexpr double min_scale = 1e-3;
+constexpr double max_scale = 1e4;
 inline void check_scale(double s, const char* policy) {
-  if (!(std::isfinite(s) && s > 0)) fail(policy, ": scale s = ", s, " must be finite and > 0");
+  if (!(std::isfinite(s) && s > 0 && s >= min_scale && s <= max_scale)) {
+    fail(policy, ": scale s = ", s, " must be finite and > 0, within [", min_scale, ", ", max_scale,
+         "]");
+  }
 }
 inline void check_range(double v, double lo, double hi, const char* what, const char* policy) {
   if (!(std::isfinite(v) && v >= lo && v <= hi)) {
@@ -105,7 +114,8 @@ struct NoMargin {
   void load(detail::ByteReader& in) { *this = NoMargin(in.get<double>("margin s")); }
 };
 
-/// CosFace / additive cosine margin: z_iy = s * (cos_iy - m). Requires s > 0, 0 <= m <= 1.
+/// CosFace / additive cosine margin: z_iy = s * (cos_iy - m).
+/// Requires 1e-3 <= s <= 1e4, 0 <= m <= 1.
 struct CosFace {
   static constexpr const char* name = "cosface";
   double s = 64.0;
@@ -134,10 +144,10 @@ struct CosFace {
   }
 };
 
-/// ArcFace / additive angular margin: z_iy = s * cos(theta_iy + m). Requires s > 0, 0 <= m < pi/2.
-/// Where theta + m would pass pi (cos <= cos(pi - m)) the target falls back to cos - m sin(m), as in
-/// insightface, so the target keeps decreasing with theta. With `easy_margin` the margin applies
-/// only where cos > 0 and the target is plain cos elsewhere.
+/// ArcFace / additive angular margin: z_iy = s * cos(theta_iy + m). Requires 1e-3 <= s <= 1e4,
+/// 0 <= m < pi/2. Where theta + m would pass pi (cos <= cos(pi - m)) the target falls back to
+/// cos - m sin(m), as in insightface, so the target keeps decreasing with theta. With
+/// `easy_margin` the margin applies only where cos > 0 and the target is plain cos elsewhere.
 struct ArcFace {
   static constexpr const char* name = "arcface";
   double s = 64.0;
@@ -184,8 +194,8 @@ struct ArcFace {
 };
 
 /// Combined margin (insightface's m1/m2/m3): z_iy = s * (cos(m1 theta_iy + m2) - m3).
-/// Requires s > 0, 1 <= m1 <= 4, 0 <= m2 < pi/2, 0 <= m3 <= 1. Where m1 theta + m2 would pass pi
-/// (theta > theta_t = (pi - m2) / m1) the target continues as cos - m3 - (1 + cos theta_t):
+/// Requires 1e-3 <= s <= 1e4, 1 <= m1 <= 4, 0 <= m2 < pi/2, 0 <= m3 <= 1. Where m1 theta + m2 would
+/// pass pi (theta > theta_t = (pi - m2) / m1) the target continues as cos - m3 - (1 + cos theta_t):
 /// continuous at theta_t and decreasing in theta (our rule; insightface's torch code has none).
 struct CombinedMargin {
   static constexpr const char* name = "combined";

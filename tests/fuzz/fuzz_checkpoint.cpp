@@ -1,0 +1,16 @@
+// Fuzz target: the checkpoint loader of a memory without a mining policy (ArcFace margin and
+// Momentum refresh, so two policies carry state). See checkpoint_target.hpp.
+#include "checkpoint_target.hpp"
+
+namespace {
+using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace,
+                                         protomem::ExemplarMean, protomem::Momentum>;
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  fuzz_support::fuzz_checkpoint(data, size, [] {
+    return Memory(fuzz_support::config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+                  protomem::Momentum(0.3));
+  });
+  return 0;
+}
