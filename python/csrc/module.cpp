@@ -324,7 +324,7 @@ PYBIND11_MODULE(_C, m) {
       .def("doppelgangers", [](const AnyHead& h, label_t label) {
         const DoppelgangerMining* table = h.mining_table();
         if (table == nullptr) {
-          detail::fail("this head keeps no doppelganger table (its mining policy is NoMining)");
+          protomem::detail::fail("this head keeps no doppelganger table (its mining policy is NoMining)");
         }
         const Span<const label_t> found = table->doppelgangers(label);
         const Span<const float> cos = table->cosines(label);

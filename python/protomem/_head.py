@@ -311,7 +311,7 @@ class PartialFCCompatible(PrototypeMemory):
     Mapping: ``margin_loss`` -> the margin (margin_from_insightface); ``embedding_size`` -> dim;
     ``num_classes`` -> the label range; ``sample_rate`` -> capacity = int(sample_rate *
     num_classes), the number of class centres Partial FC scores per step (or pass capacity=...);
-    ``fp16`` is accepted and ignored (the step runs in float32; pass ``embeddings.float()``).
+    ``fp16`` is accepted and ignored (the step runs in float32; half embeddings are converted).
     Keyword arguments go to PrototypeMemory. Unlike PartialFC_V2 it has no parameters: nothing
     to give the optimizer (an empty param group is fine), the memory travels in state_dict().
     """
@@ -330,6 +330,15 @@ class PartialFCCompatible(PrototypeMemory):
         self.num_classes = num_classes
 
     def forward(self, local_embeddings, local_labels):
-        if local_labels.dim() == 2 and local_labels.shape[1] == 1:  # arcface_torch passes [B, 1]
+        """As PartialFC_V2.forward: labels of any integer dtype, shape [B] or [B, 1]; float16 /
+        bfloat16 embeddings are converted to the head's dtype (the gradient flows back)."""
+        if isinstance(local_labels, torch.Tensor) and local_labels.dtype != torch.int64 and \
+                not local_labels.dtype.is_floating_point:
+            local_labels = local_labels.long()
+        if isinstance(local_labels, torch.Tensor) and local_labels.dim() == 2 and \
+                local_labels.shape[1] == 1:
             local_labels = local_labels.view(-1)
+        if isinstance(local_embeddings, torch.Tensor) and \
+                local_embeddings.dtype in (torch.float16, torch.bfloat16):
+            local_embeddings = local_embeddings.to(self.dtype)
         return super().forward(local_embeddings, local_labels)

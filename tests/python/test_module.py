@@ -234,6 +234,9 @@ def test_partial_fc_compatible(rng):
     y = torch.tensor([[1], [1], [5], [5], [9], [9], [999], [999]])  # arcface_torch's [B, 1]
     module(e, y).backward()
     assert module.size == 4
+    half = torch.randn(8, 16, generator=rng).half().requires_grad_(True)
+    module(half, y.int()).backward()  # PartialFC_V2 accepts these too
+    assert half.grad.dtype == torch.float16 and module.stats()["steps"] == 2
     with pytest.raises(protomem.Error, match="declared range"):
         module(e, y.view(-1) + 1)
 
