@@ -19,6 +19,16 @@ from . import synthetic
 
 __version__ = "0.1.0"
 
+# Name the bound classes by the package users import them from.
+for _name in ("Error", "UnsupportedError", "NoMargin", "CosFace", "ArcFace", "CombinedMargin",
+              "ExemplarMean", "DetachedExemplarMean", "LeaveOneOut", "Replace", "Momentum",
+              "LeastRecentlyWritten", "FirstInFirstOut", "NoMining", "DoppelgangerMining"):
+    try:
+        globals()[_name].__module__ = "protomem"
+    except (AttributeError, TypeError):
+        pass
+del _name
+
 # Short names of the queue policies, as the C++ docs use them.
 LRW = LeastRecentlyWritten
 FIFO = FirstInFirstOut
