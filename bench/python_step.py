@@ -107,9 +107,9 @@ def main():
     print(f"B={args.batch} D={args.dim} M={args.memory} float32, torch threads "
           f"{torch.get_num_threads()}, {args.repetitions} repetitions (+{args.warmup} warm-up), "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"core step (C++ steady clock)      median {median["core"]:9.3f} ms  "
+    print(f"core step (C++ steady clock)      median {median['core']:9.3f} ms  "
           f"(min {min(times['core']) * 1e3:.1f}, max {max(times['core']) * 1e3:.1f})")
-    print(f"python head forward + backward    median {median["python"]:9.3f} ms  "
+    print(f"python head forward + backward    median {median['python']:9.3f} ms  "
           f"(min {min(times['python']) * 1e3:.1f}, max {max(times['python']) * 1e3:.1f})")
     print(f"python / core: ratio of medians {ratio:.4f}; median of paired ratios "
           f"{statistics.median(ratios):.4f}")
