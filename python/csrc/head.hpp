@@ -92,7 +92,7 @@ class AnyHead {
 };
 
 /// Builds the head of one combination; defined per (scalar, margin) in instances_*.cpp.
-#define PROTOMEM_PY_DECLARE(scalar, margin)                                                    \
+#define PROTOMEM_PY_DECLARE(scalar, margin) \
   std::unique_ptr<AnyHead> make_head_##scalar##_##margin(const Config& config, const Policies& p);
 PROTOMEM_PY_DECLARE(float, NoMargin)
 PROTOMEM_PY_DECLARE(float, CosFace)

@@ -177,12 +177,12 @@ std::unique_ptr<AnyHead> make_head_for(const Config& config, const Policies& p) 
 }  // namespace python
 }  // namespace protomem
 
-#define PROTOMEM_PY_INSTANCE(scalar, margin, with_mining)                                      \
-  namespace protomem {                                                                         \
-  namespace python {                                                                           \
-  std::unique_ptr<AnyHead> make_head_##scalar##_##margin(const Config& config,                 \
-                                                         const Policies& p) {                  \
-    return make_head_for<scalar, margin, with_mining>(config, p);                              \
-  }                                                                                            \
-  }                                                                                            \
+#define PROTOMEM_PY_INSTANCE(scalar, margin, with_mining)                      \
+  namespace protomem {                                                         \
+  namespace python {                                                           \
+  std::unique_ptr<AnyHead> make_head_##scalar##_##margin(const Config& config, \
+                                                         const Policies& p) {  \
+    return make_head_for<scalar, margin, with_mining>(config, p);              \
+  }                                                                            \
+  }                                                                            \
   }

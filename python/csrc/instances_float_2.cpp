@@ -1,4 +1,5 @@
-// float32 heads with ArcFace and CombinedMargin (see head_impl.hpp; split for parallel compilation).
+// float32 heads with ArcFace and CombinedMargin (see head_impl.hpp; split for parallel
+// compilation).
 #include "head_impl.hpp"
 
 PROTOMEM_PY_INSTANCE(float, ArcFace, true)

@@ -44,26 +44,36 @@ std::unique_ptr<AnyHead> make_head(bool double_precision, const Config& config,
                                    const Policies& policies) {
   if (!std::holds_alternative<LeastRecentlyWritten>(policies.queue)) {
     throw Unsupported(std::string("protomem: queue FirstInFirstOut is not compiled into the Python "
-                                  "package; ") + kSupported);
+                                  "package; ") +
+                      kSupported);
   }
   if (double_precision && !std::holds_alternative<NoMining>(policies.mining)) {
     throw Unsupported(std::string("protomem: DoppelgangerMining with float64 is not compiled into "
-                                  "the Python package; ") + kSupported);
+                                  "the Python package; ") +
+                      kSupported);
   }
   const std::size_t margin = policies.margin.index();
   if (double_precision) {
     switch (margin) {
-      case 0: return make_head_double_NoMargin(config, policies);
-      case 1: return make_head_double_CosFace(config, policies);
-      case 2: return make_head_double_ArcFace(config, policies);
-      default: return make_head_double_CombinedMargin(config, policies);
+      case 0:
+        return make_head_double_NoMargin(config, policies);
+      case 1:
+        return make_head_double_CosFace(config, policies);
+      case 2:
+        return make_head_double_ArcFace(config, policies);
+      default:
+        return make_head_double_CombinedMargin(config, policies);
     }
   }
   switch (margin) {
-    case 0: return make_head_float_NoMargin(config, policies);
-    case 1: return make_head_float_CosFace(config, policies);
-    case 2: return make_head_float_ArcFace(config, policies);
-    default: return make_head_float_CombinedMargin(config, policies);
+    case 0:
+      return make_head_float_NoMargin(config, policies);
+    case 1:
+      return make_head_float_CosFace(config, policies);
+    case 2:
+      return make_head_float_ArcFace(config, policies);
+    default:
+      return make_head_float_CombinedMargin(config, policies);
   }
 }
 
@@ -80,8 +90,8 @@ std::variant<Alternatives...> policy_of(const py::object& object, const char* fa
   if (!found) {
     std::string names;
     ((names += std::string(names.empty() ? "" : ", ") + Alternatives::name), ...);
-    detail::fail("the ", family, " policy must be a protomem ", family, " policy object (",
-                 names, "); got ", std::string(py::str(py::repr(object))));
+    detail::fail("the ", family, " policy must be a protomem ", family, " policy object (", names,
+                 "); got ", std::string(py::str(py::repr(object))));
   }
   return out;
 }
@@ -121,8 +131,9 @@ class Sampler {
     if (head != nullptr) {
       const DoppelgangerMining* table = head->mining_table();
       if (table == nullptr) {
-        detail::fail("GroupedBatchSampler: the head has no doppelganger table; construct it with "
-                     "mining=protomem.DoppelgangerMining(k, table_capacity)");
+        detail::fail(
+            "GroupedBatchSampler: the head has no doppelganger table; construct it with "
+            "mining=protomem.DoppelgangerMining(k, table_capacity)");
       }
       return sampler_.next(*table);
     }
@@ -187,7 +198,8 @@ PYBIND11_MODULE(_C, m) {
   bind_policy<NoMargin>(m, "NoMargin", "No margin (NormFace): z = s cos.")
       .def(py::init<double>(), "s"_a = 64.0)
       .def_readonly("s", &NoMargin::s)
-      .def("__repr__", [](const NoMargin& p) { return "protomem.NoMargin(s=" + std::to_string(p.s) + ")"; });
+      .def("__repr__",
+           [](const NoMargin& p) { return "protomem.NoMargin(s=" + std::to_string(p.s) + ")"; });
   bind_policy<CosFace>(m, "CosFace", "CosFace: target logit s (cos - m).")
       .def(py::init<double, double>(), "s"_a = 64.0, "m"_a = 0.35)
       .def_readonly("s", &CosFace::s)
@@ -216,13 +228,15 @@ PYBIND11_MODULE(_C, m) {
         return "protomem.CombinedMargin(s=" + std::to_string(p.s) + ", m1=" + std::to_string(p.m1) +
                ", m2=" + std::to_string(p.m2) + ", m3=" + std::to_string(p.m3) + ")";
       });
-  bind_policy<ExemplarMean>(m, "ExemplarMean", "Prototype: normalised exemplar mean, with gradient.")
+  bind_policy<ExemplarMean>(m, "ExemplarMean",
+                            "Prototype: normalised exemplar mean, with gradient.")
       .def(py::init<>())
       .def("__repr__", [](const ExemplarMean&) { return "protomem.ExemplarMean()"; });
   bind_policy<DetachedExemplarMean>(m, "DetachedExemplarMean",
                                     "Prototype: normalised exemplar mean, a constant.")
       .def(py::init<>())
-      .def("__repr__", [](const DetachedExemplarMean&) { return "protomem.DetachedExemplarMean()"; });
+      .def("__repr__",
+           [](const DetachedExemplarMean&) { return "protomem.DetachedExemplarMean()"; });
   bind_policy<LeaveOneOut>(m, "LeaveOneOut",
                            "Prototype: a sample's target omits itself (K >= 2 per class).")
       .def(py::init<>())
@@ -233,11 +247,13 @@ PYBIND11_MODULE(_C, m) {
   bind_policy<Momentum>(m, "Momentum", "Refresh: store normalize(a old + (1 - a) fresh).")
       .def(py::init<double>(), "a"_a = 0.5)
       .def_readonly("a", &Momentum::a)
-      .def("__repr__", [](const Momentum& p) { return "protomem.Momentum(a=" + std::to_string(p.a) + ")"; });
+      .def("__repr__",
+           [](const Momentum& p) { return "protomem.Momentum(a=" + std::to_string(p.a) + ")"; });
   bind_policy<LeastRecentlyWritten>(m, "LeastRecentlyWritten",
                                     "Queue: evict the least recently written slot.")
       .def(py::init<>())
-      .def("__repr__", [](const LeastRecentlyWritten&) { return "protomem.LeastRecentlyWritten()"; });
+      .def("__repr__",
+           [](const LeastRecentlyWritten&) { return "protomem.LeastRecentlyWritten()"; });
   bind_policy<FirstInFirstOut>(m, "FirstInFirstOut", "Queue: evict in insertion order.")
       .def(py::init<>())
       .def("__repr__", [](const FirstInFirstOut&) { return "protomem.FirstInFirstOut()"; });
@@ -258,17 +274,16 @@ PYBIND11_MODULE(_C, m) {
   // ---- the head
   py::class_<AnyHead>(m, "_Head")
       .def("forward", &AnyHead::forward, py::call_guard<py::gil_scoped_release>())
-      .def(
-          "core_step",
-          [](AnyHead& h, const at::Tensor& e, const at::Tensor& y, at::Tensor& g) {
-            double seconds = 0;
-            double loss;
-            {
-              py::gil_scoped_release release;
-              loss = h.core_step(e, y, g, &seconds);
-            }
-            return py::make_tuple(loss, seconds);
-          })
+      .def("core_step",
+           [](AnyHead& h, const at::Tensor& e, const at::Tensor& y, at::Tensor& g) {
+             double seconds = 0;
+             double loss;
+             {
+               py::gil_scoped_release release;
+               loss = h.core_step(e, y, g, &seconds);
+             }
+             return py::make_tuple(loss, seconds);
+           })
       .def("clone", &AnyHead::clone)
       .def("state", [](const AnyHead& h) { return bytes_tensor(h.state()); })
       .def("load_state",
@@ -293,8 +308,8 @@ PYBIND11_MODULE(_C, m) {
       .def("last_step",
            [](const AnyHead& h) {
              const LastStep s = h.last_step();
-             at::Tensor cos = at::empty({static_cast<std::int64_t>(s.similar_cosines.size())},
-                                        at::kDouble);
+             at::Tensor cos =
+                 at::empty({static_cast<std::int64_t>(s.similar_cosines.size())}, at::kDouble);
              if (!s.similar_cosines.empty()) {
                std::memcpy(cos.data_ptr<double>(), s.similar_cosines.data(),
                            s.similar_cosines.size() * sizeof(double));
@@ -324,7 +339,8 @@ PYBIND11_MODULE(_C, m) {
       .def("doppelgangers", [](const AnyHead& h, label_t label) {
         const DoppelgangerMining* table = h.mining_table();
         if (table == nullptr) {
-          protomem::detail::fail("this head keeps no doppelganger table (its mining policy is NoMining)");
+          protomem::detail::fail(
+              "this head keeps no doppelganger table (its mining policy is NoMining)");
         }
         const Span<const label_t> found = table->doppelgangers(label);
         const Span<const float> cos = table->cosines(label);
@@ -348,11 +364,12 @@ PYBIND11_MODULE(_C, m) {
         config.workspace_bytes = workspace_bytes;
         config.threads = threads;
         config.similar_k = similar_k;
-        Policies p{policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
-                   policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
-                   policy_of<Replace, Momentum>(refresh, "refresh"),
-                   policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
-                   policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
+        Policies p{
+            policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
+            policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
+            policy_of<Replace, Momentum>(refresh, "refresh"),
+            policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
+            policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
         return make_head(double_precision, config, p);
       },
       "double_precision"_a, "capacity"_a, "dim"_a, "num_classes"_a, "workspace_bytes"_a,
@@ -373,34 +390,37 @@ PYBIND11_MODULE(_C, m) {
            }),
            "labels"_a, "classes_per_batch"_a, "exemplars_per_class"_a, "seed"_a,
            "doppelganger_fraction"_a)
-      .def_static(
-          "from_list_file",
-          [](const std::string& path, index_t classes_per_batch, index_t exemplars_per_class,
-             std::uint64_t seed, double fraction) {
-            SamplerConfig config;
-            config.classes_per_batch = classes_per_batch;
-            config.exemplars_per_class = exemplars_per_class;
-            config.seed = seed;
-            config.doppelganger_fraction = fraction;
-            return std::make_unique<Sampler>(DatasetIndex::from_list_file(path), config);
-          })
-      .def("next",
-           [](Sampler& s, const AnyHead* head) {
-             const Batch b = s.next(head);
-             return py::make_tuple(b.samples, b.labels, b.classes, b.base_classes,
-                                   b.mined_classes, b.number, b.epoch);
-           },
-           "head"_a = nullptr)
+      .def_static("from_list_file",
+                  [](const std::string& path, index_t classes_per_batch,
+                     index_t exemplars_per_class, std::uint64_t seed, double fraction) {
+                    SamplerConfig config;
+                    config.classes_per_batch = classes_per_batch;
+                    config.exemplars_per_class = exemplars_per_class;
+                    config.seed = seed;
+                    config.doppelganger_fraction = fraction;
+                    return std::make_unique<Sampler>(DatasetIndex::from_list_file(path), config);
+                  })
+      .def(
+          "next",
+          [](Sampler& s, const AnyHead* head) {
+            const Batch b = s.next(head);
+            return py::make_tuple(b.samples, b.labels, b.classes, b.base_classes, b.mined_classes,
+                                  b.number, b.epoch);
+          },
+          "head"_a = nullptr)
       .def_property_readonly("position", [](Sampler& s) { return s.sampler().position(); })
       .def("seek", [](Sampler& s, std::uint64_t n) { s.sampler().seek(n); })
       .def_property_readonly("batches_per_epoch",
                              [](Sampler& s) { return s.sampler().batches_per_epoch(); })
-      .def_property_readonly("base_per_batch", [](Sampler& s) { return s.sampler().base_per_batch(); })
+      .def_property_readonly("base_per_batch",
+                             [](Sampler& s) { return s.sampler().base_per_batch(); })
       .def_property_readonly("mined_per_batch",
                              [](Sampler& s) { return s.sampler().mined_per_batch(); })
       .def_property_readonly("seed", [](Sampler& s) { return s.sampler().seed(); })
-      .def_property_readonly("num_classes", [](const Sampler& s) { return s.index().num_classes(); })
-      .def_property_readonly("num_samples", [](const Sampler& s) { return s.index().num_samples(); })
+      .def_property_readonly("num_classes",
+                             [](const Sampler& s) { return s.index().num_classes(); })
+      .def_property_readonly("num_samples",
+                             [](const Sampler& s) { return s.index().num_samples(); })
       .def_property_readonly("paths", [](const Sampler& s) { return s.index().paths(); })
       .def("state", [](const Sampler& s) { return bytes_tensor(s.state()); })
       .def("load_state", [](Sampler& s, const at::Tensor& t, const std::string& source) {
@@ -436,16 +456,15 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("image_dim", &synthetic::IdentitySet::image_dim)
       .def("lookalike_of", &synthetic::IdentitySet::lookalike_of)
       .def("family_of", &synthetic::IdentitySet::family_of)
-      .def("images",
-           [](const synthetic::IdentitySet& s, const at::Tensor& identities,
-              const at::Tensor& indices) {
-             // int64, rank 1, same length, contiguous (checked in Python)
-             at::Tensor out = at::empty({identities.numel(), s.image_dim()}, at::kFloat);
-             {
-               py::gil_scoped_release release;
-               s.images(identities.data_ptr<std::int64_t>(), indices.data_ptr<std::int64_t>(),
-                        identities.numel(), out.data_ptr<float>());
-             }
-             return out;
-           });
+      .def("images", [](const synthetic::IdentitySet& s, const at::Tensor& identities,
+                        const at::Tensor& indices) {
+        // int64, rank 1, same length, contiguous (checked in Python)
+        at::Tensor out = at::empty({identities.numel(), s.image_dim()}, at::kFloat);
+        {
+          py::gil_scoped_release release;
+          s.images(identities.data_ptr<std::int64_t>(), indices.data_ptr<std::int64_t>(),
+                   identities.numel(), out.data_ptr<float>());
+        }
+        return out;
+      });
 }
