@@ -1,0 +1,470 @@
+// protomem._C: the Python binding (pybind11, through torch's extension tooling). Thin: every call
+// goes to the library's public API (PrototypeHead, PrototypeMemory, the samplers, the synthetic
+// identity set of examples/train); the Python package (python/protomem/) adds the nn.Module, the
+// tensor checks and the DataLoader sampler on top.
+//
+// Errors: protomem::Error -> protomem.Error (a RuntimeError) with the library's message;
+// Unsupported (a policy combination this build does not instantiate) -> protomem.UnsupportedError
+// (a protomem.Error).
+#include <torch/extension.h>
+
+#include <cstring>
+#include <istream>
+#include <protomem/dataset_index.hpp>
+#include <protomem/sampler.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "head.hpp"
+#include "synthetic.hpp"  // examples/train/synthetic.hpp: one source of truth for the data set
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace protomem {
+namespace python {
+namespace {
+
+/// A policy combination this build does not instantiate.
+struct Unsupported : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* const kSupported =
+    "this build instantiates: float32 with every margin (NoMargin, CosFace, ArcFace, "
+    "CombinedMargin), generator (ExemplarMean, DetachedExemplarMean, LeaveOneOut) and refresh "
+    "(Replace, Momentum), the LeastRecentlyWritten queue, and mining NoMining or "
+    "DoppelgangerMining; float64 with the same margins, generators and refreshes, the "
+    "LeastRecentlyWritten queue and NoMining (docs/python.md, 'Supported policies')";
+
+}  // namespace
+
+std::unique_ptr<AnyHead> make_head(bool double_precision, const Config& config,
+                                   const Policies& policies) {
+  if (!std::holds_alternative<LeastRecentlyWritten>(policies.queue)) {
+    throw Unsupported(std::string("protomem: queue FirstInFirstOut is not compiled into the Python "
+                                  "package; ") +
+                      kSupported);
+  }
+  if (double_precision && !std::holds_alternative<NoMining>(policies.mining)) {
+    throw Unsupported(std::string("protomem: DoppelgangerMining with float64 is not compiled into "
+                                  "the Python package; ") +
+                      kSupported);
+  }
+  const std::size_t margin = policies.margin.index();
+  if (double_precision) {
+    switch (margin) {
+      case 0:
+        return make_head_double_NoMargin(config, policies);
+      case 1:
+        return make_head_double_CosFace(config, policies);
+      case 2:
+        return make_head_double_ArcFace(config, policies);
+      default:
+        return make_head_double_CombinedMargin(config, policies);
+    }
+  }
+  switch (margin) {
+    case 0:
+      return make_head_float_NoMargin(config, policies);
+    case 1:
+      return make_head_float_CosFace(config, policies);
+    case 2:
+      return make_head_float_ArcFace(config, policies);
+    default:
+      return make_head_float_CombinedMargin(config, policies);
+  }
+}
+
+namespace {
+
+template <class... Alternatives>
+std::variant<Alternatives...> policy_of(const py::object& object, const char* family) {
+  std::variant<Alternatives...> out;
+  bool found = false;
+  ((!found && py::isinstance<Alternatives>(object)
+        ? (out = object.cast<Alternatives>(), found = true)
+        : false),
+   ...);
+  if (!found) {
+    std::string names;
+    ((names += std::string(names.empty() ? "" : ", ") + Alternatives::name), ...);
+    detail::fail("the ", family, " policy must be a protomem ", family, " policy object (", names,
+                 "); got ", std::string(py::str(py::repr(object))));
+  }
+  return out;
+}
+
+at::Tensor bytes_tensor(const std::string& bytes) {
+  at::Tensor t = at::empty({static_cast<std::int64_t>(bytes.size())}, at::kByte);
+  if (!bytes.empty()) std::memcpy(t.data_ptr<std::uint8_t>(), bytes.data(), bytes.size());
+  return t;
+}
+
+std::string tensor_bytes(const at::Tensor& t, const std::string& source) {
+  if (!t.defined() || t.device().type() != c10::DeviceType::CPU || t.scalar_type() != at::kByte ||
+      t.dim() != 1) {
+    detail::fail(source, " must be a 1-D uint8 CPU tensor of checkpoint bytes; got a ",
+                 protomem::torch::detail::describe(t));
+  }
+  const at::Tensor c = t.contiguous();
+  return std::string(reinterpret_cast<const char*>(c.data_ptr<std::uint8_t>()),
+                     static_cast<std::size_t>(c.numel()));
+}
+
+at::Tensor long_tensor(const std::vector<std::int64_t>& v) {
+  at::Tensor t = at::empty({static_cast<std::int64_t>(v.size())}, at::kLong);
+  if (!v.empty()) std::memcpy(t.data_ptr<std::int64_t>(), v.data(), v.size() * sizeof(v[0]));
+  return t;
+}
+
+/// A DatasetIndex and the IterateAndSample sampler over it (which keeps a pointer to the index).
+class Sampler {
+ public:
+  Sampler(DatasetIndex index, const SamplerConfig& config)
+      : index_(std::move(index)), sampler_(index_, config) {}
+  Sampler(const Sampler&) = delete;
+  Sampler& operator=(const Sampler&) = delete;
+
+  Batch next(const AnyHead* head) {
+    if (head != nullptr) {
+      const DoppelgangerMining* table = head->mining_table();
+      if (table == nullptr) {
+        detail::fail(
+            "GroupedBatchSampler: the head has no doppelganger table; construct it with "
+            "mining=protomem.DoppelgangerMining(k, table_capacity)");
+      }
+      return sampler_.next(*table);
+    }
+    return sampler_.next();
+  }
+  IterateAndSample& sampler() { return sampler_; }
+  const DatasetIndex& index() const { return index_; }
+
+  std::string state() const {
+    std::ostringstream out(std::ios::binary);
+    sampler_.save(out);
+    return std::move(out).str();
+  }
+  void load_state(const std::string& bytes, const std::string& source) {
+    // Read into a twin first: the state must be exactly one sampler state, and a failure must
+    // leave this sampler unchanged (load() itself is all-or-nothing).
+    IterateAndSample twin(index_, sampler_.config());
+    std::istringstream in(bytes, std::ios::binary);
+    twin.load(in, source);
+    if (static_cast<std::size_t>(in.tellg()) != bytes.size()) {
+      detail::fail(source, " has ", bytes.size() - static_cast<std::size_t>(in.tellg()),
+                   " unexpected bytes after the sampler state");
+    }
+    std::istringstream again(bytes, std::ios::binary);
+    sampler_.load(again, source);
+  }
+
+ private:
+  DatasetIndex index_;
+  IterateAndSample sampler_;
+};
+
+template <class Policy>
+py::class_<Policy> bind_policy(py::module_& m, const char* python_name, const char* doc) {
+  py::class_<Policy> c(m, python_name, doc);
+  c.def_property_readonly_static("name", [](py::object) { return std::string(Policy::name); });
+  return c;
+}
+
+}  // namespace
+}  // namespace python
+}  // namespace protomem
+
+PYBIND11_MODULE(_C, m) {
+  using namespace protomem;
+  using namespace protomem::python;
+  m.doc() = "protomem's C++ binding (use the protomem package, not this module)";
+
+  static py::exception<Error> error(m, "Error", PyExc_RuntimeError);
+  static py::exception<Unsupported> unsupported(m, "UnsupportedError", error.ptr());
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Unsupported& e) {
+      unsupported(e.what());
+    } catch (const Error& e) {
+      error(e.what());
+    }
+  });
+
+  // ---- policies (the C++ structs themselves; their constructors validate the parameters)
+  bind_policy<NoMargin>(m, "NoMargin", "No margin (NormFace): z = s cos.")
+      .def(py::init<double>(), "s"_a = 64.0)
+      .def_readonly("s", &NoMargin::s)
+      .def("__repr__",
+           [](const NoMargin& p) { return "protomem.NoMargin(s=" + std::to_string(p.s) + ")"; });
+  bind_policy<CosFace>(m, "CosFace", "CosFace: target logit s (cos - m).")
+      .def(py::init<double, double>(), "s"_a = 64.0, "m"_a = 0.35)
+      .def_readonly("s", &CosFace::s)
+      .def_readonly("m", &CosFace::m)
+      .def("__repr__", [](const CosFace& p) {
+        return "protomem.CosFace(s=" + std::to_string(p.s) + ", m=" + std::to_string(p.m) + ")";
+      });
+  bind_policy<ArcFace>(m, "ArcFace", "ArcFace: target logit s cos(theta + m).")
+      .def(py::init<double, double, bool>(), "s"_a = 64.0, "m"_a = 0.5, "easy_margin"_a = false)
+      .def_readonly("s", &ArcFace::s)
+      .def_readonly("m", &ArcFace::m)
+      .def_readonly("easy_margin", &ArcFace::easy_margin)
+      .def("__repr__", [](const ArcFace& p) {
+        return "protomem.ArcFace(s=" + std::to_string(p.s) + ", m=" + std::to_string(p.m) +
+               ", easy_margin=" + (p.easy_margin ? "True" : "False") + ")";
+      });
+  bind_policy<CombinedMargin>(m, "CombinedMargin",
+                              "insightface's combined margin: s (cos(m1 theta + m2) - m3).")
+      .def(py::init<double, double, double, double>(), "s"_a = 64.0, "m1"_a = 1.0, "m2"_a = 0.0,
+           "m3"_a = 0.0)
+      .def_readonly("s", &CombinedMargin::s)
+      .def_readonly("m1", &CombinedMargin::m1)
+      .def_readonly("m2", &CombinedMargin::m2)
+      .def_readonly("m3", &CombinedMargin::m3)
+      .def("__repr__", [](const CombinedMargin& p) {
+        return "protomem.CombinedMargin(s=" + std::to_string(p.s) + ", m1=" + std::to_string(p.m1) +
+               ", m2=" + std::to_string(p.m2) + ", m3=" + std::to_string(p.m3) + ")";
+      });
+  bind_policy<ExemplarMean>(m, "ExemplarMean",
+                            "Prototype: normalised exemplar mean, with gradient.")
+      .def(py::init<>())
+      .def("__repr__", [](const ExemplarMean&) { return "protomem.ExemplarMean()"; });
+  bind_policy<DetachedExemplarMean>(m, "DetachedExemplarMean",
+                                    "Prototype: normalised exemplar mean, a constant.")
+      .def(py::init<>())
+      .def("__repr__",
+           [](const DetachedExemplarMean&) { return "protomem.DetachedExemplarMean()"; });
+  bind_policy<LeaveOneOut>(m, "LeaveOneOut",
+                           "Prototype: a sample's target omits itself (K >= 2 per class).")
+      .def(py::init<>())
+      .def("__repr__", [](const LeaveOneOut&) { return "protomem.LeaveOneOut()"; });
+  bind_policy<Replace>(m, "Replace", "Refresh: store the fresh prototype.")
+      .def(py::init<>())
+      .def("__repr__", [](const Replace&) { return "protomem.Replace()"; });
+  bind_policy<Momentum>(m, "Momentum", "Refresh: store normalize(a old + (1 - a) fresh).")
+      .def(py::init<double>(), "a"_a = 0.5)
+      .def_readonly("a", &Momentum::a)
+      .def("__repr__",
+           [](const Momentum& p) { return "protomem.Momentum(a=" + std::to_string(p.a) + ")"; });
+  bind_policy<LeastRecentlyWritten>(m, "LeastRecentlyWritten",
+                                    "Queue: evict the least recently written slot.")
+      .def(py::init<>())
+      .def("__repr__",
+           [](const LeastRecentlyWritten&) { return "protomem.LeastRecentlyWritten()"; });
+  bind_policy<FirstInFirstOut>(m, "FirstInFirstOut", "Queue: evict in insertion order.")
+      .def(py::init<>())
+      .def("__repr__", [](const FirstInFirstOut&) { return "protomem.FirstInFirstOut()"; });
+  bind_policy<NoMining>(m, "NoMining", "Mining: none.")
+      .def(py::init<>())
+      .def("__repr__", [](const NoMining&) { return "protomem.NoMining()"; });
+  bind_policy<DoppelgangerMining>(m, "DoppelgangerMining",
+                                  "Mining: each class's k most similar stored classes, in a table "
+                                  "of at most table_capacity classes.")
+      .def(py::init<index_t, index_t>(), "k"_a, "table_capacity"_a)
+      .def_property_readonly("k", &DoppelgangerMining::k)
+      .def_property_readonly("table_capacity", &DoppelgangerMining::table_capacity)
+      .def("__repr__", [](const DoppelgangerMining& p) {
+        return "protomem.DoppelgangerMining(k=" + std::to_string(p.k()) +
+               ", table_capacity=" + std::to_string(p.table_capacity()) + ")";
+      });
+
+  // ---- the head
+  py::class_<AnyHead>(m, "_Head")
+      .def("forward", &AnyHead::forward, py::call_guard<py::gil_scoped_release>())
+      .def("core_step",
+           [](AnyHead& h, const at::Tensor& e, const at::Tensor& y, at::Tensor& g) {
+             double seconds = 0;
+             double loss;
+             {
+               py::gil_scoped_release release;
+               loss = h.core_step(e, y, g, &seconds);
+             }
+             return py::make_tuple(loss, seconds);
+           })
+      .def("clone", &AnyHead::clone)
+      .def("state", [](const AnyHead& h) { return bytes_tensor(h.state()); })
+      .def("load_state",
+           [](AnyHead& h, const at::Tensor& t, const std::string& source) {
+             h.load_state(tensor_bytes(t, source), source);
+           })
+      .def("save", &AnyHead::save, py::call_guard<py::gil_scoped_release>())
+      .def("load", &AnyHead::load, py::call_guard<py::gil_scoped_release>())
+      .def("contents",
+           [](const AnyHead& h) {
+             Contents c = h.contents();
+             return py::make_tuple(c.labels, c.prototypes, c.last_written);
+           })
+      .def("prototype", &AnyHead::prototype)
+      .def("contains", &AnyHead::contains)
+      .def("stats",
+           [](const AnyHead& h) {
+             const Stats s = h.stats();
+             return py::dict("steps"_a = s.steps, "refreshes"_a = s.refreshes,
+                             "insertions"_a = s.insertions, "evictions"_a = s.evictions);
+           })
+      .def("last_step",
+           [](const AnyHead& h) {
+             const LastStep s = h.last_step();
+             at::Tensor cos =
+                 at::empty({static_cast<std::int64_t>(s.similar_cosines.size())}, at::kDouble);
+             if (!s.similar_cosines.empty()) {
+               std::memcpy(cos.data_ptr<double>(), s.similar_cosines.data(),
+                           s.similar_cosines.size() * sizeof(double));
+             }
+             const auto c = static_cast<std::int64_t>(s.classes.size());
+             return py::dict("loss"_a = s.loss, "classes"_a = long_tensor(s.classes),
+                             "similar"_a = long_tensor(s.similar).view({c, s.similar_k}),
+                             "similar_cosines"_a = cos.view({c, s.similar_k}),
+                             "threads"_a = s.threads, "tile_columns"_a = s.tile_columns,
+                             "workspace_bytes"_a = s.workspace_bytes);
+           })
+      .def_property_readonly("size", &AnyHead::size)
+      .def_property_readonly("capacity", &AnyHead::capacity)
+      .def_property_readonly("dim", &AnyHead::dim)
+      .def_property_readonly("pending", &AnyHead::pending)
+      .def_property_readonly("dtype", &AnyHead::dtype)
+      .def_property_readonly("num_classes", [](const AnyHead& h) { return h.config().num_classes; })
+      .def_property_readonly("threads", [](const AnyHead& h) { return h.config().threads; })
+      .def_property_readonly("workspace_bytes",
+                             [](const AnyHead& h) { return h.config().workspace_bytes; })
+      .def_property_readonly("similar_k", [](const AnyHead& h) { return h.config().similar_k; })
+      .def_property_readonly("has_mining_table",
+                             [](const AnyHead& h) { return h.mining_table() != nullptr; })
+      .def("discard", &AnyHead::discard)
+      .def("clear", &AnyHead::clear)
+      .def("policy_names", &AnyHead::policy_names)
+      .def("doppelgangers", [](const AnyHead& h, label_t label) {
+        const DoppelgangerMining* table = h.mining_table();
+        if (table == nullptr) {
+          protomem::detail::fail(
+              "this head keeps no doppelganger table (its mining policy is NoMining)");
+        }
+        const Span<const label_t> found = table->doppelgangers(label);
+        const Span<const float> cos = table->cosines(label);
+        at::Tensor labels = at::empty({found.size}, at::kLong);
+        at::Tensor cosines = at::empty({cos.size}, at::kFloat);
+        for (index_t r = 0; r < found.size; ++r) labels.data_ptr<std::int64_t>()[r] = found[r];
+        for (index_t r = 0; r < cos.size; ++r) cosines.data_ptr<float>()[r] = cos[r];
+        return py::make_tuple(labels, cosines);
+      });
+
+  m.def(
+      "make_head",
+      [](bool double_precision, index_t capacity, index_t dim, label_t num_classes,
+         std::size_t workspace_bytes, int threads, index_t similar_k, const py::object& margin,
+         const py::object& generator, const py::object& refresh, const py::object& queue,
+         const py::object& mining) {
+        Config config;
+        config.capacity = capacity;
+        config.dim = dim;
+        config.num_classes = num_classes;
+        config.workspace_bytes = workspace_bytes;
+        config.threads = threads;
+        config.similar_k = similar_k;
+        Policies p{
+            policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
+            policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
+            policy_of<Replace, Momentum>(refresh, "refresh"),
+            policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
+            policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
+        return make_head(double_precision, config, p);
+      },
+      "double_precision"_a, "capacity"_a, "dim"_a, "num_classes"_a, "workspace_bytes"_a,
+      "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a, "queue"_a, "mining"_a);
+
+  // ---- the sampler
+  py::class_<Sampler>(m, "_Sampler")
+      .def(py::init([](const at::Tensor& labels, index_t classes_per_batch,
+                       index_t exemplars_per_class, std::uint64_t seed, double fraction) {
+             // labels: int64, rank 1, contiguous, CPU (checked in Python)
+             const Span<const label_t> view{labels.data_ptr<std::int64_t>(), labels.numel()};
+             SamplerConfig config;
+             config.classes_per_batch = classes_per_batch;
+             config.exemplars_per_class = exemplars_per_class;
+             config.seed = seed;
+             config.doppelganger_fraction = fraction;
+             return std::make_unique<Sampler>(DatasetIndex::from_labels(view), config);
+           }),
+           "labels"_a, "classes_per_batch"_a, "exemplars_per_class"_a, "seed"_a,
+           "doppelganger_fraction"_a)
+      .def_static("from_list_file",
+                  [](const std::string& path, index_t classes_per_batch,
+                     index_t exemplars_per_class, std::uint64_t seed, double fraction) {
+                    SamplerConfig config;
+                    config.classes_per_batch = classes_per_batch;
+                    config.exemplars_per_class = exemplars_per_class;
+                    config.seed = seed;
+                    config.doppelganger_fraction = fraction;
+                    return std::make_unique<Sampler>(DatasetIndex::from_list_file(path), config);
+                  })
+      .def(
+          "next",
+          [](Sampler& s, const AnyHead* head) {
+            const Batch b = s.next(head);
+            return py::make_tuple(b.samples, b.labels, b.classes, b.base_classes, b.mined_classes,
+                                  b.number, b.epoch);
+          },
+          "head"_a = nullptr)
+      .def_property_readonly("position", [](Sampler& s) { return s.sampler().position(); })
+      .def("seek", [](Sampler& s, std::uint64_t n) { s.sampler().seek(n); })
+      .def_property_readonly("batches_per_epoch",
+                             [](Sampler& s) { return s.sampler().batches_per_epoch(); })
+      .def_property_readonly("base_per_batch",
+                             [](Sampler& s) { return s.sampler().base_per_batch(); })
+      .def_property_readonly("mined_per_batch",
+                             [](Sampler& s) { return s.sampler().mined_per_batch(); })
+      .def_property_readonly("seed", [](Sampler& s) { return s.sampler().seed(); })
+      .def_property_readonly("num_classes",
+                             [](const Sampler& s) { return s.index().num_classes(); })
+      .def_property_readonly("num_samples",
+                             [](const Sampler& s) { return s.index().num_samples(); })
+      .def_property_readonly("paths", [](const Sampler& s) { return s.index().paths(); })
+      .def("state", [](const Sampler& s) { return bytes_tensor(s.state()); })
+      .def("load_state", [](Sampler& s, const at::Tensor& t, const std::string& source) {
+        s.load_state(tensor_bytes(t, source), source);
+      });
+
+  // ---- the synthetic identity set of examples/train (docs/synthetic-data.md)
+  py::module_ syn = m.def_submodule("synthetic", "examples/train/synthetic.hpp");
+  py::class_<synthetic::Config>(syn, "Config")
+      .def(py::init<>())
+      .def_readwrite("seed", &synthetic::Config::seed)
+      .def_readwrite("latent_dim", &synthetic::Config::latent_dim)
+      .def_readwrite("nuisance_dim", &synthetic::Config::nuisance_dim)
+      .def_readwrite("hidden_dim", &synthetic::Config::hidden_dim)
+      .def_readwrite("image_dim", &synthetic::Config::image_dim)
+      .def_readwrite("intra", &synthetic::Config::intra)
+      .def_readwrite("similarity", &synthetic::Config::similarity)
+      .def_readwrite("families", &synthetic::Config::families)
+      .def_readwrite("lookalike_fraction", &synthetic::Config::lookalike_fraction)
+      .def_readwrite("lookalike_distance", &synthetic::Config::lookalike_distance)
+      .def_readwrite("nuisance", &synthetic::Config::nuisance)
+      .def_readwrite("gain", &synthetic::Config::gain)
+      .def_readwrite("noise", &synthetic::Config::noise);
+  py::class_<synthetic::IdentitySet>(syn, "IdentitySet")
+      .def(py::init([](const synthetic::Config& c) {
+             try {
+               return std::make_unique<synthetic::IdentitySet>(c);
+             } catch (const std::invalid_argument& e) {
+               throw py::value_error(std::string("synthetic.Config: ") + e.what());
+             }
+           }),
+           "config"_a)
+      .def_property_readonly("image_dim", &synthetic::IdentitySet::image_dim)
+      .def("lookalike_of", &synthetic::IdentitySet::lookalike_of)
+      .def("family_of", &synthetic::IdentitySet::family_of)
+      .def("images", [](const synthetic::IdentitySet& s, const at::Tensor& identities,
+                        const at::Tensor& indices) {
+        // int64, rank 1, same length, contiguous (checked in Python)
+        at::Tensor out = at::empty({identities.numel(), s.image_dim()}, at::kFloat);
+        {
+          py::gil_scoped_release release;
+          s.images(identities.data_ptr<std::int64_t>(), indices.data_ptr<std::int64_t>(),
+                   identities.numel(), out.data_ptr<float>());
+        }
+        return out;
+      });
+}

@@ -1,0 +1,344 @@
+"""protomem.PrototypeMemory: the C++ PrototypeHead (protomem/torch.hpp) as a torch.nn.Module."""
+import math
+
+import torch
+
+from . import _C
+from ._C import Error, UnsupportedError
+
+__all__ = ["PrototypeMemory", "PartialFCCompatible", "margin_from_insightface"]
+
+_DTYPES = {torch.float32: False, torch.float64: True}
+
+
+def _policy(value, default, family):
+    """A policy object from an instance, a policy class (instantiated with its defaults) or None."""
+    if value is None:
+        return default()
+    if isinstance(value, type):
+        try:
+            return value()
+        except TypeError as e:
+            raise Error(f"protomem: the {family} policy {value.__name__} needs arguments: {e}") from None
+    return value
+
+
+def _describe(t):
+    return f"{t.dtype} tensor of shape {list(t.shape)} on {t.device}"
+
+
+def check_distributed(process_group, per_process, what):
+    """Raises UnsupportedError when more than one process would share this memory's classes."""
+    if per_process:
+        return
+    dist = torch.distributed
+    if process_group is not None:
+        size = dist.get_world_size(process_group)
+        source = "the process group passed"
+    elif dist.is_available() and dist.is_initialized():
+        size = dist.get_world_size()
+        source = "torch.distributed (initialised)"
+    else:
+        return
+    if size > 1:
+        raise UnsupportedError(
+            f"protomem: {what}: {source} has world size {size}, but the sharded memory does not "
+            "exist yet: the Python package supports one process (docs/python.md, 'Distributed "
+            "training'). Pass per_process=True to keep one independent memory per process anyway.")
+
+
+class PrototypeMemory(torch.nn.Module):
+    """Prototype Memory as a classifier head: ``loss = head(embeddings, labels)``.
+
+    A fixed-size memory of class prototypes (the library's ``PrototypeMemory``, see README.md and
+    docs/algorithm.md). Each training step generates a prototype for every class of the batch from
+    the batch's own embeddings, scores every embedding against those and the stored prototypes of
+    all other classes with a margin softmax, and returns the mean cross-entropy. ``loss.backward()``
+    sends dL/dE to the encoder and commits the memory update (the fresh prototypes are written).
+
+    Requires: embeddings ``B x dim`` CPU tensors of ``dtype`` (float32 or float64), labels ``B``
+    int64 CPU, every label >= 0 (and < ``num_classes`` when given); the batch holds at most
+    ``capacity`` classes, each with at least one exemplar (two for ``LeaveOneOut``); a
+    class-grouped batch sampler (``protomem.GroupedBatchSampler``) gives K >= 2 exemplars a class.
+    Guarantees: the loss and gradient are the C++ core's, bit for bit (no copy of the embeddings
+    when each row is contiguous); the memory changes only when a training forward's backward runs:
+    never under ``torch.no_grad()``, in ``eval()`` mode, or for embeddings that do not require
+    grad, and a forward whose backward never ran is discarded by the next forward; every failure
+    raises ``protomem.Error`` (a ``RuntimeError``) with the library's message and leaves the memory
+    as it was.
+
+    Args:
+        capacity: M, the number of prototype slots (independent of the number of identities).
+        dim: D, the embedding dimension.
+        margin: ``protomem.CosFace(s, m)`` (default ``CosFace(64, 0.35)``), ``ArcFace``,
+            ``CombinedMargin`` or ``NoMargin``.
+        generator: ``ExemplarMean()`` (default), ``DetachedExemplarMean()`` or ``LeaveOneOut()``.
+        refresh: ``Replace()`` (default) or ``Momentum(a)``.
+        queue: ``LeastRecentlyWritten()`` (the one queue compiled into the package).
+        mining: ``NoMining()`` (default) or ``DoppelgangerMining(k, table_capacity)`` (float32):
+            the look-alike table ``GroupedBatchSampler(head=...)`` fills batches from.
+        dtype: ``torch.float32`` (default) or ``torch.float64``.
+        num_classes: labels must be < num_classes (0: undeclared).
+        threads: threads of the step (0: OpenMP's default, which ``torch.set_num_threads`` sets).
+        workspace_bytes: bound on the step's scratch memory (tiles of logits).
+        similar_k: most-similar stored classes reported per batch class in ``last_step``.
+        process_group: a ``torch.distributed`` group; world size > 1 raises ``UnsupportedError``.
+        per_process: under torch.distributed with world size > 1, keep one independent memory in
+            each process instead of raising (not the sharded memory).
+    """
+
+    def __init__(self, capacity, dim, margin=None, generator=None, refresh=None, queue=None,
+                 mining=None, *, dtype=torch.float32, num_classes=0, threads=0,
+                 workspace_bytes=64 << 20, similar_k=0, process_group=None, per_process=False):
+        super().__init__()
+        if dtype not in _DTYPES:
+            raise Error(f"protomem: dtype must be torch.float32 or torch.float64; got {dtype}")
+        check_distributed(process_group, per_process, "PrototypeMemory")
+        self._process_group = process_group
+        self._per_process = per_process
+        self._dtype = dtype
+        self._head = _C.make_head(
+            _DTYPES[dtype], int(capacity), int(dim), int(num_classes), int(workspace_bytes),
+            int(threads), int(similar_k), _policy(margin, _C.CosFace, "margin"),
+            _policy(generator, _C.ExemplarMean, "generator"), _policy(refresh, _C.Replace, "refresh"),
+            _policy(queue, _C.LeastRecentlyWritten, "queue"), _policy(mining, _C.NoMining, "mining"))
+
+    # ---- the step ---------------------------------------------------------------------------
+
+    def forward(self, embeddings, labels):
+        """The mean margin-softmax loss of the batch (a 0-dim tensor of the head's dtype)."""
+        self._check(embeddings, labels)
+        check_distributed(self._process_group, self._per_process, "PrototypeMemory")
+        if not self.training:
+            embeddings = embeddings.detach()  # evaluation: the loss only, never an update
+        return self._head.forward(embeddings, labels)
+
+    def _check(self, embeddings, labels):
+        name = "PrototypeMemory"
+        for what, t in (("embeddings", embeddings), ("labels", labels)):
+            if not isinstance(t, torch.Tensor):
+                raise Error(f"protomem: {name}: {what} must be a torch.Tensor; got {type(t).__name__}")
+            if t.device.type != "cpu":
+                raise UnsupportedError(
+                    f"protomem: {name}: {what} is a {_describe(t)}; {t.device.type} tensors are not yet "
+                    "supported by the Python package (the C++ CUDA backend is not bound yet): pass "
+                    "CPU tensors, e.g. head(embeddings.cpu(), labels.cpu())")
+            if t.layout != torch.strided:
+                raise Error(f"protomem: {name}: {what} must be a dense tensor; got layout {t.layout}")
+        if embeddings.dtype != self._dtype:
+            raise Error(f"protomem: {name}: embeddings must have dtype {self._dtype} (this head's); "
+                        f"got a {_describe(embeddings)} (convert with .to({self._dtype}), e.g. the "
+                        "output of an autocast region)")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+            raise Error(f"protomem: {name}: embeddings must be B x {self.dim} (B x dim); got a "
+                        f"{_describe(embeddings)}")
+        if embeddings.shape[0] < 1:
+            raise Error(f"protomem: {name}: embeddings hold an empty batch (B = 0)")
+        if labels.dtype != torch.int64:
+            raise Error(f"protomem: {name}: labels must have dtype torch.int64; got a {_describe(labels)} "
+                        "(convert with .long())")
+        if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+            raise Error(f"protomem: {name}: labels must have shape [{embeddings.shape[0]}] (one per "
+                        f"embedding row); got a {_describe(labels)}")
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def get_extra_state(self):
+        """The whole memory as the library's checkpoint bytes (a uint8 tensor): in state_dict()."""
+        return self._head.state()
+
+    def set_extra_state(self, state):
+        """Restores get_extra_state()'s bytes; raises protomem.Error, memory unchanged, when they
+        are corrupt or of another dtype, dim, policy or a larger memory."""
+        if not isinstance(state, torch.Tensor):
+            raise Error("protomem: PrototypeMemory state must be the uint8 tensor of checkpoint bytes "
+                        f"that state_dict() stores; got {type(state).__name__}")
+        self._head.load_state(state, "state_dict checkpoint")
+
+    def save(self, path):
+        """Writes the memory to `path` in the library's checkpoint format (what C++ load() reads)."""
+        self._head.save(str(path))
+
+    def load(self, path):
+        """Reads a checkpoint written by save() here or by PrototypeMemory::save in C++."""
+        self._head.load(str(path))
+
+    # ---- what is stored ---------------------------------------------------------------------
+
+    def labels(self):
+        """The stored labels (int64 [n]), in eviction order, the next to be evicted first. A copy."""
+        return self._head.contents()[0]
+
+    def prototypes(self):
+        """The stored prototypes (n x dim, the head's dtype), rows in the order of labels(). A copy."""
+        return self._head.contents()[1]
+
+    def last_written(self):
+        """For each stored class (order of labels()), the step that last wrote it (int64 [n])."""
+        return self._head.contents()[2]
+
+    def ages(self):
+        """Steps since each stored class (order of labels()) was last written (int64 [n])."""
+        return self._head.stats()["steps"] - self.last_written()
+
+    def contents(self):
+        """(labels, prototypes, last_written) in one pass: consistent copies of the stored state."""
+        return self._head.contents()
+
+    def prototype(self, label):
+        """The stored prototype of `label` (a copy); protomem.Error when it is not stored."""
+        return self._head.prototype(int(label))
+
+    def __contains__(self, label):
+        return self._head.contains(int(label))
+
+    def stats(self):
+        """Counters since construction: steps, refreshes, insertions, evictions (committed steps)."""
+        return self._head.stats()
+
+    @property
+    def last_step(self):
+        """The last forward's result: loss, classes, similar / similar_cosines (C x k), threads,
+        tile_columns, workspace_bytes."""
+        return self._head.last_step()
+
+    def doppelgangers(self, label):
+        """(labels, cosines) of `label`'s row in the doppelganger table (DoppelgangerMining)."""
+        return self._head.doppelgangers(int(label))
+
+    @property
+    def size(self):
+        """Classes stored now (<= capacity)."""
+        return self._head.size
+
+    @property
+    def capacity(self):
+        return self._head.capacity
+
+    @property
+    def dim(self):
+        return self._head.dim
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def pending(self):
+        """Whether a training forward's update waits for its backward."""
+        return self._head.pending
+
+    def policies(self):
+        """Policy names as checkpoints store them: margin, generator, refresh, queue, mining."""
+        return tuple(self._head.policy_names())
+
+    def clear(self):
+        """Empties the memory and resets its counters (the policies keep their parameters)."""
+        self._head.clear()
+
+    def extra_repr(self):
+        names = ", ".join(self.policies())
+        return (f"capacity={self.capacity}, dim={self.dim}, dtype={self._dtype}, policies=({names}), "
+                f"stored={self.size}")
+
+    # ---- for tests and benchmarks -------------------------------------------------------------
+
+    def _core_step(self, embeddings, labels, gradient=None):
+        """The C++ core's own step (PrototypeMemory::step on the tensors' memory, no autograd):
+        returns (loss, dL/dE, seconds the core's step took). Commits, like a trained step."""
+        self._check(embeddings, labels)
+        embeddings = embeddings.detach()
+        if embeddings.stride(1) != 1:
+            embeddings = embeddings.contiguous()
+        labels = labels.contiguous()
+        if gradient is None:
+            gradient = torch.empty_like(embeddings, memory_format=torch.contiguous_format)
+        loss, seconds = self._head.core_step(embeddings, labels, gradient)
+        return loss, gradient, seconds
+
+    def _clone(self):
+        """A new module with the same configuration, policies and committed state."""
+        twin = PrototypeMemory.__new__(PrototypeMemory)
+        torch.nn.Module.__init__(twin)
+        twin._process_group = self._process_group
+        twin._per_process = self._per_process
+        twin._dtype = self._dtype
+        twin._head = self._head.clone()
+        twin.train(self.training)
+        return twin
+
+    def __deepcopy__(self, memo):
+        return self._clone()
+
+
+def margin_from_insightface(margin_loss):
+    """A protomem margin from an insightface arcface_torch margin object: ``CombinedMarginLoss(s,
+    m1, m2, m3)`` (attributes s, m1, m2, m3), ``ArcFace(s, margin)`` or ``CosFace(s, m)``; a
+    protomem margin is returned as is."""
+    if isinstance(margin_loss, (_C.NoMargin, _C.CosFace, _C.ArcFace, _C.CombinedMargin)):
+        return margin_loss
+    get = lambda name: getattr(margin_loss, name, None)  # noqa: E731
+    if get("interclass_filtering_threshold"):
+        raise UnsupportedError("protomem: interclass_filtering_threshold > 0 has no protomem "
+                               "equivalent; use 0")
+    s = get("s") if get("s") is not None else get("scale")
+    if s is None:
+        raise Error(f"protomem: cannot read a scale s from the margin {margin_loss!r}; pass a "
+                    "protomem margin (protomem.CosFace(s, m), protomem.ArcFace(s, m), ...)")
+    if get("m1") is not None:
+        m1, m2, m3 = float(get("m1")), float(get("m2")), float(get("m3"))
+        if m1 == 1.0 and m3 == 0.0 and m2 == 0.0:
+            return _C.NoMargin(float(s))
+        if m1 == 1.0 and m3 == 0.0:
+            return _C.ArcFace(float(s), m2)
+        if m1 == 1.0 and m2 == 0.0:
+            return _C.CosFace(float(s), m3)
+        return _C.CombinedMargin(float(s), m1, m2, m3)
+    name = type(margin_loss).__name__.lower()
+    if "arc" in name and get("margin") is not None:
+        return _C.ArcFace(float(s), float(get("margin")))
+    if "cos" in name and get("m") is not None:
+        return _C.CosFace(float(s), float(get("m")))
+    raise Error(f"protomem: cannot map the margin {margin_loss!r} (expected insightface's "
+                "CombinedMarginLoss, ArcFace or CosFace, or a protomem margin)")
+
+
+class PartialFCCompatible(PrototypeMemory):
+    """PrototypeMemory with the constructor of insightface's ``PartialFC_V2``:
+    ``PartialFCCompatible(margin_loss, embedding_size, num_classes, sample_rate, fp16)``, called as
+    ``loss = module(local_embeddings, local_labels)``.
+
+    Mapping: ``margin_loss`` -> the margin (margin_from_insightface); ``embedding_size`` -> dim;
+    ``num_classes`` -> the label range; ``sample_rate`` -> capacity = int(sample_rate *
+    num_classes), the number of class centres Partial FC scores per step (or pass capacity=...);
+    ``fp16`` is accepted and ignored (the step runs in float32; half embeddings are converted).
+    Keyword arguments go to PrototypeMemory. Unlike PartialFC_V2 it has no parameters: nothing
+    to give the optimizer (an empty param group is fine), the memory travels in state_dict().
+    """
+
+    def __init__(self, margin_loss, embedding_size, num_classes, sample_rate=1.0, fp16=False,
+                 capacity=None, **kwargs):
+        if not (0.0 < sample_rate <= 1.0):
+            raise Error(f"protomem: sample_rate = {sample_rate} must be in (0, 1]")
+        if capacity is None:
+            capacity = max(1, int(sample_rate * num_classes))
+        super().__init__(capacity, embedding_size, margin=margin_from_insightface(margin_loss),
+                         num_classes=num_classes, **kwargs)
+        self.sample_rate = sample_rate
+        self.fp16 = fp16
+        self.embedding_size = embedding_size
+        self.num_classes = num_classes
+
+    def forward(self, local_embeddings, local_labels):
+        """As PartialFC_V2.forward: labels of any integer dtype, shape [B] or [B, 1]; float16 /
+        bfloat16 embeddings are converted to the head's dtype (the gradient flows back)."""
+        if isinstance(local_labels, torch.Tensor) and local_labels.dtype != torch.int64 and \
+                not local_labels.dtype.is_floating_point:
+            local_labels = local_labels.long()
+        if isinstance(local_labels, torch.Tensor) and local_labels.dim() == 2 and \
+                local_labels.shape[1] == 1:
+            local_labels = local_labels.view(-1)
+        if isinstance(local_embeddings, torch.Tensor) and \
+                local_embeddings.dtype in (torch.float16, torch.bfloat16):
+            local_embeddings = local_embeddings.to(self.dtype)
+        return super().forward(local_embeddings, local_labels)

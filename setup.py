@@ -1,0 +1,60 @@
+"""Builds protomem._C with torch.utils.cpp_extension (see pyproject.toml and docs/python.md).
+
+Environment (all optional):
+  PROTOMEM_EIGEN_INCLUDE  directory holding Eigen/ (default: /usr/include/eigen3, or $EIGEN3_INCLUDE_DIR)
+  PROTOMEM_NATIVE=0       do not compile with -march=native (for a build that runs on other CPUs)
+  PROTOMEM_BLAS=0         use Eigen's GEMM instead of OpenBLAS even where OpenBLAS is found
+  MAX_JOBS                parallel compile jobs (torch's tooling; ninja is used when installed)
+"""
+import ctypes.util
+import os
+import sys
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def eigen_include():
+    for candidate in (os.environ.get("PROTOMEM_EIGEN_INCLUDE"), os.environ.get("EIGEN3_INCLUDE_DIR"),
+                      "/usr/include/eigen3", "/usr/local/include/eigen3"):
+        if candidate and os.path.isfile(os.path.join(candidate, "Eigen", "Core")):
+            return candidate
+    sys.exit("protomem: Eigen 3.4 headers not found; install libeigen3-dev or set "
+             "PROTOMEM_EIGEN_INCLUDE to the directory that holds Eigen/")
+
+
+def openblas():
+    """(include dir, library name) of OpenBLAS's CBLAS, or None."""
+    if os.environ.get("PROTOMEM_BLAS", "1") == "0" or not ctypes.util.find_library("openblas"):
+        return None
+    for candidate in ("/usr/include/x86_64-linux-gnu/openblas-pthread",
+                      "/usr/include/aarch64-linux-gnu/openblas-pthread", "/usr/include/openblas",
+                      "/usr/local/include/openblas", "/usr/include"):
+        if os.path.isfile(os.path.join(candidate, "cblas.h")):
+            return candidate
+    return None
+
+
+sources = [os.path.join("python", "csrc", name) for name in
+           ("module.cpp", "instances_float_1.cpp", "instances_float_2.cpp", "instances_double.cpp")]
+include_dirs = [os.path.join(ROOT, "include"), os.path.join(ROOT, "python", "csrc"),
+                os.path.join(ROOT, "examples", "train"), eigen_include()]
+cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+if os.environ.get("PROTOMEM_NATIVE", "1") != "0":
+    cxx_flags.append("-march=native")
+define_macros = []
+libraries = []
+blas = openblas()
+if blas:
+    include_dirs.append(blas)
+    define_macros.append(("PROTOMEM_USE_OPENBLAS", None))
+    libraries.append("openblas")
+
+setup(
+    ext_modules=[CppExtension(
+        "protomem._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+        libraries=libraries, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])],
+    cmdclass={"build_ext": BuildExtension},
+)

@@ -1,0 +1,277 @@
+"""The nn.Module's behaviour: when the memory is updated, what it stores, input checks, C++ errors,
+unsupported combinations, distributed refusal, the Partial FC compatible constructor."""
+import copy
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import protomem
+from conftest import ROOT, grouped_batch, train_step
+
+DIM = 8
+
+
+def head(**kw):
+    kw.setdefault("margin", protomem.CosFace(16.0, 0.3))
+    return protomem.PrototypeMemory(32, DIM, dtype=torch.float64, **kw)
+
+
+def test_update_is_committed_by_backward_only(rng):
+    h = head()
+    e, y = grouped_batch([1, 2, 3], 2, DIM, torch.float64, rng)
+    loss = h(e, y)
+    assert h.pending and h.stats()["steps"] == 0 and h.size == 0
+    loss.backward()
+    assert not h.pending and h.stats()["steps"] == 1 and h.size == 3
+    # the stored prototype is the normalised mean of the class's normalised exemplars
+    x = F.normalize(e.detach(), dim=1)
+    for c in (1, 2, 3):
+        expected = F.normalize(x[y == c].sum(0), dim=0)
+        assert torch.allclose(h.prototype(c), expected, rtol=0, atol=1e-14)
+    assert torch.equal(h.labels(), torch.tensor([1, 2, 3]))
+    assert torch.equal(h.ages(), torch.zeros(3, dtype=torch.int64))
+
+
+def test_no_update_without_training(rng):
+    h = head()
+    train_step(h, *grouped_batch([1, 2], 2, DIM, torch.float64, rng))
+    state = h.get_extra_state()
+    e, y = grouped_batch([2, 5], 2, DIM, torch.float64, rng)
+    with torch.no_grad():
+        loss = h(e, y)
+    assert loss.grad_fn is None and torch.isfinite(loss)
+    h.eval()
+    loss = h(e, y)
+    assert loss.grad_fn is None
+    h.train()
+    loss = h(e.detach(), y)  # embeddings that do not require grad
+    assert loss.grad_fn is None
+    assert torch.equal(h.get_extra_state(), state)
+    # a training forward whose backward never runs is discarded by the next forward
+    h(e, y)
+    assert h.pending
+    h(e.detach(), y)
+    assert not h.pending and torch.equal(h.get_extra_state(), state)
+    # a late backward of a discarded step commits nothing; a retained graph commits once
+    stale = h(e, y)
+    h(e.detach(), y)
+    stale.backward()
+    assert torch.equal(h.get_extra_state(), state)
+    loss = h(e, y)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert h.stats()["steps"] == 2
+
+
+def test_eval_loss_equals_training_loss(rng):
+    h = head()
+    train_step(h, *grouped_batch([1, 2], 2, DIM, torch.float64, rng))
+    e, y = grouped_batch([2, 5], 2, DIM, torch.float64, rng)
+    with torch.no_grad():
+        evaluation = h(e, y)
+    assert h(e, y).item() == evaluation.item()
+
+
+def test_last_step_and_stats(rng):
+    h = head(similar_k=2)
+    train_step(h, *grouped_batch([1, 2, 3], 2, DIM, torch.float64, rng))
+    loss, _ = train_step(h, *grouped_batch([3, 9], 2, DIM, torch.float64, rng))
+    last = h.last_step
+    assert last["loss"] == loss.item()
+    assert torch.equal(last["classes"], torch.tensor([3, 9]))
+    assert last["similar"].shape == (2, 2) and set(last["similar"][1].tolist()) == {1, 2}
+    assert h.stats() == {"steps": 2, "refreshes": 1, "insertions": 4, "evictions": 0}
+    assert h.policies() == ("cosface", "exemplar_mean", "replace", "least_recently_written", "none")
+    assert "capacity=32" in repr(h)
+
+
+def test_input_checks_name_the_problem(rng):
+    h = head()
+    e, y = grouped_batch([1, 2], 2, DIM, torch.float64, rng)
+    cases = [
+        ((e.float(), y), "dtype torch.float64"),
+        ((e.half(), y), "dtype torch.float64"),
+        ((e, y.int()), "torch.int64"),
+        ((e[:, :4], y), f"B x {DIM}"),
+        ((e[0], y), f"B x {DIM}"),
+        ((e, y[:3]), "shape \\[4\\]"),
+        ((e[:0], y[:0]), "empty batch"),
+        ((e.tolist(), y), "torch.Tensor"),
+        ((e.to_sparse(), y), "dense"),
+    ]
+    for args, message in cases:
+        with pytest.raises(protomem.Error, match=message):
+            h(*args)
+    with pytest.raises(protomem.UnsupportedError, match="not yet supported"):
+        h(torch.empty(4, DIM, dtype=torch.float64, device="meta"), y)
+    assert h.size == 0 and not h.pending
+
+
+def test_library_errors_reach_python_with_memory_unchanged(rng):
+    h = head(num_classes=100)
+    train_step(h, *grouped_batch([1, 2], 2, DIM, torch.float64, rng))
+    state = h.get_extra_state()
+    e, y = grouped_batch([3, 4], 2, DIM, torch.float64, rng)
+    bad = y.clone()
+    bad[1] = -3
+    with pytest.raises(protomem.Error, match=r"labels\[1\] = -3 is negative") as info:
+        h(e, bad)
+    assert isinstance(info.value, RuntimeError)
+    bad[1] = 100
+    with pytest.raises(protomem.Error, match=r"outside the declared range \[0, 100\)"):
+        h(e, bad)
+    zero = e.detach().clone()
+    zero[2] = 0
+    with pytest.raises(protomem.Error, match="row 2 has norm 0"):
+        h(zero.requires_grad_(), y)
+    small = protomem.PrototypeMemory(2, DIM, dtype=torch.float64)
+    with pytest.raises(protomem.Error, match="capacity is 2"):
+        small(*grouped_batch([1, 2, 3], 2, DIM, torch.float64, rng))
+    loo = head(generator=protomem.LeaveOneOut())
+    with pytest.raises(protomem.Error, match="needs at least 2"):
+        loo(*grouped_batch([1, 2], 1, DIM, torch.float64, rng))
+    with pytest.raises(protomem.Error, match="label 77 is not in the memory"):
+        h.prototype(77)
+    assert torch.equal(h.get_extra_state(), state) and not h.pending
+
+
+def test_policy_parameters_are_validated():
+    with pytest.raises(protomem.Error, match="scale s = -1"):
+        protomem.CosFace(-1.0, 0.3)
+    with pytest.raises(protomem.Error, match="margin m = 2"):
+        protomem.ArcFace(64.0, 2.0)
+    with pytest.raises(protomem.Error, match=r"outside \[0, 1\)"):
+        protomem.Momentum(1.0)
+    with pytest.raises(protomem.Error, match="k = 0"):
+        protomem.DoppelgangerMining(0, 10)
+    with pytest.raises(protomem.Error, match="capacity = 0"):
+        protomem.PrototypeMemory(0, DIM)
+    with pytest.raises(protomem.Error, match="margin policy must be"):
+        protomem.PrototypeMemory(4, DIM, margin=protomem.ExemplarMean())
+    with pytest.raises(protomem.Error, match="dtype must be"):
+        protomem.PrototypeMemory(4, DIM, dtype=torch.float16)
+    # a policy class stands for its default object
+    assert protomem.PrototypeMemory(4, DIM, margin=protomem.ArcFace).policies()[0] == "arcface"
+
+
+def test_unsupported_combinations_name_what_is_supported():
+    with pytest.raises(protomem.UnsupportedError, match="FirstInFirstOut.*this build instantiates"):
+        protomem.PrototypeMemory(4, DIM, queue=protomem.FirstInFirstOut())
+    with pytest.raises(protomem.UnsupportedError, match="float64"):
+        protomem.PrototypeMemory(4, DIM, dtype=torch.float64,
+                                 mining=protomem.DoppelgangerMining(2, 8))
+    assert issubclass(protomem.UnsupportedError, protomem.Error)
+    assert issubclass(protomem.Error, RuntimeError)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_supported_combination_constructs(dtype):
+    margins = [protomem.NoMargin(), protomem.CosFace(), protomem.ArcFace(), protomem.CombinedMargin()]
+    generators = [protomem.ExemplarMean(), protomem.DetachedExemplarMean(), protomem.LeaveOneOut()]
+    refreshes = [protomem.Replace(), protomem.Momentum(0.5)]
+    minings = [protomem.NoMining()]
+    if dtype == torch.float32:
+        minings.append(protomem.DoppelgangerMining(2, 8))
+    e = torch.randn(4, 4, dtype=dtype, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1])
+    for m in margins:
+        for g in generators:
+            for r in refreshes:
+                for mi in minings:
+                    h = protomem.PrototypeMemory(4, 4, m, g, r, protomem.LRW(), mi, dtype=dtype)
+                    h(e, y).backward()
+                    assert h.policies() == (m.name, g.name, r.name, "least_recently_written",
+                                            mi.name)
+                    assert h.size == 2
+
+
+def test_module_plumbing(rng):
+    h = head()
+    assert list(h.parameters()) == []
+    encoder = torch.nn.Linear(4, DIM).double()
+    opt = torch.optim.SGD([{"params": encoder.parameters()}, {"params": h.parameters()}], lr=0.1)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=rng)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = h(encoder(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert encoder.weight.grad.abs().sum() > 0 and h.size == 3
+    twin = copy.deepcopy(h)
+    assert torch.equal(twin.get_extra_state(), h.get_extra_state())
+    train_step(twin, *grouped_batch([7, 8], 2, DIM, torch.float64, rng))
+    assert twin.size == 5 and h.size == 3
+
+
+class CombinedMarginLoss:
+    """The attributes of insightface arcface_torch's losses.CombinedMarginLoss."""
+
+    def __init__(self, s, m1, m2, m3, interclass_filtering_threshold=0):
+        self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
+        self.interclass_filtering_threshold = interclass_filtering_threshold
+
+
+def test_partial_fc_compatible(rng):
+    arc = protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.5, 0.0))
+    assert isinstance(arc, protomem.ArcFace) and arc.s == 64 and arc.m == 0.5
+    cos = protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.0, 0.4))
+    assert isinstance(cos, protomem.CosFace) and cos.m == 0.4
+    comb = protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.3, 0.2))
+    assert isinstance(comb, protomem.CombinedMargin) and (comb.m2, comb.m3) == (0.3, 0.2)
+    with pytest.raises(protomem.UnsupportedError):
+        protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.5, 0.0, 0.1))
+
+    module = protomem.PartialFCCompatible(CombinedMarginLoss(64, 1.0, 0.5, 0.0), 16, 1000, 0.1,
+                                          False)
+    assert module.capacity == 100 and module.dim == 16 and module.policies()[0] == "arcface"
+    e = torch.randn(8, 16, generator=rng, requires_grad=True)
+    y = torch.tensor([[1], [1], [5], [5], [9], [9], [999], [999]])  # arcface_torch's [B, 1]
+    module(e, y).backward()
+    assert module.size == 4
+    half = torch.randn(8, 16, generator=rng).half().requires_grad_(True)
+    module(half, y.int()).backward()  # PartialFC_V2 accepts these too
+    assert half.grad.dtype == torch.float16 and module.stats()["steps"] == 2
+    with pytest.raises(protomem.Error, match="declared range"):
+        module(e, y.view(-1) + 1)
+
+
+def test_distributed_world_size_above_one_is_refused(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, torch, torch.distributed as dist
+        sys.path.insert(0, {os.path.join(ROOT, 'tests', 'python')!r})
+        import protomem
+        rank = int(sys.argv[1])
+        dist.init_process_group("gloo", init_method="file://{tmp_path}/rendezvous", rank=rank,
+                                world_size=2)
+        try:
+            protomem.PrototypeMemory(8, 4)
+            print("no error")
+        except protomem.UnsupportedError as e:
+            assert "world size 2" in str(e) and "one process" in str(e), e
+        h = protomem.PrototypeMemory(8, 4, per_process=True)
+        h(torch.randn(2, 4, requires_grad=True), torch.tensor([rank, rank])).backward()
+        assert h.size == 1
+        try:
+            protomem.GroupedBatchSampler(list(range(8)) * 2, 2, 2, 0, rank=rank, world_size=2,
+                                         doppelganger_fraction=0.5)
+            print("no error")
+        except protomem.UnsupportedError:
+            pass
+        dist.barrier()
+        print("ok", rank)
+    """)
+    path = tmp_path / "worker.py"
+    path.write_text(script)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(path), str(r)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for r in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    for r, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, out
+        assert f"ok {r}" in out and "no error" not in out, out
