@@ -1,7 +1,11 @@
 // The image data reader (protomem/data.hpp): RecordIO files written here byte for byte from the
 // format's description, read back with labels and pixels exact; JPEG against a direct libjpeg
 // decode; every malformed input named; skip-corrupt counting; the loader's determinism.
-#include <jpeglib.h>
+#include <cstddef>
+#include <cstdio>
+// clang-format off
+#include <jpeglib.h>  // after <cstdio>: it needs FILE and size_t
+// clang-format on
 #include <png.h>
 #include <unistd.h>
 

@@ -16,7 +16,12 @@
 // frames that own resources.
 #pragma once
 
-#include <jpeglib.h>  // after <cstdio>: it needs FILE and size_t
+// <jpeglib.h> needs FILE and size_t declared before it.
+#include <cstddef>
+#include <cstdio>
+// clang-format off
+#include <jpeglib.h>
+// clang-format on
 #include <png.h>
 #include <setjmp.h>
 
