@@ -1,6 +1,9 @@
 // bench_loader: the image reader's throughput (protomem/data.hpp) - what the CNN training step
 // (examples/train --encoder cnn) has to be fed.
 //
+//   BM_Open            open the data set (every record's frame and image header, the class index);
+//                      counter peak_rss_mb: the process's peak RSS after opening (run it alone:
+//                      --benchmark_filter=BM_Open)
 //   BM_Decode/S        read one record + decode + resize to S x S grayscale, one thread: images/s
 //                      per core (counter images_per_s)
 //   BM_Loader/T/B      ImageLoader with T decoding threads, batches of B images from an
@@ -10,6 +13,7 @@
 // data/hangul/train.rec (scripts/make-hangul-set). Run from the repository root:
 //   nice -n 19 build/dev/bench/bench_loader --benchmark_min_time=2
 #include <benchmark/benchmark.h>
+#include <sys/resource.h>
 
 #include <cstdlib>
 #include <memory>
@@ -31,6 +35,23 @@ const protomem::data::ImageSource* source() {
     }
   }();
   return s.get();
+}
+
+void BM_Open(benchmark::State& state) {
+  const char* env = std::getenv("PROTOMEM_BENCH_DATA");
+  const std::string path = env ? env : "data/hangul/train.rec";
+  for (auto _ : state) {
+    try {
+      auto opened = protomem::data::open_image_source(path);
+      benchmark::DoNotOptimize(opened.get());
+      state.counters["samples"] = static_cast<double>(opened->size());
+    } catch (const std::exception& e) {
+      return state.SkipWithError(e.what());
+    }
+  }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  state.counters["peak_rss_mb"] = static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
 void BM_Decode(benchmark::State& state) {
@@ -70,5 +91,6 @@ void BM_Loader(benchmark::State& state) {
 
 }  // namespace
 
+BENCHMARK(BM_Open)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Decode)->Arg(32)->Arg(24)->UseRealTime();
 BENCHMARK(BM_Loader)->Args({1, 128})->Args({2, 128})->UseRealTime();

@@ -276,6 +276,28 @@ TEST_CASE("without a header record every .idx entry is an image, in .idx order")
   }
 }
 
+TEST_CASE("records with many extra labels: the label is the first, the image follows them") {
+  TempDir dir;
+  std::mt19937 rng(4);
+  const auto pixels = random_pixels(rng, 5 * 5);
+  std::vector<float> extra(40, 0.5f);
+  extra[0] = 17.0f;
+  Writer w;
+  w.add(1, image_payload(3.0f, extra, 0, encode_png(pixels, 5, 5, 1)));
+  w.add(2, image_payload(4.0f, {}, 0, encode_png(pixels, 5, 5, 1)));
+  w.add(3, image_payload(5.0f, extra, 0, ""));  // no image: named at open
+  w.save(dir.path / "many");
+  const std::string rec = (dir.path / "many.rec").string();
+  CHECK_THAT(error_of([&] { RecordIOSource s(rec); }),
+             Contains("record 3") && Contains("holds no image bytes"));
+  RecordIOSource source(rec, "", SourceOptions{true});
+  CHECK(source.skipped() == 1);
+  REQUIRE(source.size() == 2);
+  CHECK(source.label(0) == 17);
+  CHECK(source.label(1) == 4);
+  CHECK(decode_sample(source, 0, {5, 5, 1}) == pixels);
+}
+
 TEST_CASE("JPEG records decode as libjpeg decodes them, gray and RGB") {
   TempDir dir;
   std::mt19937 rng(5);

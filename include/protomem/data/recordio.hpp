@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -175,6 +176,25 @@ class RecordIOFile {
   /// The payload of the record with `key` (parts of a multi-part record joined).
   std::string read(std::uint64_t key) const { return read_at(entry(key)); }
 
+  /// At most the first `n` bytes of the payload of the record at `entry.offset`, and its whole
+  /// length, in `*length`. A single-part record is checked as read_at() checks it (magic, flag,
+  /// length inside the file) but only `n` bytes are read; a split record is read whole.
+  std::string read_prefix(const RecordEntry& entry, std::size_t n, std::uint64_t* length) const {
+    if (rec_.size() < 8 || entry.offset > rec_.size() - 8) return whole(entry, n, length);
+    unsigned char head[8];
+    rec_.read(entry.offset, head, 8);
+    const std::uint32_t lrecord = detail::load_u32(head + 4);
+    const std::uint64_t size = lrecord & ((1U << 29U) - 1U);
+    if (detail::load_u32(head) != kRecordMagic || (lrecord >> 29U) != 0 ||
+        (size + 3U) / 4U * 4U > rec_.size() - entry.offset - 8) {
+      return whole(entry, n, length);  // split or malformed: read_at() reads or names it
+    }
+    std::string prefix(static_cast<std::size_t>(std::min<std::uint64_t>(size, n)), '\0');
+    if (!prefix.empty()) rec_.read(entry.offset + 8, &prefix[0], prefix.size());
+    *length = size;
+    return prefix;
+  }
+
   /// The payload of the record at `entry.offset`; `entry.key` names it in errors.
   std::string read_at(const RecordEntry& entry) const {
     std::string payload;
@@ -238,6 +258,13 @@ class RecordIOFile {
     if (!number(&out->key) || !blanks() || !number(&out->offset)) return false;
     blanks();
     return i == line.size();
+  }
+
+  std::string whole(const RecordEntry& entry, std::size_t n, std::uint64_t* length) const {
+    std::string payload = read_at(entry);
+    *length = payload.size();
+    if (payload.size() > n) payload.resize(n);
+    return payload;
   }
 
   static const unsigned char* magic_bytes() {

@@ -17,11 +17,12 @@
 // to pass to bytes() (protomem/data/loader.hpp does this with threads).
 //
 // Requires: a POSIX system (protomem/data/recordio.hpp). bytes() is called from several threads.
-// Guarantees: opening checks the whole structure - every RecordIO record's framing and header,
-// every list line - and throws protomem::Error naming the file and the record (key, byte offset)
-// or line; with `skip_corrupt` a RecordIO record that fails those checks is left out instead and
-// counted in skipped(). A missing or unreadable image file throws when its bytes are read, naming
-// the file and the sample.
+// Guarantees: opening checks the structure - every RecordIO record's frame (magic, flag, length
+// inside the file) and image header, reading those bytes but not the image; every list line - and
+// throws protomem::Error naming the file and the record (key, byte offset) or line; with
+// `skip_corrupt` a RecordIO record that fails those checks is left out instead and counted in
+// skipped(). The parts of a split record, a missing or unreadable image file and an image that
+// does not decode throw when the sample's bytes are read or decoded, naming the file and record.
 #pragma once
 
 #include <algorithm>
@@ -153,15 +154,25 @@ class RecordIOSource : public ImageSource {
     return true;
   }
 
+  // Reads the record's frame and image header, not its image (a face set is tens of GB).
   label_t read_label(const RecordEntry& e) const {
-    const std::string payload = file_.read_at(e);
+    std::uint64_t length = 0;
+    std::string payload = file_.read_prefix(e, 64, &length);
+    if (payload.size() >= 4) {  // more extra labels than the first 64 bytes hold: read them all
+      const std::size_t needed =
+          kImageHeaderSize + 4U * std::size_t{detail::load_u32(
+                                      reinterpret_cast<const unsigned char*>(payload.data()))};
+      if (needed > payload.size() && length > payload.size()) {
+        payload = file_.read_prefix(e, needed, &length);
+      }
+    }
     std::size_t image = 0;
     const auto h = unpack_image_record(payload, &image, where(e));
     const float value = h.flag > 0 ? h.labels[0] : h.label;
     if (!(value >= 0) || value != std::floor(value) || value > 9007199254740992.0f) {
       protomem::detail::fail(where(e), ": label ", value, " is not a non-negative integer");
     }
-    if (image == payload.size()) protomem::detail::fail(where(e), ": holds no image bytes");
+    if (image == length) protomem::detail::fail(where(e), ": holds no image bytes");
     return static_cast<label_t>(value);
   }
 
