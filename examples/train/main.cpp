@@ -61,7 +61,18 @@ data (docs/synthetic-data.md)
   --nuisance X              nuisance factor scale (default 0.5)
   --noise X                 pixel noise (default 0.1)
   --latent-dim N, --image-dim N, --nuisance-dim N, --map-hidden N   generator sizes (32, 128, 8, 128)
+real images (docs/data.md; instead of the synthetic set)
+  --data PATH               training set: an insightface .rec (with its .idx), a list file
+                            ('path label' lines) or an image folder (one subfolder per identity)
+  --heldout PATH            held-out identities, the same kinds (default: heldout.* beside a
+                            train.* --data); --eval-images of each, the rest distractors
+  --image-size N            images are decoded and resized to N x N (default 32)
+  --channels 1|3            grayscale or RGB (default 1)
+  --loader-threads N        decoding threads, >= 1 (default 2)
 encoder and optimisation
+  --encoder mlp|cnn         MLP on the pixel vector, or a small IResNet (cnn; needs --data)
+  --width N                 cnn: channels of the first of its three stages (default 32)
+  --depth N                 cnn: IResNet blocks per stage (default 1)
   --dim N                   embedding dimension D (default 64)
   --hidden N                encoder MLP width (default 256)
   --steps N                 training steps (default 300)
@@ -165,6 +176,27 @@ std::vector<train::Method> parse_methods(const std::string& list) {
   return methods;
 }
 
+#ifdef PROTOMEM_TRAIN_IMAGES
+using images_config = images::Config;
+template <class F>
+void set_images(train::Options& o, F set) {
+  set(o.images);
+}
+bool has_images(const train::Options& o) { return !o.images.train.empty(); }
+#else
+struct images_config {
+  std::string train, heldout;
+  int size = 0, channels = 0, threads = 0;
+};
+template <class F>
+void set_images(train::Options&, F) {
+  throw UsageError(
+      "--data and its flags need the image reader (protomem::data: libjpeg-turbo and "
+      "libpng, found at configure time)");
+}
+bool has_images(const train::Options&) { return false; }
+#endif
+
 Cli parse(int argc, char** argv) {
   Cli cli;
   train::Options& o = cli.o;
@@ -245,6 +277,22 @@ Cli parse(int argc, char** argv) {
       o.data.hidden_dim = I();
     else if (flag == "--dim")
       o.dim = I();
+    else if (flag == "--data")
+      set_images(o, [&](images_config& c) { c.train = value; });
+    else if (flag == "--heldout")
+      set_images(o, [&](images_config& c) { c.heldout = value; });
+    else if (flag == "--image-size")
+      set_images(o, [&](images_config& c) { c.size = static_cast<int>(I()); });
+    else if (flag == "--channels")
+      set_images(o, [&](images_config& c) { c.channels = static_cast<int>(I()); });
+    else if (flag == "--loader-threads")
+      set_images(o, [&](images_config& c) { c.threads = static_cast<int>(I()); });
+    else if (flag == "--encoder")
+      o.encoder = value;
+    else if (flag == "--width")
+      o.width = I();
+    else if (flag == "--depth")
+      o.depth = I();
     else if (flag == "--hidden")
       o.hidden = I();
     else if (flag == "--steps")
@@ -323,6 +371,18 @@ void check(const Cli& cli) {
   auto need = [](bool ok, const std::string& what) {
     if (!ok) throw UsageError(what);
   };
+  need(o.encoder == "mlp" || o.encoder == "cnn",
+       "--encoder must be mlp or cnn, not '" + o.encoder + "'");
+  need(o.encoder == "mlp" || has_images(o), "--encoder cnn needs images (--data)");
+  need(o.width >= 1 && o.width <= 4096 && o.depth >= 1 && o.depth <= 64,
+       "--width must be in [1, 4096] and --depth in [1, 64]");
+#ifdef PROTOMEM_TRAIN_IMAGES
+  need(o.images.size >= 8 && o.images.size <= 1024, "--image-size must be in [8, 1024]");
+  need(o.images.channels == 1 || o.images.channels == 3, "--channels must be 1 or 3");
+  need(o.images.threads >= 1 && o.images.threads <= 256, "--loader-threads must be in [1, 256]");
+  need(!has_images(o) || !o.images.heldout.empty(),
+       "--heldout is needed (no heldout.* beside --data '" + o.images.train + "')");
+#endif
   need(o.identities >= 2, "--identities must be >= 2");
   need(o.images_per_identity >= 1, "--images-per-identity must be >= 1");
   need(o.eval_identities >= 2 && o.eval_identities % 2 == 0,
@@ -334,9 +394,9 @@ void check(const Cli& cli) {
   need(o.batch >= 1, "--batch must be >= 1");
   need(o.exemplars >= 1 && o.batch % o.exemplars == 0,
        "--exemplars must be >= 1 and divide --batch (" + std::to_string(o.batch) + ")");
-  need(o.exemplars <= o.images_per_identity, "--exemplars (" + std::to_string(o.exemplars) +
-                                                 ") must be <= --images-per-identity (" +
-                                                 std::to_string(o.images_per_identity) + ")");
+  need(has_images(o) || o.exemplars <= o.images_per_identity,
+       "--exemplars (" + std::to_string(o.exemplars) + ") must be <= --images-per-identity (" +
+           std::to_string(o.images_per_identity) + ")");
   need(o.batch / o.exemplars <= o.identities,
        "--batch / --exemplars classes per step must be <= --identities");
   need(o.lr > 0 && std::isfinite(o.lr), "--lr must be > 0");
@@ -372,11 +432,11 @@ void check(const Cli& cli) {
   need(o.eval_every >= 1, "--eval-every must be >= 1");
   need(o.staleness_classes >= 1, "--staleness-classes must be >= 1");
   need(cli.threads >= 0, "--threads must be >= 0");
-  try {
-    synthetic::validate(o.data);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(std::string("data: ") + e.what());
-  }
+  if (!has_images(o)) try {
+      synthetic::validate(o.data);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(std::string("data: ") + e.what());
+    }
 }
 
 // ---- child: one method
@@ -463,11 +523,26 @@ int run_parent(const Cli& cli, const char* self) {
       static_cast<long long>(o.identities), static_cast<long long>(o.images_per_identity),
       static_cast<long long>(o.eval_identities), static_cast<long long>(o.eval_images),
       static_cast<long long>(o.distractors));
+#ifdef PROTOMEM_TRAIN_IMAGES
+  if (has_images(o)) {
+    std::printf("  images: %s (held out: %s), %dx%dx%d, %d loader threads\n",
+                o.images.train.c_str(), o.images.heldout.c_str(), o.images.size, o.images.size,
+                o.images.channels, o.images.threads);
+  }
+#endif
+  if (o.encoder == "cnn") {
+    std::printf("  encoder IResNet: width %lld, %lld block(s) x 3 stages, D=%lld;",
+                static_cast<long long>(o.width), static_cast<long long>(o.depth),
+                static_cast<long long>(o.dim));
+  }
+  if (o.encoder == "mlp") {
+    std::printf("  encoder MLP %lld-%lld-%lld-%lld,", static_cast<long long>(o.data.image_dim),
+                static_cast<long long>(o.hidden), static_cast<long long>(o.hidden),
+                static_cast<long long>(o.dim));
+  }
   std::printf(
-      "  encoder MLP %lld-%lld-%lld-%lld, %lld steps x %lld images (grouped: %lld ids x K=%lld), "
+      " %lld steps x %lld images (grouped: %lld ids x K=%lld), "
       "%s s=%g m=%g; protomem M=%lld; pfc sample rate %g\n",
-      static_cast<long long>(o.data.image_dim), static_cast<long long>(o.hidden),
-      static_cast<long long>(o.hidden), static_cast<long long>(o.dim),
       static_cast<long long>(o.steps), static_cast<long long>(o.batch),
       static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
       o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
@@ -553,6 +628,18 @@ int main(int argc, char** argv) {
   Cli cli;
   try {
     cli = parse(argc, argv);
+#ifdef PROTOMEM_TRAIN_IMAGES
+    if (has_images(cli.o) && cli.o.images.heldout.empty()) {
+      cli.o.images.heldout = images::default_heldout(cli.o.images.train);
+    }
+    if (has_images(cli.o)) {  // the sizes the data fix (N, held-out identities), for the checks
+      try {
+        cli.o = train::resolve(cli.o, images::ImageSet(cli.o.images, cli.o.eval_images));
+      } catch (const std::exception& e) {
+        throw UsageError(std::string("--data: ") + e.what());
+      }
+    }
+#endif
     check(cli);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "train: error: %s\n(see train --help)\n", e.what());

@@ -46,6 +46,9 @@
 #include <vector>
 
 #include "synthetic.hpp"
+#ifdef PROTOMEM_TRAIN_IMAGES
+#include "image_data.hpp"
+#endif
 
 namespace train {
 
@@ -67,6 +70,12 @@ struct Method {
 /// Every knob of a run (the command line of examples/train maps onto this one to one).
 struct Options {
   synthetic::Config data;
+#ifdef PROTOMEM_TRAIN_IMAGES
+  images::Config images;  // --data: real images (image_data.hpp) instead of the synthetic set
+#endif
+  std::string encoder = "mlp";            // mlp | cnn (a small IResNet; needs --data)
+  std::int64_t width = 32;                // cnn: channels of the first stage
+  std::int64_t depth = 1;                 // cnn: blocks per stage (three stages)
   std::int64_t identities = 10000;        // N training identities: labels [0, N)
   std::int64_t images_per_identity = 16;  // training images per identity
   std::int64_t eval_identities = 1000;    // held-out identities for verification/identification
@@ -354,14 +363,24 @@ class LearnedHead : public Head {
 /// Yields (identity, image index) pairs of each step's batch.
 class BatchSampler {
  public:
-  BatchSampler(const Options& o, Sampler kind)
-      : o_(o), kind_(kind), rng_(o.seed * 1000003 + (kind == Sampler::grouped ? 1 : 2)) {
+  /// `counts`: images of each identity (real data); empty: o.images_per_identity each.
+  BatchSampler(const Options& o, Sampler kind, std::vector<std::int64_t> counts = {})
+      : o_(o),
+        kind_(kind),
+        rng_(o.seed * 1000003 + (kind == Sampler::grouped ? 1 : 2)),
+        counts_(std::move(counts)) {
+    if (!counts_.empty()) {
+      first_.assign(1, 0);
+      for (std::int64_t n : counts_) first_.push_back(first_.back() + n);
+    }
     if (kind == Sampler::mined) {
-      // Sample s is image s % n of identity s / n (n images per identity).
-      std::vector<protomem::label_t> labels(
-          static_cast<std::size_t>(o.identities * o.images_per_identity));
+      // Sample s is image s % n of identity s / n (n images per identity); with counts, image
+      // s - first_[c] of the identity c whose range holds s.
+      std::vector<protomem::label_t> labels(static_cast<std::size_t>(
+          counts_.empty() ? o.identities * o.images_per_identity : first_.back()));
       for (std::size_t s = 0; s < labels.size(); ++s) {
-        labels[s] = static_cast<protomem::label_t>(s) / o.images_per_identity;
+        labels[s] = counts_.empty() ? static_cast<protomem::label_t>(s) / o.images_per_identity
+                                    : identity_of(static_cast<std::int64_t>(s));
       }
       index_ =
           std::make_unique<protomem::DatasetIndex>(protomem::DatasetIndex::from_labels(labels));
@@ -380,17 +399,23 @@ class BatchSampler {
   };
   const FillCounts& fill_counts() const { return fill_; }
 
-  /// `table`: the doppelganger table of mined batches (nullptr: random fill).
+  /// `table`: the doppelganger table of mined batches (nullptr: random fill); `data` (optional)
+  /// tells planted look-alikes (lookalike_of).
+  template <class Data = synthetic::IdentitySet>
   void next(std::vector<std::int64_t>& ids, std::vector<std::int64_t>& idx,
-            const protomem::DoppelgangerMining* table = nullptr,
-            const synthetic::IdentitySet* data = nullptr) {
+            const protomem::DoppelgangerMining* table = nullptr, const Data* data = nullptr) {
     ids.resize(static_cast<std::size_t>(o_.batch));
     idx.resize(static_cast<std::size_t>(o_.batch));
     if (kind_ == Sampler::mined) {
       const protomem::Batch b = table ? mined_->next(*table) : mined_->next();
       for (std::size_t i = 0; i < b.samples.size(); ++i) {
-        ids[i] = b.samples[i] / o_.images_per_identity;
-        idx[i] = b.samples[i] % o_.images_per_identity;
+        if (counts_.empty()) {
+          ids[i] = b.samples[i] / o_.images_per_identity;
+          idx[i] = b.samples[i] % o_.images_per_identity;
+        } else {
+          ids[i] = identity_of(b.samples[i]);
+          idx[i] = b.samples[i] - first_[static_cast<std::size_t>(ids[i])];
+        }
       }
       ++fill_.batches;
       fill_.fill += mined_->mined_per_batch();
@@ -401,6 +426,15 @@ class BatchSampler {
           const std::int64_t twin = data->lookalike_of(*c);
           fill_.planted_twins += twin >= 0 && std::find(b.classes.begin(), base, twin) != base;
         }
+      }
+      return;
+    }
+    if (kind_ == Sampler::instance && !counts_.empty()) {  // uniform over all training images
+      std::uniform_int_distribution<std::int64_t> image(0, first_.back() - 1);
+      for (std::int64_t i = 0; i < o_.batch; ++i) {
+        const std::int64_t s = image(rng_);
+        ids[static_cast<std::size_t>(i)] = identity_of(s);
+        idx[static_cast<std::size_t>(i)] = s - first_[static_cast<std::size_t>(identity_of(s))];
       }
       return;
     }
@@ -425,6 +459,21 @@ class BatchSampler {
         cursor_ = 0;
       }
       const std::int64_t identity = order_[cursor_++];
+      if (!counts_.empty()) {  // K distinct images where the identity has K, else all, repeated
+        const std::int64_t n = counts_[static_cast<std::size_t>(identity)];
+        pool.resize(static_cast<std::size_t>(n));
+        std::iota(pool.begin(), pool.end(), 0);
+        for (std::int64_t e = 0; e < k; ++e) {
+          if (e < n) {
+            std::uniform_int_distribution<std::int64_t> pick(e, n - 1);
+            std::swap(pool[static_cast<std::size_t>(e)],
+                      pool[static_cast<std::size_t>(pick(rng_))]);
+          }
+          ids[static_cast<std::size_t>(c * k + e)] = identity;
+          idx[static_cast<std::size_t>(c * k + e)] = pool[static_cast<std::size_t>(e % n)];
+        }
+        continue;
+      }
       std::iota(pool.begin(), pool.end(), 0);
       for (std::int64_t e = 0; e < k; ++e) {  // K distinct images (partial Fisher-Yates)
         std::uniform_int_distribution<std::int64_t> pick(e, o_.images_per_identity - 1);
@@ -436,9 +485,16 @@ class BatchSampler {
   }
 
  private:
+  std::int64_t identity_of(std::int64_t sample) const {
+    return static_cast<std::int64_t>(std::upper_bound(first_.begin(), first_.end(), sample) -
+                                     first_.begin()) -
+           1;
+  }
+
   const Options& o_;
   Sampler kind_;
   std::mt19937_64 rng_;
+  std::vector<std::int64_t> counts_, first_;  // real data: images per identity, prefix sums
   std::vector<std::int64_t> order_;
   std::size_t cursor_ = 0;
   std::unique_ptr<protomem::DatasetIndex> index_;  // mined batches
@@ -446,9 +502,9 @@ class BatchSampler {
   FillCounts fill_;
 };
 
-inline at::Tensor make_images(const synthetic::IdentitySet& data,
-                              const std::vector<std::int64_t>& ids,
-                              const std::vector<std::int64_t>& idx) {
+template <class Data>
+at::Tensor make_images(const Data& data, const std::vector<std::int64_t>& ids,
+                       const std::vector<std::int64_t>& idx) {
   at::Tensor x = at::empty({static_cast<std::int64_t>(ids.size()), data.image_dim()});
   data.images(ids.data(), idx.data(), static_cast<std::int64_t>(ids.size()), x.data_ptr<float>());
   return x;
@@ -460,6 +516,11 @@ inline at::Tensor make_images(const synthetic::IdentitySet& data,
 inline ::torch::nn::Sequential make_encoder(const Options& o) {
   ::torch::manual_seed(o.seed);
   namespace nn = ::torch::nn;
+#ifdef PROTOMEM_TRAIN_IMAGES
+  if (o.encoder == "cnn") {
+    return images::make_cnn(o.images.channels, o.images.size, o.width, o.depth, o.dim);
+  }
+#endif
   // Linear-BN-ReLU blocks and a BN on the embedding, as face encoders end (BN-FC-BN).
   return nn::Sequential(nn::Linear(o.data.image_dim, o.hidden), nn::BatchNorm1d(o.hidden),
                         nn::ReLU(), nn::Linear(o.hidden, o.hidden), nn::BatchNorm1d(o.hidden),
@@ -493,7 +554,8 @@ struct Scores {
 /// with one image each; all generated once.
 class Evaluator {
  public:
-  Evaluator(const Options& o, const synthetic::IdentitySet& data) : o_(o) {
+  template <class Data>
+  Evaluator(const Options& o, const Data& data) : o_(o) {
     std::vector<std::int64_t> ids, idx;
     for (std::int64_t c = 0; c < o.eval_identities; ++c) {
       for (std::int64_t v = 0; v < o.eval_images; ++v) {
@@ -593,6 +655,30 @@ struct RunResult {
   double fill_per_batch = 0, fill_from_table = 0, fill_planted_twins = 0;
 };
 
+#ifdef PROTOMEM_TRAIN_IMAGES
+template <class Data>
+using protomem_loader_t = protomem::data::ImageLoader;
+/// `o` with the sizes real data fix: N from the training set; held-out identities and
+/// distractors capped by the held-out set; images_per_identity the smallest class (staleness).
+inline Options resolve(const Options& o, const images::ImageSet& data) {
+  Options r = o;
+  r.identities = data.identities();
+  r.data.image_dim = data.image_dim();  // the MLP's input
+  r.eval_identities = std::min(o.eval_identities, data.verification_identities() / 2 * 2);
+  r.distractors = std::min(o.distractors, data.heldout_identities() - r.eval_identities);
+  const auto counts = data.counts();
+  r.images_per_identity = *std::min_element(counts.begin(), counts.end());
+  if (r.eval_identities < 2) {
+    throw std::runtime_error("the held-out set has fewer than 2 identities with --eval-images (" +
+                             std::to_string(o.eval_images) + ") images");
+  }
+  return r;
+}
+#else
+template <class Data>
+struct protomem_loader_t {};
+#endif
+
 inline double lr_at(const Options& o, std::int64_t step) {
   const std::int64_t warmup = std::max<std::int64_t>(1, o.steps / 20);
   if (step < warmup) return o.lr * (step + 1) / warmup;
@@ -609,10 +695,10 @@ inline std::unique_ptr<Head> make_head(
 
 /// Mean cosine between each sampled class's vector and the class's current mean embedding (of
 /// its first 4 training images).
-inline double measure_staleness(const Options& o, const synthetic::IdentitySet& data,
-                                ::torch::nn::Sequential& encoder, const Head& head,
-                                std::mt19937_64& rng, std::int64_t step,
-                                std::vector<StalenessPoint>* out) {
+template <class Data>
+double measure_staleness(const Options& o, const Data& data, ::torch::nn::Sequential& encoder,
+                         const Head& head, std::mt19937_64& rng, std::int64_t step,
+                         std::vector<StalenessPoint>* out) {
   const VectorSample s = head.sample_vectors(o.staleness_classes, rng, step);
   if (s.labels.empty()) return 0.0;
   const std::int64_t per = std::min<std::int64_t>(4, o.images_per_identity);
@@ -671,12 +757,13 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_{};
 };
 
-/// Trains one method from the seeded initial encoder and evaluates it.
-inline RunResult run_method(const Options& o, const Method& method,
-                            std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
+/// Trains one method on `data` (synthetic::IdentitySet or images::ImageSet) from the seeded
+/// initial encoder and evaluates it.
+template <class Data>
+RunResult train_on(const Options& o, const Data& data, const Method& method,
+                   std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
   RunResult result;
   result.method = method.name();
-  const synthetic::IdentitySet data(o.data);
   const Evaluator evaluator(o, data);
   auto encoder = make_encoder(o);
   ::torch::optim::SGD optimizer(
@@ -686,7 +773,25 @@ inline RunResult run_method(const Options& o, const Method& method,
   head_options.mining = method.sampler == Sampler::mined;
   std::unique_ptr<Head> head = make_head(head_options, method.kind, std::move(protomem_factory));
   result.state_mb = head->state_bytes() / (1024.0 * 1024.0);
-  BatchSampler sampler(o, method.sampler);
+  std::vector<std::int64_t> counts;
+  // Real images: batches that do not depend on the training state are decoded ahead on the
+  // loader's threads; mined batches (which read the memory's table of this step) in this thread.
+  std::unique_ptr<protomem_loader_t<Data>> loader;
+#ifdef PROTOMEM_TRAIN_IMAGES
+  if constexpr (std::is_same_v<Data, images::ImageSet>) counts = data.counts();
+#endif
+  BatchSampler sampler(o, method.sampler, counts);
+#ifdef PROTOMEM_TRAIN_IMAGES
+  if constexpr (std::is_same_v<Data, images::ImageSet>) {
+    if (method.sampler != Sampler::mined) {
+      loader = data.loader([&sampler, &data, ids = std::vector<std::int64_t>(),
+                            idx = std::vector<std::int64_t>()]() mutable {
+        sampler.next(ids, idx);
+        return data.train_samples(ids, idx);
+      });
+    }
+  }
+#endif
   std::mt19937_64 staleness_rng(o.seed + 5);
 
   result.untrained = evaluator.evaluate(encoder);
@@ -698,8 +803,21 @@ inline RunResult run_method(const Options& o, const Method& method,
   std::int64_t since = 0;
   for (std::int64_t step = 0; step < o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    sampler.next(ids, idx, head->mining_table(), &data);
-    const at::Tensor x = make_images(data, ids, idx);
+    at::Tensor x;
+#ifdef PROTOMEM_TRAIN_IMAGES
+    if constexpr (std::is_same_v<Data, images::ImageSet>) {
+      if (loader) {
+        protomem::data::ImageBatch b = loader->next();
+        ids.resize(b.samples.size());
+        for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = data.identity_of(b.samples[i]);
+        x = data.to_tensor(b.pixels, static_cast<std::int64_t>(ids.size()));
+      }
+    }
+#endif
+    if (!loader) {
+      sampler.next(ids, idx, head->mining_table(), &data);
+      x = make_images(data, ids, idx);
+    }
     const at::Tensor y = ::torch::tensor(ids, ::torch::kLong);
     const double lr = lr_at(o, step);
     static_cast<::torch::optim::SGDOptions&>(optimizer.param_groups()[0].options()).lr(lr);
@@ -742,6 +860,18 @@ inline RunResult run_method(const Options& o, const Method& method,
                                       result.losses.end(), 0.0) /
                       std::max<std::size_t>(1, tail);
   return result;
+}
+
+/// Trains one method on the data `o` names: the synthetic set, or real images (--data).
+inline RunResult run_method(const Options& o, const Method& method,
+                            std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
+#ifdef PROTOMEM_TRAIN_IMAGES
+  if (!o.images.train.empty()) {
+    const images::ImageSet data(o.images, o.eval_images);
+    return train_on(resolve(o, data), data, method, std::move(protomem_factory));
+  }
+#endif
+  return train_on(o, synthetic::IdentitySet(o.data), method, std::move(protomem_factory));
 }
 
 /// The default-policy protomem head (what tests use without the policy dispatch), with
