@@ -137,6 +137,17 @@ TEST_CASE("policy traits say what each alternative does", "[policies]") {
   STATIC_REQUIRE_FALSE(protomem::DetachedExemplarMean::gradient);
   STATIC_REQUIRE(protomem::LeaveOneOut::leave_one_out);
   STATIC_REQUIRE(protomem::LeaveOneOut::min_exemplars == 2);
-  STATIC_REQUIRE(protomem::LeastRecentlyWritten::refresh_moves_to_back);
-  STATIC_REQUIRE_FALSE(protomem::FirstInFirstOut::refresh_moves_to_back);
+}
+
+TEST_CASE("queue policies place inserted and refreshed slots in the eviction order", "[policies]") {
+  auto order_after = [](const auto& queue) {
+    protomem::detail::SlotQueue order(4);
+    for (index_t slot : {0, 1, 2}) queue.on_insert(order, slot);
+    queue.on_refresh(order, 0);  // slot 0 written again
+    std::vector<index_t> slots;
+    for (index_t s = order.front(); s >= 0; s = order.next(s)) slots.push_back(s);
+    return slots;
+  };
+  CHECK(order_after(protomem::LeastRecentlyWritten{}) == std::vector<index_t>{1, 2, 0});
+  CHECK(order_after(protomem::FirstInFirstOut{}) == std::vector<index_t>{0, 1, 2});
 }

@@ -43,7 +43,10 @@ struct PlainRefresh {
 
 struct PlainQueue {
   static constexpr const char* name = "plain";
-  static constexpr bool refresh_moves_to_back = true;
+  void on_insert(protomem::detail::SlotQueue& order, index_t slot) const noexcept {
+    order.push_back(slot);
+  }
+  void on_refresh(protomem::detail::SlotQueue&, index_t) const noexcept {}
   void save(protomem::detail::ByteWriter&) const {}
   void load(protomem::detail::ByteReader&) {}
 };
