@@ -20,16 +20,11 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <fstream>
 #include <istream>
 #include <iterator>
-#include <limits>
 #include <new>
 #include <ostream>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -42,6 +37,7 @@
 #include <protomem/detail/bookkeeping.hpp>
 #include <protomem/detail/checkpoint.hpp>
 #include <protomem/detail/serialize.hpp>
+#include <protomem/detail/validation.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
 #include <protomem/policies/generator.hpp>
@@ -200,25 +196,21 @@ class PrototypeMemory {
   StepResult<Scalar> forward_step(MatrixView<const Scalar> embeddings, LabelView labels,
                                   MatrixView<Scalar> gradient) {
     detail::check_margin_in<Scalar>(margin_);  // margin() is mutable: checked per step (O(1))
-    check_batch(embeddings, labels, gradient);
+    detail::check_batch(embeddings, labels, gradient, config_.dim, config_.num_classes);
     detail::BatchClasses batch = detail::group_by_class(labels);
-    check_classes(batch);
+    detail::check_classes(batch, config_.capacity, Generator::min_exemplars, Generator::name);
 
-    std::vector<index_t> excluded;  // stale copies of this batch's classes are no columns
-    for (label_t label : batch.labels) {
-      const index_t slot = book_.find(label);
-      if (slot >= 0) excluded.push_back(slot);
-    }
-    std::sort(excluded.begin(), excluded.end());
-    backend::StepInput<Scalar> in;
-    in.batch = &batch;
-    in.embeddings = embeddings;
-    in.gradient = gradient;
-    in.used = book_.used;
-    in.excluded = span_of(excluded);
-    in.workspace_bytes = config_.workspace_bytes;
-    in.threads = config_.threads;
-    in.similar_k = std::max(config_.similar_k, mining_.similar_k());
+    // Stale copies of this batch's classes are no columns of the memory pass.
+    const std::vector<index_t> excluded = book_.slots_of(batch.labels);
+    const backend::StepInput<Scalar> in{&batch,
+                                        embeddings,
+                                        gradient,
+                                        book_.used,
+                                        span_of(excluded),
+                                        config_.workspace_bytes,
+                                        config_.threads,
+                                        std::max(config_.similar_k, mining_.similar_k()),
+                                        {}};
     backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
     const backend::SimilarSlots<Scalar>& similar = out.similar;
     const backend::PassReport& pass = out.pass;
@@ -361,30 +353,11 @@ class PrototypeMemory {
   // ---- checkpoints (format: docs/algorithm.md, "Checkpoint format") ----------------------------
 
   /// Writes the committed state (a pending forward is not part of it).
-  void save(std::ostream& out) const {
-    const std::string bytes = serialize();
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) detail::fail("save: writing the checkpoint to the stream failed");
-  }
+  void save(std::ostream& out) const { detail::write_stream(out, serialize()); }
 
   /// Writes to `path` through a temporary file renamed into place, so that an existing checkpoint
   /// is never left half-written.
-  void save(const std::string& path) const {
-    const std::string temporary = path + ".tmp";
-    {
-      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-      if (!out) detail::fail("save: cannot open '", temporary, "' for writing");
-      const std::string bytes = serialize();
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      out.close();
-      if (!out) detail::fail("save: writing '", temporary, "' failed");
-    }
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-      std::remove(temporary.c_str());
-      detail::fail("save: cannot rename '", temporary, "' to '", path, "'");
-    }
-  }
+  void save(const std::string& path) const { detail::write_file_replacing(path, serialize()); }
 
   /// Replaces the state by a checkpoint's. Throws, leaving the memory untouched, when the
   /// checkpoint is truncated, corrupt, of another version, scalar type, dimension or policy, or
@@ -392,8 +365,7 @@ class PrototypeMemory {
   /// Reads exactly one checkpoint from `in`, which may hold more data after it.
   void load(std::istream& in, const std::string& source = "checkpoint stream") {
     try {
-      const std::string bytes = detail::read_checkpoint(in, source);
-      deserialize(bytes, source);
+      deserialize(detail::read_checkpoint(in, source), source);
     } catch (const std::bad_alloc&) {
       fail_allocation(source, config_);
     }
@@ -401,12 +373,8 @@ class PrototypeMemory {
 
   /// Reads the checkpoint file at `path`; the file must hold exactly one checkpoint.
   void load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) detail::fail("load: cannot open '", path, "'");
     try {
-      const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-      if (in.bad()) detail::fail("load: reading '", path, "' failed");
-      deserialize(bytes, "'" + path + "'");
+      deserialize(detail::read_file(path), "'" + path + "'");
     } catch (const std::bad_alloc&) {
       fail_allocation("load: '" + path + "'", config_);
     }
@@ -426,61 +394,8 @@ class PrototypeMemory {
   /// pending forward is discarded.
   void assign(Span<const label_t> labels, MatrixView<const Scalar> prototypes,
               Span<const std::uint64_t> last_written, std::uint64_t steps) {
-    const index_t n = labels.size;
-    if (n < 0) detail::fail("assign: labels.size = ", n, " is negative");
-    if (prototypes.rows != n || last_written.size != n) {
-      detail::fail("assign: ", n, " labels but ", prototypes.rows, " prototype rows and ",
-                   last_written.size, " last_written steps");
-    }
-    if (n > config_.capacity) {
-      detail::fail("assign: ", n, " records but the memory's capacity is ", config_.capacity);
-    }
-    if (n > 0 && (labels.data == nullptr || prototypes.data == nullptr ||
-                  last_written.data == nullptr)) {
-      detail::fail("assign: labels, prototypes or last_written has null data for ", n, " records");
-    }
-    if (n > 0 && prototypes.cols != config_.dim) {
-      detail::fail("assign: prototypes.cols = ", prototypes.cols, " but the memory's dim = ",
-                   config_.dim);
-    }
-    if (n > 0 && prototypes.row_stride < prototypes.cols) {
-      detail::fail("assign: prototypes.row_stride = ", prototypes.row_stride,
-                   " < prototypes.cols = ", prototypes.cols);
-    }
-    const double tolerance = std::sqrt(double(std::numeric_limits<Scalar>::epsilon()));
-    Book book(config_.capacity);
-    book.stats.steps = steps;
-    book.stats.insertions = static_cast<std::uint64_t>(n);
-    book.used = n;
-    for (index_t r = 0; r < n; ++r) {
-      const label_t label = labels[r];
-      if (label < 0) detail::fail("assign: labels[", r, "] = ", label, " is negative");
-      if (config_.num_classes > 0 && label >= config_.num_classes) {
-        detail::fail("assign: labels[", r, "] = ", label, " is outside the declared range [0, ",
-                     config_.num_classes, ")");
-      }
-      if (book.find(label) >= 0) {
-        detail::fail("assign: labels[", r, "] = ", label, " appears twice");
-      }
-      if (last_written[r] > steps) {
-        detail::fail("assign: last_written[", r, "] = ", last_written[r], " (label ", label,
-                     ") is after step ", steps);
-      }
-      const Scalar* p = prototypes.data + r * prototypes.row_stride;
-      double norm2 = 0;
-      for (index_t k = 0; k < config_.dim; ++k) {
-        if (!std::isfinite(p[k])) {
-          detail::fail("assign: prototypes(", r, ", ", k, ") = ", p[k], " (label ", label,
-                       ") is not finite");
-        }
-        norm2 += double(p[k]) * double(p[k]);
-      }
-      if (!(std::fabs(std::sqrt(norm2) - 1.0) <= tolerance)) {
-        detail::fail("assign: prototype ", r, " (label ", label, ") has norm ", std::sqrt(norm2),
-                     "; prototypes must have unit norm (within ", tolerance, ")");
-      }
-      book.add_record(label, r, last_written[r]);
-    }
+    Book book = detail::book_from_records(labels, prototypes, last_written, steps, config_.capacity,
+                                          config_.dim, config_.num_classes);
     Policies policies{margin_, generator_, refresh_, queue_, mining_};
     policies.mining.clear();
     replace_state(std::move(book), std::move(policies), [&](index_t r) {
@@ -519,26 +434,7 @@ class PrototypeMemory {
     pending_ = false;
   }
 
-  static const Config& checked(const Config& config) {
-    if (config.capacity < 1) detail::fail("Config::capacity = ", config.capacity, " must be >= 1");
-    if (config.capacity > (index_t{1} << 40)) {
-      detail::fail("Config::capacity = ", config.capacity, " is beyond any memory");
-    }
-    if (config.dim < 1) detail::fail("Config::dim = ", config.dim, " must be >= 1");
-    // capacity x dim values must be addressable before anything multiplies them.
-    const auto largest = static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max());
-    if (static_cast<std::uint64_t>(config.dim) >
-        largest / sizeof(Scalar) / static_cast<std::uint64_t>(config.capacity)) {
-      detail::fail("Config: capacity x dim = ", config.capacity, " x ", config.dim,
-                   " prototypes are beyond any memory (more than 2^63 bytes)");
-    }
-    if (config.num_classes < 0) {
-      detail::fail("Config::num_classes = ", config.num_classes, " must be >= 0 (0: undeclared)");
-    }
-    if (config.similar_k < 0) detail::fail("Config::similar_k = ", config.similar_k, " must be >= 0");
-    if (config.workspace_bytes == 0) detail::fail("Config::workspace_bytes must be > 0");
-    return config;
-  }
+  static const Config& checked(const Config& config) { return detail::checked_config<Scalar>(config); }
 
   static Margin checked_margin(Margin margin) {
     detail::check_margin_in<Scalar>(margin);
@@ -547,11 +443,7 @@ class PrototypeMemory {
 
   // std::bad_alloc / std::length_error from building a store of `config`'s size, as an Error.
   [[noreturn]] static void fail_allocation(const std::string& source, const Config& config) {
-    const auto bytes = static_cast<std::uint64_t>(config.capacity) *
-                       static_cast<std::uint64_t>(config.dim) * sizeof(Scalar);  // checked()
-    detail::fail(source, source.empty() ? "" : ": ",
-                 "cannot allocate a memory of capacity x dim = ", config.capacity, " x ",
-                 config.dim, " (", bytes, " bytes of prototypes)");
+    detail::fail_allocation<Scalar>(source, config.capacity, config.dim);
   }
 
   template <class T>
@@ -565,56 +457,7 @@ class PrototypeMemory {
     return slot;
   }
 
-  void check_batch(MatrixView<const Scalar> e, LabelView y, MatrixView<Scalar> g) const {
-    if (y.size <= 0) detail::fail("empty batch: labels.size = ", y.size, " (must be >= 1)");
-    if (y.data == nullptr) detail::fail("labels.data is null");
-    if (e.data == nullptr) detail::fail("embeddings.data is null");
-    if (g.data == nullptr) detail::fail("gradient.data is null");
-    if (e.rows != y.size) {
-      detail::fail("embeddings.rows = ", e.rows, " but labels.size = ", y.size);
-    }
-    if (e.cols != config_.dim) {
-      detail::fail("embeddings.cols = ", e.cols, " but the memory's dim = ", config_.dim);
-    }
-    if (e.row_stride < e.cols) {
-      detail::fail("embeddings.row_stride = ", e.row_stride, " < embeddings.cols = ", e.cols);
-    }
-    if (g.rows != e.rows || g.cols != e.cols) {
-      detail::fail("gradient is ", g.rows, " x ", g.cols, " but embeddings are ", e.rows, " x ",
-                   e.cols);
-    }
-    if (g.row_stride < g.cols) {
-      detail::fail("gradient.row_stride = ", g.row_stride, " < gradient.cols = ", g.cols);
-    }
-    for (index_t i = 0; i < y.size; ++i) {
-      if (y[i] < 0) detail::fail("labels[", i, "] = ", y[i], " is negative (labels must be >= 0)");
-      if (config_.num_classes > 0 && y[i] >= config_.num_classes) {
-        detail::fail("labels[", i, "] = ", y[i], " is outside the declared range [0, ",
-                     config_.num_classes, ")");
-      }
-    }
-  }
-
-  void check_classes(const detail::BatchClasses& batch) const {
-    if (batch.size() > config_.capacity) {
-      detail::fail("the batch has ", batch.size(), " distinct classes but the memory's capacity is ",
-                   config_.capacity);
-    }
-    for (index_t c = 0; c < batch.size(); ++c) {
-      if (batch.count(c) < Generator::min_exemplars) {
-        detail::fail("class ", batch.labels[c], " has ", batch.count(c), " exemplar(s) in the batch",
-                     " but the ", Generator::name, " generator needs at least ",
-                     Generator::min_exemplars);
-      }
-    }
-  }
-
   // ---- checkpoints (format: detail/checkpoint.hpp) ------------------------------------------------
-  // How far from 1 the norm of a loaded prototype may be. A memory normalises in Scalar (error
-  // about sqrt(dim) ulps); a float checkpoint of a bf16 memory holds decoded bf16 values, each
-  // within 2^-8 of its float, so their norm is within 2^-8 = 0.0039 of 1 (fp16: 2^-11).
-  static constexpr double unit_norm_tolerance = sizeof(Scalar) == 4 ? 1e-2 : 1e-6;
-
   std::string serialize() const {
     return detail::write_checkpoint<Scalar>(
         config_.dim, config_.capacity, config_.num_classes, book_,
@@ -629,9 +472,7 @@ class PrototypeMemory {
     detail::ByteReader in(bytes.data(), bytes.size(), source);
     const detail::CheckpointHeader header = detail::parse_checkpoint(bytes, in, source);
     const std::uint64_t dim = header.dim, n = header.records;
-    const Stats& stats = header.stats;
-
-    // 3. Compatibility with this memory.
+    // 3. Compatibility with this memory, then 4. the records (detail/checkpoint.hpp).
     if (header.scalar_bytes != sizeof(Scalar)) {
       detail::fail(source, " stores ", header.scalar_bytes == 4 ? "float32" : "float64",
                    " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
@@ -650,46 +491,11 @@ class PrototypeMemory {
                       detail::load_policy(stored[4], "mining", mining_, source)};
     detail::check_margin_in<Scalar>(policies.margin);  // valid in double is not enough (s = 1e39)
 
-    // 4. The records.
-    Book book(config_.capacity);
-    book.stats = stats;
-    book.used = static_cast<index_t>(n);
-    std::vector<Scalar> prototypes(static_cast<std::size_t>(n * dim));
-    std::vector<index_t> slots;
-    slots.reserve(static_cast<std::size_t>(n));
-    for (std::uint64_t r = 0; r < n; ++r) {
-      const auto label = in.get<std::int64_t>("a record's label");
-      const auto slot = in.get<std::uint64_t>("a record's slot");
-      const auto written = in.get<std::uint64_t>("a record's last_written");
-      if (label < 0) detail::fail(source, ": record ", r, " has negative label ", label);
-      if (slot >= n || book.slot_taken(static_cast<index_t>(slot))) {
-        detail::fail(source, ": record ", r, " (label ", label, ") has slot ", slot,
-                     ", which is out of range or taken twice");
-      }
-      if (book.find(label) >= 0) detail::fail(source, ": label ", label, " appears in two records");
-      if (written > stats.steps) {
-        detail::fail(source, ": record ", r, " (label ", label, ") was written at step ", written,
-                     " after the checkpoint's last step ", stats.steps);
-      }
-      book.add_record(label, static_cast<index_t>(slot), written);
-      Scalar* p = prototypes.data() + r * dim;
-      for (std::uint64_t k = 0; k < dim; ++k) p[k] = in.get<Scalar>("a prototype value");
-      double norm2 = 0;
-      for (std::uint64_t k = 0; k < dim; ++k) {
-        if (!std::isfinite(p[k])) {
-          detail::fail(source, ": the prototype of label ", label, " has a non-finite value");
-        }
-        norm2 += double(p[k]) * double(p[k]);
-      }
-      if (!(std::abs(std::sqrt(norm2) - 1.0) <= unit_norm_tolerance)) {
-        detail::fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
-                     "; a stored prototype is a unit vector (within ", unit_norm_tolerance, ")");
-      }
-      slots.push_back(static_cast<index_t>(slot));
-    }
-    replace_state(std::move(book), std::move(policies), [&](index_t r) {
-      return std::pair<index_t, const Scalar*>{slots[static_cast<std::size_t>(r)],
-                                               prototypes.data() + r * config_.dim};
+    detail::CheckpointRecords<Scalar> records =
+        detail::read_records<Scalar>(in, header, config_.capacity, source);
+    replace_state(std::move(records.book), std::move(policies), [&](index_t r) {
+      return std::pair<index_t, const Scalar*>{records.slots[static_cast<std::size_t>(r)],
+                                               records.prototypes.data() + r * config_.dim};
     });
   }
 

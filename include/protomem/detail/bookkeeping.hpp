@@ -54,6 +54,16 @@ struct Book {
   Stats stats;
 
   index_t find(label_t label_value) const { return map.find(label_value); }
+  /// The slots of those `labels` that are stored, ascending.
+  std::vector<index_t> slots_of(const std::vector<label_t>& labels) const {
+    std::vector<index_t> slots;
+    for (label_t label_value : labels) {
+      const index_t slot = map.find(label_value);
+      if (slot >= 0) slots.push_back(slot);
+    }
+    std::sort(slots.begin(), slots.end());
+    return slots;
+  }
   bool slot_taken(index_t slot) const { return label[static_cast<std::size_t>(slot)] >= 0; }
 
   /// A record of a checkpoint or of assign(), appended at the back of the eviction order. The

@@ -10,14 +10,22 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <istream>
+#include <iterator>
+#include <limits>
+#include <ostream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <protomem/detail/bookkeeping.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
+#include <protomem/view.hpp>
 
 namespace protomem::detail {
 
@@ -48,6 +56,41 @@ inline void check_frame_crc(const std::string& bytes, const std::string& source,
   if (computed != stored) {
     fail(source, " is corrupt: CRC-32 is ", computed, " but ", holder, " says ", stored);
   }
+}
+
+// ---- files and streams ----------------------------------------------------------------------------
+
+/// Writes a whole state to a stream; a failed write throws.
+inline void write_stream(std::ostream& out, const std::string& bytes) {
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.flush();
+  if (!out) fail("save: writing the checkpoint to the stream failed");
+}
+
+/// Writes `path` through a temporary file renamed into place, so that an existing file is never
+/// left half-written.
+inline void write_file_replacing(const std::string& path, const std::string& bytes) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    if (!out) fail("save: cannot open '", temporary, "' for writing");
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) fail("save: writing '", temporary, "' failed");
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    fail("save: cannot rename '", temporary, "' to '", path, "'");
+  }
+}
+
+/// The whole content of the file at `path`.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("load: cannot open '", path, "'");
+  std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) fail("load: reading '", path, "' failed");
+  return bytes;
 }
 
 // ---- checkpoint format, version 1 (all integers little-endian) ----------------------------------
@@ -238,6 +281,138 @@ inline CheckpointHeader parse_checkpoint(const std::string& bytes, ByteReader& i
   // 2. Integrity.
   check_frame_crc(bytes, source, "the file");
   return header;
+}
+
+
+// ---- records: the two ways a memory is filled without steps ---------------------------------------
+// load() reads them from a checkpoint (read_records), assign() takes them from the caller
+// (book_from_records); each checks every record into a new Book, which the memory swaps in with
+// the prototypes (PrototypeMemory::replace_state).
+
+/// A checkpoint's records: the new bookkeeping and record r's prototype (n x dim) and slot.
+template <class Scalar>
+struct CheckpointRecords {
+  Book book;
+  std::vector<Scalar> prototypes;
+  std::vector<index_t> slots;
+};
+
+/// How far from 1 the norm of a loaded prototype may be. A memory normalises in Scalar (error
+/// about sqrt(dim) ulps); a float checkpoint of a bf16 memory holds decoded bf16 values, each
+/// within 2^-8 of its float, so their norm is within 2^-8 = 0.0039 of 1 (fp16: 2^-11).
+template <class Scalar>
+constexpr double unit_norm_tolerance = sizeof(Scalar) == 4 ? 1e-2 : 1e-6;
+
+/// Reads and checks the records that follow a checkpoint's header (parse_checkpoint) for a memory
+/// of `capacity` slots: labels >= 0 and distinct, slots < n and distinct, steps <= the
+/// checkpoint's, finite unit prototypes.
+template <class Scalar>
+CheckpointRecords<Scalar> read_records(ByteReader& in, const CheckpointHeader& header,
+                                       index_t capacity, const std::string& source) {
+  const std::uint64_t n = header.records, dim = header.dim;
+  const Stats& stats = header.stats;
+  const double tolerance = unit_norm_tolerance<Scalar>;
+  CheckpointRecords<Scalar> records{Book(capacity), {}, {}};
+  Book& book = records.book;
+  book.stats = stats;
+  book.used = static_cast<index_t>(n);
+  records.prototypes.resize(static_cast<std::size_t>(n * dim));
+  records.slots.reserve(static_cast<std::size_t>(n));
+  for (std::uint64_t r = 0; r < n; ++r) {
+    const auto label = in.get<std::int64_t>("a record's label");
+    const auto slot = in.get<std::uint64_t>("a record's slot");
+    const auto written = in.get<std::uint64_t>("a record's last_written");
+    if (label < 0) fail(source, ": record ", r, " has negative label ", label);
+    if (slot >= n || book.slot_taken(static_cast<index_t>(slot))) {
+      fail(source, ": record ", r, " (label ", label, ") has slot ", slot,
+           ", which is out of range or taken twice");
+    }
+    if (book.find(label) >= 0) fail(source, ": label ", label, " appears in two records");
+    if (written > stats.steps) {
+      fail(source, ": record ", r, " (label ", label, ") was written at step ", written,
+           " after the checkpoint's last step ", stats.steps);
+    }
+    book.add_record(label, static_cast<index_t>(slot), written);
+    Scalar* p = records.prototypes.data() + r * dim;
+    for (std::uint64_t k = 0; k < dim; ++k) p[k] = in.get<Scalar>("a prototype value");
+    double norm2 = 0;
+    for (std::uint64_t k = 0; k < dim; ++k) {
+      if (!std::isfinite(p[k])) {
+        fail(source, ": the prototype of label ", label, " has a non-finite value");
+      }
+      norm2 += double(p[k]) * double(p[k]);
+    }
+    if (!(std::abs(std::sqrt(norm2) - 1.0) <= tolerance)) {
+      fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
+           "; a stored prototype is a unit vector (within ", tolerance, ")");
+    }
+    records.slots.push_back(static_cast<index_t>(slot));
+  }
+  return records;
+}
+
+/// The bookkeeping of n records given by the caller in eviction order, record r in slot r
+/// (PrototypeMemory::assign() states the requirements); throws naming the first bad record.
+template <class Scalar>
+Book book_from_records(Span<const label_t> labels, MatrixView<const Scalar> prototypes,
+                       Span<const std::uint64_t> last_written, std::uint64_t steps,
+                       index_t capacity, index_t dim, label_t num_classes) {
+  const index_t n = labels.size;
+  if (n < 0) fail("assign: labels.size = ", n, " is negative");
+  if (prototypes.rows != n || last_written.size != n) {
+    fail("assign: ", n, " labels but ", prototypes.rows, " prototype rows and ",
+                 last_written.size, " last_written steps");
+  }
+  if (n > capacity) {
+    fail("assign: ", n, " records but the memory's capacity is ", capacity);
+  }
+  if (n > 0 && (labels.data == nullptr || prototypes.data == nullptr ||
+                last_written.data == nullptr)) {
+    fail("assign: labels, prototypes or last_written has null data for ", n, " records");
+  }
+  if (n > 0 && prototypes.cols != dim) {
+    fail("assign: prototypes.cols = ", prototypes.cols, " but the memory's dim = ",
+                 dim);
+  }
+  if (n > 0 && prototypes.row_stride < prototypes.cols) {
+    fail("assign: prototypes.row_stride = ", prototypes.row_stride,
+                 " < prototypes.cols = ", prototypes.cols);
+  }
+  const double tolerance = std::sqrt(double(std::numeric_limits<Scalar>::epsilon()));
+  Book book(capacity);
+  book.stats.steps = steps;
+  book.stats.insertions = static_cast<std::uint64_t>(n);
+  book.used = n;
+  for (index_t r = 0; r < n; ++r) {
+    const label_t label = labels[r];
+    if (label < 0) fail("assign: labels[", r, "] = ", label, " is negative");
+    if (num_classes > 0 && label >= num_classes) {
+      fail("assign: labels[", r, "] = ", label, " is outside the declared range [0, ",
+                   num_classes, ")");
+    }
+    if (book.find(label) >= 0) {
+      fail("assign: labels[", r, "] = ", label, " appears twice");
+    }
+    if (last_written[r] > steps) {
+      fail("assign: last_written[", r, "] = ", last_written[r], " (label ", label,
+                   ") is after step ", steps);
+    }
+    const Scalar* p = prototypes.data + r * prototypes.row_stride;
+    double norm2 = 0;
+    for (index_t k = 0; k < dim; ++k) {
+      if (!std::isfinite(p[k])) {
+        fail("assign: prototypes(", r, ", ", k, ") = ", p[k], " (label ", label,
+                     ") is not finite");
+      }
+      norm2 += double(p[k]) * double(p[k]);
+    }
+    if (!(std::fabs(std::sqrt(norm2) - 1.0) <= tolerance)) {
+      fail("assign: prototype ", r, " (label ", label, ") has norm ", std::sqrt(norm2),
+                   "; prototypes must have unit norm (within ", tolerance, ")");
+    }
+    book.add_record(label, r, last_written[r]);
+  }
+  return book;
 }
 
 }  // namespace protomem::detail
