@@ -43,12 +43,66 @@
 #include <protomem/backend/row_math.hpp>
 #include <protomem/backend/seam.hpp>
 #include <protomem/detail/batch.hpp>
+#include <protomem/detail/detect.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
 
 namespace protomem {
 namespace backend {
+
+/// What a Generator policy works on in the CPU backend (policies/generator.hpp): views of the
+/// step's rows, valid during one forward().
+template <class Scalar>
+struct GeneratorRows {
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  const detail::BatchClasses& batch;
+  const RowMatrix& x;             // B x D: the normalised rows
+  const RowMatrix& fresh;         // C x D: p_c = normalize(u_c)
+  const Vector& inv_sum_norm;     // C: 1 / |u_c|
+  const RowMatrix& batch_cos;     // B x C: x_i . p_c (from the batch columns on)
+  RowMatrix& batch_grad;          // B x C: dL/d(x_i . p_c)
+  const Vector& target_grad;      // B: dL/d(target cosine), 0 for a constant target
+  RowMatrix& grad_x;              // B x D: dL/dx
+  RowMatrix& grad_fresh;          // C x D: scratch
+  RowMatrix& own;                 // B x D: scratch for per-row target columns
+  Vector& own_inv_norm;           // B: scratch
+  RowMatrix& own_grad;            // B x D: scratch
+};
+
+namespace cpu_check {
+template <class G, class R>
+using targets_t = decltype(std::declval<const G&>().targets(std::declval<R&>()));
+template <class G, class R>
+using target_cosine_t =
+    decltype(std::declval<const G&>().target_cosine(std::declval<const R&>(), index_t{}));
+template <class G, class R>
+using route_target_t = decltype(std::declval<const G&>().route_target(
+    std::declval<R&>(), index_t{}, index_t{}, std::declval<typename R::RowMatrix::Scalar>()));
+template <class G, class R>
+using backward_t = decltype(std::declval<const G&>().backward(std::declval<R&>()));
+}  // namespace cpu_check
+
+/// The members of a Generator policy the CPU backend calls (policies/generator.hpp), one
+/// static_assert each so that the compiler names the missing one.
+template <class G, class Scalar>
+constexpr bool check_cpu_generator() {
+  using R = GeneratorRows<Scalar>;
+  static_assert(detail::is_detected<cpu_check::targets_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows> void targets(Rows&) "
+                "const` (each row's target column) to run on protomem::cpu");
+  static_assert(detail::is_detected<cpu_check::target_cosine_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows> T target_cosine(const "
+                "Rows&, index_t row) const` to run on protomem::cpu");
+  static_assert(detail::is_detected<cpu_check::route_target_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows, class T> void "
+                "route_target(Rows&, index_t row, index_t cls, T g) const` to run on protomem::cpu");
+  static_assert(detail::is_detected<cpu_check::backward_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows> void backward(Rows&) "
+                "const` to run on protomem::cpu");
+  return true;
+}
 
 /// The CPU backend borrows nothing from the caller (the CUDA backend borrows a stream etc.).
 struct CpuResources {};
@@ -113,7 +167,7 @@ class CpuBackend {
   template <class Margin, class Generator>
   StepOutput<Scalar> forward(const StepInput<Scalar>& in, const Margin& margin,
                              const Generator& generator) {
-    (void)generator;
+    static_assert(check_cpu_generator<Generator, Scalar>());
     const detail::BatchClasses& batch = *in.batch;
     StepOutput<Scalar> out;
     out.similar.k = in.similar_k;
@@ -138,18 +192,22 @@ class CpuBackend {
       }
     } keep{fresh_, spare_fresh_};
     normalise(in.embeddings);
-    generate<Generator>(batch);
+    generate(batch);
+    GeneratorRows<Scalar> rows{batch,      x_,         fresh_,      inv_sum_norm_,
+                               batch_cos_, batch_grad_, target_grad_, grad_x_,
+                               grad_fresh_, others_,   inv_others_norm_, grad_others_};
+    generator.targets(rows);
     memory_pass(batch, in.used, in.excluded, Scalar(margin.scale()), in.workspace_bytes, wanted,
                 &out.similar, &out.pass);
     if (in.merge_rows) {  // e.g. the other ranks' slots of a sharded memory
       in.merge_rows(RowStatistics<Scalar>{x_.rows(), x_.cols(), run_max_.data(), run_sum_.data(),
                                           weighted_.data()});
     }
-    const Scalar loss = batch_columns<Generator>(batch, margin);
+    const Scalar loss = batch_columns(batch, margin, generator, rows);
     // The last line of defence (validated inputs and policies should never get here): a step
     // whose loss or gradient is not finite is rejected, before the caller's gradient is written.
     if (!std::isfinite(loss)) fail_step::loss_not_finite(loss);
-    backward<Generator>(batch, Scalar(margin.scale()));
+    backward(generator, rows);
     for (index_t i = 0; i < grad_x_.rows(); ++i) {  // over B x D, not B x M
       if (!grad_x_.row(i).allFinite()) fail_step::gradient_not_finite(i);
     }
@@ -215,9 +273,8 @@ class CpuBackend {
     }
   }
 
-  // 2. p_c = normalize(u_c), u_c = sum of the exemplars of c; for leave-one-out also
-  //    q_i = normalize(u_c - x_i), the target column of x_i.
-  template <class Generator>
+  // 2. p_c = normalize(u_c), u_c = sum of the exemplars of c (the Generator policy then makes each
+  //    row's target column: Generator::targets).
   void generate(const detail::BatchClasses& batch) {
     const index_t C = batch.size(), D = x_.cols();
     fresh_.setZero(C, D);
@@ -230,19 +287,6 @@ class CpuBackend {
       if (!(norm > 0)) fail_step::class_sum_zero(batch.labels[c]);
       inv_sum_norm_[c] = Scalar(1) / norm;
       fresh_.row(c) *= inv_sum_norm_[c];
-    }
-    if constexpr (Generator::leave_one_out) {
-      const index_t B = x_.rows();
-      others_.resize(B, D);
-      inv_others_norm_.resize(B);
-      for (index_t i = 0; i < B; ++i) {
-        const index_t c = batch.class_of[i];
-        others_.row(i) = fresh_.row(c) / inv_sum_norm_[c] - x_.row(i);  // u_c - x_i
-        const Scalar norm = others_.row(i).norm();
-        if (!(norm > 0)) fail_step::leave_one_out_zero(batch.labels[c], i);
-        inv_others_norm_[i] = Scalar(1) / norm;
-        others_.row(i) *= inv_others_norm_[i];
-      }
     }
   }
 
@@ -451,8 +495,9 @@ class CpuBackend {
   //    completed with the memory's (m_i, l_i). Leaves in batch_grad_ the loss gradient w.r.t. the
   //    batch cosines, and in memory_weight_ the factor that turns O_i into the memory part of
   //    dL/dx_i.
-  template <class Generator, class Margin>
-  Scalar batch_columns(const detail::BatchClasses& batch, const Margin& margin) {
+  template <class Margin, class Generator>
+  Scalar batch_columns(const detail::BatchClasses& batch, const Margin& margin,
+                       const Generator& generator, GeneratorRows<Scalar>& rows) {
     const index_t B = x_.rows(), C = batch.size();
     const Scalar s = Scalar(margin.scale());
     const Scalar s_over_b = s / Scalar(B);
@@ -465,11 +510,8 @@ class CpuBackend {
     for (index_t i = 0; i < B; ++i) {
       const index_t y = batch.class_of[i];
       // A single exemplar is its own prototype: its target cosine is identically 1.
-      const bool constant =
-          constant_target(Generator::leave_one_out, batch.count(y));
-      Scalar cos_y = batch_cos_(i, y);
-      if constexpr (Generator::leave_one_out) cos_y = x_.row(i).dot(others_.row(i));
-      if (constant) cos_y = Scalar(1);
+      const bool constant = Generator::constant_target(batch.count(y));
+      const Scalar cos_y = constant ? Scalar(1) : Scalar(generator.target_cosine(rows, i));
       target_cos_[i] = cos_y;
 
       auto z = batch_cos_.row(i).array() * s;  // expression; the target entry is replaced below
@@ -487,7 +529,7 @@ class CpuBackend {
       memory_weight_[i] = row.memory_weight;
       batch_grad_.row(i) *= row.factor;  // dL/dcos = s / B * (softmax - onehot) * dpsi/dcos
       target_grad_[i] = target_gradient(batch_grad_(i, y), s_over_b, cos_y, constant, margin);
-      batch_grad_(i, y) = Generator::leave_one_out ? Scalar(0) : target_grad_[i];
+      generator.route_target(rows, i, y, target_grad_[i]);
     }
     return Scalar(loss / double(B));
   }
@@ -495,43 +537,11 @@ class CpuBackend {
   // 5. dL/dx_i = memory part + batch columns (+ the generator's chain), then dL/de_i, left in
   //    grad_x_ (forward() checks it before copying it into the caller's gradient).
   template <class Generator>
-  void backward(const detail::BatchClasses& batch, Scalar s) {
-    (void)s;
-    const index_t B = x_.rows(), C = batch.size(), D = x_.cols();
+  void backward(const Generator& generator, GeneratorRows<Scalar>& rows) {
+    const index_t B = x_.rows();
     grad_x_ = memory_weight_.asDiagonal() * weighted_;
-    grad_x_.noalias() += batch_grad_ * fresh_;  // columns p_c (target column too, unless LOO)
-    if constexpr (Generator::leave_one_out) {
-      grad_x_ += target_grad_.asDiagonal() * others_;
-    }
-    if constexpr (Generator::gradient) {
-      // dL/dp_c = sum_i G_ic x_i, then through p_c = u_c / |u_c|: du_c = (I - p p^T) dp_c / |u_c|.
-      grad_fresh_.noalias() = batch_grad_.transpose() * x_;
-      for (index_t c = 0; c < C; ++c) {
-        auto g = grad_fresh_.row(c);
-        g = (g - g.dot(fresh_.row(c)) * fresh_.row(c)) * inv_sum_norm_[c];
-      }
-      for (index_t i = 0; i < B; ++i) grad_x_.row(i) += grad_fresh_.row(batch.class_of[i]);
-      if constexpr (Generator::leave_one_out) {
-        // q_i = v_i / |v_i|, v_i = u_c - x_i: dv_i = (I - q q^T) (G_iy x_i) / |v_i|, which reaches
-        // every exemplar of c but x_i itself.
-        grad_others_.resize(B, D);
-        for (index_t i = 0; i < B; ++i) {
-          auto g = grad_others_.row(i);
-          g = target_grad_[i] * x_.row(i);
-          g = (g - g.dot(others_.row(i)) * others_.row(i)) * inv_others_norm_[i];
-        }
-        for (index_t c = 0; c < C; ++c) {
-          Eigen::Matrix<Scalar, 1, Eigen::Dynamic> total = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>::Zero(D);
-          for (index_t k = batch.offsets[c]; k < batch.offsets[c + 1]; ++k) {
-            total += grad_others_.row(batch.members[k]);
-          }
-          for (index_t k = batch.offsets[c]; k < batch.offsets[c + 1]; ++k) {
-            const index_t i = batch.members[k];
-            grad_x_.row(i) += total - grad_others_.row(i);
-          }
-        }
-      }
-    }
+    grad_x_.noalias() += batch_grad_ * fresh_;  // the batch columns p_c (as the rule routed them)
+    generator.backward(rows);                    // the rule's target columns and its chain
     // x_i = e_i / |e_i|: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|, in place.
     for (index_t i = 0; i < B; ++i) {
       auto g = grad_x_.row(i);

@@ -41,6 +41,7 @@
 #include <protomem/backend/cuda/resources.cuh>
 #include <protomem/backend/row_math.hpp>
 #include <protomem/backend/seam.hpp>
+#include <protomem/policies/generator.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
@@ -162,6 +163,10 @@ class CudaBackend {
                  const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
                  SimilarSlots<Scalar>* similar) {
     (void)generator;
+    static_assert(detail::is_exemplar_mean_rule<Generator>,
+                  "protomem::cuda runs the built-in Generator rules only (ExemplarMean, "
+                  "DetachedExemplarMean, LeaveOneOut: detail::ExemplarMeanRule); a new Generator "
+                  "policy runs on protomem::cpu");
     constexpr bool loo = Generator::leave_one_out;
     detail::DeviceScope scope(device_);
     check_device_pointer(embeddings.data, "embeddings.data");
