@@ -477,8 +477,9 @@ namespace {
 // The memory's mining list for one batch row e of class 99, against `records` (label, prototype)
 // assigned in this order (slot r = record r), with `threads` lanes.
 template <class Scalar>
-std::vector<label_t> similar_list(const std::vector<std::pair<label_t, std::vector<Scalar>>>& records,
-                                  const std::vector<Scalar>& e, int threads) {
+std::vector<label_t> similar_list(
+    const std::vector<std::pair<label_t, std::vector<Scalar>>>& records,
+    const std::vector<Scalar>& e, int threads) {
   const auto n = static_cast<index_t>(records.size());
   const auto dim = static_cast<index_t>(e.size());
   protomem::Config config{n + 1, dim};

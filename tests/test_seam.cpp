@@ -3,19 +3,17 @@
 // each hold half of a memory's prototypes, one merging the other's (m, l, O) through the hook as a
 // sharded memory would (docs/distributed.md), give the loss and gradient of one backend holding
 // them all; without the merge they do not.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
-#include <random>
-#include <vector>
-
 #include <protomem/backend/cpu/backend.hpp>
 #include <protomem/backend/seam.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/policies/generator.hpp>
 #include <protomem/policies/margin.hpp>
+#include <random>
+#include <vector>
 
 namespace {
 

@@ -247,7 +247,8 @@ class PrototypeMemory {
   /// checked at compile time), so a commit never applies twice.
   void commit() {
     if (!pending_) {
-      detail::fail("commit() without a pending forward(): each forward() is committed at most once");
+      detail::fail("commit() without a pending forward(): each forward() is committed at most ",
+                   "once");
     }
     const std::vector<detail::SlotWrite> writes =
         detail::plan_writes(book_, pending_classes_, config_.capacity);  // may throw
@@ -434,7 +435,9 @@ class PrototypeMemory {
     pending_ = false;
   }
 
-  static const Config& checked(const Config& config) { return detail::checked_config<Scalar>(config); }
+  static const Config& checked(const Config& config) {
+    return detail::checked_config<Scalar>(config);
+  }
 
   static Margin checked_margin(Margin margin) {
     detail::check_margin_in<Scalar>(margin);
@@ -457,7 +460,7 @@ class PrototypeMemory {
     return slot;
   }
 
-  // ---- checkpoints (format: detail/checkpoint.hpp) ------------------------------------------------
+  // ---- checkpoints (format: detail/checkpoint.hpp) ---------------------------------------------
   std::string serialize() const {
     return detail::write_checkpoint<Scalar>(
         config_.dim, config_.capacity, config_.num_classes, book_,
@@ -471,18 +474,7 @@ class PrototypeMemory {
   void deserialize(const std::string& bytes, const std::string& source) {
     detail::ByteReader in(bytes.data(), bytes.size(), source);
     const detail::CheckpointHeader header = detail::parse_checkpoint(bytes, in, source);
-    const std::uint64_t dim = header.dim, n = header.records;
-    // 3. Compatibility with this memory, then 4. the records (detail/checkpoint.hpp).
-    if (header.scalar_bytes != sizeof(Scalar)) {
-      detail::fail(source, " stores ", header.scalar_bytes == 4 ? "float32" : "float64",
-                   " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
-    }
-    if (dim != static_cast<std::uint64_t>(config_.dim)) {
-      detail::fail(source, " has dim ", dim, "; this memory has dim ", config_.dim);
-    }
-    if (n > static_cast<std::uint64_t>(config_.capacity)) {
-      detail::fail(source, " holds ", n, " classes; this memory's capacity is ", config_.capacity);
-    }
+    detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
     const auto& stored = header.policies;
     Policies policies{detail::load_policy(stored[0], "margin", margin_, source),
                       detail::load_policy(stored[1], "generator", generator_, source),

@@ -434,7 +434,8 @@ TEST_CASE("a leave-one-out prototype that is undefined fails as on the CPU", "[c
   check_same_error(cpu, gpu, batch);
 }
 
-TEST_CASE("CUDA = CPU on exactly tied cosines: the smaller slot first", "[cuda][agreement][mining]") {
+TEST_CASE("CUDA = CPU on exactly tied cosines: the smaller slot first",
+          "[cuda][agreement][mining]") {
   // Duplicate prototypes (assign()) give exactly equal cosines: e = (0.6, 0.8, 0, 0) has cosine 0.8
   // with e_2 (slots 0 and 2) and 0.6 with e_1 (slots 1 and 3); products with 0 and 1 are exact in
   // every GEMM precision. docs/algorithm.md: on equal cosines the smaller slot ranks first.

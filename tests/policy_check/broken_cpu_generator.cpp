@@ -24,10 +24,10 @@ struct GeneratorWithoutBackward {
   void load(protomem::detail::ByteReader&) {}
 };
 
-[[maybe_unused]] float step(
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, GeneratorWithoutBackward>&
-        memory,
-    protomem::MatrixView<const float> e, protomem::LabelView y, protomem::MatrixView<float> g) {
+[[maybe_unused]] float step(protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace,
+                                                      GeneratorWithoutBackward>& memory,
+                            protomem::MatrixView<const float> e, protomem::LabelView y,
+                            protomem::MatrixView<float> g) {
   return memory.step(e, y, g);
 }
 

@@ -14,11 +14,10 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
-#include <utility>
-
 #include <protomem/detail/config.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
+#include <utility>
 
 namespace protomem::backend {
 
@@ -113,8 +112,8 @@ struct TilePlan {
 inline TilePlan plan_tiles(index_t batch, index_t dim, index_t used, index_t extra_rows,
                            std::size_t value_bytes, std::size_t budget, int threads,
                            index_t max_columns, double min_lane_flops) {
-  const auto per_column = static_cast<std::size_t>(std::max<index_t>(batch + extra_rows, 1)) *
-                          value_bytes;
+  const auto per_column =
+      static_cast<std::size_t>(std::max<index_t>(batch + extra_rows, 1)) * value_bytes;
   const std::size_t affordable = std::max<std::size_t>(1, budget / per_column);  // columns
   const double work = 4.0 * double(batch) * double(dim) * double(used);
   const auto worth = static_cast<std::size_t>(std::max(1.0, work / min_lane_flops));

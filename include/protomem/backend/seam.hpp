@@ -29,14 +29,13 @@
 #pragma once
 
 #include <cstddef>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
 #include <protomem/detail/batch.hpp>
 #include <protomem/detail/bookkeeping.hpp>
 #include <protomem/detail/detect.hpp>
 #include <protomem/view.hpp>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace protomem {
 namespace backend {
@@ -122,13 +121,14 @@ using backend_resources_t = typename B::Resources;
 template <class B>
 using backend_prototype_t = typename B::prototype_type;
 template <class B>
-using backend_construct_t = decltype(B(index_t{}, index_t{}, std::declval<const typename B::Resources&>()));
+using backend_construct_t =
+    decltype(B(index_t{}, index_t{}, std::declval<const typename B::Resources&>()));
 template <class B, class Scalar, class Margin, class Generator>
-using backend_forward_t = std::enable_if_t<std::is_same_v<
-    decltype(std::declval<B&>().forward(std::declval<const backend::StepInput<Scalar>&>(),
-                                        std::declval<const Margin&>(),
-                                        std::declval<const Generator&>())),
-    backend::StepOutput<Scalar>>>;
+using backend_forward_t = std::enable_if_t<
+    std::is_same_v<decltype(std::declval<B&>().forward(
+                       std::declval<const backend::StepInput<Scalar>&>(),
+                       std::declval<const Margin&>(), std::declval<const Generator&>())),
+                   backend::StepOutput<Scalar>>>;
 template <class B, class Refresh>
 using backend_write_t = decltype(std::declval<B&>().write(
     std::declval<const std::vector<SlotWrite>&>(), std::declval<const Refresh&>()));
@@ -136,8 +136,9 @@ template <class B, class Scalar>
 using backend_set_prototype_t =
     decltype(std::declval<B&>().set_prototype(index_t{}, std::declval<const Scalar*>()));
 template <class B>
-using backend_prototype_view_t = std::enable_if_t<std::is_same_v<
-    decltype(std::declval<const B&>().prototype_view(index_t{})), typename B::prototype_type>>;
+using backend_prototype_view_t =
+    std::enable_if_t<std::is_same_v<decltype(std::declval<const B&>().prototype_view(index_t{})),
+                                    typename B::prototype_type>>;
 template <class B>
 using backend_clear_t = decltype(std::declval<B&>().clear());
 template <class B>

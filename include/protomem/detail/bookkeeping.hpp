@@ -11,11 +11,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
-
 #include <protomem/detail/slot_map.hpp>
 #include <protomem/detail/slot_queue.hpp>
 #include <protomem/view.hpp>
+#include <vector>
 
 namespace protomem {
 

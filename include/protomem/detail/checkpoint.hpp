@@ -18,18 +18,18 @@
 #include <iterator>
 #include <limits>
 #include <ostream>
-#include <string>
-#include <utility>
-#include <vector>
-
 #include <protomem/detail/bookkeeping.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace protomem::detail {
 
-// ---- the framing shared by protomem's states ------------------------------------------------------
+// ---- the framing shared by protomem's states
+// ------------------------------------------------------
 
 /// Starts a state: its 8 magic bytes and its format version.
 inline void begin_frame(ByteWriter& out, const char* magic, std::uint32_t version) {
@@ -58,7 +58,8 @@ inline void check_frame_crc(const std::string& bytes, const std::string& source,
   }
 }
 
-// ---- files and streams ----------------------------------------------------------------------------
+// ---- files and streams
+// ----------------------------------------------------------------------------
 
 /// Writes a whole state to a stream; a failed write throws.
 inline void write_stream(std::ostream& out, const std::string& bytes) {
@@ -131,8 +132,8 @@ Policy load_policy(const StoredPolicy& stored, const char* family, const Policy&
     fail(source, ": expected the ", family, " policy, found '", escaped(stored.family), "'");
   }
   if (stored.name != Policy::name) {
-    fail(source, ": its ", family, " policy is '", escaped(stored.name),
-         "' but this memory uses '", Policy::name, "'");
+    fail(source, ": its ", family, " policy is '", escaped(stored.name), "' but this memory uses '",
+         Policy::name, "'");
   }
   ByteReader in(stored.state.data(), stored.state.size(), source);
   Policy policy = current;
@@ -283,11 +284,26 @@ inline CheckpointHeader parse_checkpoint(const std::string& bytes, ByteReader& i
   return header;
 }
 
+/// 3. A checkpoint's compatibility with a memory of Scalar, `dim` and `capacity`.
+template <class Scalar>
+void check_compatible(const CheckpointHeader& header, index_t dim, index_t capacity,
+                      const std::string& source) {
+  if (header.scalar_bytes != sizeof(Scalar)) {
+    fail(source, " stores ", header.scalar_bytes == 4 ? "float32" : "float64",
+         " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
+  }
+  if (header.dim != static_cast<std::uint64_t>(dim)) {
+    fail(source, " has dim ", header.dim, "; this memory has dim ", dim);
+  }
+  if (header.records > static_cast<std::uint64_t>(capacity)) {
+    fail(source, " holds ", header.records, " classes; this memory's capacity is ", capacity);
+  }
+}
 
-// ---- records: the two ways a memory is filled without steps ---------------------------------------
-// load() reads them from a checkpoint (read_records), assign() takes them from the caller
-// (book_from_records); each checks every record into a new Book, which the memory swaps in with
-// the prototypes (PrototypeMemory::replace_state).
+// ---- records: the two ways a memory is filled without steps
+// --------------------------------------- load() reads them from a checkpoint (read_records),
+// assign() takes them from the caller (book_from_records); each checks every record into a new
+// Book, which the memory swaps in with the prototypes (PrototypeMemory::replace_state).
 
 /// A checkpoint's records: the new bookkeeping and record r's prototype (n x dim) and slot.
 template <class Scalar>
@@ -360,23 +376,22 @@ Book book_from_records(Span<const label_t> labels, MatrixView<const Scalar> prot
   const index_t n = labels.size;
   if (n < 0) fail("assign: labels.size = ", n, " is negative");
   if (prototypes.rows != n || last_written.size != n) {
-    fail("assign: ", n, " labels but ", prototypes.rows, " prototype rows and ",
-                 last_written.size, " last_written steps");
+    fail("assign: ", n, " labels but ", prototypes.rows, " prototype rows and ", last_written.size,
+         " last_written steps");
   }
   if (n > capacity) {
     fail("assign: ", n, " records but the memory's capacity is ", capacity);
   }
-  if (n > 0 && (labels.data == nullptr || prototypes.data == nullptr ||
-                last_written.data == nullptr)) {
+  if (n > 0 &&
+      (labels.data == nullptr || prototypes.data == nullptr || last_written.data == nullptr)) {
     fail("assign: labels, prototypes or last_written has null data for ", n, " records");
   }
   if (n > 0 && prototypes.cols != dim) {
-    fail("assign: prototypes.cols = ", prototypes.cols, " but the memory's dim = ",
-                 dim);
+    fail("assign: prototypes.cols = ", prototypes.cols, " but the memory's dim = ", dim);
   }
   if (n > 0 && prototypes.row_stride < prototypes.cols) {
     fail("assign: prototypes.row_stride = ", prototypes.row_stride,
-                 " < prototypes.cols = ", prototypes.cols);
+         " < prototypes.cols = ", prototypes.cols);
   }
   const double tolerance = std::sqrt(double(std::numeric_limits<Scalar>::epsilon()));
   Book book(capacity);
@@ -387,28 +402,27 @@ Book book_from_records(Span<const label_t> labels, MatrixView<const Scalar> prot
     const label_t label = labels[r];
     if (label < 0) fail("assign: labels[", r, "] = ", label, " is negative");
     if (num_classes > 0 && label >= num_classes) {
-      fail("assign: labels[", r, "] = ", label, " is outside the declared range [0, ",
-                   num_classes, ")");
+      fail("assign: labels[", r, "] = ", label, " is outside the declared range [0, ", num_classes,
+           ")");
     }
     if (book.find(label) >= 0) {
       fail("assign: labels[", r, "] = ", label, " appears twice");
     }
     if (last_written[r] > steps) {
       fail("assign: last_written[", r, "] = ", last_written[r], " (label ", label,
-                   ") is after step ", steps);
+           ") is after step ", steps);
     }
     const Scalar* p = prototypes.data + r * prototypes.row_stride;
     double norm2 = 0;
     for (index_t k = 0; k < dim; ++k) {
       if (!std::isfinite(p[k])) {
-        fail("assign: prototypes(", r, ", ", k, ") = ", p[k], " (label ", label,
-                     ") is not finite");
+        fail("assign: prototypes(", r, ", ", k, ") = ", p[k], " (label ", label, ") is not finite");
       }
       norm2 += double(p[k]) * double(p[k]);
     }
     if (!(std::fabs(std::sqrt(norm2) - 1.0) <= tolerance)) {
       fail("assign: prototype ", r, " (label ", label, ") has norm ", std::sqrt(norm2),
-                   "; prototypes must have unit norm (within ", tolerance, ")");
+           "; prototypes must have unit norm (within ", tolerance, ")");
     }
     book.add_record(label, r, last_written[r]);
   }

@@ -9,11 +9,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <string>
-
 #include <protomem/detail/batch.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
+#include <string>
 
 namespace protomem::detail {
 
@@ -46,8 +45,9 @@ template <class Scalar>
 [[noreturn]] void fail_allocation(const std::string& source, index_t capacity, index_t dim) {
   const auto bytes = static_cast<std::uint64_t>(capacity) * static_cast<std::uint64_t>(dim) *
                      sizeof(Scalar);  // checked_config()
-  fail(source, source.empty() ? "" : ": ", "cannot allocate a memory of capacity x dim = ",
-       capacity, " x ", dim, " (", bytes, " bytes of prototypes)");
+  fail(source, source.empty() ? "" : ": ",
+       "cannot allocate a memory of capacity x dim = ", capacity, " x ", dim, " (", bytes,
+       " bytes of prototypes)");
 }
 
 /// A batch's shapes, strides, pointers and labels (>= 0, < num_classes when declared).

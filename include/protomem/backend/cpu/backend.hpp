@@ -97,7 +97,8 @@ constexpr bool check_cpu_generator() {
                 "Rows&, index_t row) const` to run on protomem::cpu");
   static_assert(detail::is_detected<cpu_check::route_target_t, G, R>,
                 "protomem: a Generator policy needs `template <class Rows, class T> void "
-                "route_target(Rows&, index_t row, index_t cls, T g) const` to run on protomem::cpu");
+                "route_target(Rows&, index_t row, index_t cls, T g) const` to run on "
+                "protomem::cpu");
   static_assert(detail::is_detected<cpu_check::backward_t, G, R>,
                 "protomem: a Generator policy needs `template <class Rows> void backward(Rows&) "
                 "const` to run on protomem::cpu");
