@@ -37,22 +37,65 @@ struct SlotWrite {
   bool refresh;
 };
 
-/// The host-side bookkeeping of slots. Occupied slots are always [0, used): slots are taken in
-/// order and an evicted slot is reused at once, so there are no holes to track.
-struct Book {
-  explicit Book(index_t capacity)
+/// Classes in a fixed number of slots: which class each slot holds, the slot of each class, and
+/// an order through the occupied slots (least recent at the front). Occupied slots are [0, used):
+/// slots are taken in order and a freed slot is reused at once. The memory's Book and the
+/// doppelganger table (policies/mining.hpp) are both one.
+struct SlotTable {
+  explicit SlotTable(index_t capacity)
       : label(static_cast<std::size_t>(capacity), -1),
-        written(static_cast<std::size_t>(capacity), 0),
         map(static_cast<std::size_t>(capacity)),
-        queue(capacity) {}
-  std::vector<label_t> label;          // per slot (-1: empty)
-  std::vector<std::uint64_t> written;  // per slot: the step that last wrote it
-  SlotMap map;                         // label -> slot
-  SlotQueue queue;                     // eviction order, the next victim at the front
+        queue(capacity),
+        capacity_(capacity) {}
+  std::vector<label_t> label;  // per slot (-1: never used)
+  SlotMap map;                 // label -> slot
+  SlotQueue queue;             // the order, least recent at the front
   index_t used = 0;
-  Stats stats;
 
   index_t find(label_t label_value) const { return map.find(label_value); }
+  index_t capacity() const { return capacity_; }
+
+  /// The slot of `label_value`, made the most recent: its own, an unused one, or the least recent
+  /// one's (whose class leaves). Cannot throw: the label is >= 0 and a full map frees an entry
+  /// first.
+  index_t claim_least_recent(label_t label_value) noexcept {
+    index_t slot = map.find(label_value);
+    if (slot >= 0) {
+      queue.move_to_back(slot);
+      return slot;
+    }
+    if (used < capacity_) {
+      slot = used++;
+    } else {
+      slot = queue.front();
+      queue.unlink(slot);
+      map.erase(label[static_cast<std::size_t>(slot)]);
+    }
+    label[static_cast<std::size_t>(slot)] = label_value;
+    map.insert(label_value, slot);
+    queue.push_back(slot);
+    return slot;
+  }
+
+  /// Forgets every class (the slots' labels stay until overwritten; used = 0 makes them free).
+  void clear() noexcept {
+    map.clear();
+    queue.clear();
+    used = 0;
+  }
+
+ private:
+  index_t capacity_;
+};
+
+/// The memory's bookkeeping: its slot table in eviction order (the Queue policy's), plus when each
+/// slot was last written and the counters.
+struct Book : SlotTable {
+  explicit Book(index_t capacity)
+      : SlotTable(capacity), written(static_cast<std::size_t>(capacity), 0) {}
+  std::vector<std::uint64_t> written;  // per slot: the step that last wrote it
+  Stats stats;
+
   /// The slots of those `labels` that are stored, ascending.
   std::vector<index_t> slots_of(const std::vector<label_t>& labels) const {
     std::vector<index_t> slots;

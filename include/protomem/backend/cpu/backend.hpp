@@ -194,9 +194,9 @@ class CpuBackend {
     } keep{fresh_, spare_fresh_};
     normalise(in.embeddings);
     generate(batch);
-    GeneratorRows<Scalar> rows{batch,      x_,         fresh_,      inv_sum_norm_,
-                               batch_cos_, batch_grad_, target_grad_, grad_x_,
-                               grad_fresh_, others_,   inv_others_norm_, grad_others_};
+    GeneratorRows<Scalar> rows{batch,       x_,           fresh_,  inv_sum_norm_,
+                               batch_cos_,  batch_grad_,  target_grad_, grad_x_,
+                               grad_fresh_, others_, inv_others_norm_, grad_others_};
     generator.targets(rows);
     memory_pass(batch, in.used, in.excluded, Scalar(margin.scale()), in.workspace_bytes, wanted,
                 &out.similar, &out.pass);
