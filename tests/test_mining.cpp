@@ -497,9 +497,9 @@ std::vector<label_t> similar_list(
                 {written.data(), n}, 0);
   std::vector<Scalar> gradient(e.size());
   const label_t label = 99;
-  const auto result = memory.forward(protomem::matrix_view(e.data(), 1, dim, dim),
-                                     protomem::label_view(&label, 1),
-                                     protomem::matrix_view(gradient.data(), 1, dim, dim));
+  const auto result =
+      memory.forward(protomem::matrix_view(e.data(), 1, dim, dim), protomem::label_view(&label, 1),
+                     protomem::matrix_view(gradient.data(), 1, dim, dim));
   return result.similar;
 }
 

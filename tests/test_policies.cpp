@@ -198,17 +198,17 @@ struct DetachedLeaveOneOut {
 
 TEST_CASE("a new generator rule is a new type: its loss is the naive loss of that rule",
           "[policies]") {
-  using Memory = protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace,
-                                           DetachedLeaveOneOut>;
-  using Reference = protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace,
-                                              protomem::LeaveOneOut>;
+  using Memory =
+      protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, DetachedLeaveOneOut>;
+  using Reference =
+      protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, protomem::LeaveOneOut>;
   const index_t dim = 6;
   Memory memory({32, dim}, protomem::CosFace(16.0, 0.2));
   Reference reference({32, dim}, protomem::CosFace(16.0, 0.2));
   std::mt19937_64 rng(5);
   for (int t = 0; t < 6; ++t) {
-    const auto batch = test_support::make_batch<double>(
-        test_support::distinct_labels(rng, 4, 20), 3, dim, rng);
+    const auto batch =
+        test_support::make_batch<double>(test_support::distinct_labels(rng, 4, 20), 3, dim, rng);
     std::vector<double> g(batch.embeddings.size()), h(batch.embeddings.size());
     const auto gradient = protomem::matrix_view(g.data(), batch.rows(), dim, batch.stride);
     const double loss = memory.forward(batch.view(), batch.label_view(), gradient).loss;

@@ -404,7 +404,6 @@ class PrototypeMemory {
     });
   }
 
-
  private:
   // The policies a load replaces together.
   struct Policies {

@@ -6,9 +6,7 @@ namespace {
 
 struct GeneratorWithoutMinExemplars {
   static constexpr const char* name = "broken";
-  PROTOMEM_HOST_DEVICE static constexpr bool constant_target(protomem::index_t n) {
-    return n == 1;
-  }
+  PROTOMEM_HOST_DEVICE static constexpr bool constant_target(protomem::index_t n) { return n == 1; }
   void save(protomem::detail::ByteWriter&) const {}
   void load(protomem::detail::ByteReader&) {}
 };

@@ -82,11 +82,10 @@ static_assert(sizeof(protomem::PrototypeMemory<double, protomem::cpu, PlainMargi
                                                PlainRefresh, PlainQueue, PlainMining>) > 0);
 
 // A step instantiates the backend's members and its checks of the Generator's rule.
-[[maybe_unused]] float step(protomem::PrototypeMemory<float, protomem::cpu, PlainMargin,
-                                                      PlainGenerator, PlainRefresh, PlainQueue,
-                                                      PlainMining>& memory,
-                            protomem::MatrixView<const float> e, protomem::LabelView y,
-                            protomem::MatrixView<float> g) {
+[[maybe_unused]] float step(
+    protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator, PlainRefresh,
+                              PlainQueue, PlainMining>& memory,
+    protomem::MatrixView<const float> e, protomem::LabelView y, protomem::MatrixView<float> g) {
   return memory.step(e, y, g);
 }
 

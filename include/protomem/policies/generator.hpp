@@ -183,11 +183,10 @@ namespace detail {
 
 /// True for the built-in rules (what the CUDA kernels implement).
 template <class P>
-constexpr bool is_exemplar_mean_rule =
-    std::is_base_of_v<ExemplarMeanRule<true, false>, P> ||
-    std::is_base_of_v<ExemplarMeanRule<false, false>, P> ||
-    std::is_base_of_v<ExemplarMeanRule<true, true>, P> ||
-    std::is_base_of_v<ExemplarMeanRule<false, true>, P>;
+constexpr bool is_exemplar_mean_rule = std::is_base_of_v<ExemplarMeanRule<true, false>, P> ||
+                                       std::is_base_of_v<ExemplarMeanRule<false, false>, P> ||
+                                       std::is_base_of_v<ExemplarMeanRule<true, true>, P> ||
+                                       std::is_base_of_v<ExemplarMeanRule<false, true>, P>;
 
 template <class P>
 using generator_constant_target_t =

@@ -112,7 +112,8 @@ class DoppelgangerMining {
   void for_each(F&& f) const {
     for (index_t row = table_.queue.front(); row >= 0; row = table_.queue.next(row)) {
       const auto n = count_[static_cast<std::size_t>(row)];
-      f(table_.label[static_cast<std::size_t>(row)], Span<const label_t>{similar_.data() + row * k_, n},
+      f(table_.label[static_cast<std::size_t>(row)],
+        Span<const label_t>{similar_.data() + row * k_, n},
         Span<const float>{cosine_.data() + row * k_, n});
     }
   }
@@ -136,9 +137,7 @@ class DoppelgangerMining {
     }
   }
 
-  void clear() {
-    table_.clear();
-  }
+  void clear() { table_.clear(); }
 
   void save(detail::ByteWriter& out) const {
     out.put<std::int64_t>(k_);

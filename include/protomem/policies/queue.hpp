@@ -61,11 +61,11 @@ struct FirstInFirstOut {
 namespace detail {
 
 template <class P>
-using queue_on_insert_t = decltype(std::declval<const P&>().on_insert(
-    std::declval<SlotQueue&>(), std::declval<index_t>()));
+using queue_on_insert_t = decltype(std::declval<const P&>().on_insert(std::declval<SlotQueue&>(),
+                                                                      std::declval<index_t>()));
 template <class P>
-using queue_on_refresh_t = decltype(std::declval<const P&>().on_refresh(
-    std::declval<SlotQueue&>(), std::declval<index_t>()));
+using queue_on_refresh_t = decltype(std::declval<const P&>().on_refresh(std::declval<SlotQueue&>(),
+                                                                        std::declval<index_t>()));
 template <class P>
 using queue_on_insert_noexcept_t = std::enable_if_t<noexcept(
     std::declval<const P&>().on_insert(std::declval<SlotQueue&>(), std::declval<index_t>()))>;

@@ -58,17 +58,17 @@ struct GeneratorRows {
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
   const detail::BatchClasses& batch;
-  const RowMatrix& x;             // B x D: the normalised rows
-  const RowMatrix& fresh;         // C x D: p_c = normalize(u_c)
-  const Vector& inv_sum_norm;     // C: 1 / |u_c|
-  const RowMatrix& batch_cos;     // B x C: x_i . p_c (from the batch columns on)
-  RowMatrix& batch_grad;          // B x C: dL/d(x_i . p_c)
-  const Vector& target_grad;      // B: dL/d(target cosine), 0 for a constant target
-  RowMatrix& grad_x;              // B x D: dL/dx
-  RowMatrix& grad_fresh;          // C x D: scratch
-  RowMatrix& own;                 // B x D: scratch for per-row target columns
-  Vector& own_inv_norm;           // B: scratch
-  RowMatrix& own_grad;            // B x D: scratch
+  const RowMatrix& x;          // B x D: the normalised rows
+  const RowMatrix& fresh;      // C x D: p_c = normalize(u_c)
+  const Vector& inv_sum_norm;  // C: 1 / |u_c|
+  const RowMatrix& batch_cos;  // B x C: x_i . p_c (from the batch columns on)
+  RowMatrix& batch_grad;       // B x C: dL/d(x_i . p_c)
+  const Vector& target_grad;   // B: dL/d(target cosine), 0 for a constant target
+  RowMatrix& grad_x;           // B x D: dL/dx
+  RowMatrix& grad_fresh;       // C x D: scratch
+  RowMatrix& own;              // B x D: scratch for per-row target columns
+  Vector& own_inv_norm;        // B: scratch
+  RowMatrix& own_grad;         // B x D: scratch
 };
 
 namespace cpu_check {
@@ -194,9 +194,9 @@ class CpuBackend {
     } keep{fresh_, spare_fresh_};
     normalise(in.embeddings);
     generate(batch);
-    GeneratorRows<Scalar> rows{batch,       x_,           fresh_,  inv_sum_norm_,
-                               batch_cos_,  batch_grad_,  target_grad_, grad_x_,
-                               grad_fresh_, others_, inv_others_norm_, grad_others_};
+    GeneratorRows<Scalar> rows{batch,       x_,          fresh_,           inv_sum_norm_,
+                               batch_cos_,  batch_grad_, target_grad_,     grad_x_,
+                               grad_fresh_, others_,     inv_others_norm_, grad_others_};
     generator.targets(rows);
     memory_pass(batch, in.used, in.excluded, Scalar(margin.scale()), in.workspace_bytes, wanted,
                 &out.similar, &out.pass);
@@ -298,8 +298,8 @@ class CpuBackend {
   //    merged the same way at the end. The split depends only on the thread count, so a step is
   //    deterministic for a given Config.
   void memory_pass(const detail::BatchClasses& batch, index_t used, Span<const index_t> excluded,
-                   Scalar s, std::size_t workspace_bytes,
-                   int threads, SimilarSlots<Scalar>* similar, PassReport* report) {
+                   Scalar s, std::size_t workspace_bytes, int threads,
+                   SimilarSlots<Scalar>* similar, PassReport* report) {
     // `threads` is resolved (step_threads); forward() has set the GEMMs to run on one thread, the
     // lanes are the parallelism.
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
@@ -542,7 +542,7 @@ class CpuBackend {
     const index_t B = x_.rows();
     grad_x_ = memory_weight_.asDiagonal() * weighted_;
     grad_x_.noalias() += batch_grad_ * fresh_;  // the batch columns p_c (as the rule routed them)
-    generator.backward(rows);                    // the rule's target columns and its chain
+    generator.backward(rows);                   // the rule's target columns and its chain
     // x_i = e_i / |e_i|: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|, in place.
     for (index_t i = 0; i < B; ++i) {
       auto g = grad_x_.row(i);

@@ -174,8 +174,8 @@ class CudaBackend {
     const cudaStream_t s = stream();
     const index_t B = embeddings.rows, C = batch.size(), D = dim_;
     const index_t k = similar != nullptr ? similar->k : 0;
-    const Shape shape = make_shape(B, C, used, excluded.size,
-                                   workspace_bytes, k, loo, resources_.precision);
+    const Shape shape =
+        make_shape(B, C, used, excluded.size, workspace_bytes, k, loo, resources_.precision);
 
     upload_host_store();
     ensure_shadow(resources_.precision);
@@ -462,7 +462,6 @@ class CudaBackend {
     if (t < U && t >= 64) t -= t % 4;  // whole tiles of a multiple of 4: tile_softmax's fast path
     return t;
   }
-
 
   // Lays the workspace out from `base` (nullptr: only measures) and returns its size in bytes.
   static std::size_t carve(char* base, const Shape& s, Work& w) {
