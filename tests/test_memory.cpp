@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <type_traits>
 #include <vector>
 
 #include <protomem/memory.hpp>
@@ -93,7 +94,10 @@ void check_against_shadow(std::uint64_t seed) {
                                            protomem::ExemplarMean, protomem::Replace, Queue>;
   const index_t capacity = 24, dim = 3;
   Memory memory({capacity, dim});
-  ShadowQueue shadow{Queue::refresh_moves_to_back, static_cast<std::size_t>(capacity), {}, 0};
+  // The shadow's own statement of each order: least recently written moves a refreshed class to
+  // the back, first in first out leaves it.
+  const bool moves_to_back = std::is_same_v<Queue, protomem::LeastRecentlyWritten>;
+  ShadowQueue shadow{moves_to_back, static_cast<std::size_t>(capacity), {}, 0};
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<label_t> label(0, 60);
   std::uniform_int_distribution<int> classes(1, 10), exemplars(1, 3);

@@ -471,3 +471,54 @@ TEST_CASE("mining recovers planted look-alike pairs after one epoch", "[mining][
                                                      << without_fill << " without");
   CHECK(with_fill >= 3 * without_fill + 10);
 }
+
+namespace {
+
+// The memory's mining list for one batch row e of class 99, against `records` (label, prototype)
+// assigned in this order (slot r = record r), with `threads` lanes.
+template <class Scalar>
+std::vector<label_t> similar_list(
+    const std::vector<std::pair<label_t, std::vector<Scalar>>>& records,
+    const std::vector<Scalar>& e, int threads) {
+  const auto n = static_cast<index_t>(records.size());
+  const auto dim = static_cast<index_t>(e.size());
+  protomem::Config config{n + 1, dim};
+  config.similar_k = n;
+  config.threads = threads;
+  protomem::PrototypeMemory<Scalar> memory(config);
+  std::vector<label_t> labels;
+  std::vector<Scalar> prototypes;
+  std::vector<std::uint64_t> written(records.size(), 0);
+  for (const auto& record : records) {
+    labels.push_back(record.first);
+    prototypes.insert(prototypes.end(), record.second.begin(), record.second.end());
+  }
+  memory.assign({labels.data(), n}, protomem::matrix_view(prototypes.data(), n, dim, dim),
+                {written.data(), n}, 0);
+  std::vector<Scalar> gradient(e.size());
+  const label_t label = 99;
+  const auto result =
+      memory.forward(protomem::matrix_view(e.data(), 1, dim, dim), protomem::label_view(&label, 1),
+                     protomem::matrix_view(gradient.data(), 1, dim, dim));
+  return result.similar;
+}
+
+}  // namespace
+
+TEST_CASE("equal cosines rank the smaller slot first (docs/algorithm.md)", "[mining]") {
+  // Duplicate prototypes give exactly equal cosines (products with 0 and 1 are exact): e = (0.6,
+  // 0.8, 0, 0) has cosine 0.8 with e_2 (slots 0 and 2) and 0.6 with e_1 (slots 1 and 3).
+  auto check = [](auto zero) {
+    using T = decltype(zero);
+    const std::vector<T> e1{1, 0, 0, 0}, e2{0, 1, 0, 0}, e{T(0.6), T(0.8), 0, 0};
+    for (int threads : {1, 2}) {
+      CHECK(similar_list<T>({{20, e2}, {21, e1}, {22, e2}, {23, e1}}, e, threads) ==
+            std::vector<label_t>{20, 22, 21, 23});
+      // The same classes in other slots: the order follows the slots, not the labels.
+      CHECK(similar_list<T>({{23, e1}, {22, e2}, {21, e1}, {20, e2}}, e, threads) ==
+            std::vector<label_t>{22, 20, 23, 21});
+    }
+  };
+  check(float{});
+  check(double{});
+}

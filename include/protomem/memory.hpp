@@ -20,16 +20,11 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <fstream>
 #include <istream>
 #include <iterator>
-#include <limits>
 #include <new>
 #include <ostream>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -37,11 +32,13 @@
 #include <vector>
 
 #include <protomem/backend/cpu/backend.hpp>
+#include <protomem/backend/seam.hpp>
 #include <protomem/detail/atomic_file.hpp>
 #include <protomem/detail/batch.hpp>
+#include <protomem/detail/bookkeeping.hpp>
+#include <protomem/detail/checkpoint.hpp>
 #include <protomem/detail/serialize.hpp>
-#include <protomem/detail/slot_map.hpp>
-#include <protomem/detail/slot_queue.hpp>
+#include <protomem/detail/validation.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
 #include <protomem/policies/generator.hpp>
@@ -93,14 +90,6 @@ struct StepResult {
   std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
 };
 
-/// Counters since construction (or the last clear()), saved in checkpoints.
-struct Stats {
-  std::uint64_t steps = 0;       ///< committed steps; step n writes last_written = n
-  std::uint64_t refreshes = 0;   ///< writes of a class already stored
-  std::uint64_t insertions = 0;  ///< classes that entered the memory (into empty or evicted slots)
-  std::uint64_t evictions = 0;   ///< classes that left the memory to make room
-};
-
 /// One stored class, as iteration over a memory yields it (oldest in eviction order first).
 /// `prototype` is a view into the store, or a decoded copy (std::vector) under narrow storage.
 template <class Scalar, class Prototype = Span<const Scalar>>
@@ -124,6 +113,9 @@ class PrototypeMemory {
   static_assert(detail::check_queue_policy<Queue>());
   static_assert(detail::check_mining_policy<Mining, Scalar>());
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
+  // The members the memory calls on its backend (backend/seam.hpp), named when one is missing.
+  static_assert(detail::check_backend<Backend, Scalar, Margin, Generator, Refresh>());
+  using Book = detail::Book;
 
  public:
   using scalar_type = Scalar;
@@ -143,7 +135,7 @@ class PrototypeMemory {
   using record_type = Record<Scalar, prototype_type>;
 
   /// Checkpoint format version written by save() and the only one load() reads.
-  static constexpr std::uint32_t format_version = 1;
+  static constexpr std::uint32_t format_version = detail::checkpoint_version;
 
   explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
                            Generator generator = Generator{}, Refresh refresh = Refresh{},
@@ -205,22 +197,26 @@ class PrototypeMemory {
   StepResult<Scalar> forward_step(MatrixView<const Scalar> embeddings, LabelView labels,
                                   MatrixView<Scalar> gradient) {
     detail::check_margin_in<Scalar>(margin_);  // margin() is mutable: checked per step (O(1))
-    check_batch(embeddings, labels, gradient);
+    detail::check_batch(embeddings, labels, gradient, config_.dim, config_.num_classes);
     detail::BatchClasses batch = detail::group_by_class(labels);
-    check_classes(batch);
+    detail::check_classes(batch, config_.capacity, Generator::min_exemplars, Generator::name);
 
-    std::vector<index_t> excluded;  // stale copies of this batch's classes are no columns
-    for (label_t label : batch.labels) {
-      const index_t slot = book_.map.find(label);
-      if (slot >= 0) excluded.push_back(slot);
-    }
-    backend::SimilarSlots<Scalar> similar;
-    similar.k = std::max(config_.similar_k, mining_.similar_k());
+    // Stale copies of this batch's classes are no columns of the memory pass.
+    const std::vector<index_t> excluded = book_.slots_of(batch.labels);
+    const backend::StepInput<Scalar> in{&batch,
+                                        embeddings,
+                                        gradient,
+                                        book_.used,
+                                        span_of(excluded),
+                                        config_.workspace_bytes,
+                                        config_.threads,
+                                        std::max(config_.similar_k, mining_.similar_k()),
+                                        {}};
+    backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
+    const backend::SimilarSlots<Scalar>& similar = out.similar;
+    const backend::PassReport& pass = out.pass;
     StepResult<Scalar> result;
-    backend::PassReport pass;
-    result.loss =
-        backend_.forward(batch, embeddings, gradient, book_.used, excluded, margin_, generator_,
-                         config_.workspace_bytes, config_.threads, &similar, &pass);
+    result.loss = out.loss;
     result.threads = pass.threads;
     result.tile_columns = pass.tile_columns;
     result.workspace_bytes = pass.workspace_bytes;
@@ -228,7 +224,7 @@ class PrototypeMemory {
     result.similar_k = similar.k;
     result.similar.reserve(similar.slots.size());
     for (index_t slot : similar.slots) result.similar.push_back(slot < 0 ? -1 : book_.label[slot]);
-    result.similar_cosines = std::move(similar.cosines);
+    result.similar_cosines = std::move(out.similar.cosines);
     // The pending update, built aside and swapped in: nothing below can throw.
     std::vector<label_t> pending_similar;
     std::vector<Scalar> pending_cosines;
@@ -252,12 +248,14 @@ class PrototypeMemory {
   /// checked at compile time), so a commit never applies twice.
   void commit() {
     if (!pending_) {
-      detail::fail("commit() without a pending forward(): each forward() is committed at most once");
+      detail::fail("commit() without a pending forward(): each forward() is committed at most ",
+                   "once");
     }
-    std::vector<backend::SlotWrite> writes = plan_writes(pending_classes_);  // may throw
+    const std::vector<detail::SlotWrite> writes =
+        detail::plan_writes(book_, pending_classes_, config_.capacity);  // may throw
     backend_.write(writes, refresh_);  // the CPU's cannot throw; the CUDA one throws unwritten
     pending_ = false;                  // done: nothing below throws
-    apply_writes(writes);
+    detail::apply_writes(book_, queue_, writes, pending_classes_);
     if (pending_k_ > 0) {  // only committed steps reach the Mining policy
       mining_.record(span_of(pending_classes_), span_of(pending_similar_),
                      span_of(pending_cosines_), pending_k_);
@@ -281,7 +279,7 @@ class PrototypeMemory {
   const Stats& stats() const { return book_.stats; }
   std::uint64_t step_count() const { return book_.stats.steps; }
 
-  bool contains(label_t label) const { return label >= 0 && book_.map.find(label) >= 0; }
+  bool contains(label_t label) const { return label >= 0 && book_.find(label) >= 0; }
 
   /// The stored prototype of `label`: a view, valid until the next commit, load or clear (a
   /// decoded copy under narrow storage, see prototype_type).
@@ -357,12 +355,7 @@ class PrototypeMemory {
   // ---- checkpoints (format: docs/algorithm.md, "Checkpoint format") ----------------------------
 
   /// Writes the committed state (a pending forward is not part of it).
-  void save(std::ostream& out) const {
-    const std::string bytes = serialize();
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) detail::fail("save: writing the checkpoint to the stream failed");
-  }
+  void save(std::ostream& out) const { detail::write_stream(out, serialize()); }
 
   /// Writes to `path` crash-safely (detail/atomic_file.hpp): through a new temporary file in the
   /// same directory, flushed to the disk and renamed over `path`. A failed save throws, removes
@@ -375,8 +368,7 @@ class PrototypeMemory {
   /// Reads exactly one checkpoint from `in`, which may hold more data after it.
   void load(std::istream& in, const std::string& source = "checkpoint stream") {
     try {
-      const std::string bytes = read_checkpoint(in, source);
-      deserialize(bytes, source);
+      deserialize(detail::read_checkpoint(in, source), source);
     } catch (const std::bad_alloc&) {
       fail_allocation(source, config_);
     }
@@ -384,12 +376,8 @@ class PrototypeMemory {
 
   /// Reads the checkpoint file at `path`; the file must hold exactly one checkpoint.
   void load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) detail::fail("load: cannot open '", path, "'");
     try {
-      const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-      if (in.bad()) detail::fail("load: reading '", path, "' failed");
-      deserialize(bytes, "'" + path + "'");
+      deserialize(detail::read_file(path), "'" + path + "'");
     } catch (const std::bad_alloc&) {
       fail_allocation("load: '" + path + "'", config_);
     }
@@ -409,114 +397,47 @@ class PrototypeMemory {
   /// pending forward is discarded.
   void assign(Span<const label_t> labels, MatrixView<const Scalar> prototypes,
               Span<const std::uint64_t> last_written, std::uint64_t steps) {
-    const index_t n = labels.size;
-    if (n < 0) detail::fail("assign: labels.size = ", n, " is negative");
-    if (prototypes.rows != n || last_written.size != n) {
-      detail::fail("assign: ", n, " labels but ", prototypes.rows, " prototype rows and ",
-                   last_written.size, " last_written steps");
-    }
-    if (n > config_.capacity) {
-      detail::fail("assign: ", n, " records but the memory's capacity is ", config_.capacity);
-    }
-    if (n > 0 && (labels.data == nullptr || prototypes.data == nullptr ||
-                  last_written.data == nullptr)) {
-      detail::fail("assign: labels, prototypes or last_written has null data for ", n, " records");
-    }
-    if (n > 0 && prototypes.cols != config_.dim) {
-      detail::fail("assign: prototypes.cols = ", prototypes.cols, " but the memory's dim = ",
-                   config_.dim);
-    }
-    if (n > 0 && prototypes.row_stride < prototypes.cols) {
-      detail::fail("assign: prototypes.row_stride = ", prototypes.row_stride,
-                   " < prototypes.cols = ", prototypes.cols);
-    }
-    const double tolerance = std::sqrt(double(std::numeric_limits<Scalar>::epsilon()));
-    Book book(config_.capacity);
-    book.stats.steps = steps;
-    book.stats.insertions = static_cast<std::uint64_t>(n);
-    book.used = n;
-    for (index_t r = 0; r < n; ++r) {
-      const label_t label = labels[r];
-      if (label < 0) detail::fail("assign: labels[", r, "] = ", label, " is negative");
-      if (config_.num_classes > 0 && label >= config_.num_classes) {
-        detail::fail("assign: labels[", r, "] = ", label, " is outside the declared range [0, ",
-                     config_.num_classes, ")");
-      }
-      if (book.map.find(label) >= 0) {
-        detail::fail("assign: labels[", r, "] = ", label, " appears twice");
-      }
-      if (last_written[r] > steps) {
-        detail::fail("assign: last_written[", r, "] = ", last_written[r], " (label ", label,
-                     ") is after step ", steps);
-      }
-      const Scalar* p = prototypes.data + r * prototypes.row_stride;
-      double norm2 = 0;
-      for (index_t k = 0; k < config_.dim; ++k) {
-        if (!std::isfinite(p[k])) {
-          detail::fail("assign: prototypes(", r, ", ", k, ") = ", p[k], " (label ", label,
-                       ") is not finite");
-        }
-        norm2 += double(p[k]) * double(p[k]);
-      }
-      if (!(std::fabs(std::sqrt(norm2) - 1.0) <= tolerance)) {
-        detail::fail("assign: prototype ", r, " (label ", label, ") has norm ", std::sqrt(norm2),
-                     "; prototypes must have unit norm (within ", tolerance, ")");
-      }
-      book.label[static_cast<std::size_t>(r)] = label;
-      book.written[static_cast<std::size_t>(r)] = last_written[r];
-      book.map.insert(label, r);
-      book.queue.push_back(r);
-    }
+    Book book = detail::book_from_records(labels, prototypes, last_written, steps, config_.capacity,
+                                          config_.dim, config_.num_classes);
+    Policies policies{margin_, generator_, refresh_, queue_, mining_};
+    policies.mining.clear();
+    replace_state(std::move(book), std::move(policies), [&](index_t r) {
+      return std::pair<index_t, const Scalar*>{r, prototypes.data + r * prototypes.row_stride};
+    });
+  }
+
+ private:
+  // The policies a load replaces together.
+  struct Policies {
+    Margin margin;
+    Generator generator;
+    Refresh refresh;
+    Queue queue;
+    Mining mining;
+  };
+
+  // The one way load() and assign() replace the state: a backend filled from `n` = book.used
+  // records (prototype_of(r) -> {slot, values}) is built aside (may throw), then the new state is
+  // swapped in (nothing below the build throws).
+  template <class PrototypeOf>
+  void replace_state(Book book, Policies policies, PrototypeOf prototype_of) {
     Backend backend(config_.capacity, config_.dim, backend_.resources());
-    for (index_t r = 0; r < n; ++r) {
-      backend.set_prototype(r, prototypes.data + r * prototypes.row_stride);
+    for (index_t r = 0; r < book.used; ++r) {
+      const std::pair<index_t, const Scalar*> record = prototype_of(r);
+      backend.set_prototype(record.first, record.second);
     }
-    Mining mining = mining_;
-    mining.clear();
-    // Everything that can fail has run: swap the new state in.
     backend_ = std::move(backend);
     book_ = std::move(book);
-    mining_ = std::move(mining);
+    margin_ = std::move(policies.margin);
+    generator_ = std::move(policies.generator);
+    refresh_ = std::move(policies.refresh);
+    queue_ = std::move(policies.queue);
+    mining_ = std::move(policies.mining);
     pending_ = false;
   }
 
-
- private:
-  // The host-side bookkeeping of slots. Occupied slots are always [0, used): slots are taken in
-  // order and an evicted slot is reused at once, so there are no holes to track.
-  struct Book {
-    explicit Book(index_t capacity)
-        : label(static_cast<std::size_t>(capacity), -1),
-          written(static_cast<std::size_t>(capacity), 0),
-          map(static_cast<std::size_t>(capacity)),
-          queue(capacity) {}
-    std::vector<label_t> label;           // per slot
-    std::vector<std::uint64_t> written;   // per slot: the step that last wrote it
-    detail::SlotMap map;                  // label -> slot
-    detail::SlotQueue queue;              // eviction order
-    index_t used = 0;
-    Stats stats;
-  };
-
   static const Config& checked(const Config& config) {
-    if (config.capacity < 1) detail::fail("Config::capacity = ", config.capacity, " must be >= 1");
-    if (config.capacity > (index_t{1} << 40)) {
-      detail::fail("Config::capacity = ", config.capacity, " is beyond any memory");
-    }
-    if (config.dim < 1) detail::fail("Config::dim = ", config.dim, " must be >= 1");
-    // capacity x dim values must be addressable before anything multiplies them.
-    const auto largest = static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max());
-    if (static_cast<std::uint64_t>(config.dim) >
-        largest / sizeof(Scalar) / static_cast<std::uint64_t>(config.capacity)) {
-      detail::fail("Config: capacity x dim = ", config.capacity, " x ", config.dim,
-                   " prototypes are beyond any memory (more than 2^63 bytes)");
-    }
-    if (config.num_classes < 0) {
-      detail::fail("Config::num_classes = ", config.num_classes, " must be >= 0 (0: undeclared)");
-    }
-    if (config.similar_k < 0) detail::fail("Config::similar_k = ", config.similar_k, " must be >= 0");
-    if (config.workspace_bytes == 0) detail::fail("Config::workspace_bytes must be > 0");
-    return config;
+    return detail::checked_config<Scalar>(config);
   }
 
   static Margin checked_margin(Margin margin) {
@@ -526,11 +447,7 @@ class PrototypeMemory {
 
   // std::bad_alloc / std::length_error from building a store of `config`'s size, as an Error.
   [[noreturn]] static void fail_allocation(const std::string& source, const Config& config) {
-    const auto bytes = static_cast<std::uint64_t>(config.capacity) *
-                       static_cast<std::uint64_t>(config.dim) * sizeof(Scalar);  // checked()
-    detail::fail(source, source.empty() ? "" : ": ",
-                 "cannot allocate a memory of capacity x dim = ", config.capacity, " x ",
-                 config.dim, " (", bytes, " bytes of prototypes)");
+    detail::fail_allocation<Scalar>(source, config.capacity, config.dim);
   }
 
   template <class T>
@@ -539,376 +456,40 @@ class PrototypeMemory {
   }
 
   index_t slot_of(label_t label) const {
-    const index_t slot = label >= 0 ? book_.map.find(label) : -1;
+    const index_t slot = label >= 0 ? book_.find(label) : -1;
     if (slot < 0) detail::fail("label ", label, " is not in the memory");
     return slot;
   }
 
-  void check_batch(MatrixView<const Scalar> e, LabelView y, MatrixView<Scalar> g) const {
-    if (y.size <= 0) detail::fail("empty batch: labels.size = ", y.size, " (must be >= 1)");
-    if (y.data == nullptr) detail::fail("labels.data is null");
-    if (e.data == nullptr) detail::fail("embeddings.data is null");
-    if (g.data == nullptr) detail::fail("gradient.data is null");
-    if (e.rows != y.size) {
-      detail::fail("embeddings.rows = ", e.rows, " but labels.size = ", y.size);
-    }
-    if (e.cols != config_.dim) {
-      detail::fail("embeddings.cols = ", e.cols, " but the memory's dim = ", config_.dim);
-    }
-    if (e.row_stride < e.cols) {
-      detail::fail("embeddings.row_stride = ", e.row_stride, " < embeddings.cols = ", e.cols);
-    }
-    if (g.rows != e.rows || g.cols != e.cols) {
-      detail::fail("gradient is ", g.rows, " x ", g.cols, " but embeddings are ", e.rows, " x ",
-                   e.cols);
-    }
-    if (g.row_stride < g.cols) {
-      detail::fail("gradient.row_stride = ", g.row_stride, " < gradient.cols = ", g.cols);
-    }
-    for (index_t i = 0; i < y.size; ++i) {
-      if (y[i] < 0) detail::fail("labels[", i, "] = ", y[i], " is negative (labels must be >= 0)");
-      if (config_.num_classes > 0 && y[i] >= config_.num_classes) {
-        detail::fail("labels[", i, "] = ", y[i], " is outside the declared range [0, ",
-                     config_.num_classes, ")");
-      }
-    }
-  }
-
-  void check_classes(const detail::BatchClasses& batch) const {
-    if (batch.size() > config_.capacity) {
-      detail::fail("the batch has ", batch.size(), " distinct classes but the memory's capacity is ",
-                   config_.capacity);
-    }
-    for (index_t c = 0; c < batch.size(); ++c) {
-      if (batch.count(c) < Generator::min_exemplars) {
-        detail::fail("class ", batch.labels[c], " has ", batch.count(c), " exemplar(s) in the batch",
-                     " but the ", Generator::name, " generator needs at least ",
-                     Generator::min_exemplars);
-      }
-    }
-  }
-
-  // Decides the slot of each batch class without changing anything: refresh where stored, else
-  // an empty slot, else the oldest slot in queue order that holds no class of this batch.
-  std::vector<backend::SlotWrite> plan_writes(const std::vector<label_t>& classes) const {
-    std::vector<backend::SlotWrite> writes;
-    writes.reserve(classes.size());
-    std::vector<index_t> fresh_classes;
-    // Slots refreshed by this batch (at most C, sorted): eviction skips them. A sorted list, not a
-    // flag per slot, so that a step allocates O(C), not O(M) (docs/performance.md, peak memory).
-    std::vector<index_t> refreshed;
-    for (index_t c = 0; c < static_cast<index_t>(classes.size()); ++c) {
-      const index_t slot = book_.map.find(classes[c]);
-      if (slot >= 0) {
-        writes.push_back({c, slot, true});
-        refreshed.push_back(slot);
-      } else {
-        fresh_classes.push_back(c);
-      }
-    }
-    std::sort(refreshed.begin(), refreshed.end());
-    index_t next_empty = book_.used;
-    index_t victim = book_.queue.front();
-    for (index_t c : fresh_classes) {
-      if (next_empty < config_.capacity) {
-        writes.push_back({c, next_empty++, false});
-        continue;
-      }
-      while (std::binary_search(refreshed.begin(), refreshed.end(), victim)) {
-        victim = book_.queue.next(victim);
-      }
-      writes.push_back({c, victim, false});
-      victim = book_.queue.next(victim);
-    }
-    return writes;
-  }
-
-  // Applies a plan: bookkeeping only (the backend has written the prototypes). Cannot throw.
-  void apply_writes(const std::vector<backend::SlotWrite>& writes) noexcept {
-    const std::uint64_t step = ++book_.stats.steps;
-    for (const backend::SlotWrite& w : writes) {
-      const label_t label = pending_classes_[static_cast<std::size_t>(w.batch_class)];
-      const auto slot = static_cast<std::size_t>(w.slot);
-      if (w.refresh) {
-        ++book_.stats.refreshes;
-        if (Queue::refresh_moves_to_back) book_.queue.move_to_back(w.slot);
-      } else {
-        if (w.slot < book_.used) {
-          ++book_.stats.evictions;
-          book_.map.erase(book_.label[slot]);
-          book_.queue.unlink(w.slot);
-        } else {
-          book_.used = w.slot + 1;
-        }
-        ++book_.stats.insertions;
-        book_.label[slot] = label;
-        book_.map.insert(label, w.slot);
-        book_.queue.push_back(w.slot);
-      }
-      book_.written[slot] = step;
-    }
-  }
-
-  // ---- checkpoint format, version 1 (all integers little-endian) --------------------------------
-  //   "PROTOMEM" | u32 version | u32 scalar bytes (4: float32, 8: float64) | u64 dim | u64 capacity
-  //   | i64 num_classes | u64 steps, refreshes, insertions, evictions
-  //   | 5 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
-  //     margin, generator, refresh, queue, mining
-  //   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
-  //   Narrow storage (cpu_bf16, cpu_fp16) writes its decoded float values, so the file does not
-  //   record the storage: it loads into a float memory exactly, and a float checkpoint loads into a
-  //   narrow memory rounded as a write would round it.
-  //   | u32 CRC-32 (zlib) of every byte before it
-  static constexpr char magic[9] = "PROTOMEM";
-  // How far from 1 the norm of a loaded prototype may be. A memory normalises in Scalar (error
-  // about sqrt(dim) ulps); a float checkpoint of a bf16 memory holds decoded bf16 values, each
-  // within 2^-8 of its float, so their norm is within 2^-8 = 0.0039 of 1 (fp16: 2^-11).
-  static constexpr double unit_norm_tolerance = sizeof(Scalar) == 4 ? 1e-2 : 1e-6;
-
-  template <class Policy>
-  static void save_policy(detail::ByteWriter& out, const char* family, const Policy& policy) {
-    out.put_string(family);
-    out.put_string(Policy::name);
-    detail::ByteWriter state;
-    policy.save(state);
-    out.put_bytes(state.bytes());
-  }
-
-  // A policy as stored: family, name and state, checked against this memory's once the file's
-  // checksum holds.
-  struct StoredPolicy {
-    std::string family, name, state;
-  };
-
-  template <class Policy>
-  static Policy load_policy(const StoredPolicy& stored, const char* family, const Policy& current,
-                            const std::string& source) {
-    if (stored.family != family) {
-      detail::fail(source, ": expected the ", family, " policy, found '",
-                   detail::escaped(stored.family), "'");
-    }
-    if (stored.name != Policy::name) {
-      detail::fail(source, ": its ", family, " policy is '", detail::escaped(stored.name),
-                   "' but this memory uses '", Policy::name, "'");
-    }
-    detail::ByteReader in(stored.state.data(), stored.state.size(), source);
-    Policy policy = current;
-    policy.load(in);
-    if (in.remaining() != 0) {
-      detail::fail(source, ": the ", family, " policy state has ", in.remaining(),
-                   " unexpected trailing bytes");
-    }
-    return policy;
-  }
-
+  // ---- checkpoints (format: detail/checkpoint.hpp) ---------------------------------------------
   std::string serialize() const {
-    detail::ByteWriter out;
-    out.bytes().append(magic, 8);
-    out.put<std::uint32_t>(format_version);
-    out.put<std::uint32_t>(sizeof(Scalar));
-    out.put<std::uint64_t>(static_cast<std::uint64_t>(config_.dim));
-    out.put<std::uint64_t>(static_cast<std::uint64_t>(config_.capacity));
-    out.put<std::int64_t>(config_.num_classes);
-    out.put<std::uint64_t>(book_.stats.steps);
-    out.put<std::uint64_t>(book_.stats.refreshes);
-    out.put<std::uint64_t>(book_.stats.insertions);
-    out.put<std::uint64_t>(book_.stats.evictions);
-    save_policy(out, "margin", margin_);
-    save_policy(out, "generator", generator_);
-    save_policy(out, "refresh", refresh_);
-    save_policy(out, "queue", queue_);
-    save_policy(out, "mining", mining_);
-    out.put<std::uint64_t>(static_cast<std::uint64_t>(book_.used));
-    for (index_t slot = book_.queue.front(); slot >= 0; slot = book_.queue.next(slot)) {
-      out.put<std::int64_t>(book_.label[static_cast<std::size_t>(slot)]);
-      out.put<std::uint64_t>(static_cast<std::uint64_t>(slot));
-      out.put<std::uint64_t>(book_.written[static_cast<std::size_t>(slot)]);
-      const prototype_type p = backend_.prototype_view(slot);  // the logical (decoded) values
-      for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
-    }
-    out.put<std::uint32_t>(detail::crc32(out.bytes().data(), out.bytes().size()));
-    return std::move(out.bytes());
-  }
-
-  // Reads one checkpoint's bytes, using its own length fields to stop at its end. Whatever is
-  // malformed is left for deserialize() to report; reading stops early where the stream ends.
-  static std::string read_checkpoint(std::istream& in, const std::string& source) {
-    std::string bytes;
-    auto take = [&](std::uint64_t n) {  // in chunks, so a corrupt length cannot allocate wildly
-      while (n > 0 && in) {
-        const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, 1 << 20));
-        const std::size_t at = bytes.size();
-        bytes.resize(at + chunk);
-        in.read(&bytes[at], static_cast<std::streamsize>(chunk));
-        const auto got = static_cast<std::size_t>(in.gcount());
-        bytes.resize(at + got);
-        if (got < chunk) return false;
-        n -= chunk;
-      }
-      return static_cast<bool>(in) || n == 0;
-    };
-    auto number = [&](std::size_t width) -> std::uint64_t {  // the little-endian field just read
-      std::uint64_t value = 0;
-      for (std::size_t k = 0; k < width; ++k) {
-        value |= std::uint64_t{static_cast<unsigned char>(bytes[bytes.size() - width + k])} << (8 * k);
-      }
-      return value;
-    };
-    if (!take(16) || bytes.compare(0, 8, magic, 8) != 0) return bytes;
-    const std::uint64_t scalar_bytes = number(4);
-    if (!take(8)) return bytes;
-    const std::uint64_t dim = number(8);
-    if (!take(8 + 8 + 4 * 8)) return bytes;
-    for (int policy = 0; policy < 5; ++policy) {
-      for (std::size_t width : {4, 4, 8}) {
-        if (!take(width) || !take(number(width))) return bytes;
-      }
-    }
-    if (!take(8)) return bytes;
-    const std::uint64_t n = number(8);
-    // At most 2^32 x 8 + 24 bytes a record: n x that cannot wrap below 2^62 bytes.
-    const std::uint64_t record_bytes = 24 + dim * scalar_bytes;
-    if (scalar_bytes > 8 || dim > (std::uint64_t{1} << 32) ||
-        n > (std::uint64_t{1} << 62) / record_bytes) {
-      return bytes;  // deserialize() reports the corrupt header
-    }
-    take(n * record_bytes + 4);
-    if (in.bad()) detail::fail(source, ": reading failed");
-    return bytes;
+    return detail::write_checkpoint<Scalar>(
+        config_.dim, config_.capacity, config_.num_classes, book_,
+        [&](detail::ByteWriter& out, index_t slot) {
+          const prototype_type p = backend_.prototype_view(slot);  // the logical (decoded) values
+          for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
+        },
+        margin_, generator_, refresh_, queue_, mining_);
   }
 
   void deserialize(const std::string& bytes, const std::string& source) {
-    // 1. Structure, read with bounds checks: a truncated file fails here or on its size below.
     detail::ByteReader in(bytes.data(), bytes.size(), source);
-    in.need(8, "the magic bytes");
-    if (bytes.compare(0, 8, magic, 8) != 0) {
-      detail::fail(source, " is not a protomem checkpoint (its first bytes are not \"PROTOMEM\")");
-    }
-    in.get<std::uint64_t>("the magic bytes");
-    const auto version = in.get<std::uint32_t>("the format version");
-    if (version != format_version) {
-      detail::fail(source, " has checkpoint format version ", version,
-                   "; this build of protomem reads version ", format_version);
-    }
-    const auto scalar_bytes = in.get<std::uint32_t>("the scalar size");
-    const auto dim = in.get<std::uint64_t>("dim");
-    in.get<std::uint64_t>("capacity");  // informative: any memory large enough may load it
-    in.get<std::int64_t>("num_classes");
-    Stats stats;
-    stats.steps = in.get<std::uint64_t>("steps");
-    stats.refreshes = in.get<std::uint64_t>("refreshes");
-    stats.insertions = in.get<std::uint64_t>("insertions");
-    stats.evictions = in.get<std::uint64_t>("evictions");
-    StoredPolicy policies[5];
-    for (StoredPolicy& policy : policies) {
-      policy.family = in.get_string("a policy family");
-      policy.name = in.get_string("a policy name");
-      policy.state = in.get_bytes("a policy state");
-    }
-    const auto n = in.get<std::uint64_t>("the record count");
-    if (scalar_bytes != 4 && scalar_bytes != 8) {
-      detail::fail(source, " is corrupt: scalar size ", scalar_bytes, " is neither 4 nor 8");
-    }
-    // Sizes from the file, compared by division so that nothing wraps: every record holds
-    // 24 + dim x scalar_bytes bytes, and n of them (and the checksum) must follow the header.
-    const std::uint64_t left = bytes.size() - in.offset();
-    if (dim == 0 || dim > (std::uint64_t{1} << 56)) {
-      detail::fail(source, " is corrupt: dim ", dim, " is not a dimension");
-    }
-    const std::uint64_t record_bytes = 24 + dim * scalar_bytes;
-    if (left < 4 || n > (left - 4) / record_bytes) {
-      detail::fail(source, " is truncated: ", bytes.size(), " bytes where its header announces ", n,
-                   " records of ", record_bytes, " bytes after byte ", in.offset());
-    }
-    const std::uint64_t expected = in.offset() + n * record_bytes + 4;
-    if (bytes.size() > expected) {
-      detail::fail(source, " has ", bytes.size() - expected, " unexpected bytes past its end");
-    }
+    const detail::CheckpointHeader header = detail::parse_checkpoint(bytes, in, source);
+    detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
+    const auto& stored = header.policies;
+    Policies policies{detail::load_policy(stored[0], "margin", margin_, source),
+                      detail::load_policy(stored[1], "generator", generator_, source),
+                      detail::load_policy(stored[2], "refresh", refresh_, source),
+                      detail::load_policy(stored[3], "queue", queue_, source),
+                      detail::load_policy(stored[4], "mining", mining_, source)};
+    detail::check_margin_in<Scalar>(policies.margin);  // valid in double is not enough (s = 1e39)
 
-    // 2. Integrity.
-    const std::size_t body = bytes.size() - 4;
-    detail::ByteReader tail(bytes.data() + body, 4, source);
-    const auto stored_crc = tail.get<std::uint32_t>("the checksum");
-    const auto computed_crc = detail::crc32(bytes.data(), body);
-    if (computed_crc != stored_crc) {
-      detail::fail(source, " is corrupt: CRC-32 is ", computed_crc, " but the file says ",
-                   stored_crc);
-    }
-
-    // 3. Compatibility with this memory.
-    if (scalar_bytes != sizeof(Scalar)) {
-      detail::fail(source, " stores ", scalar_bytes == 4 ? "float32" : "float64",
-                   " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
-    }
-    if (dim != static_cast<std::uint64_t>(config_.dim)) {
-      detail::fail(source, " has dim ", dim, "; this memory has dim ", config_.dim);
-    }
-    if (n > static_cast<std::uint64_t>(config_.capacity)) {
-      detail::fail(source, " holds ", n, " classes; this memory's capacity is ", config_.capacity);
-    }
-    Margin margin = load_policy(policies[0], "margin", margin_, source);
-    Generator generator = load_policy(policies[1], "generator", generator_, source);
-    Refresh refresh = load_policy(policies[2], "refresh", refresh_, source);
-    Queue queue = load_policy(policies[3], "queue", queue_, source);
-    Mining mining = load_policy(policies[4], "mining", mining_, source);
-    detail::check_margin_in<Scalar>(margin);  // valid in double is not enough (e.g. s = 1e39)
-
-    Book book(config_.capacity);
-    book.stats = stats;
-    book.used = static_cast<index_t>(n);
-    std::vector<Scalar> prototypes(static_cast<std::size_t>(n * dim));
-    std::vector<index_t> slots;
-    slots.reserve(static_cast<std::size_t>(n));
-    for (std::uint64_t r = 0; r < n; ++r) {
-      const auto label = in.get<std::int64_t>("a record's label");
-      const auto slot = in.get<std::uint64_t>("a record's slot");
-      const auto written = in.get<std::uint64_t>("a record's last_written");
-      if (label < 0) detail::fail(source, ": record ", r, " has negative label ", label);
-      if (slot >= n || book.label[static_cast<std::size_t>(slot)] >= 0) {
-        detail::fail(source, ": record ", r, " (label ", label, ") has slot ", slot,
-                     ", which is out of range or taken twice");
-      }
-      if (book.map.find(label) >= 0) {
-        detail::fail(source, ": label ", label, " appears in two records");
-      }
-      if (written > stats.steps) {
-        detail::fail(source, ": record ", r, " (label ", label, ") was written at step ", written,
-                     " after the checkpoint's last step ", stats.steps);
-      }
-      book.label[static_cast<std::size_t>(slot)] = label;
-      book.written[static_cast<std::size_t>(slot)] = written;
-      book.map.insert(label, static_cast<index_t>(slot));
-      book.queue.push_back(static_cast<index_t>(slot));
-      Scalar* p = prototypes.data() + r * dim;
-      for (std::uint64_t k = 0; k < dim; ++k) p[k] = in.get<Scalar>("a prototype value");
-      double norm2 = 0;
-      for (std::uint64_t k = 0; k < dim; ++k) {
-        if (!std::isfinite(p[k])) {
-          detail::fail(source, ": the prototype of label ", label, " has a non-finite value");
-        }
-        norm2 += double(p[k]) * double(p[k]);
-      }
-      // Any other norm would let logits s * cos leave [-s, s] and overflow (found by fuzzing too).
-      if (!(std::abs(std::sqrt(norm2) - 1.0) <= unit_norm_tolerance)) {
-        detail::fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
-                     "; a stored prototype is a unit vector (within ", unit_norm_tolerance, ")");
-      }
-      slots.push_back(static_cast<index_t>(slot));
-    }
-
-    // Everything is checked: commit (nothing below throws but allocation, done before any change).
-    Backend backend(config_.capacity, config_.dim, backend_.resources());
-    for (std::size_t r = 0; r < slots.size(); ++r) {
-      backend.set_prototype(slots[r], prototypes.data() + r * dim);
-    }
-    backend_ = std::move(backend);
-    book_ = std::move(book);
-    margin_ = std::move(margin);
-    generator_ = std::move(generator);
-    refresh_ = std::move(refresh);
-    queue_ = std::move(queue);
-    mining_ = std::move(mining);
-    pending_ = false;
+    detail::CheckpointRecords<Scalar> records =
+        detail::read_records<Scalar>(in, header, config_.capacity, source);
+    replace_state(std::move(records.book), std::move(policies), [&](index_t r) {
+      return std::pair<index_t, const Scalar*>{records.slots[static_cast<std::size_t>(r)],
+                                               records.prototypes.data() + r * config_.dim};
+    });
   }
 
   Config config_;

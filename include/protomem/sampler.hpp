@@ -52,6 +52,7 @@
 #include <ostream>
 #include <protomem/dataset_index.hpp>
 #include <protomem/detail/atomic_file.hpp>
+#include <protomem/detail/checkpoint.hpp>
 #include <protomem/detail/random.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
@@ -219,8 +220,7 @@ class BatchSampler {
 
   void save(std::ostream& out) const {
     detail::ByteWriter w;
-    w.bytes().append(magic, 8);
-    w.put<std::uint32_t>(format_version);
+    detail::begin_frame(w, magic, format_version);
     w.put_string(ClassOrder::name);
     w.put<std::uint64_t>(config_.seed);
     w.put<std::uint64_t>(position_);
@@ -230,7 +230,7 @@ class BatchSampler {
     w.put<std::uint64_t>(static_cast<std::uint64_t>(index_->num_samples()));
     w.put<std::uint64_t>(static_cast<std::uint64_t>(index_->num_classes()));
     w.put<std::uint64_t>(index_->fingerprint());
-    w.put<std::uint32_t>(detail::crc32(w.bytes().data(), w.bytes().size()));
+    detail::end_frame(w);
     out.write(w.bytes().data(), static_cast<std::streamsize>(w.bytes().size()));
     if (!out) detail::fail("sampler save: writing to the stream failed");
   }
@@ -269,7 +269,7 @@ class BatchSampler {
       }
     };
     read(0, 16);
-    if (bytes.compare(0, 8, magic, 8) != 0) {
+    if (!detail::has_magic(bytes, magic)) {
       detail::fail(source, " is not a protomem sampler state (its first bytes are not \"",
                    std::string(magic, 8), "\")");
     }
@@ -295,11 +295,8 @@ class BatchSampler {
     const auto samples = r.get<std::uint64_t>("the sample count");
     const auto classes = r.get<std::uint64_t>("the class count");
     const auto fingerprint = r.get<std::uint64_t>("the data set fingerprint");
-    const auto stored_crc = r.get<std::uint32_t>("the checksum");
-    const auto crc = detail::crc32(bytes.data(), bytes.size() - 4);
-    if (crc != stored_crc) {
-      detail::fail(source, " is corrupt: CRC-32 is ", crc, " but the state says ", stored_crc);
-    }
+    r.get<std::uint32_t>("the checksum");
+    detail::check_frame_crc(bytes, source, "the state");
     if (version != format_version) {
       detail::fail(source, " has sampler state version ", version, "; this build reads version ",
                    format_version);

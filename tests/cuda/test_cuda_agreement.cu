@@ -433,3 +433,32 @@ TEST_CASE("a leave-one-out prototype that is undefined fails as on the CPU", "[c
   for (const auto& row : rows) batch.embeddings.insert(batch.embeddings.end(), row, row + 6);
   check_same_error(cpu, gpu, batch);
 }
+
+TEST_CASE("CUDA = CPU on exactly tied cosines: the smaller slot first",
+          "[cuda][agreement][mining]") {
+  // Duplicate prototypes (assign()) give exactly equal cosines: e = (0.6, 0.8, 0, 0) has cosine 0.8
+  // with e_2 (slots 0 and 2) and 0.6 with e_1 (slots 1 and 3); products with 0 and 1 are exact in
+  // every GEMM precision. docs/algorithm.md: on equal cosines the smaller slot ranks first.
+  Config config;
+  config.capacity = 5;
+  config.dim = 4;
+  config.similar_k = 4;
+  protomem::PrototypeMemory<float> cpu(config);
+  protomem::PrototypeMemory<float, protomem::cuda> gpu(CudaResources{}, config);
+  const std::vector<label_t> labels{20, 21, 22, 23};
+  const std::vector<float> prototypes{0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0};
+  const std::vector<std::uint64_t> written(4, 0);
+  cpu.assign({labels.data(), 4}, protomem::matrix_view(prototypes.data(), 4, 4),
+             {written.data(), 4}, 0);
+  gpu.assign({labels.data(), 4}, protomem::matrix_view(prototypes.data(), 4, 4),
+             {written.data(), 4}, 0);
+  Batch batch;
+  batch.dim = 4;
+  batch.stride = 4;
+  batch.labels = {99};
+  batch.embeddings = {0.6f, 0.8f, 0.0f, 0.0f};
+  const Outcome expected = forward_cpu(cpu, batch);
+  const Outcome got = forward_gpu(gpu, batch);
+  CHECK(expected.result.similar == std::vector<label_t>{20, 22, 21, 23});
+  CHECK(got.result.similar == expected.result.similar);
+}

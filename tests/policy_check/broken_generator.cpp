@@ -6,8 +6,7 @@ namespace {
 
 struct GeneratorWithoutMinExemplars {
   static constexpr const char* name = "broken";
-  static constexpr bool gradient = true;
-  static constexpr bool leave_one_out = false;
+  PROTOMEM_HOST_DEVICE static constexpr bool constant_target(protomem::index_t n) { return n == 1; }
   void save(protomem::detail::ByteWriter&) const {}
   void load(protomem::detail::ByteReader&) {}
 };

@@ -24,11 +24,23 @@ struct PlainMargin {
   void load(protomem::detail::ByteReader&) {}
 };
 
+// A rule of its own: the exemplar mean's targets, detached (the members the CPU backend calls).
 struct PlainGenerator {
   static constexpr const char* name = "plain";
-  static constexpr bool gradient = true;
-  static constexpr bool leave_one_out = false;
   static constexpr index_t min_exemplars = 1;
+  PROTOMEM_HOST_DEVICE static constexpr bool constant_target(index_t n) { return n == 1; }
+  template <class Rows>
+  void targets(Rows&) const {}
+  template <class Rows>
+  auto target_cosine(const Rows& r, index_t i) const {
+    return r.batch_cos(i, r.batch.class_of[static_cast<std::size_t>(i)]);
+  }
+  template <class Rows, class T>
+  void route_target(Rows& r, index_t i, index_t y, T g) const {
+    r.batch_grad(i, y) = g;
+  }
+  template <class Rows>
+  void backward(Rows&) const {}
   void save(protomem::detail::ByteWriter&) const {}
   void load(protomem::detail::ByteReader&) {}
 };
@@ -43,7 +55,10 @@ struct PlainRefresh {
 
 struct PlainQueue {
   static constexpr const char* name = "plain";
-  static constexpr bool refresh_moves_to_back = true;
+  void on_insert(protomem::detail::SlotQueue& order, index_t slot) const noexcept {
+    order.push_back(slot);
+  }
+  void on_refresh(protomem::detail::SlotQueue&, index_t) const noexcept {}
   void save(protomem::detail::ByteWriter&) const {}
   void load(protomem::detail::ByteReader&) {}
 };
@@ -65,5 +80,13 @@ static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, PlainMargin
                                                PlainRefresh, PlainQueue, PlainMining>) > 0);
 static_assert(sizeof(protomem::PrototypeMemory<double, protomem::cpu, PlainMargin, PlainGenerator,
                                                PlainRefresh, PlainQueue, PlainMining>) > 0);
+
+// A step instantiates the backend's members and its checks of the Generator's rule.
+[[maybe_unused]] float step(
+    protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator, PlainRefresh,
+                              PlainQueue, PlainMining>& memory,
+    protomem::MatrixView<const float> e, protomem::LabelView y, protomem::MatrixView<float> g) {
+  return memory.step(e, y, g);
+}
 
 }  // namespace

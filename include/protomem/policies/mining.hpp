@@ -39,9 +39,8 @@
 #include <protomem/detail/detect.hpp>
 #include <type_traits>
 #include <utility>
+#include <protomem/detail/bookkeeping.hpp>
 #include <protomem/detail/serialize.hpp>
-#include <protomem/detail/slot_map.hpp>
-#include <protomem/detail/slot_queue.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
 #include <vector>
@@ -83,9 +82,7 @@ class DoppelgangerMining {
   DoppelgangerMining(index_t k, index_t table_capacity)
       : k_(k),
         capacity_(table_capacity),
-        map_(checked_capacity(table_capacity)),
-        order_(table_capacity),
-        owner_(static_cast<std::size_t>(table_capacity), -1),
+        table_(checked_capacity(table_capacity)),
         count_(static_cast<std::size_t>(table_capacity), 0),
         similar_(static_cast<std::size_t>(table_capacity * checked_k(k)), -1),
         cosine_(static_cast<std::size_t>(table_capacity * k), 0.0f) {}
@@ -94,18 +91,18 @@ class DoppelgangerMining {
   index_t k() const { return k_; }
   index_t table_capacity() const { return capacity_; }
   /// Classes with a row.
-  index_t size() const { return used_; }
-  bool contains(label_t label) const { return map_.find(label) >= 0; }
+  index_t size() const { return table_.used; }
+  bool contains(label_t label) const { return table_.find(label) >= 0; }
 
   /// The doppelgangers of `label`, most similar first (empty when it has no row).
   Span<const label_t> doppelgangers(label_t label) const {
-    const index_t row = map_.find(label);
+    const index_t row = table_.find(label);
     if (row < 0) return {};
     return {similar_.data() + row * k_, count_[static_cast<std::size_t>(row)]};
   }
   /// Their cosines p_a . w_b at the step that wrote the row.
   Span<const float> cosines(label_t label) const {
-    const index_t row = map_.find(label);
+    const index_t row = table_.find(label);
     if (row < 0) return {};
     return {cosine_.data() + row * k_, count_[static_cast<std::size_t>(row)]};
   }
@@ -113,9 +110,10 @@ class DoppelgangerMining {
   /// Calls f(label, doppelgangers, cosines) for every row, least recently updated first.
   template <class F>
   void for_each(F&& f) const {
-    for (index_t row = order_.front(); row >= 0; row = order_.next(row)) {
+    for (index_t row = table_.queue.front(); row >= 0; row = table_.queue.next(row)) {
       const auto n = count_[static_cast<std::size_t>(row)];
-      f(owner_[static_cast<std::size_t>(row)], Span<const label_t>{similar_.data() + row * k_, n},
+      f(table_.label[static_cast<std::size_t>(row)],
+        Span<const label_t>{similar_.data() + row * k_, n},
         Span<const float>{cosine_.data() + row * k_, n});
     }
   }
@@ -139,18 +137,14 @@ class DoppelgangerMining {
     }
   }
 
-  void clear() {
-    map_.clear();
-    order_.clear();
-    used_ = 0;
-  }
+  void clear() { table_.clear(); }
 
   void save(detail::ByteWriter& out) const {
     out.put<std::int64_t>(k_);
-    out.put<std::uint64_t>(static_cast<std::uint64_t>(used_));
-    for (index_t row = order_.front(); row >= 0; row = order_.next(row)) {
+    out.put<std::uint64_t>(static_cast<std::uint64_t>(table_.used));
+    for (index_t row = table_.queue.front(); row >= 0; row = table_.queue.next(row)) {
       const auto n = count_[static_cast<std::size_t>(row)];
-      out.put<std::int64_t>(owner_[static_cast<std::size_t>(row)]);
+      out.put<std::int64_t>(table_.label[static_cast<std::size_t>(row)]);
       out.put<std::uint64_t>(static_cast<std::uint64_t>(n));
       for (index_t r = 0; r < n; ++r) {
         out.put<std::int64_t>(similar_[static_cast<std::size_t>(row * k_ + r)]);
@@ -206,40 +200,20 @@ class DoppelgangerMining {
     }
     return k;
   }
-  static std::size_t checked_capacity(index_t capacity) {
+  static index_t checked_capacity(index_t capacity) {
     if (capacity < 1 || capacity > (index_t{1} << 40)) {
       detail::fail("DoppelgangerMining: table_capacity = ", capacity, " must be in [1, 2^40]");
     }
-    return static_cast<std::size_t>(capacity);
+    return capacity;
   }
 
   // The row of `label`, made the most recently updated: its own, an unused one, or the least
-  // recently updated class's. Cannot throw: the label is >= 0 and a full map frees an entry first.
-  index_t row_for(label_t label) noexcept {
-    index_t row = map_.find(label);
-    if (row >= 0) {
-      order_.move_to_back(row);
-      return row;
-    }
-    if (used_ < capacity_) {
-      row = used_++;
-    } else {
-      row = order_.front();
-      order_.unlink(row);
-      map_.erase(owner_[static_cast<std::size_t>(row)]);
-    }
-    owner_[static_cast<std::size_t>(row)] = label;
-    map_.insert(label, row);
-    order_.push_back(row);
-    return row;
-  }
+  // recently updated class's (detail/bookkeeping.hpp, the memory's slot table).
+  index_t row_for(label_t label) noexcept { return table_.claim_least_recent(label); }
 
   index_t k_;
   index_t capacity_;
-  index_t used_ = 0;
-  detail::SlotMap map_;           // label -> row
-  detail::SlotQueue order_;       // rows, least recently updated first
-  std::vector<label_t> owner_;    // per row: its class
+  detail::SlotTable table_;       // label <-> row, rows least recently updated first
   std::vector<index_t> count_;    // per row: doppelgangers held (<= k)
   std::vector<label_t> similar_;  // rows x k
   std::vector<float> cosine_;     // rows x k

@@ -4,13 +4,17 @@
 // Requires, of a Queue policy P (PrototypeMemory checks each member at compile time and names the
 // one that is missing: detail::check_queue_policy at the end of this header):
 //   static constexpr const char* name;           stored in checkpoints
-//   static constexpr bool refresh_moves_to_back; a refreshed class becomes the newest
+//   void on_insert(detail::SlotQueue& order, index_t slot) const noexcept;
+//       a class has entered `slot` (an empty one, or one just evicted and unlinked): link it
+//   void on_refresh(detail::SlotQueue& order, index_t slot) const noexcept;
+//       the class in `slot` was written again: move it, or leave it where it is
 //   void save(detail::ByteWriter&) const;        its parameters, for checkpoints
 //   void load(detail::ByteReader&);              the same; bad values throw protomem::Error
 //   copy-constructible and move-assignable       load() checks a copy, then moves it in
-// The order itself is kept by the memory's bookkeeping (a queue through the slots) from this one
-// trait; an order the trait cannot express needs a change there today (docs/architecture.md,
-// "Adding a policy").
+// `order` is the eviction order the memory's bookkeeping keeps (detail/bookkeeping.hpp): a queue
+// through the occupied slots whose front is the next victim; the bookkeeping evicts from the front
+// (skipping slots of the step's own classes) and unlinks an evicted slot before re-inserting it.
+// on_insert / on_refresh are noexcept because they run after the prototypes are written.
 // Guarantees: the rules below, whatever the backend (the bookkeeping runs on the host).
 //
 // Alternatives, side by side:
@@ -26,15 +30,21 @@
 // first, skipping slots that hold a class of the batch.
 #pragma once
 
+#include <utility>
+
 #include <protomem/detail/detect.hpp>
 #include <protomem/detail/serialize.hpp>
+#include <protomem/detail/slot_queue.hpp>
 
 namespace protomem {
 
 /// Evict the least recently written slot (the default).
 struct LeastRecentlyWritten {
   static constexpr const char* name = "least_recently_written";
-  static constexpr bool refresh_moves_to_back = true;
+  void on_insert(detail::SlotQueue& order, index_t slot) const noexcept { order.push_back(slot); }
+  void on_refresh(detail::SlotQueue& order, index_t slot) const noexcept {
+    order.move_to_back(slot);
+  }
   void save(detail::ByteWriter&) const {}
   void load(detail::ByteReader&) {}
 };
@@ -42,7 +52,8 @@ struct LeastRecentlyWritten {
 /// Evict in insertion order; a refresh leaves a class where it is in the queue.
 struct FirstInFirstOut {
   static constexpr const char* name = "first_in_first_out";
-  static constexpr bool refresh_moves_to_back = false;
+  void on_insert(detail::SlotQueue& order, index_t slot) const noexcept { order.push_back(slot); }
+  void on_refresh(detail::SlotQueue&, index_t) const noexcept {}
   void save(detail::ByteWriter&) const {}
   void load(detail::ByteReader&) {}
 };
@@ -50,7 +61,17 @@ struct FirstInFirstOut {
 namespace detail {
 
 template <class P>
-using queue_refresh_moves_to_back_t = std::integral_constant<bool, P::refresh_moves_to_back>;
+using queue_on_insert_t = decltype(std::declval<const P&>().on_insert(std::declval<SlotQueue&>(),
+                                                                      std::declval<index_t>()));
+template <class P>
+using queue_on_refresh_t = decltype(std::declval<const P&>().on_refresh(std::declval<SlotQueue&>(),
+                                                                        std::declval<index_t>()));
+template <class P>
+using queue_on_insert_noexcept_t = std::enable_if_t<noexcept(
+    std::declval<const P&>().on_insert(std::declval<SlotQueue&>(), std::declval<index_t>()))>;
+template <class P>
+using queue_on_refresh_noexcept_t = std::enable_if_t<noexcept(
+    std::declval<const P&>().on_refresh(std::declval<SlotQueue&>(), std::declval<index_t>()))>;
 
 /// The requirements of a Queue policy (this header's comment), one static_assert per member so
 /// that the compiler names the missing one. True when they all hold.
@@ -59,10 +80,18 @@ constexpr bool check_queue_policy() {
   static_assert(is_detected<policy_name_t, P>,
                 "protomem: a Queue policy needs `static constexpr const char* name` (stored in "
                 "checkpoints)");
-  static_assert(
-      is_detected<queue_refresh_moves_to_back_t, P>,
-      "protomem: a Queue policy needs `static constexpr bool refresh_moves_to_back` (does "
-      "a refreshed class become the newest)");
+  static_assert(is_detected<queue_on_insert_t, P>,
+                "protomem: a Queue policy needs `void on_insert(protomem::detail::SlotQueue& "
+                "order, index_t slot) const noexcept` (link a class that entered `slot`)");
+  static_assert(is_detected<queue_on_refresh_t, P>,
+                "protomem: a Queue policy needs `void on_refresh(protomem::detail::SlotQueue& "
+                "order, index_t slot) const noexcept` (place a refreshed class)");
+  static_assert(!is_detected<queue_on_insert_t, P> || is_detected<queue_on_insert_noexcept_t, P>,
+                "protomem: a Queue policy's `on_insert(...)` must be noexcept (commit() calls it "
+                "after the prototypes are written)");
+  static_assert(!is_detected<queue_on_refresh_t, P> || is_detected<queue_on_refresh_noexcept_t, P>,
+                "protomem: a Queue policy's `on_refresh(...)` must be noexcept (commit() calls it "
+                "after the prototypes are written)");
   static_assert(is_detected<policy_save_t, P>,
                 "protomem: a Queue policy needs `void save(protomem::detail::ByteWriter&) const`");
   static_assert(is_detected<policy_load_t, P>,

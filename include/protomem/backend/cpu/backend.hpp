@@ -40,7 +40,10 @@
 
 #include <protomem/backend/cpu/gemm.hpp>
 #include <protomem/backend/cpu/storage.hpp>
+#include <protomem/backend/row_math.hpp>
+#include <protomem/backend/seam.hpp>
 #include <protomem/detail/batch.hpp>
+#include <protomem/detail/detect.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
@@ -48,32 +51,59 @@
 namespace protomem {
 namespace backend {
 
-/// For each batch class, its most similar stored prototypes: `slots` and `cosines`, k per class,
-/// most similar first; -1 and -inf pad classes with fewer than k candidates.
+/// What a Generator policy works on in the CPU backend (policies/generator.hpp): views of the
+/// step's rows, valid during one forward().
 template <class Scalar>
-struct SimilarSlots {
-  index_t k = 0;
-  std::vector<index_t> slots;    // C x k
-  std::vector<Scalar> cosines;   // C x k
+struct GeneratorRows {
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  const detail::BatchClasses& batch;
+  const RowMatrix& x;          // B x D: the normalised rows
+  const RowMatrix& fresh;      // C x D: p_c = normalize(u_c)
+  const Vector& inv_sum_norm;  // C: 1 / |u_c|
+  const RowMatrix& batch_cos;  // B x C: x_i . p_c (from the batch columns on)
+  RowMatrix& batch_grad;       // B x C: dL/d(x_i . p_c)
+  const Vector& target_grad;   // B: dL/d(target cosine), 0 for a constant target
+  RowMatrix& grad_x;           // B x D: dL/dx
+  RowMatrix& grad_fresh;       // C x D: scratch
+  RowMatrix& own;              // B x D: scratch for per-row target columns
+  Vector& own_inv_norm;        // B: scratch
+  RowMatrix& own_grad;         // B x D: scratch
 };
 
-/// How a step's memory pass ran: its threads ("lanes"), the tile width T, and the bytes of
-/// workspace that grow with T (all lanes' logits tiles, plus decoded tiles under narrow storage
-/// and a row of class sums when mining). `workspace_bytes` <= the budget unless one column alone
-/// exceeds it (a step always takes at least one column per lane).
-struct PassReport {
-  int threads = 1;
-  index_t tile_columns = 0;
-  std::size_t workspace_bytes = 0;
-};
+namespace cpu_check {
+template <class G, class R>
+using targets_t = decltype(std::declval<const G&>().targets(std::declval<R&>()));
+template <class G, class R>
+using target_cosine_t =
+    decltype(std::declval<const G&>().target_cosine(std::declval<const R&>(), index_t{}));
+template <class G, class R>
+using route_target_t = decltype(std::declval<const G&>().route_target(
+    std::declval<R&>(), index_t{}, index_t{}, std::declval<typename R::RowMatrix::Scalar>()));
+template <class G, class R>
+using backward_t = decltype(std::declval<const G&>().backward(std::declval<R&>()));
+}  // namespace cpu_check
 
-/// What a step writes for one batch class: its slot and whether the slot held the same class
-/// (a refresh, which blends through the Refresh policy) or is taken over (a plain write).
-struct SlotWrite {
-  index_t batch_class;
-  index_t slot;
-  bool refresh;
-};
+/// The members of a Generator policy the CPU backend calls (policies/generator.hpp), one
+/// static_assert each so that the compiler names the missing one.
+template <class G, class Scalar>
+constexpr bool check_cpu_generator() {
+  using R = GeneratorRows<Scalar>;
+  static_assert(detail::is_detected<cpu_check::targets_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows> void targets(Rows&) "
+                "const` (each row's target column) to run on protomem::cpu");
+  static_assert(detail::is_detected<cpu_check::target_cosine_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows> T target_cosine(const "
+                "Rows&, index_t row) const` to run on protomem::cpu");
+  static_assert(detail::is_detected<cpu_check::route_target_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows, class T> void "
+                "route_target(Rows&, index_t row, index_t cls, T g) const` to run on "
+                "protomem::cpu");
+  static_assert(detail::is_detected<cpu_check::backward_t, G, R>,
+                "protomem: a Generator policy needs `template <class Rows> void backward(Rows&) "
+                "const` to run on protomem::cpu");
+  return true;
+}
 
 /// The CPU backend borrows nothing from the caller (the CUDA backend borrows a stream etc.).
 struct CpuResources {};
@@ -133,23 +163,23 @@ class CpuBackend {
   }
   void clear() { store_.setZero(); }
 
-  /// Loss and dL/de of one step (docs/algorithm.md, "One step"). `used` slots [0, used) hold prototypes;
-  /// `excluded` lists the slots of classes in this batch (their stale copies are no columns).
-  /// `threads` as Config::threads. Keeps the fresh prototypes for write().
+  /// Loss and dL/de of one step (docs/algorithm.md, "One step"); the seam's forward
+  /// (backend/seam.hpp). Keeps the fresh prototypes for write().
   template <class Margin, class Generator>
-  Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
-                 MatrixView<Scalar> gradient, index_t used, const std::vector<index_t>& excluded,
-                 const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
-                 int threads, SimilarSlots<Scalar>* similar, PassReport* report = nullptr) {
-    (void)generator;
-    const int wanted = step_threads(threads);  // before OmpThreads below changes the default
+  StepOutput<Scalar> forward(const StepInput<Scalar>& in, const Margin& margin,
+                             const Generator& generator) {
+    static_assert(check_cpu_generator<Generator, Scalar>());
+    const detail::BatchClasses& batch = *in.batch;
+    StepOutput<Scalar> out;
+    out.similar.k = in.similar_k;
+    const int wanted = step_threads(in.threads);  // before OmpThreads below changes the default
 #ifdef _OPENMP
     // Parallelism comes from the memory pass's lanes: every GEMM runs on one thread (OpenBLAS set
     // to one thread, Eigen's products kept from opening teams), restored on return.
     BlasThreads blas(1);
     OmpThreads one(1);
 #else
-    BlasThreads blas(threads);  // no OpenMP: the BLAS may use Config::threads threads
+    BlasThreads blas(in.threads);  // no OpenMP: the BLAS may use Config::threads threads
 #endif
     // This forward builds its fresh prototypes in the spare buffer and keeps them only when it
     // succeeds: a forward that throws leaves the pending ones (what write() stores) as they were.
@@ -162,27 +192,32 @@ class CpuBackend {
         if (!succeeded) fresh.swap(spare);
       }
     } keep{fresh_, spare_fresh_};
-    normalise(embeddings);
-    generate<Generator>(batch);
-    memory_pass(batch, used, excluded, Scalar(margin.scale()), workspace_bytes, wanted, similar,
-                report);
-    const Scalar loss = batch_columns<Generator>(batch, margin);
+    normalise(in.embeddings);
+    generate(batch);
+    GeneratorRows<Scalar> rows{batch,       x_,          fresh_,           inv_sum_norm_,
+                               batch_cos_,  batch_grad_, target_grad_,     grad_x_,
+                               grad_fresh_, others_,     inv_others_norm_, grad_others_};
+    generator.targets(rows);
+    memory_pass(batch, in.used, in.excluded, Scalar(margin.scale()), in.workspace_bytes, wanted,
+                &out.similar, &out.pass);
+    if (in.merge_rows) {  // e.g. the other ranks' slots of a sharded memory
+      in.merge_rows(RowStatistics<Scalar>{x_.rows(), x_.cols(), run_max_.data(), run_sum_.data(),
+                                          weighted_.data()});
+    }
+    const Scalar loss = batch_columns(batch, margin, generator, rows);
     // The last line of defence (validated inputs and policies should never get here): a step
     // whose loss or gradient is not finite is rejected, before the caller's gradient is written.
-    if (!std::isfinite(loss)) {
-      detail::fail("the step's loss is ", loss, ", not finite; the step is rejected");
-    }
-    backward<Generator>(batch, Scalar(margin.scale()));
+    if (!std::isfinite(loss)) fail_step::loss_not_finite(loss);
+    backward(generator, rows);
     for (index_t i = 0; i < grad_x_.rows(); ++i) {  // over B x D, not B x M
-      if (!grad_x_.row(i).allFinite()) {
-        detail::fail("the step's gradient dL/dE row ", i, " is not finite; the step is rejected");
-      }
+      if (!grad_x_.row(i).allFinite()) fail_step::gradient_not_finite(i);
     }
     for (index_t i = 0; i < grad_x_.rows(); ++i) {
-      std::copy(grad_x_.row(i).data(), grad_x_.row(i).data() + grad_x_.cols(), gradient.row(i));
+      std::copy(grad_x_.row(i).data(), grad_x_.row(i).data() + grad_x_.cols(), in.gradient.row(i));
     }
     keep.succeeded = true;
-    return loss;
+    out.loss = loss;
+    return out;
   }
 
   /// Stores the fresh prototypes of the last forward() into their slots.
@@ -214,16 +249,9 @@ class CpuBackend {
   /// has. At least one column per lane: a budget below one column is exceeded by that column.
   static std::pair<int, index_t> plan_tiles(index_t batch, index_t dim, index_t used,
                                             index_t extra_rows, std::size_t budget, int threads) {
-    const auto per_column = static_cast<std::size_t>(batch + extra_rows) * sizeof(Scalar);
-    const std::size_t affordable = std::max<std::size_t>(1, budget / per_column);  // columns
-    const double work = 4.0 * double(batch) * double(dim) * double(used);
-    const auto worth = static_cast<std::size_t>(std::max(1.0, work / min_lane_flops));
-    std::size_t lanes = static_cast<std::size_t>(std::max(1, threads));
-    lanes = std::min({lanes, affordable, worth});
-    const auto per_lane = static_cast<index_t>((used + index_t(lanes) - 1) / index_t(lanes));
-    const auto width = static_cast<index_t>(affordable / lanes);
-    const index_t t = std::max<index_t>(1, std::min({width, max_tile_columns, per_lane}));
-    return {static_cast<int>(lanes), t};
+    const TilePlan plan = backend::plan_tiles(batch, dim, used, extra_rows, sizeof(Scalar), budget,
+                                              threads, max_tile_columns, min_lane_flops);
+    return {plan.lanes, plan.columns};
   }
 
  private:
@@ -236,23 +264,18 @@ class CpuBackend {
       const Scalar* row = e.row(i);
       double sum2 = 0;
       for (index_t k = 0; k < D; ++k) {
-        if (!std::isfinite(row[k])) {
-          detail::fail("embeddings(", i, ", ", k, ") = ", row[k], " is not finite");
-        }
+        if (!std::isfinite(row[k])) fail_step::embedding_not_finite(i, k, row[k]);
         sum2 += double(row[k]) * double(row[k]);
       }
       const double norm = std::sqrt(sum2);
-      if (!(norm > 0) || !std::isfinite(norm) || !std::isfinite(Scalar(1) / Scalar(norm))) {
-        detail::fail("embeddings row ", i, " has norm ", norm, "; it cannot be normalised");
-      }
+      if (!normalisable<Scalar>(norm)) fail_step::embedding_norm(i, norm);
       inv_norm_[i] = Scalar(1.0 / norm);
       for (index_t k = 0; k < D; ++k) x_(i, k) = Scalar(row[k] / norm);
     }
   }
 
-  // 2. p_c = normalize(u_c), u_c = sum of the exemplars of c; for leave-one-out also
-  //    q_i = normalize(u_c - x_i), the target column of x_i.
-  template <class Generator>
+  // 2. p_c = normalize(u_c), u_c = sum of the exemplars of c (the Generator policy then makes each
+  //    row's target column: Generator::targets).
   void generate(const detail::BatchClasses& batch) {
     const index_t C = batch.size(), D = x_.cols();
     fresh_.setZero(C, D);
@@ -262,28 +285,9 @@ class CpuBackend {
         fresh_.row(c) += x_.row(batch.members[k]);
       }
       const Scalar norm = fresh_.row(c).norm();
-      if (!(norm > 0)) {
-        detail::fail("the exemplars of class ", batch.labels[c], " sum to zero; its prototype ",
-                     "is undefined");
-      }
+      if (!(norm > 0)) fail_step::class_sum_zero(batch.labels[c]);
       inv_sum_norm_[c] = Scalar(1) / norm;
       fresh_.row(c) *= inv_sum_norm_[c];
-    }
-    if constexpr (Generator::leave_one_out) {
-      const index_t B = x_.rows();
-      others_.resize(B, D);
-      inv_others_norm_.resize(B);
-      for (index_t i = 0; i < B; ++i) {
-        const index_t c = batch.class_of[i];
-        others_.row(i) = fresh_.row(c) / inv_sum_norm_[c] - x_.row(i);  // u_c - x_i
-        const Scalar norm = others_.row(i).norm();
-        if (!(norm > 0)) {
-          detail::fail("the exemplars of class ", batch.labels[c], " other than sample ", i,
-                       " sum to zero; its leave-one-out prototype is undefined");
-        }
-        inv_others_norm_[i] = Scalar(1) / norm;
-        others_.row(i) *= inv_others_norm_[i];
-      }
     }
   }
 
@@ -293,9 +297,9 @@ class CpuBackend {
   //    l and O by exp(m_old - m_new) when a tile raises m, as flash-attention does; the lanes are
   //    merged the same way at the end. The split depends only on the thread count, so a step is
   //    deterministic for a given Config.
-  void memory_pass(const detail::BatchClasses& batch, index_t used,
-                   const std::vector<index_t>& excluded, Scalar s, std::size_t workspace_bytes,
-                   int threads, SimilarSlots<Scalar>* similar, PassReport* report) {
+  void memory_pass(const detail::BatchClasses& batch, index_t used, Span<const index_t> excluded,
+                   Scalar s, std::size_t workspace_bytes, int threads,
+                   SimilarSlots<Scalar>* similar, PassReport* report) {
     // `threads` is resolved (step_threads); forward() has set the GEMMs to run on one thread, the
     // lanes are the parallelism.
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
@@ -313,8 +317,7 @@ class CpuBackend {
       report->workspace_bytes = static_cast<std::size_t>(lanes) * static_cast<std::size_t>(T) *
                                 static_cast<std::size_t>(B + extra_rows) * sizeof(Scalar);
     }
-    excluded_ = excluded;
-    std::sort(excluded_.begin(), excluded_.end());
+    excluded_.assign(excluded.data, excluded.data + excluded.size);  // ascending (the seam)
 
     // Every allocation happens here, before the parallel region (which must not throw).
     lanes_.resize(static_cast<std::size_t>(lanes));
@@ -377,8 +380,8 @@ class CpuBackend {
     }
 
     if (mine) {
-      // The k best of each class over all lanes, most similar first; (cosine, slot) pairs are
-      // totally ordered, so the result does not depend on the split.
+      // The k best of each class over all lanes, most similar first, the smaller slot first on
+      // equal cosines: a total order, so the result does not depend on the split.
       similar->slots.assign(static_cast<std::size_t>(C * k_best), -1);
       similar->cosines.assign(static_cast<std::size_t>(C * k_best), neg_inf);
       std::vector<Candidate> all;
@@ -390,7 +393,7 @@ class CpuBackend {
         }
         const auto keep = std::min<std::size_t>(all.size(), static_cast<std::size_t>(k_best));
         std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(),
-                          std::greater<Candidate>());
+                          RanksBefore{});
         for (std::size_t r = 0; r < keep; ++r) {
           similar->slots[static_cast<std::size_t>(c * k_best) + r] = all[r].second;
           similar->cosines[static_cast<std::size_t>(c * k_best) + r] = all[r].first;
@@ -400,6 +403,12 @@ class CpuBackend {
   }
 
   using Candidate = std::pair<Scalar, index_t>;  // (cosine, slot)
+  // The mining order (row_math.hpp): under it a heap's front is the worst of the k kept.
+  struct RanksBefore {
+    bool operator()(const Candidate& a, const Candidate& b) const {
+      return ranks_before(a.first, a.second, b.first, b.second);
+    }
+  };
 
   // One thread's share of the memory pass and its running statistics.
   struct Lane {
@@ -452,11 +461,11 @@ class CpuBackend {
             const Candidate candidate{sums[j] * inv_sum_norm_[c], j0 + j};
             if (static_cast<index_t>(heap.size()) < k_best) {
               heap.push_back(candidate);
-              std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
-            } else if (candidate > heap.front()) {
-              std::pop_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+              std::push_heap(heap.begin(), heap.end(), RanksBefore{});
+            } else if (RanksBefore{}(candidate, heap.front())) {
+              std::pop_heap(heap.begin(), heap.end(), RanksBefore{});
               heap.back() = candidate;
-              std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
+              std::push_heap(heap.begin(), heap.end(), RanksBefore{});
             }
           }
         }
@@ -487,10 +496,12 @@ class CpuBackend {
   //    completed with the memory's (m_i, l_i). Leaves in batch_grad_ the loss gradient w.r.t. the
   //    batch cosines, and in memory_weight_ the factor that turns O_i into the memory part of
   //    dL/dx_i.
-  template <class Generator, class Margin>
-  Scalar batch_columns(const detail::BatchClasses& batch, const Margin& margin) {
+  template <class Margin, class Generator>
+  Scalar batch_columns(const detail::BatchClasses& batch, const Margin& margin,
+                       const Generator& generator, GeneratorRows<Scalar>& rows) {
     const index_t B = x_.rows(), C = batch.size();
     const Scalar s = Scalar(margin.scale());
+    const Scalar s_over_b = s / Scalar(B);
     batch_cos_.noalias() = x_ * fresh_.transpose();  // B x C
     target_cos_.resize(B);
     target_grad_.resize(B);
@@ -500,10 +511,8 @@ class CpuBackend {
     for (index_t i = 0; i < B; ++i) {
       const index_t y = batch.class_of[i];
       // A single exemplar is its own prototype: its target cosine is identically 1.
-      const bool constant_target = !Generator::leave_one_out && batch.count(y) == 1;
-      Scalar cos_y = batch_cos_(i, y);
-      if constexpr (Generator::leave_one_out) cos_y = x_.row(i).dot(others_.row(i));
-      if (constant_target) cos_y = Scalar(1);
+      const bool constant = Generator::constant_target(batch.count(y));
+      const Scalar cos_y = constant ? Scalar(1) : Scalar(generator.target_cosine(rows, i));
       target_cos_[i] = cos_y;
 
       auto z = batch_cos_.row(i).array() * s;  // expression; the target entry is replaced below
@@ -516,15 +525,12 @@ class CpuBackend {
         batch_grad_(i, c) = e;
         sum += e;
       }
-      loss += std::log(double(sum)) + double(row_max) - double(z_y);
-
-      // dL/dcos = s / B * (softmax - onehot) * (dpsi/dcos on the target)
-      const Scalar inv = Scalar(1) / sum;
-      memory_weight_[i] = s / Scalar(B) * std::exp(run_max_[i] - row_max) * inv;
-      batch_grad_.row(i) *= s / Scalar(B) * inv;
-      const Scalar target_softmax_grad = batch_grad_(i, y) - s / Scalar(B);
-      target_grad_[i] = constant_target ? Scalar(0) : target_softmax_grad * margin.derivative(cos_y);
-      batch_grad_(i, y) = Generator::leave_one_out ? Scalar(0) : target_grad_[i];
+      const RowSoftmax<Scalar> row = finish_row(sum, row_max, run_max_[i], z_y, s_over_b);
+      loss += row.loss;
+      memory_weight_[i] = row.memory_weight;
+      batch_grad_.row(i) *= row.factor;  // dL/dcos = s / B * (softmax - onehot) * dpsi/dcos
+      target_grad_[i] = target_gradient(batch_grad_(i, y), s_over_b, cos_y, constant, margin);
+      generator.route_target(rows, i, y, target_grad_[i]);
     }
     return Scalar(loss / double(B));
   }
@@ -532,43 +538,11 @@ class CpuBackend {
   // 5. dL/dx_i = memory part + batch columns (+ the generator's chain), then dL/de_i, left in
   //    grad_x_ (forward() checks it before copying it into the caller's gradient).
   template <class Generator>
-  void backward(const detail::BatchClasses& batch, Scalar s) {
-    (void)s;
-    const index_t B = x_.rows(), C = batch.size(), D = x_.cols();
+  void backward(const Generator& generator, GeneratorRows<Scalar>& rows) {
+    const index_t B = x_.rows();
     grad_x_ = memory_weight_.asDiagonal() * weighted_;
-    grad_x_.noalias() += batch_grad_ * fresh_;  // columns p_c (target column too, unless LOO)
-    if constexpr (Generator::leave_one_out) {
-      grad_x_ += target_grad_.asDiagonal() * others_;
-    }
-    if constexpr (Generator::gradient) {
-      // dL/dp_c = sum_i G_ic x_i, then through p_c = u_c / |u_c|: du_c = (I - p p^T) dp_c / |u_c|.
-      grad_fresh_.noalias() = batch_grad_.transpose() * x_;
-      for (index_t c = 0; c < C; ++c) {
-        auto g = grad_fresh_.row(c);
-        g = (g - g.dot(fresh_.row(c)) * fresh_.row(c)) * inv_sum_norm_[c];
-      }
-      for (index_t i = 0; i < B; ++i) grad_x_.row(i) += grad_fresh_.row(batch.class_of[i]);
-      if constexpr (Generator::leave_one_out) {
-        // q_i = v_i / |v_i|, v_i = u_c - x_i: dv_i = (I - q q^T) (G_iy x_i) / |v_i|, which reaches
-        // every exemplar of c but x_i itself.
-        grad_others_.resize(B, D);
-        for (index_t i = 0; i < B; ++i) {
-          auto g = grad_others_.row(i);
-          g = target_grad_[i] * x_.row(i);
-          g = (g - g.dot(others_.row(i)) * others_.row(i)) * inv_others_norm_[i];
-        }
-        for (index_t c = 0; c < C; ++c) {
-          Eigen::Matrix<Scalar, 1, Eigen::Dynamic> total = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>::Zero(D);
-          for (index_t k = batch.offsets[c]; k < batch.offsets[c + 1]; ++k) {
-            total += grad_others_.row(batch.members[k]);
-          }
-          for (index_t k = batch.offsets[c]; k < batch.offsets[c + 1]; ++k) {
-            const index_t i = batch.members[k];
-            grad_x_.row(i) += total - grad_others_.row(i);
-          }
-        }
-      }
-    }
+    grad_x_.noalias() += batch_grad_ * fresh_;  // the batch columns p_c (as the rule routed them)
+    generator.backward(rows);                   // the rule's target columns and its chain
     // x_i = e_i / |e_i|: dL/de_i = (I - x_i x_i^T) dL/dx_i / |e_i|, in place.
     for (index_t i = 0; i < B; ++i) {
       auto g = grad_x_.row(i);

@@ -34,12 +34,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <protomem/backend/cpu/backend.hpp>  // SimilarSlots, SlotWrite: the backend seam's types
 #include <protomem/backend/cuda/buffers.cuh>
 #include <protomem/backend/cuda/check.cuh>
 #include <protomem/backend/cuda/gemm.cuh>
 #include <protomem/backend/cuda/kernels.cuh>
 #include <protomem/backend/cuda/resources.cuh>
+#include <protomem/backend/row_math.hpp>
+#include <protomem/backend/seam.hpp>
+#include <protomem/policies/generator.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
@@ -157,10 +159,14 @@ class CudaBackend {
   /// Loss and dL/de of one step (docs/algorithm.md, "One step"); see the CPU backend's forward().
   template <class Margin, class Generator>
   Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
-                 MatrixView<Scalar> gradient, index_t used, const std::vector<index_t>& excluded,
+                 MatrixView<Scalar> gradient, index_t used, Span<const index_t> excluded,
                  const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
                  SimilarSlots<Scalar>* similar) {
     (void)generator;
+    static_assert(detail::is_exemplar_mean_rule<Generator>,
+                  "protomem::cuda runs the built-in Generator rules only (ExemplarMean, "
+                  "DetachedExemplarMean, LeaveOneOut: detail::ExemplarMeanRule); a new Generator "
+                  "policy runs on protomem::cpu");
     constexpr bool loo = Generator::leave_one_out;
     detail::DeviceScope scope(device_);
     check_device_pointer(embeddings.data, "embeddings.data");
@@ -168,8 +174,8 @@ class CudaBackend {
     const cudaStream_t s = stream();
     const index_t B = embeddings.rows, C = batch.size(), D = dim_;
     const index_t k = similar != nullptr ? similar->k : 0;
-    const Shape shape = make_shape(B, C, used, static_cast<index_t>(excluded.size()),
-                                   workspace_bytes, k, loo, resources_.precision);
+    const Shape shape =
+        make_shape(B, C, used, excluded.size, workspace_bytes, k, loo, resources_.precision);
 
     upload_host_store();
     ensure_shadow(resources_.precision);
@@ -211,7 +217,7 @@ class CudaBackend {
     std::copy(batch.offsets.begin(), batch.offsets.end(), meta);
     std::copy(batch.members.begin(), batch.members.end(), meta + C + 1);
     std::copy(batch.class_of.begin(), batch.class_of.end(), meta + C + 1 + B);
-    std::copy(excluded.begin(), excluded.end(), meta + C + 1 + 2 * B);
+    std::copy(excluded.data, excluded.data + excluded.size, meta + C + 1 + 2 * B);
     detail::cuda_check(cudaMemcpyAsync(w.offsets, meta, meta_count * sizeof(Index),
                                        cudaMemcpyHostToDevice, s),
                        "cudaMemcpyAsync(batch classes)");
@@ -307,12 +313,9 @@ class CudaBackend {
     throw_invalid_input(status, batch, embeddings, w);
     // The last line of defence, as on the CPU (copy_gradient has written nothing then).
     const auto loss = Scalar(status.loss_sum / double(B));
-    if (!std::isfinite(loss)) {
-      detail::fail("the step's loss is ", loss, ", not finite; the step is rejected");
-    }
+    if (!std::isfinite(loss)) fail_step::loss_not_finite(loss);
     if (status.bad_gradient != cuda_kernels::kNone) {
-      detail::fail("the step's gradient dL/dE row ", status.bad_gradient,
-                   " is not finite; the step is rejected");
+      fail_step::gradient_not_finite(static_cast<index_t>(status.bad_gradient));
     }
 
     if (k > 0) {
@@ -324,23 +327,23 @@ class CudaBackend {
     return loss;
   }
 
-  /// The seam with a thread count and a report of the memory pass (as the multi-threaded CPU
-  /// backend has it): the GPU ignores the thread count and reports one "thread", its tile width
-  /// and the workspace bytes of the step.
-  template <class Margin, class Generator, class PassReport>
-  Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
-                 MatrixView<Scalar> gradient, index_t used, const std::vector<index_t>& excluded,
-                 const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
-                 int threads, SimilarSlots<Scalar>* similar, PassReport* pass) {
-    (void)threads;
-    const Scalar loss = forward(batch, embeddings, gradient, used, excluded, margin, generator,
-                                workspace_bytes, similar);
-    if (pass != nullptr) {
-      pass->threads = 1;
-      pass->tile_columns = last_tile_columns_;
-      pass->workspace_bytes = last_workspace_bytes_;
+  /// The seam's forward (backend/seam.hpp): the GPU ignores the thread count and reports one
+  /// "thread", its tile width and the workspace bytes of the step. A row-statistics merge hook is
+  /// not taken yet (the statistics stay on the device; docs/distributed.md).
+  template <class Margin, class Generator>
+  StepOutput<Scalar> forward(const StepInput<Scalar>& in, const Margin& margin,
+                             const Generator& generator) {
+    if (in.merge_rows) {
+      detail::fail("the CUDA backend does not take a row-statistics merge (StepInput::merge_rows)");
     }
-    return loss;
+    StepOutput<Scalar> out;
+    out.similar.k = in.similar_k;
+    out.loss = forward(*in.batch, in.embeddings, in.gradient, in.used, in.excluded, margin,
+                       generator, in.workspace_bytes, &out.similar);
+    out.pass.threads = 1;
+    out.pass.tile_columns = last_tile_columns_;
+    out.pass.workspace_bytes = last_workspace_bytes_;
+    return out;
   }
 
   /// Stores the fresh prototypes of the last forward() into their slots: one upload of the plan
@@ -449,13 +452,14 @@ class CudaBackend {
   // at B = 512, D = 512, M = 2^20 in bf16 in 4.36 ms with 15,360-column tiles (half its L2), 4.24
   // ms with 32,768 and 3.72 ms with 131,072 (docs/cuda.md), so no cache-sized cap.
   index_t tile_columns(index_t B, index_t U, std::size_t budget) const {
-    const auto per_column = static_cast<std::size_t>(std::max<index_t>(B, 1)) * sizeof(float);
-    index_t t = static_cast<index_t>(std::max<std::size_t>(1, budget / per_column));
     const index_t cap = resources_.tile_columns > 0 ? static_cast<index_t>(resources_.tile_columns)
                                                     : static_cast<index_t>(INT_MAX / 2);
-    t = std::min({t, cap, static_cast<index_t>(INT_MAX / 2)});
+    // One lane (the GPU is the parallelism): the shared planner's width for a B x T tile.
+    index_t t = plan_tiles(std::max<index_t>(B, 1), dim_, U, 0, sizeof(float), budget, 1,
+                           std::min(cap, static_cast<index_t>(INT_MAX / 2)), 1.0)
+                    .columns;
     if (t < U && t >= 64) t -= t % 4;  // whole tiles of a multiple of 4: tile_softmax's fast path
-    return std::max<index_t>(1, std::min(t, U));
+    return t;
   }
 
   // Lays the workspace out from `base` (nullptr: only measures) and returns its size in bytes.
@@ -622,23 +626,19 @@ class CudaBackend {
         detail::cuda_check(cudaMemcpy(&value, embeddings.row(i) + k, sizeof(Scalar),
                                       cudaMemcpyDeviceToHost),
                            "cudaMemcpy(invalid embedding)");
-        detail::fail("embeddings(", i, ", ", k, ") = ", value, " is not finite");
+        fail_step::embedding_not_finite(i, k, value);
       }
       double norm = 0;
       detail::cuda_check(cudaMemcpy(&norm, w.norms + i, sizeof(double), cudaMemcpyDeviceToHost),
                          "cudaMemcpy(invalid norm)");
-      detail::fail("embeddings row ", i, " has norm ", norm, "; it cannot be normalised");
+      fail_step::embedding_norm(i, norm);
     }
     if (status.bad_class != cuda_kernels::kNone) {
-      const auto c = static_cast<std::size_t>(status.bad_class);
-      detail::fail("the exemplars of class ", batch.labels[c], " sum to zero; its prototype ",
-                   "is undefined");
+      fail_step::class_sum_zero(batch.labels[static_cast<std::size_t>(status.bad_class)]);
     }
     if (status.bad_loo != cuda_kernels::kNone) {
       const auto i = static_cast<index_t>(status.bad_loo);
-      const label_t label = batch.labels[static_cast<std::size_t>(batch.class_of[i])];
-      detail::fail("the exemplars of class ", label, " other than sample ", i,
-                   " sum to zero; its leave-one-out prototype is undefined");
+      fail_step::leave_one_out_zero(batch.labels[static_cast<std::size_t>(batch.class_of[i])], i);
     }
   }
 

@@ -18,6 +18,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <protomem/backend/row_math.hpp>
+
 namespace protomem::backend::cuda_kernels {
 
 using Index = std::int64_t;
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     norms[i] = norm;
     inv_norm[i] = float(1.0 / norm);
-    const bool bad_norm = !(norm > 0) || !isfinite(norm) || !isfinite(1.0f / float(norm));
+    const bool bad_norm = !normalisable<float>(norm);
     if (first_bad < D || bad_norm) {
       atomicMin(&status->bad_embedding, static_cast<unsigned long long>(i * (D + 1) + first_bad));
     }
@@ -300,7 +302,7 @@ struct Candidate {
 __device__ __forceinline__ bool ranks_before(const Candidate& a, const Candidate& b) {
   if (a.slot < 0) return false;
   if (b.slot < 0) return true;
-  return a.cosine > b.cosine || (a.cosine == b.cosine && a.slot < b.slot);
+  return backend::ranks_before(a.cosine, a.slot, b.cosine, b.slot);
 }
 struct FirstCandidate {
   __device__ Candidate operator()(const Candidate& a, const Candidate& b) const {
@@ -371,7 +373,7 @@ __global__ void __launch_bounds__(kThreads)
   const float* cos_row = batch_cos + i * C;
   float* grad_row = batch_grad + i * C;
   // A single exemplar is its own prototype: its target cosine is identically 1.
-  const bool constant_target = !LeaveOneOut && offsets[y + 1] - offsets[y] == 1;
+  const bool constant = constant_target(LeaveOneOut, offsets[y + 1] - offsets[y]);
   float cos_y;
   if constexpr (LeaveOneOut) {
     float dot = 0;
@@ -380,7 +382,7 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     cos_y = cos_row[y];
   }
-  if (constant_target) cos_y = 1.0f;
+  if (constant) cos_y = 1.0f;
   const float z_y = s * margin.target(cos_y);
   const float m_i = run_max[i];
   float row_max = m_i;
@@ -395,15 +397,14 @@ __global__ void __launch_bounds__(kThreads)
     sum += e;
   }
   sum = block_reduce(sum, SumOp{}) + run_sum[i] * expf(m_i - row_max);
-  const float inv = 1.0f / sum;
-  const float factor = s_over_b * inv;  // dL/dcos = s / B * (softmax - onehot) * dpsi/dcos
-  for (Index c = threadIdx.x; c < C; c += kThreads) grad_row[c] *= factor;
+  const RowSoftmax<float> row = finish_row(sum, row_max, m_i, z_y, s_over_b);
+  // dL/dcos = s / B * (softmax - onehot) * dpsi/dcos
+  for (Index c = threadIdx.x; c < C; c += kThreads) grad_row[c] *= row.factor;
   __syncthreads();  // grad_row[y] is read below by thread 0
   if (threadIdx.x == 0) {
-    row_loss[i] = log(double(sum)) + double(row_max) - double(z_y);
-    memory_weight[i] = s_over_b * expf(m_i - row_max) * inv;
-    const float target_softmax_grad = grad_row[y] - s_over_b;
-    const float g = constant_target ? 0.0f : target_softmax_grad * margin.derivative(cos_y);
+    row_loss[i] = row.loss;
+    memory_weight[i] = row.memory_weight;
+    const float g = target_gradient(grad_row[y], s_over_b, cos_y, constant, margin);
     target_grad[i] = g;
     grad_row[y] = LeaveOneOut ? 0.0f : g;
   }

@@ -1,0 +1,415 @@
+// Checkpoint framing: the byte layout of a memory's checkpoint (below), reading one from a stream,
+// the structural and integrity checks of its bytes, and the framing every protomem state shares
+// (8 magic bytes, a u32 version, the fields, a CRC-32 of everything before it), which the
+// sampler's state uses too (sampler.hpp).
+//
+// Requires: the little-endian field encoding of serialize.hpp.
+// Guarantees: parse_checkpoint() checks sizes by division (nothing wraps), reports truncation,
+// trailing bytes and a checksum mismatch as protomem::Error naming the source, and leaves the
+// record bytes to the caller's reader, positioned at the first record.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <istream>
+#include <iterator>
+#include <limits>
+#include <ostream>
+#include <protomem/detail/bookkeeping.hpp>
+#include <protomem/detail/serialize.hpp>
+#include <protomem/error.hpp>
+#include <protomem/view.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace protomem::detail {
+
+// ---- the framing shared by protomem's states
+// ------------------------------------------------------
+
+/// Starts a state: its 8 magic bytes and its format version.
+inline void begin_frame(ByteWriter& out, const char* magic, std::uint32_t version) {
+  out.bytes().append(magic, 8);
+  out.put<std::uint32_t>(version);
+}
+
+/// Ends a state: the CRC-32 (zlib) of every byte before it.
+inline void end_frame(ByteWriter& out) {
+  out.put<std::uint32_t>(crc32(out.bytes().data(), out.bytes().size()));
+}
+
+inline bool has_magic(const std::string& bytes, const char* magic) {
+  return bytes.size() >= 8 && bytes.compare(0, 8, magic, 8) == 0;
+}
+
+/// Checks the trailing CRC-32 of a whole state (`holder`: "the file", "the state").
+inline void check_frame_crc(const std::string& bytes, const std::string& source,
+                            const char* holder) {
+  const std::size_t body = bytes.size() - 4;
+  ByteReader tail(bytes.data() + body, 4, source);
+  const auto stored = tail.get<std::uint32_t>("the checksum");
+  const auto computed = crc32(bytes.data(), body);
+  if (computed != stored) {
+    fail(source, " is corrupt: CRC-32 is ", computed, " but ", holder, " says ", stored);
+  }
+}
+
+// ---- files and streams
+// ----------------------------------------------------------------------------
+
+/// Writes a whole state to a stream; a failed write throws.
+inline void write_stream(std::ostream& out, const std::string& bytes) {
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.flush();
+  if (!out) fail("save: writing the checkpoint to the stream failed");
+}
+
+/// The whole content of the file at `path`.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("load: cannot open '", path, "'");
+  std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) fail("load: reading '", path, "' failed");
+  return bytes;
+}
+
+// ---- checkpoint format, version 1 (all integers little-endian) ----------------------------------
+//   "PROTOMEM" | u32 version | u32 scalar bytes (4: float32, 8: float64) | u64 dim | u64 capacity
+//   | i64 num_classes | u64 steps, refreshes, insertions, evictions
+//   | 5 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
+//     margin, generator, refresh, queue, mining
+//   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
+//   Narrow storage (cpu_bf16, cpu_fp16) writes its decoded float values, so the file does not
+//   record the storage: it loads into a float memory exactly, and a float checkpoint loads into a
+//   narrow memory rounded as a write would round it.
+//   | u32 CRC-32 (zlib) of every byte before it
+inline constexpr char checkpoint_magic[9] = "PROTOMEM";
+inline constexpr std::uint32_t checkpoint_version = 1;
+inline constexpr const char* policy_families[5] = {"margin", "generator", "refresh", "queue",
+                                                   "mining"};
+
+template <class Policy>
+void save_policy(ByteWriter& out, const char* family, const Policy& policy) {
+  out.put_string(family);
+  out.put_string(Policy::name);
+  ByteWriter state;
+  policy.save(state);
+  out.put_bytes(state.bytes());
+}
+
+/// A policy as stored: family, name and state, checked against the memory's once the file's
+/// checksum holds.
+struct StoredPolicy {
+  std::string family, name, state;
+};
+
+/// The policy a checkpoint stores for `family`, loaded into a copy of `current`.
+template <class Policy>
+Policy load_policy(const StoredPolicy& stored, const char* family, const Policy& current,
+                   const std::string& source) {
+  if (stored.family != family) {
+    fail(source, ": expected the ", family, " policy, found '", escaped(stored.family), "'");
+  }
+  if (stored.name != Policy::name) {
+    fail(source, ": its ", family, " policy is '", escaped(stored.name), "' but this memory uses '",
+         Policy::name, "'");
+  }
+  ByteReader in(stored.state.data(), stored.state.size(), source);
+  Policy policy = current;
+  policy.load(in);
+  if (in.remaining() != 0) {
+    fail(source, ": the ", family, " policy state has ", in.remaining(),
+         " unexpected trailing bytes");
+  }
+  return policy;
+}
+
+/// Writes a memory's checkpoint: `record(out, slot)` writes the dim scalars of a slot's prototype.
+template <class Scalar, class WritePrototype, class... Policies>
+std::string write_checkpoint(index_t dim, index_t capacity, label_t num_classes, const Book& book,
+                             WritePrototype write_prototype, const Policies&... policies) {
+  static_assert(sizeof...(Policies) == 5, "margin, generator, refresh, queue, mining");
+  ByteWriter out;
+  begin_frame(out, checkpoint_magic, checkpoint_version);
+  out.put<std::uint32_t>(sizeof(Scalar));
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(dim));
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(capacity));
+  out.put<std::int64_t>(num_classes);
+  out.put<std::uint64_t>(book.stats.steps);
+  out.put<std::uint64_t>(book.stats.refreshes);
+  out.put<std::uint64_t>(book.stats.insertions);
+  out.put<std::uint64_t>(book.stats.evictions);
+  int family = 0;
+  (save_policy(out, policy_families[family++], policies), ...);
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(book.used));
+  for (index_t slot = book.queue.front(); slot >= 0; slot = book.queue.next(slot)) {
+    out.put<std::int64_t>(book.label[static_cast<std::size_t>(slot)]);
+    out.put<std::uint64_t>(static_cast<std::uint64_t>(slot));
+    out.put<std::uint64_t>(book.written[static_cast<std::size_t>(slot)]);
+    write_prototype(out, slot);
+  }
+  end_frame(out);
+  return std::move(out.bytes());
+}
+
+/// Reads one checkpoint's bytes, using its own length fields to stop at its end. Whatever is
+/// malformed is left for parse_checkpoint() to report; reading stops early where the stream ends.
+inline std::string read_checkpoint(std::istream& in, const std::string& source) {
+  std::string bytes;
+  auto take = [&](std::uint64_t n) {  // in chunks, so a corrupt length cannot allocate wildly
+    while (n > 0 && in) {
+      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, 1 << 20));
+      const std::size_t at = bytes.size();
+      bytes.resize(at + chunk);
+      in.read(&bytes[at], static_cast<std::streamsize>(chunk));
+      const auto got = static_cast<std::size_t>(in.gcount());
+      bytes.resize(at + got);
+      if (got < chunk) return false;
+      n -= chunk;
+    }
+    return static_cast<bool>(in) || n == 0;
+  };
+  auto number = [&](std::size_t width) -> std::uint64_t {  // the little-endian field just read
+    std::uint64_t value = 0;
+    for (std::size_t k = 0; k < width; ++k) {
+      value |= std::uint64_t{static_cast<unsigned char>(bytes[bytes.size() - width + k])}
+               << (8 * k);
+    }
+    return value;
+  };
+  if (!take(16) || !has_magic(bytes, checkpoint_magic)) return bytes;
+  const std::uint64_t scalar_bytes = number(4);
+  if (!take(8)) return bytes;
+  const std::uint64_t dim = number(8);
+  if (!take(8 + 8 + 4 * 8)) return bytes;
+  for (int policy = 0; policy < 5; ++policy) {
+    for (std::size_t width : {4, 4, 8}) {
+      if (!take(width) || !take(number(width))) return bytes;
+    }
+  }
+  if (!take(8)) return bytes;
+  const std::uint64_t n = number(8);
+  // At most 2^32 x 8 + 24 bytes a record: n x that cannot wrap below 2^62 bytes.
+  const std::uint64_t record_bytes = 24 + dim * scalar_bytes;
+  if (scalar_bytes > 8 || dim > (std::uint64_t{1} << 32) ||
+      n > (std::uint64_t{1} << 62) / record_bytes) {
+    return bytes;  // parse_checkpoint() reports the corrupt header
+  }
+  take(n * record_bytes + 4);
+  if (in.bad()) fail(source, ": reading failed");
+  return bytes;
+}
+
+/// A checkpoint's header, once its structure and checksum hold.
+struct CheckpointHeader {
+  std::uint32_t scalar_bytes = 0;
+  std::uint64_t dim = 0;
+  std::uint64_t records = 0;
+  Stats stats;
+  StoredPolicy policies[5];
+};
+
+/// Checks a checkpoint's structure (sizes, version) and integrity (CRC-32) and reads its header;
+/// `in` (a reader over `bytes`) is left at the first record.
+inline CheckpointHeader parse_checkpoint(const std::string& bytes, ByteReader& in,
+                                         const std::string& source) {
+  // 1. Structure, read with bounds checks: a truncated file fails here or on its size below.
+  in.need(8, "the magic bytes");
+  if (!has_magic(bytes, checkpoint_magic)) {
+    fail(source, " is not a protomem checkpoint (its first bytes are not \"PROTOMEM\")");
+  }
+  in.get<std::uint64_t>("the magic bytes");
+  const auto version = in.get<std::uint32_t>("the format version");
+  if (version != checkpoint_version) {
+    fail(source, " has checkpoint format version ", version,
+         "; this build of protomem reads version ", checkpoint_version);
+  }
+  CheckpointHeader header;
+  header.scalar_bytes = in.get<std::uint32_t>("the scalar size");
+  header.dim = in.get<std::uint64_t>("dim");
+  in.get<std::uint64_t>("capacity");  // informative: any memory large enough may load it
+  in.get<std::int64_t>("num_classes");
+  header.stats.steps = in.get<std::uint64_t>("steps");
+  header.stats.refreshes = in.get<std::uint64_t>("refreshes");
+  header.stats.insertions = in.get<std::uint64_t>("insertions");
+  header.stats.evictions = in.get<std::uint64_t>("evictions");
+  for (StoredPolicy& policy : header.policies) {
+    policy.family = in.get_string("a policy family");
+    policy.name = in.get_string("a policy name");
+    policy.state = in.get_bytes("a policy state");
+  }
+  const auto n = in.get<std::uint64_t>("the record count");
+  header.records = n;
+  if (header.scalar_bytes != 4 && header.scalar_bytes != 8) {
+    fail(source, " is corrupt: scalar size ", header.scalar_bytes, " is neither 4 nor 8");
+  }
+  // Sizes from the file, compared by division so that nothing wraps: every record holds
+  // 24 + dim x scalar_bytes bytes, and n of them (and the checksum) must follow the header.
+  const std::uint64_t left = bytes.size() - in.offset();
+  if (header.dim == 0 || header.dim > (std::uint64_t{1} << 56)) {
+    fail(source, " is corrupt: dim ", header.dim, " is not a dimension");
+  }
+  const std::uint64_t record_bytes = 24 + header.dim * header.scalar_bytes;
+  if (left < 4 || n > (left - 4) / record_bytes) {
+    fail(source, " is truncated: ", bytes.size(), " bytes where its header announces ", n,
+         " records of ", record_bytes, " bytes after byte ", in.offset());
+  }
+  const std::uint64_t expected = in.offset() + n * record_bytes + 4;
+  if (bytes.size() > expected) {
+    fail(source, " has ", bytes.size() - expected, " unexpected bytes past its end");
+  }
+  // 2. Integrity.
+  check_frame_crc(bytes, source, "the file");
+  return header;
+}
+
+/// 3. A checkpoint's compatibility with a memory of Scalar, `dim` and `capacity`.
+template <class Scalar>
+void check_compatible(const CheckpointHeader& header, index_t dim, index_t capacity,
+                      const std::string& source) {
+  if (header.scalar_bytes != sizeof(Scalar)) {
+    fail(source, " stores ", header.scalar_bytes == 4 ? "float32" : "float64",
+         " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
+  }
+  if (header.dim != static_cast<std::uint64_t>(dim)) {
+    fail(source, " has dim ", header.dim, "; this memory has dim ", dim);
+  }
+  if (header.records > static_cast<std::uint64_t>(capacity)) {
+    fail(source, " holds ", header.records, " classes; this memory's capacity is ", capacity);
+  }
+}
+
+// ---- records: the two ways a memory is filled without steps
+// --------------------------------------- load() reads them from a checkpoint (read_records),
+// assign() takes them from the caller (book_from_records); each checks every record into a new
+// Book, which the memory swaps in with the prototypes (PrototypeMemory::replace_state).
+
+/// A checkpoint's records: the new bookkeeping and record r's prototype (n x dim) and slot.
+template <class Scalar>
+struct CheckpointRecords {
+  Book book;
+  std::vector<Scalar> prototypes;
+  std::vector<index_t> slots;
+};
+
+/// How far from 1 the norm of a loaded prototype may be. A memory normalises in Scalar (error
+/// about sqrt(dim) ulps); a float checkpoint of a bf16 memory holds decoded bf16 values, each
+/// within 2^-8 of its float, so their norm is within 2^-8 = 0.0039 of 1 (fp16: 2^-11).
+template <class Scalar>
+constexpr double unit_norm_tolerance = sizeof(Scalar) == 4 ? 1e-2 : 1e-6;
+
+/// Reads and checks the records that follow a checkpoint's header (parse_checkpoint) for a memory
+/// of `capacity` slots: labels >= 0 and distinct, slots < n and distinct, steps <= the
+/// checkpoint's, finite unit prototypes.
+template <class Scalar>
+CheckpointRecords<Scalar> read_records(ByteReader& in, const CheckpointHeader& header,
+                                       index_t capacity, const std::string& source) {
+  const std::uint64_t n = header.records, dim = header.dim;
+  const Stats& stats = header.stats;
+  const double tolerance = unit_norm_tolerance<Scalar>;
+  CheckpointRecords<Scalar> records{Book(capacity), {}, {}};
+  Book& book = records.book;
+  book.stats = stats;
+  book.used = static_cast<index_t>(n);
+  records.prototypes.resize(static_cast<std::size_t>(n * dim));
+  records.slots.reserve(static_cast<std::size_t>(n));
+  for (std::uint64_t r = 0; r < n; ++r) {
+    const auto label = in.get<std::int64_t>("a record's label");
+    const auto slot = in.get<std::uint64_t>("a record's slot");
+    const auto written = in.get<std::uint64_t>("a record's last_written");
+    if (label < 0) fail(source, ": record ", r, " has negative label ", label);
+    if (slot >= n || book.slot_taken(static_cast<index_t>(slot))) {
+      fail(source, ": record ", r, " (label ", label, ") has slot ", slot,
+           ", which is out of range or taken twice");
+    }
+    if (book.find(label) >= 0) fail(source, ": label ", label, " appears in two records");
+    if (written > stats.steps) {
+      fail(source, ": record ", r, " (label ", label, ") was written at step ", written,
+           " after the checkpoint's last step ", stats.steps);
+    }
+    book.add_record(label, static_cast<index_t>(slot), written);
+    Scalar* p = records.prototypes.data() + r * dim;
+    for (std::uint64_t k = 0; k < dim; ++k) p[k] = in.get<Scalar>("a prototype value");
+    double norm2 = 0;
+    for (std::uint64_t k = 0; k < dim; ++k) {
+      if (!std::isfinite(p[k])) {
+        fail(source, ": the prototype of label ", label, " has a non-finite value");
+      }
+      norm2 += double(p[k]) * double(p[k]);
+    }
+    if (!(std::abs(std::sqrt(norm2) - 1.0) <= tolerance)) {
+      fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
+           "; a stored prototype is a unit vector (within ", tolerance, ")");
+    }
+    records.slots.push_back(static_cast<index_t>(slot));
+  }
+  return records;
+}
+
+/// The bookkeeping of n records given by the caller in eviction order, record r in slot r
+/// (PrototypeMemory::assign() states the requirements); throws naming the first bad record.
+template <class Scalar>
+Book book_from_records(Span<const label_t> labels, MatrixView<const Scalar> prototypes,
+                       Span<const std::uint64_t> last_written, std::uint64_t steps,
+                       index_t capacity, index_t dim, label_t num_classes) {
+  const index_t n = labels.size;
+  if (n < 0) fail("assign: labels.size = ", n, " is negative");
+  if (prototypes.rows != n || last_written.size != n) {
+    fail("assign: ", n, " labels but ", prototypes.rows, " prototype rows and ", last_written.size,
+         " last_written steps");
+  }
+  if (n > capacity) {
+    fail("assign: ", n, " records but the memory's capacity is ", capacity);
+  }
+  if (n > 0 &&
+      (labels.data == nullptr || prototypes.data == nullptr || last_written.data == nullptr)) {
+    fail("assign: labels, prototypes or last_written has null data for ", n, " records");
+  }
+  if (n > 0 && prototypes.cols != dim) {
+    fail("assign: prototypes.cols = ", prototypes.cols, " but the memory's dim = ", dim);
+  }
+  if (n > 0 && prototypes.row_stride < prototypes.cols) {
+    fail("assign: prototypes.row_stride = ", prototypes.row_stride,
+         " < prototypes.cols = ", prototypes.cols);
+  }
+  const double tolerance = std::sqrt(double(std::numeric_limits<Scalar>::epsilon()));
+  Book book(capacity);
+  book.stats.steps = steps;
+  book.stats.insertions = static_cast<std::uint64_t>(n);
+  book.used = n;
+  for (index_t r = 0; r < n; ++r) {
+    const label_t label = labels[r];
+    if (label < 0) fail("assign: labels[", r, "] = ", label, " is negative");
+    if (num_classes > 0 && label >= num_classes) {
+      fail("assign: labels[", r, "] = ", label, " is outside the declared range [0, ", num_classes,
+           ")");
+    }
+    if (book.find(label) >= 0) {
+      fail("assign: labels[", r, "] = ", label, " appears twice");
+    }
+    if (last_written[r] > steps) {
+      fail("assign: last_written[", r, "] = ", last_written[r], " (label ", label,
+           ") is after step ", steps);
+    }
+    const Scalar* p = prototypes.data + r * prototypes.row_stride;
+    double norm2 = 0;
+    for (index_t k = 0; k < dim; ++k) {
+      if (!std::isfinite(p[k])) {
+        fail("assign: prototypes(", r, ", ", k, ") = ", p[k], " (label ", label, ") is not finite");
+      }
+      norm2 += double(p[k]) * double(p[k]);
+    }
+    if (!(std::fabs(std::sqrt(norm2) - 1.0) <= tolerance)) {
+      fail("assign: prototype ", r, " (label ", label, ") has norm ", std::sqrt(norm2),
+           "; prototypes must have unit norm (within ", tolerance, ")");
+    }
+    book.add_record(label, r, last_written[r]);
+  }
+  return book;
+}
+
+}  // namespace protomem::detail
