@@ -33,6 +33,7 @@
 
 #include <protomem/backend/cpu/backend.hpp>
 #include <protomem/backend/seam.hpp>
+#include <protomem/communicator.hpp>
 #include <protomem/detail/atomic_file.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/detail/bookkeeping.hpp>
@@ -88,6 +89,9 @@ struct StepResult {
   int threads = 1;                  ///< threads the memory pass ran on
   index_t tile_columns = 0;         ///< T: memory columns per tile
   std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
+  /// Bytes this rank exchanged with the other ranks during the step (ShardedPrototypeMemory,
+  /// protomem/sharded.hpp; docs/distributed.md, "Traffic model"); all zero in one process.
+  CommTraffic traffic;
 };
 
 /// One stored class, as iteration over a memory yields it (oldest in eviction order first).

@@ -1,0 +1,659 @@
+// protomem::ShardedPrototypeMemory - one logical prototype memory stored across the ranks of a
+// communicator (protomem/communicator.hpp: MPI processes, a c10d process group, threads, ...).
+//
+// One step (docs/distributed.md, "The sharded step"):
+//   1. every rank validates its own share of the batch (B_r rows; B_r may differ between ranks and
+//      may be 0) and all ranks agree on the outcome: bad input on one rank throws the same
+//      protomem::Error, naming that rank, on every rank, before anything changes;
+//   2. batch sizes, labels and embeddings are all-gathered: every rank holds the global batch (rank
+//      0's rows first), groups it into classes and plans the memory's writes
+//      (detail/shard_plan.hpp: the logical memory does not depend on the number of ranks);
+//   3. each rank runs the memory pass over its own slots; the per-row softmax statistics (running
+//      max, sum and weighted sum) are merged across ranks - the CPU backend's lane merge, as an
+//      all-reduce max and an all-reduce sum - through the backend's MergeRows hook;
+//   4. every rank finishes the step for the whole batch (batch columns and backward: O(B C D)) and
+//      keeps the dL/dE of its own rows; the loss is the same on every rank;
+//   5. commit() writes the fresh prototypes that land on this rank's slots; it is local (no
+//      collective) and cannot throw once the update is written, as PrototypeMemory's.
+// Traffic per step: O(B D) values plus O(C W) integers, independent of the capacity and of the
+// number of identities; StepResult::traffic reports it.
+//
+//   protomem::MpiCommunicator comm;                       // or C10dCommunicator, SingleProcess
+//   protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator> memory(comm, config);
+//   float loss = memory.step(my_embeddings, my_labels, my_gradient);   // this rank's rows only
+//
+// Requires: every rank constructs the memory with the same Config and policies (checked at
+// construction and at every step for the margin, which is mutable) and calls forward(), step(),
+// save(), load() and gather_records() in the same order (they are collectives); commit(),
+// discard(), clear() and the queries are local, but every rank must make the same commits, discards
+// and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
+// detail/shard_plan.hpp). Device: the CPU backends (cpu, cpu_bf16, cpu_fp16).
+// Guarantees: loss, gradients and the logical memory (labels, global slots, last-written steps,
+// eviction order, counters) equal those of one PrototypeMemory stepped on the concatenated batches,
+// the prototypes and gradients to rounding (the memory pass sums in another order); a checkpoint is
+// in the single-process format, so N ranks' checkpoint loads into M ranks or into a plain
+// PrototypeMemory, and the other way round. Every failure caused by input throws on every rank alike
+// and leaves every shard as it was. A communicator error surfaces as protomem::Error where its
+// engine reports it (docs/distributed.md, "Failure"); a rank that runs out of memory inside its own
+// memory pass cannot tell the others, which then wait in the merge until the engine gives up.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <istream>
+#include <limits>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <protomem/communicator.hpp>
+#include <protomem/detail/shard_plan.hpp>
+#include <protomem/memory.hpp>
+
+namespace protomem {
+
+template <class Scalar, class Comm = SingleProcess, class Device = cpu, class Margin = CosFace,
+          class Generator = ExemplarMean, class Refresh = Replace,
+          class Queue = LeastRecentlyWritten, class Mining = NoMining>
+class ShardedPrototypeMemory {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "ShardedPrototypeMemory stores float or double prototypes");
+  static_assert(check_communicator<Comm>());
+  static_assert(std::is_same_v<Device, cpu> || std::is_same_v<Device, cpu_bf16> ||
+                    std::is_same_v<Device, cpu_fp16>,
+                "protomem: ShardedPrototypeMemory runs on the CPU backends; the CUDA backend does "
+                "not take the row-statistics merge yet (docs/distributed.md)");
+  static_assert(std::is_same_v<Queue, LeastRecentlyWritten> ||
+                    std::is_same_v<Queue, FirstInFirstOut>,
+                "protomem: ShardedPrototypeMemory plans LeastRecentlyWritten and FirstInFirstOut; "
+                "another Queue policy needs its sharded form in detail/shard_plan.hpp");
+  static_assert(detail::check_margin_policy<Margin, Scalar>());
+  static_assert(detail::check_generator_policy<Generator>());
+  static_assert(detail::check_refresh_policy<Refresh, Scalar>());
+  static_assert(detail::check_queue_policy<Queue>());
+  static_assert(detail::check_mining_policy<Mining, Scalar>());
+  using Backend = typename detail::BackendFor<Scalar, Device>::type;
+  static_assert(detail::check_backend<Backend, Scalar, Margin, Generator, Refresh>());
+  // A refresh moves a class to the back of the eviction order under LeastRecentlyWritten only.
+  static constexpr bool refresh_moves_to_back = std::is_same_v<Queue, LeastRecentlyWritten>;
+
+ public:
+  using scalar_type = Scalar;
+  using communicator_type = Comm;
+  using margin_type = Margin;
+  using generator_type = Generator;
+  using refresh_type = Refresh;
+  using queue_type = Queue;
+  using mining_type = Mining;
+  using prototype_type = typename Backend::prototype_type;
+  /// One stored class of the logical memory, as gather_records() returns it.
+  using record_type = Record<Scalar, std::vector<Scalar>>;
+
+  /// A collective: every rank constructs its share with the same `config` and policies (checked:
+  /// a difference throws on every rank, naming the rank). `comm` is borrowed, not owned: it must
+  /// outlive the memory, and the memory's collectives must not interleave with other users' of it.
+  ShardedPrototypeMemory(Comm& comm, const Config& config, Margin margin = Margin{},
+                         Generator generator = Generator{}, Refresh refresh = Refresh{},
+                         Queue queue = Queue{}, Mining mining = Mining{})
+      : comm_(&comm),
+        config_(detail::checked_config<Scalar>(config)),
+        margin_(std::move(margin)),
+        generator_(std::move(generator)),
+        refresh_(std::move(refresh)),
+        queue_(std::move(queue)),
+        mining_(std::move(mining)),
+        book_(config_.capacity, comm.rank(), comm.world_size()),
+        backend_(book_.layout().local_capacity(), config_.dim, typename Backend::Resources{}) {
+    detail::check_margin_in<Scalar>(margin_);
+    agree_on_setup();
+  }
+
+  // ---- the step ---------------------------------------------------------------------------------
+
+  /// forward() then commit(): this rank's rows in, the loss (the same on every rank) out, dL/dE of
+  /// this rank's rows written into `gradient` (which may be the embeddings' own buffer).
+  Scalar step(MatrixView<const Scalar> embeddings, LabelView labels, MatrixView<Scalar> gradient) {
+    const Scalar loss = forward(embeddings, labels, gradient).loss;
+    commit();
+    return loss;
+  }
+
+  /// A collective: the loss of the global batch and the dL/dE of this rank's B_r rows
+  /// (`embeddings` B_r x dim, `labels` B_r, `gradient` B_r x dim; B_r = 0 is allowed, with any
+  /// pointers). The memory is not changed until commit(). StepResult::classes are the global
+  /// batch's classes; StepResult::traffic is this rank's bytes in the step.
+  StepResult<Scalar> forward(MatrixView<const Scalar> embeddings, LabelView labels,
+                             MatrixView<Scalar> gradient) {
+    return forward_step(embeddings, labels, gradient, false);
+  }
+
+  /// As forward(), but a pending update is replaced when this forward succeeds and kept when it
+  /// throws (as PrototypeMemory::forward_replacing).
+  StepResult<Scalar> forward_replacing(MatrixView<const Scalar> embeddings, LabelView labels,
+                                       MatrixView<Scalar> gradient) {
+    return forward_step(embeddings, labels, gradient, true);
+  }
+
+  /// Writes the fresh prototypes of the last forward() that land on this rank's slots and applies
+  /// the step's bookkeeping. Local: no collective, nothing allocated, cannot throw once written;
+  /// every rank must commit (or discard) the same forwards.
+  void commit() {
+    if (!pending_) {
+      detail::fail("commit() without a pending forward(): each forward() is committed at most ",
+                   "once");
+    }
+    backend_.write(pending_writes_, refresh_);
+    pending_ = false;
+    detail::apply_shard_writes(book_, pending_plan_, refresh_moves_to_back);
+    if (pending_k_ > 0) {
+      mining_.record(span_of(pending_classes_), span_of(pending_similar_),
+                     span_of(pending_cosines_), pending_k_);
+    }
+  }
+
+  /// Drops the update of the last forward() (local; every rank must discard alike).
+  void discard() {
+    if (!pending_) detail::fail("discard() without a pending forward()");
+    pending_ = false;
+  }
+
+  bool pending() const { return pending_; }
+
+  // ---- what is stored ---------------------------------------------------------------------------
+
+  /// Classes stored over all ranks (the logical memory's size; the same on every rank).
+  index_t size() const { return book_.used(); }
+  index_t capacity() const { return config_.capacity; }
+  index_t dim() const { return config_.dim; }
+  const Config& config() const { return config_; }
+  /// The logical memory's counters (the same on every rank).
+  Stats stats() const {
+    const detail::ShardCounters& c = book_.counters();
+    return {c.steps, c.refreshes, c.insertions, c.evictions};
+  }
+  std::uint64_t step_count() const { return book_.steps(); }
+  int rank() const { return book_.layout().rank; }
+  int world_size() const { return book_.layout().world_size; }
+  Comm& communicator() const { return *comm_; }
+
+  /// Slots of this rank (global slot g lives on rank g % W) and how many hold a class.
+  index_t local_capacity() const { return book_.layout().local_capacity(); }
+  index_t local_size() const { return book_.local_used(); }
+  /// Whether this rank stores `label` (each stored class lives on exactly one rank).
+  bool stores(label_t label) const { return book_.find(label) >= 0; }
+  /// The prototype of `label`, which this rank must store: a view valid until the next commit,
+  /// load or clear (a decoded copy under narrow storage).
+  prototype_type prototype(label_t label) const { return backend_.prototype_view(local_of(label)); }
+  std::uint64_t last_written(label_t label) const { return book_.written(local_of(label)); }
+
+  /// A collective: the whole logical memory on every rank, in eviction order (the next to be
+  /// evicted first) - what iterating a PrototypeMemory yields. Moves every stored prototype to
+  /// every rank (O(M D) values): for checkpoints and tests, not for every step.
+  std::vector<record_type> gather_records() const { return gathered().records; }
+
+  /// The global slot of each record of gather_records() (the single-process memory's slot).
+  std::vector<index_t> gather_slots() const { return gathered().slots; }
+
+  /// Empties the memory and resets the counters (local; every rank must clear).
+  void clear() {
+    book_ = detail::ShardBook(config_.capacity, rank(), world_size());
+    backend_.clear();
+    mining_.clear();
+    pending_ = false;
+  }
+
+  // ---- policies ---------------------------------------------------------------------------------
+
+  const Margin& margin() const { return margin_; }
+  /// Mutable, e.g. for a margin schedule: change it on every rank alike (each step checks).
+  Margin& margin() { return margin_; }
+  const Generator& generator() const { return generator_; }
+  const Refresh& refresh() const { return refresh_; }
+  const Queue& queue() const { return queue_; }
+  const Mining& mining() const { return mining_; }
+
+  // ---- checkpoints: the single-process format (docs/algorithm.md, "Checkpoint format") -------
+
+  /// A collective: every rank writes the whole memory's checkpoint - the bytes PrototypeMemory
+  /// would write after the same steps - to its own `out`; a failed write on any rank throws on
+  /// every rank.
+  void save(std::ostream& out) const {
+    const std::string bytes = serialize();
+    detail::collective_check(*comm_, [&] { detail::write_stream(out, bytes); });
+  }
+
+  /// A collective: rank 0 writes the checkpoint to `path` crash-safely (through a temporary file
+  /// renamed over `path`); a failed write throws on every rank and leaves the file as it was.
+  void save(const std::string& path) const {
+    const std::string bytes = serialize();
+    detail::collective_check(*comm_, [&] {
+      if (rank() == 0) detail::write_file_atomically(path, bytes);
+    });
+  }
+
+  /// A collective: every rank reads a checkpoint written by any number of ranks (or by a
+  /// PrototypeMemory) from its own `in` and keeps the classes on its slots. Throws on every rank,
+  /// leaving every shard untouched, when any rank's checkpoint is truncated, corrupt, of another
+  /// version, scalar type, dimension or policy, or holds more classes than the capacity.
+  /// Discards a pending forward.
+  void load(std::istream& in, const std::string& source = "checkpoint stream") {
+    load_bytes([&] { return detail::read_checkpoint(in, source); }, source);
+  }
+
+  /// A collective: every rank reads the checkpoint file at `path` (a shared file system, or a copy
+  /// per machine).
+  void load(const std::string& path) {
+    load_bytes([&] { return detail::read_file(path); }, "'" + path + "'");
+  }
+
+ private:
+  // ---- the step, in the order of the header comment ---------------------------------------------
+  StepResult<Scalar> forward_step(MatrixView<const Scalar> embeddings, LabelView labels,
+                                  MatrixView<Scalar> gradient, bool replacing) {
+    const CommTraffic before = comm_->traffic();
+    const int W = world_size(), r = rank();
+
+    // 1. Validation of this rank's share, then agreement (the margin is mutable: its state must be
+    //    the same on every rank, compared through its checksum).
+    std::int64_t margin_sum[2] = {margin_checksum(), -margin_checksum()};
+    comm_->all_reduce(margin_sum, 2, ReduceOp::max);
+    detail::collective_check(*comm_, [&] {
+      if (pending_ && !replacing) {
+        detail::fail("forward() called while the previous forward's update is pending; call "
+                     "commit() or discard() first");
+      }
+      if (margin_sum[0] != -margin_sum[1]) {
+        detail::fail("the ", Margin::name, " margin (s = ", margin_.scale(),
+                     ") differs between the ranks; change it on every rank alike");
+      }
+      detail::check_margin_in<Scalar>(margin_);
+      check_share(embeddings, labels, gradient);
+    });
+
+    // 2. The global batch, rank 0's rows first.
+    const std::vector<std::int64_t> rows = all_gather_counts(*comm_, labels.size);
+    std::int64_t B = 0, offset = 0;
+    for (int q = 0; q < W; ++q) {
+      if (q < r) offset += rows[static_cast<std::size_t>(q)];
+      B += rows[static_cast<std::size_t>(q)];
+    }
+    if (B == 0) detail::fail("empty batch: every one of the ", W, " ranks has 0 rows");
+    const index_t D = config_.dim, mine = labels.size;
+    std::vector<label_t> all_labels(static_cast<std::size_t>(B));
+    comm_->all_gather(labels.data, mine, all_labels.data(), rows.data());
+    share_.resize(static_cast<std::size_t>(mine * D));
+    for (index_t i = 0; i < mine; ++i) std::copy_n(embeddings.row(i), D, share_.data() + i * D);
+    all_embeddings_.resize(static_cast<std::size_t>(B * D));
+    all_gather_rows(*comm_, share_.data(), D, all_embeddings_.data(), rows.data());
+
+    detail::BatchClasses batch = detail::group_by_class(label_view(all_labels.data(), B));
+    // The same global batch on every rank: these throw on every rank alike.
+    detail::check_classes(batch, config_.capacity, Generator::min_exemplars, Generator::name);
+    detail::ShardPlan plan =
+        detail::plan_shard_writes(book_, span_of(batch.labels), refresh_moves_to_back, *comm_);
+
+    // 3-4. The memory pass over this rank's slots, merged across ranks, then the whole step.
+    std::vector<index_t> excluded;  // this rank's slots of the batch's classes (stale copies)
+    for (label_t label : batch.labels) {
+      const index_t slot = book_.find(label);
+      if (slot >= 0) excluded.push_back(slot);
+    }
+    std::sort(excluded.begin(), excluded.end());
+    all_gradient_.resize(static_cast<std::size_t>(B * D));
+    backend::StepInput<Scalar> in{&batch,
+                                  matrix_view<const Scalar>(all_embeddings_.data(), B, D),
+                                  matrix_view(all_gradient_.data(), B, D),
+                                  book_.local_used(),
+                                  span_of(excluded),
+                                  config_.workspace_bytes,
+                                  config_.threads,
+                                  std::max(config_.similar_k, mining_.similar_k()),
+                                  {}};
+    if (W > 1) in.merge_rows = {&ShardedPrototypeMemory::merge_rows, this};
+    backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
+
+    StepResult<Scalar> result;
+    result.loss = out.loss;
+    result.threads = out.pass.threads;
+    result.tile_columns = out.pass.tile_columns;
+    result.workspace_bytes = out.pass.workspace_bytes;
+    result.similar_k = out.similar.k;
+    merge_similar(batch, out.similar, result);  // a collective when similar_k > 0
+    result.classes = batch.labels;
+
+    // This rank's rows of dL/dE, and the pending update: nothing below throws but allocation.
+    std::vector<detail::SlotWrite> writes;
+    writes.reserve(plan.writes.size());
+    for (const detail::ShardWrite& w : plan.writes) writes.push_back({w.batch_class, w.slot, w.refresh});
+    std::vector<label_t> pending_similar;
+    std::vector<Scalar> pending_cosines;
+    const bool mines = mining_.similar_k() > 0;
+    if (mines) {
+      pending_similar = result.similar;
+      pending_cosines = result.similar_cosines;
+    }
+    for (index_t i = 0; i < mine; ++i) {
+      std::copy_n(all_gradient_.data() + (offset + i) * D, D, gradient.row(i));
+    }
+    pending_plan_ = std::move(plan);
+    pending_writes_.swap(writes);
+    pending_classes_.swap(batch.labels);
+    pending_similar_.swap(pending_similar);
+    pending_cosines_.swap(pending_cosines);
+    pending_k_ = mines ? result.similar_k : 0;
+    pending_ = true;
+    result.traffic = comm_->traffic() - before;
+    return result;
+  }
+
+  // This rank's rows: shapes and labels as PrototypeMemory checks them (an empty share is valid),
+  // and rows the step can normalise, named by their index on this rank.
+  void check_share(MatrixView<const Scalar> e, LabelView y, MatrixView<Scalar> g) const {
+    if (y.size < 0) detail::fail("labels.size = ", y.size, " is negative");
+    if (y.size == 0) {
+      if (e.rows != 0 || g.rows != 0) {
+        detail::fail("labels.size = 0 but embeddings.rows = ", e.rows, " and gradient.rows = ",
+                     g.rows);
+      }
+      return;
+    }
+    detail::check_batch(e, y, g, config_.dim, config_.num_classes);
+    for (index_t i = 0; i < e.rows; ++i) {
+      double sum2 = 0;
+      for (index_t k = 0; k < e.cols; ++k) {
+        const Scalar v = e(i, k);
+        if (!std::isfinite(v)) backend::fail_step::embedding_not_finite(i, k, v);
+        sum2 += double(v) * double(v);
+      }
+      if (!backend::normalisable<Scalar>(std::sqrt(sum2))) {
+        backend::fail_step::embedding_norm(i, std::sqrt(sum2));
+      }
+    }
+  }
+
+  // 3. The merge between the memory pass and the batch columns (backend/seam.hpp, MergeRows):
+  //    m_i = max over ranks; each rank's l_i and O_i rescaled by exp(m_r,i - m_i) (0 for a rank
+  //    without an active column); then one all-reduce sum of [l_i | O_i].
+  static void merge_rows(void* self, const backend::RowStatistics<Scalar>& rows) {
+    static_cast<ShardedPrototypeMemory*>(self)->merge(rows);
+  }
+  void merge(const backend::RowStatistics<Scalar>& rows) {
+    const index_t B = rows.rows, D = rows.dim, width = D + 1;
+    merged_max_.assign(rows.max, rows.max + B);
+    comm_->all_reduce(merged_max_.data(), B, ReduceOp::max);
+    merged_sums_.resize(static_cast<std::size_t>(B * width));
+    for (index_t i = 0; i < B; ++i) {
+      const Scalar m = rows.max[i], top = merged_max_[static_cast<std::size_t>(i)];
+      const Scalar f = m == -std::numeric_limits<Scalar>::infinity() ? Scalar(0) : std::exp(m - top);
+      Scalar* row = merged_sums_.data() + i * width;
+      row[0] = f * rows.sum[i];
+      for (index_t k = 0; k < D; ++k) row[1 + k] = f * rows.weighted[i * D + k];
+    }
+    comm_->all_reduce(merged_sums_.data(), B * width, ReduceOp::sum);
+    for (index_t i = 0; i < B; ++i) {
+      const Scalar* row = merged_sums_.data() + i * width;
+      rows.max[i] = merged_max_[static_cast<std::size_t>(i)];
+      rows.sum[i] = row[0];
+      std::copy_n(row + 1, D, rows.weighted + i * D);
+    }
+  }
+
+  // The k most similar stored classes of each batch class over all ranks: each rank's k best
+  // (cosine, global slot, label) are all-gathered and ordered as one memory orders them (most
+  // similar first, the smaller global slot first on equal cosines), so that the result does not
+  // depend on the number of ranks. Traffic: 24 C k values per rank.
+  void merge_similar(const detail::BatchClasses& batch, const backend::SimilarSlots<Scalar>& local,
+                     StepResult<Scalar>& result) const {
+    const index_t k = local.k, C = batch.size();
+    if (k == 0) return;
+    const auto n = static_cast<std::size_t>(C * k);
+    std::vector<std::int64_t> mine(3 * n);
+    for (std::size_t j = 0; j < n; ++j) {
+      const index_t slot = local.slots[j];
+      const double cosine = local.cosines[j];
+      std::memcpy(&mine[3 * j], &cosine, sizeof cosine);
+      mine[3 * j + 1] = slot < 0 ? -1 : book_.layout().global(slot);
+      mine[3 * j + 2] = slot < 0 ? -1 : book_.label(slot);
+    }
+    const auto W = static_cast<std::size_t>(world_size());
+    std::vector<std::int64_t> counts(W, static_cast<std::int64_t>(3 * n)), all(3 * n * W);
+    comm_->all_gather(mine.data(), static_cast<std::int64_t>(3 * n), all.data(), counts.data());
+    struct Candidate {
+      Scalar cosine;
+      index_t slot;
+      label_t label;
+    };
+    result.similar.assign(n, -1);
+    result.similar_cosines.assign(n, -std::numeric_limits<Scalar>::infinity());
+    std::vector<Candidate> candidates;
+    for (index_t c = 0; c < C; ++c) {
+      candidates.clear();
+      for (std::size_t q = 0; q < W; ++q) {
+        for (index_t j = 0; j < k; ++j) {
+          const std::int64_t* e = &all[3 * (q * n + static_cast<std::size_t>(c * k + j))];
+          if (e[1] < 0) continue;
+          double cosine;
+          std::memcpy(&cosine, e, sizeof cosine);
+          candidates.push_back({static_cast<Scalar>(cosine), e[1], e[2]});
+        }
+      }
+      const auto keep = std::min<std::size_t>(candidates.size(), static_cast<std::size_t>(k));
+      std::partial_sort(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(keep),
+                        candidates.end(), [](const Candidate& a, const Candidate& b) {
+                          return backend::ranks_before(a.cosine, a.slot, b.cosine, b.slot);
+                        });
+      for (std::size_t j = 0; j < keep; ++j) {
+        result.similar[static_cast<std::size_t>(c * k) + j] = candidates[j].label;
+        result.similar_cosines[static_cast<std::size_t>(c * k) + j] = candidates[j].cosine;
+      }
+    }
+  }
+
+  // ---- setup agreement --------------------------------------------------------------------------
+  std::int64_t margin_checksum() const {
+    detail::ByteWriter out;
+    detail::save_policy(out, "margin", margin_);
+    return detail::crc32(out.bytes().data(), out.bytes().size());
+  }
+
+  std::int64_t setup_checksum() const {
+    detail::ByteWriter out;
+    out.put<std::uint64_t>(sizeof(Scalar));
+    out.put<std::int64_t>(config_.capacity);
+    out.put<std::int64_t>(config_.dim);
+    out.put<std::int64_t>(config_.num_classes);
+    out.put<std::int64_t>(config_.similar_k);
+    int family = 0;
+    auto save = [&](const auto& policy) {
+      detail::save_policy(out, detail::policy_families[family++], policy);
+    };
+    save(margin_);
+    save(generator_);
+    save(refresh_);
+    save(queue_);
+    save(mining_);
+    return detail::crc32(out.bytes().data(), out.bytes().size());
+  }
+
+  // Every rank must have built the same memory: its Config's sizes and its policies.
+  void agree_on_setup() {
+    const std::int64_t mine = setup_checksum();
+    std::int64_t extremes[2] = {mine, -mine};
+    comm_->all_reduce(extremes, 2, ReduceOp::max);
+    detail::collective_check(*comm_, [&] {
+      if (extremes[0] != -extremes[1]) {
+        detail::fail("ShardedPrototypeMemory: the ranks were built with different Configs "
+                     "(capacity = ", config_.capacity, ", dim = ", config_.dim, ", num_classes = ",
+                     config_.num_classes, ", similar_k = ", config_.similar_k,
+                     " here) or policies (", Margin::name, " s = ", margin_.scale(),
+                     "); every rank must build the same memory");
+      }
+    });
+  }
+
+  // ---- the logical memory, gathered -------------------------------------------------------------
+  struct Gathered {
+    std::vector<record_type> records;  // eviction order
+    std::vector<index_t> slots;        // global slot of each record
+  };
+
+  Gathered gathered() const {
+    const std::vector<detail::ShardRecord> mine = book_.local_records();
+    const index_t D = config_.dim;
+    std::vector<std::int64_t> ints;
+    std::vector<Scalar> values;
+    ints.reserve(4 * mine.size());
+    values.reserve(mine.size() * static_cast<std::size_t>(D));
+    for (const detail::ShardRecord& r : mine) {
+      ints.insert(ints.end(), {r.label, static_cast<std::int64_t>(r.last_written), r.slot,
+                               r.ticket});
+      const prototype_type p = backend_.prototype_view(book_.layout().local(r.slot));
+      for (index_t k = 0; k < D; ++k) values.push_back(p[k]);
+    }
+    const std::vector<std::int64_t> all_ints =
+        all_gather_varying(*comm_, ints.data(), static_cast<std::int64_t>(ints.size()));
+    const std::vector<Scalar> all_values =
+        all_gather_varying(*comm_, values.data(), static_cast<std::int64_t>(values.size()));
+    const std::size_t n = all_ints.size() / 4;
+    std::vector<std::size_t> order(n);
+    for (std::size_t i = 0; i < n; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](std::size_t a, std::size_t b) { return all_ints[4 * a + 3] < all_ints[4 * b + 3]; });
+    Gathered g;
+    g.records.reserve(n);
+    g.slots.reserve(n);
+    for (std::size_t i : order) {
+      const Scalar* p = all_values.data() + i * static_cast<std::size_t>(D);
+      g.records.push_back({all_ints[4 * i], std::vector<Scalar>(p, p + D),
+                           static_cast<std::uint64_t>(all_ints[4 * i + 1])});
+      g.slots.push_back(all_ints[4 * i + 2]);
+    }
+    return g;
+  }
+
+  // The single-process checkpoint of the logical memory (a collective: gathers it).
+  std::string serialize() const {
+    const Gathered g = gathered();
+    detail::Book book(config_.capacity);
+    const Stats s = stats();
+    book.stats = s;
+    book.used = static_cast<index_t>(g.records.size());
+    std::vector<std::size_t> record_of(g.records.size());
+    for (std::size_t i = 0; i < g.records.size(); ++i) {
+      book.add_record(g.records[i].label, g.slots[i], g.records[i].last_written);
+      record_of[static_cast<std::size_t>(g.slots[i])] = i;
+    }
+    return detail::write_checkpoint<Scalar>(
+        config_.dim, config_.capacity, config_.num_classes, book,
+        [&](detail::ByteWriter& out, index_t slot) {
+          for (Scalar v : g.records[record_of[static_cast<std::size_t>(slot)]].prototype) {
+            out.put<Scalar>(v);
+          }
+        },
+        margin_, generator_, refresh_, queue_, mining_);
+  }
+
+  // The state a checkpoint holds for this rank, built aside.
+  struct Loaded {
+    detail::ShardBook book;
+    Backend backend;
+    Margin margin;
+    Generator generator;
+    Refresh refresh;
+    Queue queue;
+    Mining mining;
+  };
+
+  template <class Read>
+  void load_bytes(Read read, const std::string& source) {
+    std::vector<Loaded> loaded;  // 0 or 1: Loaded has no default constructor
+    detail::collective_check(*comm_, [&] {
+      const std::string bytes = read();
+      detail::ByteReader in(bytes.data(), bytes.size(), source);
+      const detail::CheckpointHeader header = detail::parse_checkpoint(bytes, in, source);
+      detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
+      const auto& stored = header.policies;
+      Margin margin = detail::load_policy(stored[0], "margin", margin_, source);
+      detail::check_margin_in<Scalar>(margin);
+      Generator generator = detail::load_policy(stored[1], "generator", generator_, source);
+      Refresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
+      Queue queue = detail::load_policy(stored[3], "queue", queue_, source);
+      Mining mining = detail::load_policy(stored[4], "mining", mining_, source);
+      detail::CheckpointRecords<Scalar> records =
+          detail::read_records<Scalar>(in, header, config_.capacity, source);
+      // The records in eviction order with their global slots (the queue of the parsed book).
+      std::vector<detail::ShardRecord> shard_records;
+      std::vector<std::size_t> record_of(static_cast<std::size_t>(records.book.used));
+      for (std::size_t i = 0; i < records.slots.size(); ++i) {
+        record_of[static_cast<std::size_t>(records.slots[i])] = i;
+      }
+      for (index_t s = records.book.queue.front(); s >= 0; s = records.book.queue.next(s)) {
+        shard_records.push_back({records.book.label[static_cast<std::size_t>(s)],
+                                 records.book.written[static_cast<std::size_t>(s)], s, -1});
+      }
+      const Stats& st = header.stats;
+      detail::ShardBook book = detail::ShardBook::from_records(
+          config_.capacity, rank(), world_size(), shard_records,
+          {st.steps, st.refreshes, st.insertions, st.evictions});
+      Backend backend(book.layout().local_capacity(), config_.dim, backend_.resources());
+      for (const detail::ShardRecord& r : shard_records) {
+        if (book.layout().owner(r.slot) != rank()) continue;
+        const std::size_t i = record_of[static_cast<std::size_t>(r.slot)];
+        backend.set_prototype(book.layout().local(r.slot),
+                              records.prototypes.data() + i * static_cast<std::size_t>(config_.dim));
+      }
+      loaded.push_back({std::move(book), std::move(backend), std::move(margin),
+                        std::move(generator), std::move(refresh), std::move(queue),
+                        std::move(mining)});
+    });
+    Loaded& l = loaded.front();  // every rank succeeded
+    book_ = std::move(l.book);
+    backend_ = std::move(l.backend);
+    margin_ = std::move(l.margin);
+    generator_ = std::move(l.generator);
+    refresh_ = std::move(l.refresh);
+    queue_ = std::move(l.queue);
+    mining_ = std::move(l.mining);
+    pending_ = false;
+  }
+
+  index_t local_of(label_t label) const {
+    const index_t slot = book_.find(label);
+    if (slot < 0) {
+      detail::fail("label ", label, " is not stored on rank ", rank(), " of ", world_size());
+    }
+    return slot;
+  }
+
+  template <class T>
+  static Span<const T> span_of(const std::vector<T>& v) {
+    return {v.data(), static_cast<index_t>(v.size())};
+  }
+
+  Comm* comm_;
+  Config config_;
+  Margin margin_;
+  Generator generator_;
+  Refresh refresh_;
+  Queue queue_;
+  Mining mining_;
+  detail::ShardBook book_;
+  Backend backend_;
+  // The step's buffers, kept between steps.
+  std::vector<Scalar> share_, all_embeddings_, all_gradient_, merged_max_, merged_sums_;
+  // The pending update of the last forward().
+  bool pending_ = false;
+  detail::ShardPlan pending_plan_;
+  std::vector<detail::SlotWrite> pending_writes_;
+  std::vector<label_t> pending_classes_;
+  std::vector<label_t> pending_similar_;
+  std::vector<Scalar> pending_cosines_;
+  index_t pending_k_ = 0;
+};
+
+}  // namespace protomem

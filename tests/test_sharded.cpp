@@ -1,0 +1,281 @@
+// The sharded memory (protomem/sharded.hpp) with W = 1..4 ranks as threads
+// (tests/support/thread_comm.hpp): every step equals a PrototypeMemory stepped on the concatenated
+// batch (loss, each rank's gradient rows, the logical memory, the bytes exchanged); checkpoints move
+// between world sizes and to and from a plain PrototypeMemory with identical continuation; bad
+// input, a corrupt checkpoint or a different Config on one rank throw the same error on every rank
+// and change nothing. The same cases run over MPI (tests/comm/test_mpi.cpp) and c10d
+// (tests/comm/test_c10d.cpp).
+#include <catch2/catch.hpp>
+#include <protomem/sharded.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "support/sharded_cases.hpp"
+#include "support/thread_comm.hpp"
+
+using protomem::index_t;
+using protomem::label_t;
+using protomem::test::Expect;
+using protomem::test::run_ranks;
+using protomem::test::ThreadComm;
+
+namespace {
+
+std::string joined(const std::vector<std::string>& errors) {
+  std::string text;
+  for (std::size_t r = 0; r < errors.size(); ++r) {
+    if (!errors[r].empty()) text += "rank " + std::to_string(r) + " threw: " + errors[r] + "\n";
+  }
+  return text;
+}
+
+template <class Scalar, class Queue>
+void matches_single(int W, int steps, double tolerance) {
+  std::vector<Expect> expects(static_cast<std::size_t>(W));
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    protomem::test::check_sharded_matches_single<Scalar, Queue>(
+        comm, steps, tolerance, expects[static_cast<std::size_t>(comm.rank())]);
+  });
+  INFO("W = " << W);
+  CHECK(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
+}
+
+}  // namespace
+
+TEST_CASE("sharded step equals the single-process step on the concatenated batch", "[sharded]") {
+  SECTION("double, LeastRecentlyWritten, W = 1..4") {
+    for (int W = 1; W <= 4; ++W) {
+      matches_single<double, protomem::LeastRecentlyWritten>(W, 60, 1e-10);
+    }
+  }
+  SECTION("double, FirstInFirstOut, W = 3") {
+    matches_single<double, protomem::FirstInFirstOut>(3, 60, 1e-10);
+  }
+  SECTION("float, W = 2 and 4") {
+    matches_single<float, protomem::LeastRecentlyWritten>(2, 60, 1e-5);
+    matches_single<float, protomem::LeastRecentlyWritten>(4, 60, 1e-5);
+  }
+}
+
+TEST_CASE("one rank without a communicator is the plain memory, bit for bit", "[sharded]") {
+  protomem::SingleProcess comm;
+  const protomem::Config config = protomem::test::sharded_test_config();
+  protomem::test::Sharded<double, protomem::SingleProcess> sharded(comm, config);
+  protomem::test::ReferenceMemory<double> reference(config);
+  protomem::test::ShardedBatches<double> batches(5, config.capacity, config.dim, 1);
+  Expect expect;
+  for (int t = 0; t < 50; ++t) {
+    protomem::test::step_both(sharded, reference, batches.next(), 0.0, expect);
+  }
+  protomem::test::expect_same_memory<double>(sharded, reference, 0.0, expect);
+  CHECK(expect.report() == "");
+  CHECK(comm.traffic().bytes() == 0);
+}
+
+TEST_CASE("bad input on one rank: every rank throws the same error and nothing changes",
+          "[sharded]") {
+  for (int W = 1; W <= 4; ++W) {
+    for (int bad : {0, W - 1}) {
+      std::vector<Expect> expects(static_cast<std::size_t>(W));
+      const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+        protomem::test::check_sharded_bad_input(comm, bad,
+                                                expects[static_cast<std::size_t>(comm.rank())]);
+      });
+      INFO("W = " << W << ", bad rank " << bad);
+      CHECK(joined(errors) == "");
+      for (const Expect& e : expects) CHECK(e.report() == "");
+    }
+  }
+}
+
+TEST_CASE("a Config or margin that differs on one rank throws on every rank", "[sharded]") {
+  const int W = 3;
+  std::vector<std::string> messages(W);
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    protomem::Config config = protomem::test::sharded_test_config();
+    if (comm.rank() == 1) config.dim = 9;
+    try {
+      protomem::test::Sharded<double, ThreadComm> memory(comm, config);
+    } catch (const protomem::Error& e) {
+      messages[static_cast<std::size_t>(comm.rank())] = e.what();
+    }
+  });
+  CHECK(joined(errors) == "");
+  for (const std::string& m : messages) {
+    CHECK(m.find("rank ") != std::string::npos);
+    CHECK(m.find("different Configs") != std::string::npos);
+  }
+  // A margin changed on one rank only (a schedule applied on some ranks): the next step throws.
+  std::vector<std::string> step_messages(W);
+  const auto step_errors = run_ranks(W, [&](ThreadComm& comm) {
+    const protomem::Config config = protomem::test::sharded_test_config();
+    protomem::test::Sharded<double, ThreadComm> memory(comm, config);
+    if (comm.rank() == 2) memory.margin() = protomem::CosFace(32, 0.35);
+    std::vector<double> e(static_cast<std::size_t>(config.dim), 1.0), g(e.size());
+    const label_t label = comm.rank();
+    try {
+      memory.forward(protomem::matrix_view<const double>(e.data(), 1, config.dim),
+                     protomem::label_view(&label, 1), protomem::matrix_view(g.data(), 1, config.dim));
+    } catch (const protomem::Error& error) {
+      step_messages[static_cast<std::size_t>(comm.rank())] = error.what();
+    }
+    CHECK_FALSE(memory.pending());
+  });
+  CHECK(joined(step_errors) == "");
+  for (const std::string& m : step_messages) {
+    CHECK(m.find("differs between the ranks") != std::string::npos);
+  }
+}
+
+namespace {
+
+using Batches = protomem::test::ShardedBatches<double>;
+using Global = protomem::test::GlobalBatch<double>;
+
+// The next `steps` global batches (the same stream every caller draws from a copy of).
+std::vector<Global> draw(Batches& batches, int steps) {
+  std::vector<Global> out;
+  for (int t = 0; t < steps; ++t) out.push_back(batches.next());
+  return out;
+}
+
+// Re-splits a global batch for W ranks (the rows stay in the same order).
+Global resplit(Global b, int W) {
+  const auto B = static_cast<std::int64_t>(b.labels.size());
+  b.rows.assign(static_cast<std::size_t>(W), 0);
+  for (int r = 0; r < W; ++r) b.rows[static_cast<std::size_t>(r)] = B * (r + 1) / W - B * r / W;
+  return b;
+}
+
+// Steps a sharded memory of W thread ranks (loaded from `checkpoint` when not empty) through
+// `batches` against `reference` (a copy per rank), and returns the sharded memory's checkpoint.
+std::string run_sharded(int W, const std::string& checkpoint, const std::vector<Global>& batches,
+                        const protomem::test::ReferenceMemory<double>& reference,
+                        std::vector<Expect>& expects) {
+  expects.assign(static_cast<std::size_t>(W), Expect{});
+  std::string saved;
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+    expect.context = "W = " + std::to_string(W) + ", rank " + std::to_string(comm.rank());
+    const protomem::Config config = protomem::test::sharded_test_config();
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    if (!checkpoint.empty()) {
+      std::istringstream in(checkpoint);
+      sharded.load(in);
+    }
+    protomem::test::ReferenceMemory<double> mine = reference;  // this rank's copy
+    for (const Global& b : batches) {
+      protomem::test::step_both(sharded, mine, resplit(b, W), 1e-10, expect);
+    }
+    protomem::test::expect_same_memory<double>(sharded, mine, 1e-10, expect);
+    std::ostringstream out;
+    sharded.save(out);
+    if (comm.rank() == 0) saved = out.str();
+  });
+  INFO("W = " << W);
+  CHECK(joined(errors) == "");
+  return saved;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoints move between world sizes: 4 -> 1 -> 2 -> 4, identical continuation",
+          "[sharded]") {
+  const protomem::Config config = protomem::test::sharded_test_config();
+  Batches stream(31, config.capacity, config.dim, 1);
+  protomem::test::ReferenceMemory<double> reference(config);  // never checkpointed
+  std::vector<Expect> expects;
+
+  // 4 ranks from scratch.
+  const std::vector<Global> first = draw(stream, 40);
+  const std::string from4 = run_sharded(4, "", first, reference, expects);
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  for (const Global& b : first) {
+    std::vector<double> g(b.embeddings.size());
+    const auto B = static_cast<index_t>(b.labels.size());
+    reference.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
+                   protomem::label_view(b.labels.data(), B),
+                   protomem::matrix_view(g.data(), B, config.dim));
+  }
+  // The sharded checkpoint is in the single-process format: a plain memory loads it.
+  protomem::test::ReferenceMemory<double> one(config);
+  {
+    std::istringstream in(from4);
+    one.load(in);  // 4 -> 1: a plain PrototypeMemory, no communicator
+  }
+  Expect expect;
+  protomem::SingleProcess single;
+  {
+    // 1 process continues 30 steps (as a sharded memory over SingleProcess, and as a plain one).
+    const std::vector<Global> second = draw(stream, 30);
+    protomem::test::Sharded<double, protomem::SingleProcess> sharded1(single, config);
+    std::istringstream in(from4);
+    sharded1.load(in);
+    protomem::test::ReferenceMemory<double> mine = reference;
+    for (const Global& b : second) {
+      protomem::test::step_both(sharded1, mine, resplit(b, 1), 1e-10, expect);
+      std::vector<double> g(b.embeddings.size());
+      const auto B = static_cast<index_t>(b.labels.size());
+      one.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
+               protomem::label_view(b.labels.data(), B),
+               protomem::matrix_view(g.data(), B, config.dim));
+    }
+    protomem::test::expect_same_memory<double>(sharded1, mine, 1e-10, expect);
+    protomem::test::expect_same_memory<double>(sharded1, one, 1e-10, expect);
+    reference = mine;
+  }
+  CHECK(expect.report() == "");
+  // 1 -> 2: the plain memory's checkpoint loads into 2 ranks.
+  std::ostringstream from1;
+  one.save(from1);
+  const std::vector<Global> third = draw(stream, 30);
+  const std::string from2 = run_sharded(2, from1.str(), third, reference, expects);
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  for (const Global& b : third) {
+    std::vector<double> g(b.embeddings.size());
+    const auto B = static_cast<index_t>(b.labels.size());
+    reference.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
+                   protomem::label_view(b.labels.data(), B),
+                   protomem::matrix_view(g.data(), B, config.dim));
+  }
+  // 2 -> 4.
+  const std::vector<Global> fourth = draw(stream, 30);
+  run_sharded(4, from2, fourth, reference, expects);
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  CHECK(reference.stats().evictions > 50);
+}
+
+TEST_CASE("a corrupt checkpoint on one rank fails the load on every rank, nothing changes",
+          "[sharded]") {
+  const int W = 4;
+  std::vector<Expect> expects(W);
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+    const protomem::Config config = protomem::test::sharded_test_config();
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    protomem::test::ReferenceMemory<double> reference(config);
+    Batches batches(8, config.capacity, config.dim, W);
+    for (int t = 0; t < 20; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    std::ostringstream out;
+    sharded.save(out);
+    for (int t = 0; t < 5; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    std::string bytes = out.str();
+    if (comm.rank() == 2) bytes[bytes.size() / 2] ^= 0x40;  // one flipped bit on rank 2 only
+    std::istringstream in(bytes);
+    std::string message;
+    try {
+      sharded.load(in, "shard copy");
+    } catch (const protomem::Error& e) {
+      message = e.what();
+    }
+    expect(message.find("rank 2 of 4: shard copy") != std::string::npos,
+           "the error does not name rank 2 and its source: '" + message + "'");
+    // Unchanged: the next steps still equal the reference, which never loaded anything.
+    for (int t = 0; t < 5; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    protomem::test::expect_same_memory<double>(sharded, reference, 1e-10, expect);
+  });
+  CHECK(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
+}
