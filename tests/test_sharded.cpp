@@ -5,7 +5,11 @@
 // input, a corrupt checkpoint or a different Config on one rank throw the same error on every rank
 // and change nothing. The same cases run over MPI (tests/comm/test_mpi.cpp) and c10d
 // (tests/comm/test_c10d.cpp).
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
 #include <protomem/sharded.hpp>
 #include <sstream>
 #include <string>
@@ -278,4 +282,23 @@ TEST_CASE("a corrupt checkpoint on one rank fails the load on every rank, nothin
   });
   CHECK(joined(errors) == "");
   for (const Expect& e : expects) CHECK(e.report() == "");
+}
+
+TEST_CASE("checkpoint files: N ranks save, one process or N ranks load, corrupt files fail",
+          "[sharded]") {
+  for (int W : {1, 3}) {
+    char pattern[] = "/tmp/protomem_sharded_XXXXXX";
+    REQUIRE(mkdtemp(pattern) != nullptr);
+    const std::string path = std::string(pattern) + "/memory.ckpt";
+    std::vector<Expect> expects(static_cast<std::size_t>(W));
+    const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+      protomem::test::check_sharded_checkpoint_file(comm, path,
+                                                    expects[static_cast<std::size_t>(comm.rank())]);
+    });
+    INFO("W = " << W);
+    CHECK(joined(errors) == "");
+    for (const Expect& e : expects) CHECK(e.report() == "");
+    std::remove(path.c_str());
+    rmdir(pattern);
+  }
 }

@@ -27,6 +27,7 @@
 #include "support/comm_cases.hpp"
 #include "support/shard_model.hpp"
 #include "support/shard_sim.hpp"
+#include "support/sharded_cases.hpp"
 
 // After LibTorch: glog (under c10) defines CHECK too; Catch2's must be the one in force.
 #define CATCH_CONFIG_RUNNER
@@ -37,8 +38,13 @@ extern char** environ;
 namespace {
 
 protomem::C10dCommunicator* the_comm = nullptr;  // the worker's, for the test cases
+std::string the_dir;                              // the launch's temporary directory
 
 }  // namespace
+
+// The c10d adapter pads uneven all-gathers and counts what it exchanges (protomem/c10d.hpp).
+template <>
+inline constexpr bool protomem::test::pads_gathers<protomem::C10dCommunicator> = true;
 
 TEST_CASE("c10d collectives", "[c10d]") {
   protomem::test::Expect expect;
@@ -64,6 +70,29 @@ TEST_CASE("c10d: sharded bookkeeping equals the single-process memory", "[c10d]"
   CHECK(model.evictions > 50);
 }
 
+TEST_CASE("c10d: sharded step equals the single-process step on the concatenated batch",
+          "[c10d][sharded]") {
+  protomem::test::Expect expect;
+  protomem::test::check_sharded_matches_single<double, protomem::LeastRecentlyWritten>(
+      *the_comm, 50, 1e-10, expect);
+  protomem::test::check_sharded_matches_single<float, protomem::LeastRecentlyWritten>(
+      *the_comm, 50, 1e-5, expect);
+  CHECK(expect.report() == "");
+}
+
+TEST_CASE("c10d: bad input on one rank, every rank throws and nothing changes",
+          "[c10d][sharded]") {
+  protomem::test::Expect expect;
+  protomem::test::check_sharded_bad_input(*the_comm, the_comm->world_size() - 1, expect);
+  CHECK(expect.report() == "");
+}
+
+TEST_CASE("c10d: checkpoint files between W ranks and one process", "[c10d][sharded]") {
+  protomem::test::Expect expect;
+  protomem::test::check_sharded_checkpoint_file(*the_comm, the_dir + "/memory.ckpt", expect);
+  CHECK(expect.report() == "");
+}
+
 namespace {
 
 int worker(int rank, int world, const std::string& dir, int argc, char** argv) {
@@ -73,6 +102,7 @@ int worker(int rank, int world, const std::string& dir, int argc, char** argv) {
   auto group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
   protomem::C10dCommunicator comm(group);
   the_comm = &comm;
+  the_dir = dir;
   Catch::Session session;
   session.configData().name =
       "test_c10d rank " + std::to_string(rank) + " of " + std::to_string(world);

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <sstream>
 #include <string>
@@ -102,24 +103,36 @@ double relative_error(const Scalar* a, const Scalar* b, std::size_t n) {
   return diff / std::max(scale, 1e-300);
 }
 
+/// Whether a communicator pads uneven all-gathers to the largest count and counts the padding
+/// (the c10d adapter; tests/comm/test_c10d.cpp specialises this).
+template <class Comm>
+inline constexpr bool pads_gathers = false;
+
 /// The bytes (sent + received) one rank exchanges in a sharded step, from the traffic model of
 /// docs/distributed.md: margin agreement (2 int64, all-reduce), validation flag (1 int64),
-/// batch sizes (1 int64 per rank), labels, embeddings, stored flags (C int64), eviction offers
-/// (2 k_evict int64 per rank), row maxima (B), [row sums | weighted rows] (B (D + 1)), and the
-/// most similar classes (3 C k int64 per rank) when k > 0. Zero on one rank.
-inline std::uint64_t model_step_bytes(std::uint64_t scalar_bytes, int W, std::int64_t B,
-                                      std::int64_t D, std::int64_t C,
-                                      std::int64_t k_evict, std::int64_t k) {
+/// batch sizes (1 int64 per rank), labels and embeddings (B rows; W times the largest share when
+/// the engine pads), stored flags (C int64), eviction offers (2 k_evict int64 per rank), row
+/// maxima (B), [row sums | weighted rows] (B (D + 1)), and the most similar classes (3 C k int64
+/// per rank) when k > 0. Zero on one rank.
+inline std::uint64_t model_step_bytes(std::uint64_t scalar_bytes,
+                                      const std::vector<std::int64_t>& rows, bool padded,
+                                      std::int64_t D, std::int64_t C, std::int64_t k_evict,
+                                      std::int64_t k) {
+  const auto W = static_cast<std::uint64_t>(rows.size());
   if (W == 1) return 0;
-  const auto w = static_cast<std::uint64_t>(W);
-  const auto b = static_cast<std::uint64_t>(B);
+  std::uint64_t b = 0, largest = 0;
+  for (std::int64_t r : rows) {
+    b += static_cast<std::uint64_t>(r);
+    largest = std::max(largest, static_cast<std::uint64_t>(r));
+  }
+  const std::uint64_t gathered_rows = padded ? largest * W : b;
   const auto d = static_cast<std::uint64_t>(D), c = static_cast<std::uint64_t>(C);
-  auto reduce = [](std::uint64_t bytes) { return 2 * bytes; };          // sent + received
-  auto gather_equal = [&](std::uint64_t bytes) { return bytes * w; };   // mine + W-1 others
+  auto reduce = [](std::uint64_t bytes) { return 2 * bytes; };         // sent + received
+  auto gather_equal = [&](std::uint64_t bytes) { return bytes * W; };  // mine + W-1 others
   std::uint64_t total = reduce(16) + reduce(8) + gather_equal(8);
-  total += 8 * b;                     // labels: mine sent, the others' received
-  total += scalar_bytes * b * d;      // embeddings
-  if (c > 0) total += reduce(8 * c);  // stored flags
+  total += 8 * gathered_rows;                 // labels: mine sent, the others' received
+  total += scalar_bytes * gathered_rows * d;  // embeddings
+  if (c > 0) total += reduce(8 * c);          // stored flags
   if (k_evict > 0) total += gather_equal(16 * static_cast<std::uint64_t>(k_evict));
   total += reduce(scalar_bytes * b) + reduce(scalar_bytes * b * (d + 1));
   if (k > 0) total += gather_equal(24 * c * static_cast<std::uint64_t>(k));
@@ -228,7 +241,8 @@ void step_both(ShardedMemory& sharded, Reference& reference, const GlobalBatch<S
   }
   expect(cos_worst <= tolerance, "similar cosines differ by " + std::to_string(cos_worst));
   const std::uint64_t model =
-      model_step_bytes(sizeof(Scalar), sharded.world_size(), B, D,
+      model_step_bytes(sizeof(Scalar), batch.rows,
+                       pads_gathers<typename ShardedMemory::communicator_type>, D,
                        static_cast<std::int64_t>(ref.classes.size()), k_evict, ref.similar_k);
   expect(got.traffic.bytes() == model, "traffic " + std::to_string(got.traffic.bytes()) +
                                            " bytes, the model says " + std::to_string(model));
@@ -321,6 +335,64 @@ void check_sharded_bad_input(Comm& comm, int bad_rank, Expect& expect) {
   step_both(sharded, reference, batch, 1e-10, expect);
   step_both(sharded, reference, batches.next(), 1e-10, expect);
   expect_same_memory<Scalar>(sharded, reference, 1e-10, expect);
+}
+
+/// Checkpoint files: W ranks save (rank 0 writes `path`); every rank loads the file into a plain
+/// PrototypeMemory (N -> 1, no communicator) and both continue identically; the sharded memory
+/// loads it back and continues as a plain memory loaded from it; a corrupt file fails the load on
+/// every rank and changes nothing. `path` must be the same on every rank (a shared directory).
+template <class Comm>
+void check_sharded_checkpoint_file(Comm& comm, const std::string& path, Expect& expect) {
+  using Scalar = double;
+  const Config config = sharded_test_config();
+  const index_t D = config.dim;
+  Sharded<Scalar, Comm> sharded(comm, config);
+  ReferenceMemory<Scalar> reference(config);
+  ShardedBatches<Scalar> batches(4242, config.capacity, D, comm.world_size());
+  expect.context = "rank " + std::to_string(comm.rank()) + ", checkpoint file";
+  for (int t = 0; t < 30; ++t) step_both(sharded, reference, batches.next(), 1e-10, expect);
+  sharded.save(path);  // returns on every rank once rank 0 has written the file
+  ReferenceMemory<Scalar> plain(config);
+  plain.load(path);
+  expect_same_memory<Scalar>(sharded, plain, 1e-10, expect);
+  for (int t = 0; t < 20; ++t) {
+    const GlobalBatch<Scalar> b = batches.next();
+    step_both(sharded, reference, b, 1e-10, expect);
+    std::vector<Scalar> g(b.embeddings.size());
+    const auto B = static_cast<index_t>(b.labels.size());
+    plain.step(matrix_view<const Scalar>(b.embeddings.data(), B, D), label_view(b.labels.data(), B),
+               matrix_view(g.data(), B, D));
+  }
+  expect_same_memory<Scalar>(sharded, plain, 1e-10, expect);
+  // Back to the saved state, on every rank, and on with a plain memory loaded from the same file.
+  sharded.load(path);
+  ReferenceMemory<Scalar> restored(config);
+  restored.load(path);
+  for (int t = 0; t < 10; ++t) step_both(sharded, restored, batches.next(), 1e-10, expect);
+  expect_same_memory<Scalar>(sharded, restored, 1e-10, expect);
+  // A corrupt copy (written by rank 0; the agreement makes every rank wait for it).
+  const std::string bad = path + ".corrupt";
+  detail::collective_check(comm, [&] {
+    if (comm.rank() != 0) return;
+    std::string bytes = detail::read_file(path);
+    bytes[bytes.size() - 7] ^= 0x10;
+    detail::write_file_atomically(bad, bytes);
+  });
+  std::string message;
+  try {
+    sharded.load(bad);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  expect(message.find("rank 0 of " + std::to_string(comm.world_size()) + ": '" + bad + "'") !=
+             std::string::npos,
+         "a corrupt checkpoint did not fail on every rank naming rank 0 and the file: '" +
+             message + "'");
+  for (int t = 0; t < 5; ++t) step_both(sharded, restored, batches.next(), 1e-10, expect);
+  expect_same_memory<Scalar>(sharded, restored, 1e-10, expect);
+  detail::collective_check(comm, [&] {
+    if (comm.rank() == 0) std::remove(bad.c_str());
+  });
 }
 
 }  // namespace protomem::test
