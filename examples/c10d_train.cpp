@@ -51,7 +51,11 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_group(int rank, int world, const std
     store = c10::make_intrusive<c10d::TCPStore>(env("MASTER_ADDR"), options);
   }
   auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::seconds(60));
-  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  // One machine (a FileStore): loopback. torchrun: the interface of this host's name, so that
+  // processes on several machines reach each other.
+  options->devices.push_back(store_path.empty()
+                                 ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                 : c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
 }
 
