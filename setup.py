@@ -38,7 +38,8 @@ def openblas():
 
 
 sources = [os.path.join("python", "csrc", name) for name in
-           ("module.cpp", "instances_float_1.cpp", "instances_float_2.cpp", "instances_double.cpp")]
+           ("module.cpp", "instances_float_1.cpp", "instances_float_2.cpp", "instances_double.cpp",
+            "sharded_float.cpp", "sharded_double.cpp")]
 include_dirs = [os.path.join(ROOT, "include"), os.path.join(ROOT, "python", "csrc"),
                 os.path.join(ROOT, "examples", "train"), eigen_include()]
 cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]

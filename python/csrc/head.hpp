@@ -108,5 +108,14 @@ PROTOMEM_PY_DECLARE(double, CombinedMargin)
 std::unique_ptr<AnyHead> make_head(bool double_precision, const Config& config,
                                    const Policies& policies);
 
+/// A head whose memory is sharded over the processes of a torch.distributed group (Gloo);
+/// defined per scalar in sharded_*.cpp (sharded_head.hpp). `group` is a
+/// c10::intrusive_ptr<c10d::ProcessGroup> passed type-erased, so that this header does not need
+/// c10d's.
+std::unique_ptr<AnyHead> make_sharded_head_float(const void* group, const Config& config,
+                                                 const Policies& p);
+std::unique_ptr<AnyHead> make_sharded_head_double(const void* group, const Config& config,
+                                                  const Policies& p);
+
 }  // namespace python
 }  // namespace protomem

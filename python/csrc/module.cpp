@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
 #include "head.hpp"
 #include "synthetic.hpp"  // examples/train/synthetic.hpp: one source of truth for the data set
 
@@ -374,6 +376,43 @@ PYBIND11_MODULE(_C, m) {
       },
       "double_precision"_a, "capacity"_a, "dim"_a, "num_classes"_a, "workspace_bytes"_a,
       "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a, "queue"_a, "mining"_a);
+
+  // The sharded head: the memory spread over the processes of `group` (a collective: every
+  // process of the group calls it with the same arguments).
+  m.def(
+      "make_sharded_head",
+      [](const c10::intrusive_ptr<c10d::ProcessGroup>& group, bool double_precision,
+         index_t capacity, index_t dim, label_t num_classes, std::size_t workspace_bytes,
+         int threads, index_t similar_k, const py::object& margin, const py::object& generator,
+         const py::object& refresh, const py::object& queue, const py::object& mining) {
+        Config config;
+        config.capacity = capacity;
+        config.dim = dim;
+        config.num_classes = num_classes;
+        config.workspace_bytes = workspace_bytes;
+        config.threads = threads;
+        config.similar_k = similar_k;
+        Policies p{
+            policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
+            policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
+            policy_of<Replace, Momentum>(refresh, "refresh"),
+            policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
+            policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
+        if (!std::holds_alternative<LeastRecentlyWritten>(p.queue)) {
+          throw Unsupported("protomem: the sharded memory of the Python package uses the "
+                            "LeastRecentlyWritten queue only");
+        }
+        if (!std::holds_alternative<NoMining>(p.mining)) {
+          throw Unsupported("protomem: DoppelgangerMining is not compiled into the Python "
+                            "package's sharded memory (the C++ ShardedPrototypeMemory has it)");
+        }
+        py::gil_scoped_release release;  // the constructor is a collective
+        return double_precision ? make_sharded_head_double(&group, config, p)
+                                : make_sharded_head_float(&group, config, p);
+      },
+      "group"_a, "double_precision"_a, "capacity"_a, "dim"_a, "num_classes"_a,
+      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a,
+      "queue"_a, "mining"_a);
 
   // ---- the sampler
   py::class_<Sampler>(m, "_Sampler")

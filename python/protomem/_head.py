@@ -27,24 +27,42 @@ def _describe(t):
     return f"{t.dtype} tensor of shape {list(t.shape)} on {t.device}"
 
 
-def check_distributed(process_group, per_process, what):
-    """Raises UnsupportedError when more than one process would share this memory's classes."""
+def sharding_group(process_group, per_process):
+    """The torch.distributed group a memory is sharded over, or None for a memory of this process
+    alone: the group passed, else the default group once torch.distributed is initialised; None
+    when that group has one process (one process needs no communication) or with per_process."""
     if per_process:
+        return None
+    dist = torch.distributed
+    if process_group is None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        process_group = dist.group.WORLD
+        source = "the default process group"
+    else:
+        source = "the process group passed"
+    if dist.get_world_size(process_group) <= 1:
+        return None
+    backend = str(dist.get_backend(process_group)).lower()
+    if backend != "gloo":
+        raise UnsupportedError(
+            f"protomem: {source} uses the {backend} backend; the sharded memory exchanges CPU "
+            "tensors and needs a gloo group (e.g. torch.distributed.new_group(backend='gloo') next "
+            "to an NCCL group for the encoder) - docs/python.md, 'Distributed training'")
+    return process_group
+
+
+def check_distributed(process_group, per_process, what):
+    """Raises UnsupportedError for a memory of one process used where several share its classes:
+    built before torch.distributed was initialised with more than one process."""
+    if per_process or process_group is not None:
         return
     dist = torch.distributed
-    if process_group is not None:
-        size = dist.get_world_size(process_group)
-        source = "the process group passed"
-    elif dist.is_available() and dist.is_initialized():
-        size = dist.get_world_size()
-        source = "torch.distributed (initialised)"
-    else:
-        return
-    if size > 1:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         raise UnsupportedError(
-            f"protomem: {what}: {source} has world size {size}, but the sharded memory does not "
-            "exist yet: the Python package supports one process (docs/python.md, 'Distributed "
-            "training'). Pass per_process=True to keep one independent memory per process anyway.")
+            f"protomem: {what} was built before torch.distributed was initialised, and the default "
+            f"group has {dist.get_world_size()} processes: build it after init_process_group() to "
+            "shard it over them, or pass per_process=True for one independent memory per process")
 
 
 class PrototypeMemory(torch.nn.Module):
@@ -82,9 +100,15 @@ class PrototypeMemory(torch.nn.Module):
         threads: threads of the step (0: OpenMP's default, which ``torch.set_num_threads`` sets).
         workspace_bytes: bound on the step's scratch memory (tiles of logits).
         similar_k: most-similar stored classes reported per batch class in ``last_step``.
-        process_group: a ``torch.distributed`` group; world size > 1 raises ``UnsupportedError``.
-        per_process: under torch.distributed with world size > 1, keep one independent memory in
-            each process instead of raising (not the sharded memory).
+        process_group: the ``torch.distributed`` group (gloo) the memory is sharded over; by
+            default the default group once ``init_process_group()`` has run. With more than one
+            process, each stores a share of the slots and passes only its own rows: the loss is
+            that of the global batch (the same in every process), the gradient that of its rows,
+            and the memory equals one process's memory stepped on the concatenated batches.
+            Construction, forward, ``state_dict()``, ``load_state_dict()``, ``save``, ``load``
+            and the views of the contents are then collectives: every process calls them.
+        per_process: keep one independent memory in each process instead (not the sharded
+            memory).
     """
 
     def __init__(self, capacity, dim, margin=None, generator=None, refresh=None, queue=None,
@@ -93,15 +117,24 @@ class PrototypeMemory(torch.nn.Module):
         super().__init__()
         if dtype not in _DTYPES:
             raise Error(f"protomem: dtype must be torch.float32 or torch.float64; got {dtype}")
-        check_distributed(process_group, per_process, "PrototypeMemory")
-        self._process_group = process_group
+        group = sharding_group(process_group, per_process)
+        self._process_group = group
         self._per_process = per_process
         self._dtype = dtype
-        self._head = _C.make_head(
+        arguments = (
             _DTYPES[dtype], int(capacity), int(dim), int(num_classes), int(workspace_bytes),
             int(threads), int(similar_k), _policy(margin, _C.CosFace, "margin"),
             _policy(generator, _C.ExemplarMean, "generator"), _policy(refresh, _C.Replace, "refresh"),
             _policy(queue, _C.LeastRecentlyWritten, "queue"), _policy(mining, _C.NoMining, "mining"))
+        if group is None:
+            self._head = _C.make_head(*arguments)
+        else:
+            self._head = _C.make_sharded_head(group, *arguments)
+
+    @property
+    def sharded(self):
+        """Whether the memory is sharded over the processes of a torch.distributed group."""
+        return self._process_group is not None
 
     # ---- the step ---------------------------------------------------------------------------
 
@@ -132,7 +165,7 @@ class PrototypeMemory(torch.nn.Module):
         if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             raise Error(f"protomem: {name}: embeddings must be B x {self.dim} (B x dim); got a "
                         f"{_describe(embeddings)}")
-        if embeddings.shape[0] < 1:
+        if embeddings.shape[0] < 1 and not self.sharded:
             raise Error(f"protomem: {name}: embeddings hold an empty batch (B = 0)")
         if labels.dtype != torch.int64:
             raise Error(f"protomem: {name}: labels must have dtype torch.int64; got a {_describe(labels)} "

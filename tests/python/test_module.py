@@ -241,20 +241,23 @@ def test_partial_fc_compatible(rng):
         module(e, y.view(-1) + 1)
 
 
-def test_distributed_world_size_above_one_is_refused(tmp_path):
+def test_distributed_memory_built_before_init_is_refused(tmp_path):
     script = textwrap.dedent(f"""
         import sys, torch, torch.distributed as dist
         sys.path.insert(0, {os.path.join(ROOT, 'tests', 'python')!r})
         import protomem
         rank = int(sys.argv[1])
+        early = protomem.PrototypeMemory(8, 4)  # before init_process_group: one process's memory
+        assert not early.sharded
         dist.init_process_group("gloo", init_method="file://{tmp_path}/rendezvous", rank=rank,
                                 world_size=2)
         try:
-            protomem.PrototypeMemory(8, 4)
+            early(torch.randn(2, 4, requires_grad=True), torch.tensor([rank, rank]))
             print("no error")
         except protomem.UnsupportedError as e:
-            assert "world size 2" in str(e) and "one process" in str(e), e
+            assert "before torch.distributed was initialised" in str(e), e
         h = protomem.PrototypeMemory(8, 4, per_process=True)
+        assert not h.sharded
         h(torch.randn(2, 4, requires_grad=True), torch.tensor([rank, rank])).backward()
         assert h.size == 1
         try:
