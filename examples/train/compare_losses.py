@@ -1,7 +1,9 @@
 """Compares two runs' loss.csv (method,step,loss) step by step: examples/train in one process
 against the same command with --distributed on several ranks, which must give the same losses to
-float rounding (the ranks sum the memory pass, the batch-norm statistics and the gradients in
-another order; the rounding grows slowly through the steps).
+float rounding: the ranks sum the memory pass, the batch-norm statistics and the gradients in
+another order. The difference grows through the steps (training amplifies it, and once a ReLU input
+within it of 0 flips sign, by a jump), so the first steps are held to a tight bound, all of them
+to a loose one.
 
 usage: compare_losses.py SINGLE/loss.csv DISTRIBUTED/loss.csv [--early N] [--early-tol X] [--tol X]
 Exit status 0 when both files hold the same methods and steps, the relative difference of every one
@@ -21,9 +23,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("single")
     parser.add_argument("distributed")
-    parser.add_argument("--early", type=int, default=10, help="steps held to --early-tol")
+    parser.add_argument("--early", type=int, default=5, help="steps held to --early-tol")
     parser.add_argument("--early-tol", type=float, default=1e-4)
-    parser.add_argument("--tol", type=float, default=1e-2)
+    parser.add_argument("--tol", type=float, default=5e-2)
     args = parser.parse_args()
     a, b = read(args.single), read(args.distributed)
     if not a or a.keys() != b.keys():
