@@ -11,7 +11,8 @@
 //      mean, since each rank's dL/dE is already of the global mean loss) and takes the same SGD
 //      step, so the replicas stay identical (check_replicas() verifies it at the end);
 //   4. commits the memory update that lands on its own slots.
-// The result equals one process training on the concatenated batch, to float rounding.
+// The result equals one process training on the concatenated batch, to float rounding (which
+// grows through training: docs/distributed.md, "examples/train --distributed").
 //
 // Requires: MPI initialised; every rank runs the same command line (the same Options).
 // Guarantees: the loss of every step is the same on every rank; the encoder replicas are identical
@@ -20,6 +21,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <protomem/error.hpp>
