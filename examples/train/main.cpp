@@ -5,6 +5,9 @@
 // Each method runs in its own child process (this executable, re-executed), so that its peak
 // memory (getrusage of the child) is its own and no method inherits another's allocator state.
 // Outputs in --out: results.csv (the table), loss.csv, curves.csv, staleness.csv and curves.png.
+//
+// --distributed (under mpirun; built where MPI is found): every rank trains in its own process, no
+// children; rank 0 evaluates, prints and writes the files (distributed.hpp).
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -17,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -25,6 +29,11 @@
 
 #include "policies.hpp"
 #include "trainer.hpp"
+#ifdef PROTOMEM_TRAIN_MPI
+#include <mpi.h>
+
+#include "distributed.hpp"
+#endif
 
 #ifndef PROTOMEM_TRAIN_PLOT_SCRIPT
 #define PROTOMEM_TRAIN_PLOT_SCRIPT "plot.py"
@@ -99,6 +108,11 @@ doppelganger mining (protomem-mining; docs/mining.md)
                             from the memory's mining table, in (0, 1) (default 0.25)
   --similar-k N             look-alikes remembered per identity, in [1, 65536] (default 8)
   --mining-table N          identities with a row in the table (default min(identities, 2^20))
+distributed (docs/distributed.md; where the build found MPI)
+  --distributed             data-parallel over the ranks of mpirun (mpirun -np W train
+                            --distributed ...): each rank encodes 1/W of every batch, the memory is
+                            sharded over the ranks; protomem methods only (--methods defaults to
+                            protomem-grouped), --encoder mlp; rank 0 evaluates and writes the files
 sampled softmax
   --sample-rate R           share of classifier rows per step, in (0, 1] (default 0.1)
 evaluation and output
@@ -140,7 +154,9 @@ struct Cli {
   std::vector<train::Method> methods;
   std::string out = "train-out";
   bool plot = true;
-  bool mining = false;  // --mining: protomem-grouped becomes protomem-mining
+  bool mining = false;         // --mining: protomem-grouped becomes protomem-mining
+  bool distributed = false;    // --distributed: ranks of mpirun, no children
+  bool methods_given = false;  // --methods on the command line
   int threads = 0;
   std::string child;                   // internal: run this one method and write its files
   std::vector<std::string> forwarded;  // the user's flags, passed on to children
@@ -228,6 +244,10 @@ Cli parse(int argc, char** argv) {
       cli.mining = true;
       continue;
     }
+    if (flag == "--distributed") {  // no children to forward it to
+      cli.distributed = true;
+      continue;
+    }
     if (flag.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + flag + "'");
     if (!has_value) {
       if (a + 1 >= argc) throw UsageError(flag + ": missing value");
@@ -239,9 +259,10 @@ Cli parse(int argc, char** argv) {
       cli.child = value;
       continue;
     }
-    if (flag == "--methods")
+    if (flag == "--methods") {
       cli.methods = parse_methods(value);
-    else if (flag == "--identities")
+      cli.methods_given = true;
+    } else if (flag == "--identities")
       o.identities = I();
     else if (flag == "--images-per-identity")
       o.images_per_identity = I();
@@ -353,6 +374,23 @@ Cli parse(int argc, char** argv) {
       cli.forwarded.push_back(value);
     }
   }
+  if (cli.distributed) {
+#ifndef PROTOMEM_TRAIN_MPI
+    throw UsageError(
+        "--distributed needs MPI (protomem::mpi: an MPI implementation such as Open MPI, found at "
+        "configure time); this train was built without it");
+#endif
+    if (!cli.methods_given) cli.methods = parse_methods("protomem-grouped");
+    for (const auto& m : cli.methods) {
+      if (m.kind != train::Kind::protomem) {
+        throw UsageError("--distributed trains protomem methods only (sharded memory), not '" +
+                         m.name() + "'");
+      }
+    }
+    if (cli.o.encoder != "mlp") {
+      throw UsageError("--distributed needs --encoder mlp (its batch norms span the ranks)");
+    }
+  }
   if (cli.mining && cli.child.empty()) {
     bool found = false;
     for (auto& m : cli.methods) {
@@ -446,12 +484,11 @@ std::string file_of(const std::string& out, const std::string& method, const cha
   return out + "/" + method + "." + what;
 }
 
-int run_child(const Cli& cli) {
-  const train::Method method = parse_methods(cli.child).front();
-  const train::RunResult r = train::run_method(cli.o, method, train::make_protomem_head);
+// The method's files in `out`, which the parent gathers: its scores (.result) and its curves.
+void write_method_files(const std::string& out, const train::RunResult& r) {
   const std::string m = r.method;
   {
-    std::ofstream f(file_of(cli.out, m, "result"));
+    std::ofstream f(file_of(out, m, "result"));
     f << "untrained_tar_1e3 " << r.untrained.tar_1e3 << "\nuntrained_tar_1e4 "
       << r.untrained.tar_1e4 << "\nuntrained_rank1 " << r.untrained.rank1 << "\ntar_1e3 "
       << r.final.tar_1e3 << "\ntar_1e4 " << r.final.tar_1e4 << "\nrank1 " << r.final.rank1
@@ -466,24 +503,29 @@ int run_child(const Cli& cli) {
     std::fflush(stdout);
   }
   {
-    std::ofstream f(file_of(cli.out, m, "loss.csv"));
+    std::ofstream f(file_of(out, m, "loss.csv"));
     for (std::size_t s = 0; s < r.losses.size(); ++s)
       f << m << "," << s + 1 << "," << r.losses[s] << "\n";
   }
   {
-    std::ofstream f(file_of(cli.out, m, "curves.csv"));
+    std::ofstream f(file_of(out, m, "curves.csv"));
     for (const auto& p : r.curve) {
       f << m << "," << p.step << "," << p.loss << "," << p.scores.tar_1e3 << "," << p.scores.tar_1e4
         << "," << p.scores.rank1 << "," << p.staleness_cos << "\n";
     }
   }
   {
-    std::ofstream f(file_of(cli.out, m, "staleness.csv"));
+    std::ofstream f(file_of(out, m, "staleness.csv"));
     for (const auto& p : r.staleness) {
       f << m << "," << p.step << "," << p.label << "," << p.age << "," << p.cosine << ","
         << p.positive_age << "\n";
     }
   }
+}
+
+int run_child(const Cli& cli) {
+  const train::Method method = parse_methods(cli.child).front();
+  write_method_files(cli.out, train::run_method(cli.o, method, train::make_protomem_head));
   return 0;
 }
 
@@ -512,7 +554,10 @@ void concatenate(const std::string& out, const std::vector<train::Method>& metho
   }
 }
 
-int run_parent(const Cli& cli, const char* self) {
+// `in_process` (--distributed): trains a method in this process, writes its files and returns the
+// process's peak memory in MB; null: each method in a child.
+int run_parent(const Cli& cli, const char* self,
+               const std::function<double(const train::Method&)>& in_process = nullptr) {
   if (std::system(("mkdir -p '" + cli.out + "'").c_str()) != 0) {
     throw std::runtime_error("cannot create --out directory '" + cli.out + "'");
   }
@@ -551,6 +596,13 @@ int run_parent(const Cli& cli, const char* self) {
   std::vector<std::map<std::string, double>> results;
   std::vector<double> peak_mb;
   for (const auto& method : cli.methods) {
+    if (in_process) {
+      const double mb = in_process(method);
+      results.push_back(read_result(file_of(cli.out, method.name(), "result")));
+      std::remove(file_of(cli.out, method.name(), "result").c_str());
+      peak_mb.push_back(mb);
+      continue;
+    }
     std::vector<std::string> args = {self, "--child", method.name(), "--out", cli.out};
     args.insert(args.end(), cli.forwarded.begin(), cli.forwarded.end());
     std::vector<char*> argv;
@@ -622,6 +674,56 @@ int run_parent(const Cli& cli, const char* self) {
   return 0;
 }
 
+#ifdef PROTOMEM_TRAIN_MPI
+// --distributed: every rank trains each method here; rank 0 evaluates, prints and writes the files
+// (run_parent with the training in process), the other ranks only train. The memory and the
+// encoder each have their own communicator.
+int run_distributed(const Cli& cli, const char* self) {
+  protomem::MpiCommunicator memory_comm, encoder_comm;
+  const train::Parallel parallel = train::mpi_parallel(encoder_comm);
+  train::Options o = cli.o;
+  o.progress = o.progress && parallel.rank == 0;
+  auto factory = [&memory_comm](const train::Options& options) {
+    return train::make_policy_head<train::ShardedHead>(options, memory_comm);
+  };
+  auto train_method = [&](const train::Method& method) {
+    return train::run_method(o, method, factory, parallel);
+  };
+  if (parallel.rank != 0) {
+    for (const auto& method : cli.methods) train_method(method);
+    return 0;
+  }
+  std::printf(
+      "distributed: %d ranks, each encoding 1/%d of every batch and storing 1/%d of the "
+      "memory's slots\n",
+      parallel.world_size, parallel.world_size, parallel.world_size);
+  return run_parent(cli, self, [&](const train::Method& method) {
+    write_method_files(cli.out, train_method(method));
+    struct rusage usage {};
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_maxrss / 1024.0;
+  });
+}
+
+// MPI_Init .. MPI_Finalize around run_distributed; an error on one rank ends the job (the others
+// may wait in a collective).
+int main_distributed(const Cli& cli, const char* self, int& argc, char**& argv) {
+  MPI_Init(&argc, &argv);
+  int rc = 0;
+  try {
+    rc = run_distributed(cli, self);
+  } catch (const std::exception& e) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    std::fprintf(stderr, "train: error on rank %d: %s\n", rank, e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  MPI_Finalize();
+  return rc;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -648,6 +750,9 @@ int main(int argc, char** argv) {
   try {
     if (cli.threads > 0) at::set_num_threads(cli.threads);
     if (!cli.child.empty()) return run_child(cli);
+#ifdef PROTOMEM_TRAIN_MPI
+    if (cli.distributed) return main_distributed(cli, argv[0], argc, argv);
+#endif
     return run_parent(cli, argv[0]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train: error: %s\n", e.what());

@@ -2,7 +2,8 @@
 // parameters of PrototypeMemory, so each choice is one instantiation; the margin (CombinedMargin)
 // and the refresh (Momentum, a = 0 is Replace) are runtime parameters; the Mining policy (none or
 // DoppelgangerMining, for protomem-mining) is a third template choice. Only examples/train includes
-// this (twelve instantiations of the CPU backend are slow to compile).
+// this (twelve instantiations of the CPU backend, twelve more of the sharded memory with
+// --distributed, are slow to compile).
 #pragma once
 
 #include <memory>
@@ -13,26 +14,40 @@
 
 namespace train {
 
-template <class Generator, class Queue>
-std::unique_ptr<Head> make_protomem_head_for(const Options& o) {
-  if (o.mining)
-    return std::make_unique<ProtomemHead<Generator, Queue, protomem::DoppelgangerMining>>(o);
-  return std::make_unique<ProtomemHead<Generator, Queue>>(o);
+// H<Generator, Queue, Mining> is ProtomemHead, or ShardedHead (distributed.hpp), constructed
+// from (o, args...).
+template <template <class, class, class> class H, class Generator, class Queue, class... Args>
+std::unique_ptr<Head> make_head_for(const Options& o, Args&... args) {
+  if (o.mining) {
+    return std::make_unique<H<Generator, Queue, protomem::DoppelgangerMining>>(o, args...);
+  }
+  return std::make_unique<H<Generator, Queue, protomem::NoMining>>(o, args...);
 }
 
-template <class Generator>
-std::unique_ptr<Head> make_protomem_head_with(const Options& o) {
-  if (o.queue == "lrw") return make_protomem_head_for<Generator, protomem::LeastRecentlyWritten>(o);
-  if (o.queue == "fifo") return make_protomem_head_for<Generator, protomem::FirstInFirstOut>(o);
+template <template <class, class, class> class H, class Generator, class... Args>
+std::unique_ptr<Head> make_head_with(const Options& o, Args&... args) {
+  if (o.queue == "lrw") {
+    return make_head_for<H, Generator, protomem::LeastRecentlyWritten>(o, args...);
+  }
+  if (o.queue == "fifo") return make_head_for<H, Generator, protomem::FirstInFirstOut>(o, args...);
   throw std::invalid_argument("--queue must be lrw or fifo, not '" + o.queue + "'");
 }
 
-inline std::unique_ptr<Head> make_protomem_head(const Options& o) {
-  if (o.generator == "mean") return make_protomem_head_with<protomem::ExemplarMean>(o);
-  if (o.generator == "detached") return make_protomem_head_with<protomem::DetachedExemplarMean>(o);
-  if (o.generator == "leave-one-out") return make_protomem_head_with<protomem::LeaveOneOut>(o);
+/// The protomem head H with the policies `o` names.
+template <template <class, class, class> class H, class... Args>
+std::unique_ptr<Head> make_policy_head(const Options& o, Args&... args) {
+  if (o.generator == "mean") return make_head_with<H, protomem::ExemplarMean>(o, args...);
+  if (o.generator == "detached") {
+    return make_head_with<H, protomem::DetachedExemplarMean>(o, args...);
+  }
+  if (o.generator == "leave-one-out") return make_head_with<H, protomem::LeaveOneOut>(o, args...);
   throw std::invalid_argument("--generator must be mean, detached or leave-one-out, not '" +
                               o.generator + "'");
+}
+
+/// The single-process head (ProtomemHead) with the policies `o` names.
+inline std::unique_ptr<Head> make_protomem_head(const Options& o) {
+  return make_policy_head<ProtomemHead>(o);
 }
 
 }  // namespace train

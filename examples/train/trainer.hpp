@@ -513,7 +513,20 @@ at::Tensor make_images(const Data& data, const std::vector<std::int64_t>& ids,
 // ---- encoder
 // --------------------------------------------------------------------------------------
 
-inline ::torch::nn::Sequential make_encoder(const Options& o) {
+/// How one run spans processes. The default: one process. examples/train --distributed
+/// (distributed.hpp): `world_size` ranks each train the same encoder on their own rows of the same
+/// global batch - batch norms over the global batch, gradients summed over the ranks before each
+/// optimizer step, evaluation on rank 0 only.
+struct Parallel {
+  int rank = 0, world_size = 1;
+  std::function<::torch::nn::AnyModule(std::int64_t features)> batch_norm;  // null: BatchNorm1d
+  std::function<void(::torch::nn::Sequential&)> sum_gradients;   // after backward; null: none
+  std::function<void(::torch::nn::Sequential&)> check_replicas;  // after the last step; null: none
+};
+
+/// The encoder, from the seed; `batch_norm` (Parallel) makes its batch norms where given.
+inline ::torch::nn::Sequential make_encoder(
+    const Options& o, const std::function<::torch::nn::AnyModule(std::int64_t)>& batch_norm = {}) {
   ::torch::manual_seed(o.seed);
   namespace nn = ::torch::nn;
 #ifdef PROTOMEM_TRAIN_IMAGES
@@ -521,10 +534,15 @@ inline ::torch::nn::Sequential make_encoder(const Options& o) {
     return images::make_cnn(o.images.channels, o.images.size, o.width, o.depth, o.dim);
   }
 #endif
-  // Linear-BN-ReLU blocks and a BN on the embedding, as face encoders end (BN-FC-BN).
-  return nn::Sequential(nn::Linear(o.data.image_dim, o.hidden), nn::BatchNorm1d(o.hidden),
-                        nn::ReLU(), nn::Linear(o.hidden, o.hidden), nn::BatchNorm1d(o.hidden),
-                        nn::ReLU(), nn::Linear(o.hidden, o.dim), nn::BatchNorm1d(o.dim));
+  auto bn = [&](std::int64_t n) {
+    return batch_norm ? batch_norm(n) : nn::AnyModule(nn::BatchNorm1d(n));
+  };
+  // Linear-BN-ReLU blocks and a BN on the embedding, as face encoders end (BN-FC-BN). One
+  // expression, as ever: the order the compiler constructs the Linear layers in decides their
+  // seeded initial weights (and so every earlier run's figures).
+  return nn::Sequential(nn::Linear(o.data.image_dim, o.hidden), bn(o.hidden), nn::ReLU(),
+                        nn::Linear(o.hidden, o.hidden), bn(o.hidden), nn::ReLU(),
+                        nn::Linear(o.hidden, o.dim), bn(o.dim));
 }
 
 /// Unit embeddings of `images` (no grad, batch-norm in inference mode), in chunks.
@@ -761,11 +779,13 @@ class Progress {
 /// initial encoder and evaluates it.
 template <class Data>
 RunResult train_on(const Options& o, const Data& data, const Method& method,
-                   std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
+                   std::function<std::unique_ptr<Head>(const Options&)> protomem_factory,
+                   const Parallel& parallel = {}) {
   RunResult result;
   result.method = method.name();
   const Evaluator evaluator(o, data);
-  auto encoder = make_encoder(o);
+  const bool evaluates = parallel.rank == 0;  // the other ranks' scores stay 0
+  auto encoder = make_encoder(o, parallel.batch_norm);
   ::torch::optim::SGD optimizer(
       encoder->parameters(),
       ::torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
@@ -794,7 +814,7 @@ RunResult train_on(const Options& o, const Data& data, const Method& method,
 #endif
   std::mt19937_64 staleness_rng(o.seed + 5);
 
-  result.untrained = evaluator.evaluate(encoder);
+  if (evaluates) result.untrained = evaluator.evaluate(encoder);
   result.curve.push_back({0, std::nan(""), result.untrained, std::nan("")});
 
   Progress progress(result.method, o.steps, o.progress);
@@ -818,12 +838,19 @@ RunResult train_on(const Options& o, const Data& data, const Method& method,
       sampler.next(ids, idx, head->mining_table(), &data);
       x = make_images(data, ids, idx);
     }
-    const at::Tensor y = ::torch::tensor(ids, ::torch::kLong);
+    at::Tensor y = ::torch::tensor(ids, ::torch::kLong);
+    if (parallel.world_size > 1) {  // this rank's rows [B r / W, B (r + 1) / W)
+      const std::int64_t b = y.size(0), w = parallel.world_size;
+      const std::int64_t first = b * parallel.rank / w, last = b * (parallel.rank + 1) / w;
+      x = x.slice(0, first, last);
+      y = y.slice(0, first, last);
+    }
     const double lr = lr_at(o, step);
     static_cast<::torch::optim::SGDOptions&>(optimizer.param_groups()[0].options()).lr(lr);
     optimizer.zero_grad();
     at::Tensor loss = head->loss(encoder->forward(x), y);
     loss.backward();
+    if (parallel.sum_gradients) parallel.sum_gradients(encoder);
     optimizer.step();
     head->update(lr, step + 1);
     const double value = loss.item<double>();
@@ -837,7 +864,8 @@ RunResult train_on(const Options& o, const Data& data, const Method& method,
     ++since;
     progress.update(step + 1, value, (step + 1) * o.batch / train_seconds);
     if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) {
-      CurvePoint point{step + 1, loss_since / since, evaluator.evaluate(encoder), 0.0};
+      CurvePoint point{step + 1, loss_since / since,
+                       evaluates ? evaluator.evaluate(encoder) : Scores{}, 0.0};
       point.staleness_cos =
           measure_staleness(o, data, encoder, *head, staleness_rng, step + 1, &result.staleness);
       result.curve.push_back(point);
@@ -847,6 +875,7 @@ RunResult train_on(const Options& o, const Data& data, const Method& method,
     }
   }
   progress.finish();
+  if (parallel.check_replicas) parallel.check_replicas(encoder);
   result.final = result.curve.back().scores;
   result.staleness_cos = result.curve.back().staleness_cos;
   result.step_ms = 1000.0 * train_seconds / std::max<std::int64_t>(1, o.steps);
@@ -864,14 +893,15 @@ RunResult train_on(const Options& o, const Data& data, const Method& method,
 
 /// Trains one method on the data `o` names: the synthetic set, or real images (--data).
 inline RunResult run_method(const Options& o, const Method& method,
-                            std::function<std::unique_ptr<Head>(const Options&)> protomem_factory) {
+                            std::function<std::unique_ptr<Head>(const Options&)> protomem_factory,
+                            const Parallel& parallel = {}) {
 #ifdef PROTOMEM_TRAIN_IMAGES
   if (!o.images.train.empty()) {
     const images::ImageSet data(o.images, o.eval_images);
-    return train_on(resolve(o, data), data, method, std::move(protomem_factory));
+    return train_on(resolve(o, data), data, method, std::move(protomem_factory), parallel);
   }
 #endif
-  return train_on(o, synthetic::IdentitySet(o.data), method, std::move(protomem_factory));
+  return train_on(o, synthetic::IdentitySet(o.data), method, std::move(protomem_factory), parallel);
 }
 
 /// The default-policy protomem head (what tests use without the policy dispatch), with
