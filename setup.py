@@ -10,6 +10,7 @@ import ctypes.util
 import os
 import sys
 
+import torch
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
@@ -23,6 +24,12 @@ def eigen_include():
             return candidate
     sys.exit("protomem: Eigen 3.4 headers not found; install libeigen3-dev or set "
              "PROTOMEM_EIGEN_INCLUDE to the directory that holds Eigen/")
+
+
+def torch_version():
+    """(major, minor) of the installed torch: (1, 13) for "1.13.0a0", (2, 15) for "2.15.0+cu132"."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
 
 
 def openblas():
@@ -42,7 +49,15 @@ sources = [os.path.join("python", "csrc", name) for name in
             "sharded_float.cpp", "sharded_double.cpp")]
 include_dirs = [os.path.join(ROOT, "include"), os.path.join(ROOT, "python", "csrc"),
                 os.path.join(ROOT, "examples", "train"), eigen_include()]
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+# -fvisibility=hidden: pybind11's advice for extension modules (its namespace is hidden; without it
+# GCC warns "declared with greater visibility" for every bound class with torch 2.15's pybind11 3).
+cxx_flags = ["-O3", "-fopenmp", "-fvisibility=hidden"]
+# The C++ standard: the library needs C++17; torch's tooling adds its own default when none is
+# given: -std=c++14 up to torch 2.0 (too old for the library, so C++17 is passed there), c++17 from
+# 2.1, c++20 once torch's headers require C++20 (torch 2.15's refuse to compile as C++17). From
+# 2.1 on the choice is torch's, so the extension always compiles as its headers require.
+if torch_version() < (2, 1):
+    cxx_flags.append("-std=c++17")
 if os.environ.get("PROTOMEM_NATIVE", "1") != "0":
     cxx_flags.append("-march=native")
 define_macros = []

@@ -184,17 +184,10 @@ PYBIND11_MODULE(_C, m) {
   using namespace protomem::python;
   m.doc() = "protomem's C++ binding (use the protomem package, not this module)";
 
-  static py::exception<Error> error(m, "Error", PyExc_RuntimeError);
-  static py::exception<Unsupported> unsupported(m, "UnsupportedError", error.ptr());
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const Unsupported& e) {
-      unsupported(e.what());
-    } catch (const Error& e) {
-      error(e.what());
-    }
-  });
+  // register_exception: pybind11's own idiom in every version torch brings (2.10 in torch 1.13, 3.x
+  // in torch 2.15), where calling a py::exception directly is deprecated from 2.12 on.
+  const py::exception<Error>& error = py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
+  py::register_exception<Unsupported>(m, "UnsupportedError", error);
 
   // ---- policies (the C++ structs themselves; their constructors validate the parameters)
   bind_policy<NoMargin>(m, "NoMargin", "No margin (NormFace): z = s cos.")
