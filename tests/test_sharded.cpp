@@ -302,3 +302,99 @@ TEST_CASE("checkpoint files: N ranks save, one process or N ranks load, corrupt 
     rmdir(pattern);
   }
 }
+
+namespace {
+
+// A communicator that forwards to ThreadComm and, while armed, fails its n-th collective on every
+// rank alike - an engine error reported to every rank (a broken connection, Gloo's timeout).
+class FailingComm {
+ public:
+  explicit FailingComm(ThreadComm& inner) : inner_(&inner) {}
+  int rank() const { return inner_->rank(); }
+  int world_size() const { return inner_->world_size(); }
+  protomem::CommTraffic traffic() const { return inner_->traffic(); }
+  template <class T>
+  void all_gather(const T* mine, std::int64_t count, T* all, const std::int64_t* counts) {
+    maybe_fail();
+    inner_->all_gather(mine, count, all, counts);
+  }
+  template <class T>
+  void all_reduce(T* data, std::int64_t count, protomem::ReduceOp op) {
+    maybe_fail();
+    inner_->all_reduce(data, count, op);
+  }
+  int fail_at = -1;  // the collective (counted in `calls`) that fails; -1: none
+  int calls = 0;     // collectives since the caller last reset it
+
+ private:
+  void maybe_fail() {
+    const int index = calls++;
+    if (fail_at >= 0 && index == fail_at) {
+      fail_at = -1;
+      protomem::detail::fail("injected engine failure on rank ", rank());
+    }
+  }
+  ThreadComm* inner_;
+};
+
+}  // namespace
+
+TEST_CASE("a communicator failure at any collective of a step throws and changes nothing",
+          "[sharded]") {
+  const int W = 3;
+  std::vector<Expect> expects(W);
+  std::vector<int> collectives(W, 0);
+  const auto errors = run_ranks(W, [&](ThreadComm& thread_comm) {
+    Expect& expect = expects[static_cast<std::size_t>(thread_comm.rank())];
+    FailingComm comm(thread_comm);
+    const protomem::Config config = protomem::test::sharded_test_config();
+    protomem::test::Sharded<double, FailingComm> sharded(comm, config);
+    protomem::test::ReferenceMemory<double> reference(config);
+    Batches batches(17, config.capacity, config.dim, W);
+    for (int t = 0; t < 40; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    // How many collectives one step makes (memory full, evicting, similar_k = 3).
+    comm.calls = 0;
+    protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    const int per_step = comm.calls;
+    collectives[static_cast<std::size_t>(comm.rank())] = per_step;
+    for (int n = 0; n < per_step; ++n) {
+      const auto before = sharded.gather_records();
+      const protomem::Stats stats_before = sharded.stats();
+      const protomem::test::GlobalBatch<double> batch = batches.next();
+      const std::int64_t mine = batch.rows[static_cast<std::size_t>(comm.rank())];
+      const std::int64_t offset = batch.offset(comm.rank());
+      std::vector<double> g(static_cast<std::size_t>(std::max<std::int64_t>(mine, 1) * config.dim), 5);
+      comm.calls = 0;
+      comm.fail_at = n;
+      std::string message;
+      try {
+        sharded.forward(protomem::matrix_view<const double>(
+                            batch.embeddings.data() + offset * config.dim, mine, config.dim),
+                        protomem::label_view(batch.labels.data() + offset, mine),
+                        protomem::matrix_view(g.data(), mine, config.dim));
+      } catch (const protomem::Error& e) {
+        message = e.what();
+      }
+      expect.context = "rank " + std::to_string(comm.rank()) + ", failure at collective " +
+                       std::to_string(n);
+      expect(message.find("injected engine failure") != std::string::npos,
+             "the step did not report the engine's failure: '" + message + "'");
+      expect(!sharded.pending(), "a failed forward left an update pending");
+      bool untouched = true;
+      for (double v : g) untouched = untouched && v == 5;
+      expect(untouched, "a failed forward wrote the gradient");
+      const auto after = sharded.gather_records();
+      bool same = after.size() == before.size() && sharded.stats().steps == stats_before.steps;
+      for (std::size_t i = 0; same && i < after.size(); ++i) {
+        same = after[i].label == before[i].label && after[i].prototype == before[i].prototype;
+      }
+      expect(same, "a failed step changed the memory");
+      // The same batch again, without the failure: the step the reference takes.
+      protomem::test::step_both(sharded, reference, batch, 1e-10, expect);
+    }
+    protomem::test::expect_same_memory<double>(sharded, reference, 1e-10, expect);
+  });
+  CHECK(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  CHECK(collectives[0] >= 10);  // validation, gathers, plan, merge, similar classes
+}
