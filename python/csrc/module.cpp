@@ -179,6 +179,37 @@ py::class_<Policy> bind_policy(py::module_& m, const char* python_name, const ch
 }  // namespace python
 }  // namespace protomem
 
+namespace protomem {
+namespace python {
+namespace {
+
+// The Config and policies of make_head / make_sharded_head's arguments.
+Config config_of(index_t capacity, index_t dim, label_t num_classes, std::size_t workspace_bytes,
+                 int threads, index_t similar_k) {
+  Config config;
+  config.capacity = capacity;
+  config.dim = dim;
+  config.num_classes = num_classes;
+  config.workspace_bytes = workspace_bytes;
+  config.threads = threads;
+  config.similar_k = similar_k;
+  return config;
+}
+
+Policies policies_of(const py::object& margin, const py::object& generator,
+                     const py::object& refresh, const py::object& queue,
+                     const py::object& mining) {
+  return {policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
+          policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
+          policy_of<Replace, Momentum>(refresh, "refresh"),
+          policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
+          policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
+}
+
+}  // namespace
+}  // namespace python
+}  // namespace protomem
+
 PYBIND11_MODULE(_C, m) {
   using namespace protomem;
   using namespace protomem::python;
@@ -352,19 +383,9 @@ PYBIND11_MODULE(_C, m) {
          std::size_t workspace_bytes, int threads, index_t similar_k, const py::object& margin,
          const py::object& generator, const py::object& refresh, const py::object& queue,
          const py::object& mining) {
-        Config config;
-        config.capacity = capacity;
-        config.dim = dim;
-        config.num_classes = num_classes;
-        config.workspace_bytes = workspace_bytes;
-        config.threads = threads;
-        config.similar_k = similar_k;
-        Policies p{
-            policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
-            policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
-            policy_of<Replace, Momentum>(refresh, "refresh"),
-            policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
-            policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
+        const Config config =
+            config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k);
+        const Policies p = policies_of(margin, generator, refresh, queue, mining);
         return make_head(double_precision, config, p);
       },
       "double_precision"_a, "capacity"_a, "dim"_a, "num_classes"_a, "workspace_bytes"_a,
@@ -378,19 +399,9 @@ PYBIND11_MODULE(_C, m) {
          index_t capacity, index_t dim, label_t num_classes, std::size_t workspace_bytes,
          int threads, index_t similar_k, const py::object& margin, const py::object& generator,
          const py::object& refresh, const py::object& queue, const py::object& mining) {
-        Config config;
-        config.capacity = capacity;
-        config.dim = dim;
-        config.num_classes = num_classes;
-        config.workspace_bytes = workspace_bytes;
-        config.threads = threads;
-        config.similar_k = similar_k;
-        Policies p{
-            policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
-            policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
-            policy_of<Replace, Momentum>(refresh, "refresh"),
-            policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
-            policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
+        const Config config =
+            config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k);
+        const Policies p = policies_of(margin, generator, refresh, queue, mining);
         if (!std::holds_alternative<LeastRecentlyWritten>(p.queue)) {
           throw Unsupported("protomem: the sharded memory of the Python package uses the "
                             "LeastRecentlyWritten queue only");
