@@ -138,7 +138,7 @@ class ShardedHead : public Head {
                                                   protomem::CombinedMargin, Generator,
                                                   protomem::Momentum, Queue, Mining>;
   ShardedHead(const Options& o, protomem::MpiCommunicator& comm)
-      : memory_(comm, config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh),
+      : memory_(comm, memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh),
                 Queue{}, make_mining<Mining>(o)) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
@@ -190,13 +190,6 @@ class ShardedHead : public Head {
   }
 
  private:
-  static protomem::Config config(const Options& o) {
-    protomem::Config c;
-    c.capacity = o.capacity;
-    c.dim = o.dim;
-    c.num_classes = o.identities;
-    return c;
-  }
   Memory memory_;
 };
 

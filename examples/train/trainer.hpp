@@ -109,6 +109,15 @@ struct Options {
 
 /// Margin on the target cosine for the learned baselines, the same psi as protomem's
 /// CombinedMargin(s, 1, m2, m3): cosface = (m2 = 0, m3 = m), arcface = (m2 = m, m3 = 0).
+/// The memory's sizes: M slots of dim D, labels below the number of identities.
+inline protomem::Config memory_config(const Options& o) {
+  protomem::Config c;
+  c.capacity = o.capacity;
+  c.dim = o.dim;
+  c.num_classes = o.identities;
+  return c;
+}
+
 inline protomem::CombinedMargin make_margin(const Options& o) {
   if (o.margin == "cosface") return protomem::CombinedMargin(o.scale, 1.0, 0.0, o.m);
   if (o.margin == "arcface") return protomem::CombinedMargin(o.scale, 1.0, o.m, 0.0);
@@ -177,7 +186,7 @@ class ProtomemHead : public Head {
   using Adapter = protomem::torch::PrototypeHead<float, protomem::CombinedMargin, Generator,
                                                  protomem::Momentum, Queue, Mining>;
   explicit ProtomemHead(const Options& o)
-      : head_(config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{},
+      : head_(memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{},
               make_mining<Mining>(o)) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override { return head_(e, y); }
@@ -214,13 +223,6 @@ class ProtomemHead : public Head {
   }
 
  private:
-  static protomem::Config config(const Options& o) {
-    protomem::Config c;
-    c.capacity = o.capacity;
-    c.dim = o.dim;
-    c.num_classes = o.identities;
-    return c;
-  }
   Adapter head_;
 };
 

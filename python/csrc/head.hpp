@@ -42,6 +42,21 @@ struct LastStep {
   std::size_t workspace_bytes = 0;
 };
 
+/// A StepResult as the Python layer sees it.
+template <class Scalar>
+LastStep last_step_of(const StepResult<Scalar>& r) {
+  LastStep s;
+  s.loss = static_cast<double>(r.loss);
+  s.classes = r.classes;
+  s.similar_k = r.similar_k;
+  s.similar = r.similar;
+  s.similar_cosines.assign(r.similar_cosines.begin(), r.similar_cosines.end());
+  s.threads = r.threads;
+  s.tile_columns = r.tile_columns;
+  s.workspace_bytes = r.workspace_bytes;
+  return s;
+}
+
 /// What is stored, in eviction order (the next to be evicted first).
 struct Contents {
   at::Tensor labels;        // int64 [n]

@@ -108,19 +108,7 @@ class HeadImpl final : public AnyHead {
   bool contains(label_t label) const override { return head_.memory().contains(label); }
   Stats stats() const override { return head_.memory().stats(); }
 
-  LastStep last_step() const override {
-    const StepResult<Scalar>& r = head_.last_result();
-    LastStep s;
-    s.loss = static_cast<double>(r.loss);
-    s.classes = r.classes;
-    s.similar_k = r.similar_k;
-    s.similar = r.similar;
-    s.similar_cosines.assign(r.similar_cosines.begin(), r.similar_cosines.end());
-    s.threads = r.threads;
-    s.tile_columns = r.tile_columns;
-    s.workspace_bytes = r.workspace_bytes;
-    return s;
-  }
+  LastStep last_step() const override { return last_step_of(head_.last_result()); }
 
   index_t size() const override { return head_.memory().size(); }
   index_t capacity() const override { return head_.memory().capacity(); }

@@ -169,19 +169,7 @@ class ShardedHeadImpl final : public AnyHead {
   }
 
   Stats stats() const override { return sharded().stats(); }
-  LastStep last_step() const override {
-    const StepResult<Scalar>& r = state_->last;
-    LastStep s;
-    s.loss = static_cast<double>(r.loss);
-    s.classes = r.classes;
-    s.similar_k = r.similar_k;
-    s.similar = r.similar;
-    s.similar_cosines.assign(r.similar_cosines.begin(), r.similar_cosines.end());
-    s.threads = r.threads;
-    s.tile_columns = r.tile_columns;
-    s.workspace_bytes = r.workspace_bytes;
-    return s;
-  }
+  LastStep last_step() const override { return last_step_of(state_->last); }
   index_t size() const override { return sharded().size(); }
   index_t capacity() const override { return sharded().capacity(); }
   index_t dim() const override { return sharded().dim(); }
