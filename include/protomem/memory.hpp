@@ -42,6 +42,7 @@
 #include <protomem/detail/validation.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
+#include <protomem/policies/aging.hpp>
 #include <protomem/policies/generator.hpp>
 #include <protomem/policies/margin.hpp>
 #include <protomem/policies/mining.hpp>
@@ -105,7 +106,7 @@ struct Record {
 
 template <class Scalar, class Device = cpu, class Margin = CosFace,
           class Generator = ExemplarMean, class Refresh = Replace,
-          class Queue = LeastRecentlyWritten, class Mining = NoMining>
+          class Queue = LeastRecentlyWritten, class Mining = NoMining, class Aging = NoAging>
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
@@ -116,6 +117,7 @@ class PrototypeMemory {
   static_assert(detail::check_refresh_policy<Refresh, Scalar>());
   static_assert(detail::check_queue_policy<Queue>());
   static_assert(detail::check_mining_policy<Mining, Scalar>());
+  static_assert(detail::check_aging_policy<Aging>());
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
   // The members the memory calls on its backend (backend/seam.hpp), named when one is missing.
   static_assert(detail::check_backend<Backend, Scalar, Margin, Generator, Refresh>());
@@ -133,6 +135,7 @@ class PrototypeMemory {
   using refresh_type = Refresh;
   using queue_type = Queue;
   using mining_type = Mining;
+  using aging_type = Aging;
   /// What prototype() and iteration give for a stored prototype: Span<const Scalar> (a view into
   /// the store) for cpu, std::vector<Scalar> (a decoded copy) for cpu_bf16 and cpu_fp16.
   using prototype_type = typename Backend::prototype_type;
@@ -143,21 +146,23 @@ class PrototypeMemory {
 
   explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
                            Generator generator = Generator{}, Refresh refresh = Refresh{},
-                           Queue queue = Queue{}, Mining mining = Mining{})
+                           Queue queue = Queue{}, Mining mining = Mining{}, Aging aging = Aging{})
       : PrototypeMemory(resources_type{}, config, std::move(margin), std::move(generator),
-                        std::move(refresh), std::move(queue), std::move(mining)) {}
+                        std::move(refresh), std::move(queue), std::move(mining),
+                        std::move(aging)) {}
 
   /// A memory whose backend uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
   /// A capacity x dim that cannot be allocated throws protomem::Error (not std::bad_alloc).
   PrototypeMemory(const resources_type& resources, const Config& config, Margin margin = Margin{},
                   Generator generator = Generator{}, Refresh refresh = Refresh{},
-                  Queue queue = Queue{}, Mining mining = Mining{}) try
+                  Queue queue = Queue{}, Mining mining = Mining{}, Aging aging = Aging{}) try
       : config_(checked(config)),
         margin_(checked_margin(std::move(margin))),
         generator_(std::move(generator)),
         refresh_(std::move(refresh)),
         queue_(std::move(queue)),
         mining_(std::move(mining)),
+        aging_(std::move(aging)),
         book_(config_.capacity),
         backend_(config_.capacity, config_.dim, resources) {
   } catch (const std::bad_alloc&) {
@@ -205,8 +210,11 @@ class PrototypeMemory {
     detail::BatchClasses batch = detail::group_by_class(labels);
     detail::check_classes(batch, config_.capacity, Generator::min_exemplars, Generator::name);
 
-    // Stale copies of this batch's classes are no columns of the memory pass.
-    const std::vector<index_t> excluded = book_.slots_of(batch.labels);
+    // Stale copies of this batch's classes are no columns of the memory pass, nor are expired
+    // prototypes; the others count by their age (policies/aging.hpp).
+    std::vector<index_t> excluded = book_.slots_of(batch.labels);
+    std::vector<Scalar> column_bias;
+    detail::age_columns(aging_, book_, 0, book_.used, excluded, column_bias);
     const backend::StepInput<Scalar> in{&batch,
                                         embeddings,
                                         gradient,
@@ -215,7 +223,8 @@ class PrototypeMemory {
                                         config_.workspace_bytes,
                                         config_.threads,
                                         std::max(config_.similar_k, mining_.similar_k()),
-                                        {}};
+                                        {},
+                                        span_of(column_bias)};
     backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
     const backend::SimilarSlots<Scalar>& similar = out.similar;
     const backend::PassReport& pass = out.pass;
@@ -257,7 +266,9 @@ class PrototypeMemory {
     }
     const std::vector<detail::SlotWrite> writes =
         detail::plan_writes(book_, pending_classes_, config_.capacity);  // may throw
-    backend_.write(writes, refresh_);  // the CPU's cannot throw; the CUDA one throws unwritten
+    // An expired prototype is not blended into its class's fresh one.
+    backend_.write(detail::unblend_expired(aging_, book_, writes), refresh_);  // the CPU's cannot
+                                                             // throw; the CUDA one throws unwritten
     pending_ = false;                  // done: nothing below throws
     detail::apply_writes(book_, queue_, writes, pending_classes_);
     if (pending_k_ > 0) {  // only committed steps reach the Mining policy
@@ -345,6 +356,7 @@ class PrototypeMemory {
   const Queue& queue() const { return queue_; }
   /// The Mining policy, e.g. the doppelganger table a sampler draws from.
   const Mining& mining() const { return mining_; }
+  const Aging& aging() const { return aging_; }
 
   // ---- backend ----------------------------------------------------------------------------------
 
@@ -403,7 +415,7 @@ class PrototypeMemory {
               Span<const std::uint64_t> last_written, std::uint64_t steps) {
     Book book = detail::book_from_records(labels, prototypes, last_written, steps, config_.capacity,
                                           config_.dim, config_.num_classes);
-    Policies policies{margin_, generator_, refresh_, queue_, mining_};
+    Policies policies{margin_, generator_, refresh_, queue_, mining_, aging_};
     policies.mining.clear();
     replace_state(std::move(book), std::move(policies), [&](index_t r) {
       return std::pair<index_t, const Scalar*>{r, prototypes.data + r * prototypes.row_stride};
@@ -418,6 +430,7 @@ class PrototypeMemory {
     Refresh refresh;
     Queue queue;
     Mining mining;
+    Aging aging;
   };
 
   // The one way load() and assign() replace the state: a backend filled from `n` = book.used
@@ -437,6 +450,7 @@ class PrototypeMemory {
     refresh_ = std::move(policies.refresh);
     queue_ = std::move(policies.queue);
     mining_ = std::move(policies.mining);
+    aging_ = std::move(policies.aging);
     pending_ = false;
   }
 
@@ -473,7 +487,7 @@ class PrototypeMemory {
           const prototype_type p = backend_.prototype_view(slot);  // the logical (decoded) values
           for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
         },
-        margin_, generator_, refresh_, queue_, mining_);
+        margin_, generator_, refresh_, queue_, mining_, aging_);
   }
 
   void deserialize(const std::string& bytes, const std::string& source) {
@@ -485,7 +499,8 @@ class PrototypeMemory {
                       detail::load_policy(stored[1], "generator", generator_, source),
                       detail::load_policy(stored[2], "refresh", refresh_, source),
                       detail::load_policy(stored[3], "queue", queue_, source),
-                      detail::load_policy(stored[4], "mining", mining_, source)};
+                      detail::load_policy(stored[4], "mining", mining_, source),
+                      detail::load_policy(stored[5], "aging", aging_, source)};
     detail::check_margin_in<Scalar>(policies.margin);  // valid in double is not enough (s = 1e39)
 
     detail::CheckpointRecords<Scalar> records =
@@ -502,6 +517,7 @@ class PrototypeMemory {
   Refresh refresh_;
   Queue queue_;
   Mining mining_;
+  Aging aging_;
   Book book_;
   Backend backend_;
   bool pending_ = false;

@@ -72,6 +72,17 @@ std::string describe(const protomem::CombinedMargin& m) {
          ",\"m2\":" + num(m.m2) + ",\"m3\":" + num(m.m3) + "}";
 }
 
+// Aging descriptions (policies/aging.hpp); max_age -1: never.
+std::string describe(const protomem::NoAging&) { return "{\"name\":\"none\"}"; }
+std::string describe(const protomem::MaxAge& a) {
+  return "{\"name\":\"max_age\",\"max_age\":" + std::to_string(a.max_age) + "}";
+}
+std::string describe(const protomem::AgeDecay& a) {
+  return "{\"name\":\"age_decay\",\"half_life\":" + num(a.half_life) + ",\"max_age\":" +
+         (a.max_age == protomem::AgeDecay::never ? std::string("-1") : std::to_string(a.max_age)) +
+         "}";
+}
+
 struct Scenario {
   const char* name;
   index_t capacity_lo, capacity_hi;  // capacity drawn in [lo, hi]
@@ -101,9 +112,9 @@ struct Centers {
   }
 };
 
-template <class Margin, class Generator>
+template <class Margin, class Generator, class Aging = protomem::NoAging>
 void run_combination(const Margin& margin, const char* generator_name, const Scenario& scenario,
-                     Rng& rng, std::vector<std::string>& cases) {
+                     Rng& rng, std::vector<std::string>& cases, const Aging& aging = Aging{}) {
   std::uniform_int_distribution<index_t> capacity_dist(scenario.capacity_lo, scenario.capacity_hi);
   std::uniform_int_distribution<index_t> dim_dist(4, 8);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
@@ -113,7 +124,10 @@ void run_combination(const Margin& margin, const char* generator_name, const Sce
   config.capacity = capacity_dist(rng);
   config.dim = dim_dist(rng);
   config.workspace_bytes = scenario.workspace_bytes;
-  protomem::PrototypeMemory<double, protomem::cpu, Margin, Generator> memory(config, margin);
+  protomem::PrototypeMemory<double, protomem::cpu, Margin, Generator, protomem::Replace,
+                            protomem::LeastRecentlyWritten, protomem::NoMining, Aging>
+      memory(config, margin, Generator{}, protomem::Replace{}, protomem::LeastRecentlyWritten{},
+             protomem::NoMining{}, aging);
   const index_t D = config.dim;
   const index_t stride = D + scenario.row_padding;
   const index_t min_k = Generator::min_exemplars;
@@ -186,6 +200,8 @@ void run_combination(const Margin& margin, const char* generator_name, const Sce
     c += ",\"step\":" + std::to_string(step);
     c += ",\"margin\":" + describe(margin);
     c += ",\"generator\":\"" + std::string(generator_name) + "\"";
+    c += ",\"aging\":" + describe(aging);
+    c += ",\"steps_before\":" + std::to_string(memory.step_count());
     c += ",\"capacity\":" + std::to_string(config.capacity);
     c += ",\"dim\":" + std::to_string(D);
     c += ",\"workspace_bytes\":" + std::to_string(config.workspace_bytes);
@@ -226,6 +242,19 @@ int main() {
     for (double s : {8.0, 16.0}) run_margin(protomem::ArcFace(s, 0.5), rng, cases);
     for (double s : {8.0, 30.0}) run_margin(protomem::ArcFace(s, 0.5, /*easy=*/true), rng, cases);
     for (double s : {16.0, 30.0}) run_margin(protomem::CombinedMargin(s, 1.2, 0.3, 0.1), rng, cases);
+    // Aging (policies/aging.hpp): expired columns dropped, the others weighted by their age.
+    for (const Scenario& scenario : scenarios) {
+      const protomem::CosFace cosface(30.0, 0.35);
+      run_combination<protomem::CosFace, protomem::ExemplarMean>(
+          cosface, "exemplar_mean", scenario, rng, cases, protomem::MaxAge(1));
+      run_combination<protomem::CosFace, protomem::LeaveOneOut>(
+          cosface, "leave_one_out", scenario, rng, cases, protomem::AgeDecay(1.5));
+      run_combination<protomem::ArcFace, protomem::ExemplarMean>(
+          protomem::ArcFace(16.0, 0.5), "exemplar_mean", scenario, rng, cases,
+          protomem::AgeDecay(2.0, 1));
+      run_combination<protomem::CosFace, protomem::DetachedExemplarMean>(
+          cosface, "detached_exemplar_mean", scenario, rng, cases, protomem::AgeDecay(0.5));
+    }
 
     std::fputs("[\n", stdout);
     for (std::size_t k = 0; k < cases.size(); ++k) {

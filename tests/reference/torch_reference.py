@@ -57,6 +57,21 @@ def psi(margin, c):
     raise ValueError(f"unknown margin {name!r}")
 
 
+def log_weight(aging, age):
+    """log pi(age) of a stored column (policies/aging.hpp); -inf: expired."""
+    name = aging["name"]
+    if name == "none":
+        return 0.0
+    bound = aging["max_age"]
+    if bound >= 0 and age > bound:
+        return -math.inf
+    if name == "max_age":
+        return 0.0
+    if name == "age_decay":
+        return -math.log(2.0) * age / aging["half_life"]
+    raise ValueError(f"unknown aging {name!r}")
+
+
 def reference(case):
     """Loss and dL/dE of one case, from scratch; also the margin branch taken per sample."""
     margin = case["margin"]
@@ -78,13 +93,19 @@ def reference(case):
             p = p.detach()
         prototypes.append(p)
 
-    # Columns: the stored prototypes of classes not in this batch (constants), then one fresh column
-    # per batch class.
-    stored = [torch.tensor(p, dtype=torch.float64)
-              for label, p in zip(case["stored_labels"], case["stored_prototypes"])
-              if label not in members]
+    # Columns: the stored prototypes of classes not in this batch (constants) that have not
+    # expired, each with its log-weight by age (policies/aging.hpp), then one fresh column per
+    # batch class (weight 1).
+    stored, log_weights = [], []
+    for label, p, written in zip(case["stored_labels"], case["stored_prototypes"],
+                                 case["stored_last_written"]):
+        w = log_weight(case.get("aging", {"name": "none"}), case.get("steps_before", 0) - written)
+        if label not in members and w != -math.inf:
+            stored.append(torch.tensor(p, dtype=torch.float64))
+            log_weights.append(w)
     columns = torch.stack(stored + prototypes)  # (M_other + C) x D
     n_stored = len(stored)
+    bias = torch.tensor(log_weights + [0.0] * len(prototypes), dtype=torch.float64)
     cos = x @ columns.T  # B x (M_other + C)
 
     # Target cosine of each sample.
@@ -112,7 +133,7 @@ def reference(case):
 
     onehot = torch.zeros_like(cos)
     onehot[torch.arange(B), torch.tensor(target_index)] = 1.0
-    logits = s * cos * (1.0 - onehot) + onehot * target_logit[:, None]
+    logits = (s * cos + bias[None, :]) * (1.0 - onehot) + onehot * target_logit[:, None]
     loss = (torch.logsumexp(logits, dim=1) - target_logit).mean()
     (grad,) = torch.autograd.grad(loss, E)
     return loss.item(), grad, branches
@@ -120,6 +141,13 @@ def reference(case):
 
 def relative_error(value, ref):
     return (value - ref).norm().item() / max(ref.norm().item(), FLOOR)
+
+
+def aging_key(aging):
+    if not aging or aging["name"] == "none":
+        return ""
+    params = ",".join(f"{k}={aging[k]:g}" for k in ("half_life", "max_age") if k in aging)
+    return f" + {aging['name']}({params})"
 
 
 def margin_key(margin):
@@ -146,7 +174,7 @@ def main():
     torch.set_grad_enabled(True)
     summary = defaultdict(lambda: {"n": 0, "loss": 0.0, "grad": 0.0, "fail": 0,
                                    "angular": 0, "fallback": 0, "excluded": 0, "full": 0,
-                                   "evicted": 0, "tiled": 0})
+                                   "evicted": 0, "tiled": 0, "expired": 0})
     failures = []
     worst = (0.0, None)
     for k, case in enumerate(cases):
@@ -154,7 +182,7 @@ def main():
         grad = torch.tensor(case["grad"], dtype=torch.float64)
         loss_err = abs(case["loss"] - ref_loss) / max(abs(ref_loss), FLOOR)
         grad_err = relative_error(grad, ref_grad)
-        key = (margin_key(case["margin"]), case["generator"])
+        key = (margin_key(case["margin"]) + aging_key(case.get("aging")), case["generator"])
         row = summary[key]
         row["n"] += 1
         row["loss"] = max(row["loss"], loss_err)
@@ -163,6 +191,9 @@ def main():
         row["fallback"] += branches.count("fallback")
         stored = set(case["stored_labels"])
         row["excluded"] += len(stored & set(case["labels"]))
+        aging = case.get("aging", {"name": "none"})
+        row["expired"] += sum(log_weight(aging, case.get("steps_before", 0) - w) == -math.inf
+                              for w in case["stored_last_written"])
         row["full"] += len(stored) == case["capacity"]
         row["evicted"] += case["evictions_before"] > 0
         B = len(case["labels"])
@@ -183,10 +214,13 @@ def main():
         status = "FAIL" if row["fail"] else "ok"
         print(f"{margin:<34} {generator:<23} {row['n']:>5} {row['loss']:>9.2e} {row['grad']:>9.2e}"
               f"  {status}: {row['excluded']} stale copies excluded, {row['full']} full,"
-              f" {row['evicted']} after evictions, {row['tiled']} tiled,"
+              f" {row['evicted']} after evictions, {row['tiled']} tiled, {row['expired']} expired,"
               f" targets {row['angular']} angular / {row['fallback']} fallback")
     print(f"worst relative error {worst[0]:.3g} (case {worst[1]}) over {len(cases)} cases,"
           f" tolerance {TOLERANCE:g}")
+    for (margin, generator), row in sorted(summary.items()):
+        if "+ max_age" in margin and row["expired"] == 0:  # the expiry path must be exercised
+            failures.append(f"{margin} {generator}: no case had an expired column")
     if failures:
         print(f"FAIL: {len(failures)} case(s) disagree with torch autograd:")
         for line in failures[:20]:

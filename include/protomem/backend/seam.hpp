@@ -24,8 +24,9 @@
 // and a specialisation of detail::BackendFor<Scalar, DeviceTag> naming it (device.hpp).
 //
 // Guarantees (of the memory, to every backend): a StepInput's shapes and labels are validated,
-// the batch is grouped (detail::group_by_class), `excluded` is sorted ascending, and `used` slots
-// [0, used) hold prototypes.
+// the batch is grouped (detail::group_by_class), `excluded` is sorted ascending (the batch's own
+// classes and expired prototypes), `used` slots [0, used) hold prototypes, and `column_bias` is
+// empty or holds `used` finite values <= 0.
 #pragma once
 
 #include <cstddef>
@@ -82,6 +83,9 @@ struct StepInput {
   int threads = 0;                  ///< Config::threads (0: OpenMP's default)
   index_t similar_k = 0;            ///< most similar stored slots wanted per batch class
   MergeRows<Scalar> merge_rows;     ///< see MergeRows
+  /// Per slot [0, used): log pi_j, added to the column's logit (policies/aging.hpp), finite and
+  /// <= 0 for every active slot; empty: 0 for every slot.
+  Span<const Scalar> column_bias;
 };
 
 /// For each batch class, its most similar stored prototypes: `slots` and `cosines`, k per class,

@@ -77,20 +77,24 @@ inline std::string read_file(const std::string& path) {
   return bytes;
 }
 
-// ---- checkpoint format, version 1 (all integers little-endian) ----------------------------------
+// ---- checkpoint format, version 2 (all integers little-endian) ----------------------------------
 //   "PROTOMEM" | u32 version | u32 scalar bytes (4: float32, 8: float64) | u64 dim | u64 capacity
 //   | i64 num_classes | u64 steps, refreshes, insertions, evictions
-//   | 5 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
-//     margin, generator, refresh, queue, mining
+//   | 6 x policy (u32-length name of the family, u32-length policy name, u64-length state bytes):
+//     margin, generator, refresh, queue, mining, aging
+//   Version 1 (before the Aging policies) is version 2 without the aging policy; it is read as
+//   aging "none" (NoAging).
 //   | u64 n | n x record (i64 label, u64 slot, u64 last_written, dim scalars), in eviction order
 //   Narrow storage (cpu_bf16, cpu_fp16) writes its decoded float values, so the file does not
 //   record the storage: it loads into a float memory exactly, and a float checkpoint loads into a
 //   narrow memory rounded as a write would round it.
 //   | u32 CRC-32 (zlib) of every byte before it
 inline constexpr char checkpoint_magic[9] = "PROTOMEM";
-inline constexpr std::uint32_t checkpoint_version = 1;
-inline constexpr const char* policy_families[5] = {"margin", "generator", "refresh", "queue",
-                                                   "mining"};
+inline constexpr std::uint32_t checkpoint_version = 2;
+inline constexpr std::uint32_t checkpoint_version_without_aging = 1;  // still read
+inline constexpr int checkpoint_policies = 6;
+inline constexpr const char* policy_families[checkpoint_policies] = {
+    "margin", "generator", "refresh", "queue", "mining", "aging"};
 
 template <class Policy>
 void save_policy(ByteWriter& out, const char* family, const Policy& policy) {
@@ -132,7 +136,8 @@ Policy load_policy(const StoredPolicy& stored, const char* family, const Policy&
 template <class Scalar, class WritePrototype, class... Policies>
 std::string write_checkpoint(index_t dim, index_t capacity, label_t num_classes, const Book& book,
                              WritePrototype write_prototype, const Policies&... policies) {
-  static_assert(sizeof...(Policies) == 5, "margin, generator, refresh, queue, mining");
+  static_assert(sizeof...(Policies) == checkpoint_policies,
+                "margin, generator, refresh, queue, mining, aging");
   ByteWriter out;
   begin_frame(out, checkpoint_magic, checkpoint_version);
   out.put<std::uint32_t>(sizeof(Scalar));
@@ -210,7 +215,7 @@ struct CheckpointHeader {
   std::uint64_t dim = 0;
   std::uint64_t records = 0;
   Stats stats;
-  StoredPolicy policies[5];
+  StoredPolicy policies[checkpoint_policies];
 };
 
 /// Checks a checkpoint's structure (sizes, version) and integrity (CRC-32) and reads its header;
@@ -224,9 +229,9 @@ inline CheckpointHeader parse_checkpoint(const std::string& bytes, ByteReader& i
   }
   in.get<std::uint64_t>("the magic bytes");
   const auto version = in.get<std::uint32_t>("the format version");
-  if (version != checkpoint_version) {
-    fail(source, " has checkpoint format version ", version,
-         "; this build of protomem reads version ", checkpoint_version);
+  if (version != checkpoint_version && version != checkpoint_version_without_aging) {
+    fail(source, " has checkpoint format version ", version, "; this build of protomem reads ",
+         "versions ", checkpoint_version_without_aging, " and ", checkpoint_version);
   }
   CheckpointHeader header;
   header.scalar_bytes = in.get<std::uint32_t>("the scalar size");
@@ -238,6 +243,10 @@ inline CheckpointHeader parse_checkpoint(const std::string& bytes, ByteReader& i
   header.stats.insertions = in.get<std::uint64_t>("insertions");
   header.stats.evictions = in.get<std::uint64_t>("evictions");
   for (StoredPolicy& policy : header.policies) {
+    if (version == checkpoint_version_without_aging && &policy == &header.policies[5]) {
+      policy = StoredPolicy{"aging", "none", ""};  // version 1 had no Aging policy: NoAging
+      continue;
+    }
     policy.family = in.get_string("a policy family");
     policy.name = in.get_string("a policy name");
     policy.state = in.get_bytes("a policy state");

@@ -198,8 +198,8 @@ class CpuBackend {
                                batch_cos_,  batch_grad_, target_grad_,     grad_x_,
                                grad_fresh_, others_,     inv_others_norm_, grad_others_};
     generator.targets(rows);
-    memory_pass(batch, in.used, in.excluded, Scalar(margin.scale()), in.workspace_bytes, wanted,
-                &out.similar, &out.pass);
+    memory_pass(batch, in.used, in.excluded, in.column_bias, Scalar(margin.scale()),
+                in.workspace_bytes, wanted, &out.similar, &out.pass);
     if (in.merge_rows) {  // e.g. the other ranks' slots of a sharded memory
       in.merge_rows(RowStatistics<Scalar>{x_.rows(), x_.cols(), run_max_.data(), run_sum_.data(),
                                           weighted_.data()});
@@ -298,8 +298,8 @@ class CpuBackend {
   //    merged the same way at the end. The split depends only on the thread count, so a step is
   //    deterministic for a given Config.
   void memory_pass(const detail::BatchClasses& batch, index_t used, Span<const index_t> excluded,
-                   Scalar s, std::size_t workspace_bytes, int threads,
-                   SimilarSlots<Scalar>* similar, PassReport* report) {
+                   Span<const Scalar> column_bias, Scalar s, std::size_t workspace_bytes,
+                   int threads, SimilarSlots<Scalar>* similar, PassReport* report) {
     // `threads` is resolved (step_threads); forward() has set the GEMMs to run on one thread, the
     // lanes are the parallelism.
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
@@ -318,6 +318,11 @@ class CpuBackend {
                                 static_cast<std::size_t>(B + extra_rows) * sizeof(Scalar);
     }
     excluded_.assign(excluded.data, excluded.data + excluded.size);  // ascending (the seam)
+    // The tile holds cosines, so a column's log-weight enters it divided by s.
+    column_shift_.resize(column_bias.size == 0 ? 0 : used);
+    for (index_t j = 0; j < static_cast<index_t>(column_shift_.size()); ++j) {
+      column_shift_[j] = column_bias.data[j] / s;
+    }
 
     // Every allocation happens here, before the parallel region (which must not throw).
     lanes_.resize(static_cast<std::size_t>(lanes));
@@ -414,7 +419,7 @@ class CpuBackend {
   struct Lane {
     RowMatrix tile;      // B x T: cosines, then exp(s (cos - m))
     RowMatrix weighted;  // B x D: O
-    Vector max;          // B: running max of the cosines (the logits' max is s times it)
+    Vector max;          // B: running max of cos + log pi / s (the logits' max is s times it)
     Vector sum;          // B: l
     RowMatrix decoded;   // T x D: the tile's prototypes in Scalar (narrow storage only)
     Vector class_sum;    // T: sum of a class's cosines to the tile (mining only)
@@ -471,6 +476,12 @@ class CpuBackend {
         }
       }
 
+      if (column_shift_.size() != 0) {  // aged columns (after mining, which ranks by cosine)
+        const auto shift = column_shift_.segment(j0, n).array();
+        for (index_t i = 0; i < B; ++i) {
+          Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>(tile + i * T, n) += shift;
+        }
+      }
       for (index_t i = 0; i < B; ++i) {
         auto row = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>(tile + i * T, n);
         const Scalar top = row.maxCoeff();
@@ -562,6 +573,7 @@ class CpuBackend {
       memory_weight_;
   std::vector<Lane> lanes_;
   std::vector<index_t> excluded_;  // sorted
+  Vector column_shift_;            // per slot: log pi_j / s (empty: no aging)
 };
 
 }  // namespace backend
