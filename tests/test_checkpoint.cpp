@@ -188,9 +188,9 @@ TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", 
   }
   SECTION("another format version") {
     std::string bad = good;
-    bad[8] = 2;
+    bad[8] = 3;
     rejects(with_valid_crc(bad),
-            "has checkpoint format version 2; this build of protomem reads version 1");
+            "has checkpoint format version 3; this build of protomem reads versions 1 and 2");
   }
   SECTION("another dimension") {
     protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,

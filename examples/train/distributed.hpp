@@ -136,10 +136,11 @@ class ShardedHead : public Head {
  public:
   using Memory = protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator, protomem::cpu,
                                                   protomem::CombinedMargin, Generator,
-                                                  protomem::Momentum, Queue, Mining>;
+                                                  protomem::Momentum, Queue, Mining,
+                                                  protomem::AgeDecay>;
   ShardedHead(const Options& o, protomem::MpiCommunicator& comm)
       : memory_(comm, memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh),
-                Queue{}, make_mining<Mining>(o)) {}
+                Queue{}, make_mining<Mining>(o), make_aging(o)) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
     const at::Tensor rows = e.detach().contiguous();

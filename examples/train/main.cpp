@@ -101,6 +101,9 @@ protomem
   --generator mean|detached|leave-one-out   (default mean)
   --refresh replace|momentum:A               (default replace)
   --queue lrw|fifo          eviction order (default lrw: least recently written)
+  --max-age N               stored prototypes older than N steps expire: no column (default: never)
+  --age-half-life H         a stored prototype counts 2^(-age/H) times in the softmax (default inf:
+                            fully; both flags: the AgeDecay policy, docs/results.md "Staleness")
 doppelganger mining (protomem-mining; docs/mining.md)
   --mining                  run protomem with DoppelgangerMining and mined batches: the method
                             protomem-grouped becomes protomem-mining
@@ -351,7 +354,11 @@ Cli parse(int argc, char** argv) {
         o.refresh = 0.5;
       else
         throw UsageError("--refresh must be replace or momentum:A, not '" + value + "'");
-    } else if (flag == "--queue")
+    } else if (flag == "--max-age")
+      o.max_age = I();
+    else if (flag == "--age-half-life")
+      o.age_half_life = R();
+    else if (flag == "--queue")
       o.queue = value;
     else if (flag == "--doppelganger-fraction")
       o.doppelganger_fraction = R();
@@ -451,6 +458,8 @@ void check(const Cli& cli) {
   need(o.generator != "leave-one-out" || o.exemplars >= 2,
        "--generator leave-one-out needs --exemplars >= 2");
   need(o.refresh >= 0 && o.refresh < 1, "--refresh momentum:A needs 0 <= A < 1");
+  need(o.max_age >= -1, "--max-age must be >= 0 (or -1: never)");
+  need(o.age_half_life > 0, "--age-half-life must be > 0 (inf: no decay)");
   need(o.queue == "lrw" || o.queue == "fifo", "--queue must be lrw or fifo, not '" + o.queue + "'");
   need(o.sample_rate > 0 && o.sample_rate <= 1, "--sample-rate must be in (0, 1]");
   {
@@ -591,6 +600,10 @@ int run_parent(const Cli& cli, const char* self,
       static_cast<long long>(o.steps), static_cast<long long>(o.batch),
       static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
       o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
+  if (o.max_age >= 0 || std::isfinite(o.age_half_life)) {
+    std::printf("  protomem aging: max age %lld steps, half-life %g steps\n",
+                static_cast<long long>(o.max_age), o.age_half_life);
+  }
   std::fflush(stdout);
 
   std::vector<std::map<std::string, double>> results;

@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <protomem/dataset_index.hpp>
@@ -96,6 +97,8 @@ struct Options {
   std::string generator = "mean";        // mean | detached | leave-one-out
   double refresh = 0.0;                  // momentum a of the refresh (0: replace)
   std::string queue = "lrw";             // lrw | fifo
+  double age_half_life = std::numeric_limits<double>::infinity();  // AgeDecay h (inf: none)
+  std::int64_t max_age = -1;             // AgeDecay bound: prototypes older expire (-1: never)
   double doppelganger_fraction = 0.25;   // mined batches: share of the P identities mined
   std::int64_t similar_k = 8;            // mined: doppelgangers remembered per class
   std::int64_t mining_table = 0;         // mined: classes with a row (0: min(N, 2^20))
@@ -170,6 +173,15 @@ inline std::int64_t mining_table_capacity(const Options& o) {
   return o.mining_table > 0 ? o.mining_table : std::min<std::int64_t>(o.identities, 1 << 20);
 }
 
+/// The protomem heads' Aging policy: AgeDecay with --age-half-life and --max-age (none: an infinite
+/// half-life and no bound, which is NoAging bit for bit: tests/test_aging.cpp), a runtime choice
+/// like the margin and the refresh, so that it adds no instantiation.
+inline protomem::AgeDecay make_aging(const Options& o) {
+  return protomem::AgeDecay(o.age_half_life,
+                            o.max_age < 0 ? protomem::AgeDecay::never
+                                          : static_cast<std::uint64_t>(o.max_age));
+}
+
 template <class Mining>
 Mining make_mining(const Options&) {
   return Mining{};
@@ -184,10 +196,11 @@ template <class Generator, class Queue, class Mining = protomem::NoMining>
 class ProtomemHead : public Head {
  public:
   using Adapter = protomem::torch::PrototypeHead<float, protomem::CombinedMargin, Generator,
-                                                 protomem::Momentum, Queue, Mining>;
+                                                 protomem::Momentum, Queue, Mining,
+                                                 protomem::AgeDecay>;
   explicit ProtomemHead(const Options& o)
       : head_(memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{},
-              make_mining<Mining>(o)) {}
+              make_mining<Mining>(o), make_aging(o)) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override { return head_(e, y); }
   void update(double, std::int64_t) override {}  // committed by loss.backward()

@@ -214,7 +214,7 @@ class PrototypeMemory {
     // prototypes; the others count by their age (policies/aging.hpp).
     std::vector<index_t> excluded = book_.slots_of(batch.labels);
     std::vector<Scalar> column_bias;
-    detail::age_columns(aging_, book_, 0, book_.used, excluded, column_bias);
+    detail::age_columns(aging_, book_.used, age_of(), excluded, column_bias);
     const backend::StepInput<Scalar> in{&batch,
                                         embeddings,
                                         gradient,
@@ -266,9 +266,9 @@ class PrototypeMemory {
     }
     const std::vector<detail::SlotWrite> writes =
         detail::plan_writes(book_, pending_classes_, config_.capacity);  // may throw
-    // An expired prototype is not blended into its class's fresh one.
-    backend_.write(detail::unblend_expired(aging_, book_, writes), refresh_);  // the CPU's cannot
-                                                             // throw; the CUDA one throws unwritten
+    // An expired prototype is not blended into its class's fresh one. The CPU backend's write
+    // cannot throw; the CUDA one throws with nothing written.
+    backend_.write(detail::unblend_expired(aging_, age_of(), writes), refresh_);
     pending_ = false;                  // done: nothing below throws
     detail::apply_writes(book_, queue_, writes, pending_classes_);
     if (pending_k_ > 0) {  // only committed steps reach the Mining policy
@@ -471,6 +471,13 @@ class PrototypeMemory {
   template <class T>
   static Span<const T> span_of(const std::vector<T>& v) {
     return {v.data(), static_cast<index_t>(v.size())};
+  }
+
+  // A slot's age: committed steps since the step that wrote it (policies/aging.hpp).
+  auto age_of() const {
+    return [this](index_t slot) {
+      return book_.stats.steps - book_.written[static_cast<std::size_t>(slot)];
+    };
   }
 
   index_t slot_of(label_t label) const {

@@ -59,7 +59,7 @@ namespace protomem {
 
 template <class Scalar, class Comm = SingleProcess, class Device = cpu, class Margin = CosFace,
           class Generator = ExemplarMean, class Refresh = Replace,
-          class Queue = LeastRecentlyWritten, class Mining = NoMining>
+          class Queue = LeastRecentlyWritten, class Mining = NoMining, class Aging = NoAging>
 class ShardedPrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "ShardedPrototypeMemory stores float or double prototypes");
@@ -77,6 +77,7 @@ class ShardedPrototypeMemory {
   static_assert(detail::check_refresh_policy<Refresh, Scalar>());
   static_assert(detail::check_queue_policy<Queue>());
   static_assert(detail::check_mining_policy<Mining, Scalar>());
+  static_assert(detail::check_aging_policy<Aging>());
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
   static_assert(detail::check_backend<Backend, Scalar, Margin, Generator, Refresh>());
   // A refresh moves a class to the back of the eviction order under LeastRecentlyWritten only.
@@ -90,6 +91,7 @@ class ShardedPrototypeMemory {
   using refresh_type = Refresh;
   using queue_type = Queue;
   using mining_type = Mining;
+  using aging_type = Aging;
   using prototype_type = typename Backend::prototype_type;
   /// One stored class of the logical memory, as gather_records() returns it.
   using record_type = Record<Scalar, std::vector<Scalar>>;
@@ -99,7 +101,7 @@ class ShardedPrototypeMemory {
   /// outlive the memory, and the memory's collectives must not interleave with other users' of it.
   ShardedPrototypeMemory(Comm& comm, const Config& config, Margin margin = Margin{},
                          Generator generator = Generator{}, Refresh refresh = Refresh{},
-                         Queue queue = Queue{}, Mining mining = Mining{})
+                         Queue queue = Queue{}, Mining mining = Mining{}, Aging aging = Aging{})
       : comm_(&comm),
         config_(detail::checked_config<Scalar>(config)),
         margin_(std::move(margin)),
@@ -107,6 +109,7 @@ class ShardedPrototypeMemory {
         refresh_(std::move(refresh)),
         queue_(std::move(queue)),
         mining_(std::move(mining)),
+        aging_(std::move(aging)),
         book_(config_.capacity, comm.rank(), comm.world_size()),
         backend_(book_.layout().local_capacity(), config_.dim, typename Backend::Resources{}) {
     detail::check_margin_in<Scalar>(margin_);
@@ -216,6 +219,7 @@ class ShardedPrototypeMemory {
   const Refresh& refresh() const { return refresh_; }
   const Queue& queue() const { return queue_; }
   const Mining& mining() const { return mining_; }
+  const Aging& aging() const { return aging_; }
 
   // ---- checkpoints: the single-process format (docs/algorithm.md, "Checkpoint format") -------
 
@@ -304,6 +308,9 @@ class ShardedPrototypeMemory {
       if (slot >= 0) excluded.push_back(slot);
     }
     std::sort(excluded.begin(), excluded.end());
+    // Expired prototypes are no columns either; the others count by their age (aging.hpp).
+    std::vector<Scalar> column_bias;
+    detail::age_columns(aging_, book_.local_used(), age_of(), excluded, column_bias);
     all_gradient_.resize(static_cast<std::size_t>(B * D));
     backend::StepInput<Scalar> in{&batch,
                                   matrix_view<const Scalar>(all_embeddings_.data(), B, D),
@@ -313,7 +320,8 @@ class ShardedPrototypeMemory {
                                   config_.workspace_bytes,
                                   config_.threads,
                                   std::max(config_.similar_k, mining_.similar_k()),
-                                  {}};
+                                  {},
+                                  span_of(column_bias)};
     if (W > 1) in.merge_rows = {&ShardedPrototypeMemory::merge_rows, this};
     backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
 
@@ -330,6 +338,7 @@ class ShardedPrototypeMemory {
     std::vector<detail::SlotWrite> writes;
     writes.reserve(plan.writes.size());
     for (const detail::ShardWrite& w : plan.writes) writes.push_back({w.batch_class, w.slot, w.refresh});
+    writes = detail::unblend_expired(aging_, age_of(), std::move(writes));  // expired: no blend
     std::vector<label_t> pending_similar;
     std::vector<Scalar> pending_cosines;
     const bool mines = mining_.similar_k() > 0;
@@ -477,6 +486,7 @@ class ShardedPrototypeMemory {
     save(refresh_);
     save(queue_);
     save(mining_);
+    save(aging_);
     return detail::crc32(out.bytes().data(), out.bytes().size());
   }
 
@@ -555,7 +565,7 @@ class ShardedPrototypeMemory {
             out.put<Scalar>(v);
           }
         },
-        margin_, generator_, refresh_, queue_, mining_);
+        margin_, generator_, refresh_, queue_, mining_, aging_);
   }
 
   // The state a checkpoint holds for this rank, built aside.
@@ -567,6 +577,7 @@ class ShardedPrototypeMemory {
     Refresh refresh;
     Queue queue;
     Mining mining;
+    Aging aging;
   };
 
   template <class Read>
@@ -584,6 +595,7 @@ class ShardedPrototypeMemory {
       Refresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
       Queue queue = detail::load_policy(stored[3], "queue", queue_, source);
       Mining mining = detail::load_policy(stored[4], "mining", mining_, source);
+      Aging aging = detail::load_policy(stored[5], "aging", aging_, source);
       detail::CheckpointRecords<Scalar> records =
           detail::read_records<Scalar>(in, header, config_.capacity, source);
       // The records in eviction order with their global slots (the queue of the parsed book).
@@ -609,7 +621,7 @@ class ShardedPrototypeMemory {
       }
       loaded.push_back({std::move(book), std::move(backend), std::move(margin),
                         std::move(generator), std::move(refresh), std::move(queue),
-                        std::move(mining)});
+                        std::move(mining), std::move(aging)});
     });
     Loaded& l = loaded.front();  // every rank succeeded
     book_ = std::move(l.book);
@@ -619,7 +631,13 @@ class ShardedPrototypeMemory {
     refresh_ = std::move(l.refresh);
     queue_ = std::move(l.queue);
     mining_ = std::move(l.mining);
+    aging_ = std::move(l.aging);
     pending_ = false;
+  }
+
+  // A local slot's age: committed steps since the step that wrote it (policies/aging.hpp).
+  auto age_of() const {
+    return [this](index_t local_slot) { return book_.steps() - book_.written(local_slot); };
   }
 
   index_t local_of(label_t label) const {
@@ -642,6 +660,7 @@ class ShardedPrototypeMemory {
   Refresh refresh_;
   Queue queue_;
   Mining mining_;
+  Aging aging_;
   detail::ShardBook book_;
   Backend backend_;
   // The step's buffers, kept between steps.

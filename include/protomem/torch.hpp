@@ -117,11 +117,13 @@ struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<Memory>> {
 /// Mining: the memory's Mining policy (NoMining by default; DoppelgangerMining keeps the table a
 /// sampler draws look-alike classes from, see protomem/sampler.hpp). Its table is updated only by
 /// committed steps, like the memory: head.mining() after backward() reflects the trained steps.
+/// Aging: the memory's Aging policy (NoAging by default; policies/aging.hpp).
 template <class Scalar, class Margin = CosFace, class Generator = ExemplarMean,
-          class Refresh = Replace, class Queue = LeastRecentlyWritten, class Mining = NoMining>
+          class Refresh = Replace, class Queue = LeastRecentlyWritten, class Mining = NoMining,
+          class Aging = NoAging>
 class PrototypeHead {
  public:
-  using Memory = PrototypeMemory<Scalar, cpu, Margin, Generator, Refresh, Queue, Mining>;
+  using Memory = PrototypeMemory<Scalar, cpu, Margin, Generator, Refresh, Queue, Mining, Aging>;
 
   explicit PrototypeHead(const Config& config, Margin margin = Margin{},
                          Generator generator = Generator{}, Refresh refresh = Refresh{},
@@ -133,9 +135,15 @@ class PrototypeHead {
   /// default).
   PrototypeHead(const Config& config, Margin margin, Generator generator, Refresh refresh,
                 Queue queue, Mining mining, Commit mode = Commit::on_backward)
+      : PrototypeHead(config, std::move(margin), std::move(generator), std::move(refresh),
+                      std::move(queue), std::move(mining), Aging{}, mode) {}
+
+  /// With a Mining and an Aging policy object (e.g. AgeDecay(half_life)).
+  PrototypeHead(const Config& config, Margin margin, Generator generator, Refresh refresh,
+                Queue queue, Mining mining, Aging aging, Commit mode = Commit::on_backward)
       : state_(c10::make_intrusive<State>(mode, config, std::move(margin), std::move(generator),
-                                          std::move(refresh), std::move(queue),
-                                          std::move(mining))) {}
+                                          std::move(refresh), std::move(queue), std::move(mining),
+                                          std::move(aging))) {}
 
   /// The mean margin-softmax loss of the batch (0-dim tensor); differentiable w.r.t. the
   /// embeddings when autograd records.

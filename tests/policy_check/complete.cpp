@@ -1,6 +1,8 @@
 // The control for the policy checks: the smallest policies of every family that meet the
 // requirements listed in policies/*.hpp. Building this must succeed; each broken_*.cpp beside it
 // is one of these with a single requirement removed, and must fail with a message naming it.
+#include <cstdint>
+
 #include <protomem/memory.hpp>
 
 namespace {
@@ -75,16 +77,24 @@ struct PlainMining {
   void load(protomem::detail::ByteReader&) {}
 };
 
+struct PlainAging {
+  static constexpr const char* name = "plain";
+  static constexpr bool by_age = true;
+  double log_weight(std::uint64_t age) const noexcept { return age > 9 ? -1.0 : 0.0; }
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
 // sizeof instantiates the class, and with it the requirement checks, but none of the numerics.
 static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator,
                                                PlainRefresh, PlainQueue, PlainMining>) > 0);
 static_assert(sizeof(protomem::PrototypeMemory<double, protomem::cpu, PlainMargin, PlainGenerator,
-                                               PlainRefresh, PlainQueue, PlainMining>) > 0);
+                                               PlainRefresh, PlainQueue, PlainMining, PlainAging>) > 0);
 
 // A step instantiates the backend's members and its checks of the Generator's rule.
 [[maybe_unused]] float step(
     protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator, PlainRefresh,
-                              PlainQueue, PlainMining>& memory,
+                              PlainQueue, PlainMining, PlainAging>& memory,
     protomem::MatrixView<const float> e, protomem::LabelView y, protomem::MatrixView<float> g) {
   return memory.step(e, y, g);
 }

@@ -88,9 +88,9 @@ def relative_error(a, b):
 
 
 def checkpoint_bytes(labels, prototypes, dtype=torch.float32, steps=None, capacity=None,
-                     margin=("cosface", (64.0, 0.35))):
-    """A version-1 checkpoint written from the format in docs/algorithm.md (default policies),
-    holding `labels` with `prototypes` (rows), in that eviction order."""
+                     margin=("cosface", (64.0, 0.35)), version=2):
+    """A checkpoint written from the format in docs/algorithm.md (default policies), holding
+    `labels` with `prototypes` (rows), in that eviction order; version 1 has no aging policy."""
     import struct
     import zlib
     n, dim = prototypes.shape
@@ -98,7 +98,7 @@ def checkpoint_bytes(labels, prototypes, dtype=torch.float32, steps=None, capaci
     capacity = n if capacity is None else capacity
     out = bytearray(b"PROTOMEM")
     scalar = 4 if dtype == torch.float32 else 8
-    out += struct.pack("<IIQQqQQQQ", 1, scalar, dim, capacity, 0, steps, 0, n, 0)
+    out += struct.pack("<IIQQqQQQQ", version, scalar, dim, capacity, 0, steps, 0, n, 0)
 
     def policy(family, name, state=b""):
         nonlocal out
@@ -111,6 +111,8 @@ def checkpoint_bytes(labels, prototypes, dtype=torch.float32, steps=None, capaci
     policy("refresh", "replace")
     policy("queue", "least_recently_written")
     policy("mining", "none")
+    if version >= 2:
+        policy("aging", "none")
     out += struct.pack("<Q", n)
     fmt = "<" + ("f" if scalar == 4 else "d") * dim
     for r in range(n):

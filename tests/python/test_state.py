@@ -166,3 +166,7 @@ def test_handwritten_checkpoint_loads_exactly():
     assert 42 in head and 43 not in head
     assert head.stats() == {"steps": 9, "refreshes": 0, "insertions": 5, "evictions": 0}
     assert torch.equal(head.get_extra_state(), checkpoint_bytes(labels, rows, steps=9, capacity=8))
+    # The format before the aging policies (version 1) loads the same.
+    old = protomem.PrototypeMemory(8, DIM, margin=protomem.CosFace(64.0, 0.35))
+    old.load_state_dict({"_extra_state": checkpoint_bytes(labels, rows, steps=9, version=1)})
+    assert torch.equal(old.get_extra_state(), head.get_extra_state())

@@ -36,12 +36,12 @@ inline std::string with_valid_crc(std::string bytes) {
   return bytes;
 }
 
-/// Offset of the record count: the fixed header, then the five policies (margin, generator,
-/// refresh, queue, mining), each a u32-length name, a u32-length second string and a u64-length
+/// Offset of the record count: the fixed header, then the six policies (margin, generator,
+/// refresh, queue, mining, aging), each a u32-length name, a u32-length second string and a u64-length
 /// state, as written by PrototypeMemory::save().
 inline std::size_t records_offset(const std::string& bytes) {
   std::size_t at = 8 + 4 + 4 + 8 + 8 + 8 + 4 * 8;
-  for (int p = 0; p < 5; ++p) {
+  for (int p = 0; p < 6; ++p) {
     std::uint32_t n;
     std::memcpy(&n, bytes.data() + at, 4);
     at += 4 + n;

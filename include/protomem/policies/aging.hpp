@@ -116,26 +116,22 @@ template <class P>
 using aging_log_weight_noexcept_t =
     std::enable_if_t<noexcept(std::declval<const P&>().log_weight(std::declval<std::uint64_t>()))>;
 
-/// The age of the prototype in `slot`: committed steps since the step that wrote it.
-inline std::uint64_t age_of(const Book& book, index_t slot) {
-  return book.stats.steps - book.written[static_cast<std::size_t>(slot)];
-}
-
-/// One step's view of the aging of slots [first, first + count): appends the expired ones to
-/// `excluded` (kept sorted and free of repeats) and sets `column_bias` to the count log-weights,
-/// relative to `first` (0 for an expired slot, which is no column). Leaves `column_bias` empty
-/// when the policy does not look at ages, so the step costs nothing more.
-template <class Aging, class Scalar>
-void age_columns(const Aging& aging, const Book& book, index_t first, index_t count,
-                 std::vector<index_t>& excluded, std::vector<Scalar>& column_bias) {
+/// One step's view of the aging of slots [0, count), `age_of(slot)` being a slot's age (committed
+/// steps since the step that wrote it): appends the expired slots to `excluded` (kept sorted and
+/// free of repeats) and sets `column_bias` to the count log-weights (0 for an expired slot, which
+/// is no column). Leaves `column_bias` empty when the policy does not look at ages, so that the
+/// step costs nothing more.
+template <class Aging, class Scalar, class AgeOf>
+void age_columns(const Aging& aging, index_t count, AgeOf age_of, std::vector<index_t>& excluded,
+                 std::vector<Scalar>& column_bias) {
   column_bias.clear();
   if constexpr (Aging::by_age) {
     column_bias.resize(static_cast<std::size_t>(count));
     const std::size_t before = excluded.size();
     for (index_t j = 0; j < count; ++j) {
-      const double log_weight = aging.log_weight(age_of(book, first + j));
+      const double log_weight = aging.log_weight(age_of(j));
       if (log_weight == -std::numeric_limits<double>::infinity()) {
-        excluded.push_back(first + j);
+        excluded.push_back(j);
       } else {
         column_bias[static_cast<std::size_t>(j)] = static_cast<Scalar>(log_weight);
       }
@@ -149,13 +145,12 @@ void age_columns(const Aging& aging, const Book& book, index_t first, index_t co
 
 /// `writes` with the refreshes of expired prototypes turned into plain writes: an expired
 /// prototype is not blended into its class's fresh one (the bookkeeping still counts a refresh).
-template <class Aging>
-std::vector<SlotWrite> unblend_expired(const Aging& aging, const Book& book,
+template <class Aging, class AgeOf>
+std::vector<SlotWrite> unblend_expired(const Aging& aging, AgeOf age_of,
                                        std::vector<SlotWrite> writes) {
   if constexpr (Aging::by_age) {
     for (SlotWrite& w : writes) {
-      if (w.refresh && aging.log_weight(age_of(book, w.slot)) ==
-                           -std::numeric_limits<double>::infinity()) {
+      if (w.refresh && aging.log_weight(age_of(w.slot)) == -std::numeric_limits<double>::infinity()) {
         w.refresh = false;
       }
     }
