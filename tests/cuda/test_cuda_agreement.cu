@@ -217,13 +217,15 @@ TEST_CASE("CUDA = CPU: doppelganger mining policy on top of Config::similar_k",
 
 namespace {
 
-/// The CPU's outcomes of check_agreement()'s batches (the same run and seed) on a memory without
-/// aging: what a CUDA backend that ignored StepInput::column_bias would compute, where the Aging
-/// policy expires nothing (it then changes nothing but the columns' weights).
-template <class Margin, class Generator, class Refresh, class Queue>
-std::vector<Outcome> unaged_outcomes(const Run& run, Margin margin, Refresh refresh) {
-  protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue> cpu(
-      run.config, margin, Generator{}, refresh);
+/// The CPU's outcomes of check_agreement()'s batches (the same run and seed) under `unweighted`,
+/// a policy that expires the same prototypes as the run's but weighs every other one 1: what a
+/// CUDA backend that ignored StepInput::column_bias (and honoured `excluded`) would compute.
+template <class Margin, class Generator, class Refresh, class Queue, class Unweighted>
+std::vector<Outcome> unweighted_outcomes(const Run& run, Margin margin, Refresh refresh,
+                                         Unweighted unweighted) {
+  protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue,
+                            protomem::NoMining, Unweighted>
+      cpu(run.config, margin, Generator{}, refresh, Queue{}, protomem::NoMining{}, unweighted);
   std::vector<Outcome> out;
   std::mt19937_64 rng(run.seed);
   for (int t = 0; t < run.steps; ++t) {
@@ -255,6 +257,13 @@ TEST_CASE(
           protomem::AgeDecay(1.5, 3));
   CHECK(seen.weighted > 0);
   CHECK(seen.expired > 0);
+  // This test can fail: MaxAge(3) expires the same prototypes and weighs the others 1, which is
+  // what a CUDA backend that ignored the log-weights would compute; it is far from the CPU's.
+  const std::vector<Outcome> unweighted =
+      unweighted_outcomes<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                          protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35),
+                                                          protomem::Replace(), protomem::MaxAge(3));
+  CHECK(distinguishable(seen.cpu, unweighted, run.tolerance) > 10);
 }
 
 TEST_CASE("CUDA = CPU under MaxAge(1): expired columns, and refreshes of expired prototypes",
@@ -291,10 +300,12 @@ TEST_CASE("CUDA = CPU under AgeDecay over wide tiles, in fp32 and bf16; the weig
   CHECK(seen.weighted > 0);
   CHECK(seen.expired == 0);
   // This test can fail: a CUDA backend that ignored the log-weights would give the unaged
-  // memory's losses and gradients, which are far outside the tolerance of the aged ones.
+  // memory's losses and gradients (nothing expires here), far outside the tolerance of the aged
+  // ones.
   const std::vector<Outcome> unaged =
-      unaged_outcomes<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
-                      protomem::LeastRecentlyWritten>(run, margin, protomem::Replace());
+      unweighted_outcomes<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                          protomem::LeastRecentlyWritten>(run, margin, protomem::Replace(),
+                                                          protomem::NoAging());
   CHECK(distinguishable(seen.cpu, unaged, run.tolerance) > 10);
 
   run.resources.precision = GemmPrecision::bf16;
