@@ -281,7 +281,7 @@ TEST_CASE("CUDA = CPU under MaxAge(1): expired columns, and refreshes of expired
   CHECK(seen.expired > 0);
 }
 
-TEST_CASE("CUDA = CPU under AgeDecay over wide tiles, in fp32 and bf16; the weights matter",
+TEST_CASE("CUDA = CPU under AgeDecay over wide tiles (the four-column path); the weights matter",
           "[cuda][agreement][aging]") {
   // tile_softmax's four-column path reads the shifts four at a time (as in the wide-tile case
   // above: T = 4000 / B columns, a multiple of 4, over up to 500 used slots).
@@ -307,13 +307,28 @@ TEST_CASE("CUDA = CPU under AgeDecay over wide tiles, in fp32 and bf16; the weig
                           protomem::LeastRecentlyWritten>(run, margin, protomem::Replace(),
                                                           protomem::NoAging());
   CHECK(distinguishable(seen.cpu, unaged, run.tolerance) > 10);
+}
 
-  run.resources.precision = GemmPrecision::bf16;
-  run.tolerance.loss = 3e-2;
-  run.tolerance.gradient = 6e-2;
-  check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
-                  protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>(
-      run, margin, protomem::Replace(), protomem::NoMining(), aging);
+TEST_CASE("CUDA = CPU under AgeDecay in the 16-bit GEMM precisions (P rounded after the shift)",
+          "[cuda][agreement][precision][aging]") {
+  // The run of "tensor-core GEMM precisions stay close to the CPU" below, aged.
+  for (GemmPrecision precision : {GemmPrecision::bf16, GemmPrecision::fp16}) {
+    INFO("precision " << protomem::to_string(precision));
+    Run run = base_run(64, 128);
+    run.seed = 8;
+    run.steps = 25;
+    run.label_range = 150;
+    run.config.workspace_bytes = 16 * 40 * sizeof(float);
+    run.resources.precision = precision;
+    run.tolerance.loss = 3e-2;
+    run.tolerance.gradient = 6e-2;
+    const Seen seen =
+        check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                        protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>(
+            run, protomem::CosFace(16.0, 0.2), protomem::Replace(), protomem::NoMining(),
+            protomem::AgeDecay(3.0, 12));
+    CHECK(seen.weighted > 0);
+  }
 }
 
 TEST_CASE("the two-phase workspace query covers an aged step (log-weights, expired slots)",
