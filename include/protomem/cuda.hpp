@@ -32,13 +32,15 @@ namespace protomem {
 /// Bytes of workspace a step of `memory` with at most `rows` samples and `classes` distinct classes
 /// needs: the first phase of CUB's two-phase idiom. Allocate that much device memory (e.g. from a
 /// caching allocator), set CudaResources::workspace / workspace_bytes, and the step uses it.
-template <class Margin, class Generator, class Refresh, class Queue, class Mining>
+/// Under an Aging policy that looks at ages this includes a log-weight per slot and room for every
+/// slot to be excluded (expired).
+template <class Margin, class Generator, class Refresh, class Queue, class Mining, class Aging>
 std::size_t workspace_size(
-    const PrototypeMemory<float, cuda, Margin, Generator, Refresh, Queue, Mining>& memory,
+    const PrototypeMemory<float, cuda, Margin, Generator, Refresh, Queue, Mining, Aging>& memory,
     index_t rows, index_t classes) {
   const index_t k = std::max(memory.config().similar_k, memory.mining().similar_k());
   return memory.backend().workspace_size(rows, classes, memory.config().workspace_bytes, k,
-                                         Generator::leave_one_out);
+                                         Generator::leave_one_out, Aging::by_age);
 }
 
 /// Copies the committed state (prototypes, labels, queue order, ages, counters and policy

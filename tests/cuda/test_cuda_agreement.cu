@@ -1,8 +1,8 @@
 // The CUDA backend against the CPU backend: the same steps on the same batches give the same loss,
 // gradient, mining lists and memory state, for every policy, over random runs with evictions and
 // refreshes, across memory tiles, with the caller's stream and workspace, in every GEMM precision
-// (looser where the inputs are rounded); and invalid input fails with the CPU backend's message,
-// leaving the memory as it was.
+// (looser where the inputs are rounded), under the Aging policies (weighted and expired columns);
+// and invalid input fails with the CPU backend's message, leaving the memory as it was.
 #include <tuple>
 #include <type_traits>
 
@@ -27,24 +27,47 @@ struct Run {
   Tolerance tolerance;
 };
 
+/// What a run of check_agreement() saw: the CPU's losses and gradients (the reference), and how
+/// many stored columns were weighted (0 < pi < 1) and expired (pi = 0) at the steps' forwards.
+struct Seen {
+  std::vector<Outcome> cpu;
+  long weighted = 0;
+  long expired = 0;
+};
+
+template <class Memory>
+void count_aged(const Memory& memory, Seen& seen) {
+  for (const auto& record : memory) {
+    const double log_weight = memory.aging().log_weight(memory.step_count() - record.last_written);
+    if (log_weight == -std::numeric_limits<double>::infinity()) {
+      ++seen.expired;
+    } else if (log_weight < 0) {
+      ++seen.weighted;
+    }
+  }
+}
+
 template <class Margin, class Generator, class Refresh, class Queue,
-          class Mining = protomem::NoMining>
-void check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh = Refresh{},
-                     Mining mining = Mining{}) {
-  using Cpu =
-      protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue, Mining>;
-  using Gpu =
-      protomem::PrototypeMemory<float, protomem::cuda, Margin, Generator, Refresh, Queue, Mining>;
-  Cpu cpu(run.config, margin, Generator{}, refresh, Queue{}, mining);
-  Gpu gpu(run.resources, run.config, margin, Generator{}, refresh, Queue{}, mining);
+          class Mining = protomem::NoMining, class Aging = protomem::NoAging>
+Seen check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh = Refresh{},
+                     Mining mining = Mining{}, Aging aging = Aging{}) {
+  using Cpu = protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue,
+                                        Mining, Aging>;
+  using Gpu = protomem::PrototypeMemory<float, protomem::cuda, Margin, Generator, Refresh, Queue,
+                                        Mining, Aging>;
+  Cpu cpu(run.config, margin, Generator{}, refresh, Queue{}, mining, aging);
+  Gpu gpu(run.resources, run.config, margin, Generator{}, refresh, Queue{}, mining, aging);
+  Seen seen;
   std::mt19937_64 rng(run.seed);
   for (int t = 0; t < run.steps; ++t) {
     INFO("step " << t);
     const Batch batch = make_batch(rng, run.config.dim, run.label_range, run.max_classes,
                                    run.min_exemplars, run.max_exemplars);
+    count_aged(cpu, seen);
     const Outcome expected = forward_cpu(cpu, batch);
     const Outcome got = forward_gpu(gpu, batch);
     check_outcomes(batch, margin.scale(), expected, got, run.tolerance);
+    seen.cpu.push_back(expected);
     cpu.commit();
     gpu.commit();
     check_same_state(cpu, gpu, run.tolerance);
@@ -73,6 +96,28 @@ void check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh =
       }
     }
   }
+  return seen;
+}
+
+/// The largest difference, over the steps, between two runs' losses (relative to max(1, |loss|))
+/// and gradients (relative to the largest |dL/de| of the step), in units of `tol`'s loss and
+/// gradient tolerances: above 1, check_outcomes() tells the two runs apart.
+double distinguishable(const std::vector<Outcome>& a, const std::vector<Outcome>& b,
+                       const Tolerance& tol) {
+  REQUIRE(a.size() == b.size());
+  double most = 0;
+  for (std::size_t t = 0; t < a.size(); ++t) {
+    const double loss = std::fabs(double(a[t].loss) - double(b[t].loss)) /
+                        std::max(1.0, std::fabs(double(a[t].loss)));
+    most = std::max(most, loss / tol.loss);
+    const double scale = std::max(max_abs(a[t].gradient), 1e-12);
+    double gradient = 0;
+    for (std::size_t k = 0; k < a[t].gradient.size(); ++k) {
+      gradient = std::max(gradient, std::fabs(double(a[t].gradient[k]) - b[t].gradient[k]));
+    }
+    most = std::max(most, gradient / scale / tol.gradient);
+  }
+  return most;
 }
 
 Run base_run(index_t capacity, index_t dim) {
@@ -166,6 +211,187 @@ TEST_CASE("CUDA = CPU: doppelganger mining policy on top of Config::similar_k",
   check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
                   protomem::LeastRecentlyWritten, protomem::DoppelgangerMining>(
       run, protomem::CosFace(), protomem::Replace(), protomem::DoppelgangerMining(4, 32));
+}
+
+// ---- aging --------------------------------------------------------------------------------------
+
+namespace {
+
+/// The CPU's outcomes of check_agreement()'s batches (the same run and seed) under `unweighted`,
+/// a policy that expires the same prototypes as the run's but weighs every other one 1: what a
+/// CUDA backend that ignored StepInput::column_bias (and honoured `excluded`) would compute.
+template <class Margin, class Generator, class Refresh, class Queue, class Unweighted>
+std::vector<Outcome> unweighted_outcomes(const Run& run, Margin margin, Refresh refresh,
+                                         Unweighted unweighted) {
+  protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue,
+                            protomem::NoMining, Unweighted>
+      cpu(run.config, margin, Generator{}, refresh, Queue{}, protomem::NoMining{}, unweighted);
+  std::vector<Outcome> out;
+  std::mt19937_64 rng(run.seed);
+  for (int t = 0; t < run.steps; ++t) {
+    const Batch batch = make_batch(rng, run.config.dim, run.label_range, run.max_classes,
+                                   run.min_exemplars, run.max_exemplars);
+    out.push_back(forward_cpu(cpu, batch));
+    cpu.commit();
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "CUDA = CPU under AgeDecay with an age bound: weighted and expired columns, tiles, mining",
+    "[cuda][agreement][aging]") {
+  // 48 slots for 200 labels: slots are rewritten every ten steps or so, so columns of age 1 to 3
+  // count 2^(-a / 1.5) times and older ones have expired (no column, no mining candidate).
+  Run run = base_run(48, 40);
+  run.seed = 31;
+  run.config.similar_k = 3;
+  run.config.workspace_bytes = 5 * 40 * sizeof(float);  // many tiles
+  run.label_range = 200;
+  run.max_classes = 10;
+  const Seen seen =
+      check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                      protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>(
+          run, protomem::CosFace(64.0, 0.35), protomem::Replace(), protomem::NoMining(),
+          protomem::AgeDecay(1.5, 3));
+  CHECK(seen.weighted > 0);
+  CHECK(seen.expired > 0);
+  // This test can fail: MaxAge(3) expires the same prototypes and weighs the others 1, which is
+  // what a CUDA backend that ignored the log-weights would compute; it is far from the CPU's.
+  const std::vector<Outcome> unweighted =
+      unweighted_outcomes<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                          protomem::LeastRecentlyWritten>(run, protomem::CosFace(64.0, 0.35),
+                                                          protomem::Replace(), protomem::MaxAge(3));
+  CHECK(distinguishable(seen.cpu, unweighted, run.tolerance) > 10);
+}
+
+TEST_CASE("CUDA = CPU under MaxAge(1): expired columns, and refreshes of expired prototypes",
+          "[cuda][agreement][aging]") {
+  // Every weight is 1 or 0: the column bias is all zeros, the expired slots are excluded, and a
+  // class that comes back to an expired slot is written without the Momentum blend.
+  Run run = base_run(30, 33);
+  run.seed = 32;
+  run.label_range = 60;
+  const Seen seen =
+      check_agreement<protomem::NoMargin, protomem::DetachedExemplarMean, protomem::Momentum,
+                      protomem::FirstInFirstOut, protomem::NoMining, protomem::MaxAge>(
+          run, protomem::NoMargin(30.0), protomem::Momentum(0.7), protomem::NoMining(),
+          protomem::MaxAge(1));
+  CHECK(seen.expired > 0);
+}
+
+TEST_CASE("CUDA = CPU under AgeDecay over wide tiles (the four-column path); the weights matter",
+          "[cuda][agreement][aging]") {
+  // tile_softmax's four-column path reads the shifts four at a time (as in the wide-tile case
+  // above: T = 4000 / B columns, a multiple of 4, over up to 500 used slots).
+  Run run = base_run(500, 32);
+  run.seed = 33;
+  run.config.workspace_bytes = 4000 * sizeof(float);
+  run.label_range = 2000;
+  run.max_classes = 10;
+  run.steps = 150;
+  const protomem::CosFace margin(64.0, 0.35);
+  const protomem::AgeDecay aging(20.0);  // no age bound: nothing expires, every column weighs
+  const Seen seen =
+      check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                      protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>(
+          run, margin, protomem::Replace(), protomem::NoMining(), aging);
+  CHECK(seen.weighted > 0);
+  CHECK(seen.expired == 0);
+  // This test can fail: a CUDA backend that ignored the log-weights would give the unaged
+  // memory's losses and gradients (nothing expires here), far outside the tolerance of the aged
+  // ones.
+  const std::vector<Outcome> unaged =
+      unweighted_outcomes<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                          protomem::LeastRecentlyWritten>(run, margin, protomem::Replace(),
+                                                          protomem::NoAging());
+  CHECK(distinguishable(seen.cpu, unaged, run.tolerance) > 10);
+}
+
+TEST_CASE("CUDA = CPU under AgeDecay in the 16-bit GEMM precisions (P rounded after the shift)",
+          "[cuda][agreement][precision][aging]") {
+  // The run of "tensor-core GEMM precisions stay close to the CPU" below, aged.
+  for (GemmPrecision precision : {GemmPrecision::bf16, GemmPrecision::fp16}) {
+    INFO("precision " << protomem::to_string(precision));
+    Run run = base_run(64, 128);
+    run.seed = 8;
+    run.steps = 25;
+    run.label_range = 150;
+    run.config.workspace_bytes = 16 * 40 * sizeof(float);
+    run.resources.precision = precision;
+    run.tolerance.loss = 3e-2;
+    run.tolerance.gradient = 6e-2;
+    const Seen seen =
+        check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                        protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>(
+            run, protomem::CosFace(16.0, 0.2), protomem::Replace(), protomem::NoMining(),
+            protomem::AgeDecay(3.0, 12));
+    CHECK(seen.weighted > 0);
+  }
+}
+
+TEST_CASE("the two-phase workspace query covers an aged step (log-weights, expired slots)",
+          "[cuda][resources][aging]") {
+  using Cpu =
+      protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
+                                protomem::Replace, protomem::LeastRecentlyWritten,
+                                protomem::NoMining, protomem::AgeDecay>;
+  using Gpu =
+      protomem::PrototypeMemory<float, protomem::cuda, protomem::CosFace, protomem::ExemplarMean,
+                                protomem::Replace, protomem::LeastRecentlyWritten,
+                                protomem::NoMining, protomem::AgeDecay>;
+  Config config;
+  config.capacity = 64;
+  config.dim = 16;
+  const protomem::AgeDecay aging(1.5, 3);
+  Cpu cpu(config, protomem::CosFace(), protomem::ExemplarMean(), protomem::Replace(),
+          protomem::LeastRecentlyWritten(), protomem::NoMining(), aging);
+  Gpu gpu(CudaResources{}, config, protomem::CosFace(), protomem::ExemplarMean(),
+          protomem::Replace(), protomem::LeastRecentlyWritten(), protomem::NoMining(), aging);
+  // A full memory at step 10: slot r written at step 10 - (r % 8), so ages 0 to 7: ages 0 to 3
+  // count 2^(-a / 1.5) times, ages 4 to 7 have expired (32 excluded slots besides the batch's).
+  std::mt19937_64 rng(34);
+  std::normal_distribution<float> normal;
+  std::vector<label_t> labels(64);
+  std::vector<float> prototypes(64 * 16);
+  std::vector<std::uint64_t> written(64);
+  for (index_t r = 0; r < 64; ++r) {
+    labels[static_cast<std::size_t>(r)] = 1000 + r;
+    written[static_cast<std::size_t>(r)] = 10 - static_cast<std::uint64_t>(r % 8);
+    float* row = prototypes.data() + r * 16;
+    double norm = 0;
+    for (index_t k = 0; k < 16; ++k) {
+      row[k] = normal(rng);
+      norm += double(row[k]) * row[k];
+    }
+    for (index_t k = 0; k < 16; ++k) row[k] = float(row[k] / std::sqrt(norm));
+  }
+  cpu.assign({labels.data(), 64}, protomem::matrix_view(prototypes.data(), 64, 16),
+             {written.data(), 64}, 10);
+  gpu.assign({labels.data(), 64}, protomem::matrix_view(prototypes.data(), 64, 16),
+             {written.data(), 64}, 10);
+
+  // Ask for the largest step (64 rows, 16 classes), lend exactly that, and take such a step.
+  const std::size_t bytes = protomem::workspace_size(gpu, /*rows=*/64, /*classes=*/16);
+  protomem::detail::DeviceArray<char> workspace(bytes);
+  CudaResources resources;
+  resources.workspace = workspace.data();
+  resources.workspace_bytes = bytes;
+  gpu.set_resources(resources);
+  std::vector<std::pair<label_t, int>> counted;
+  for (label_t c = 0; c < 16; ++c) counted.emplace_back(c, 4);
+  const Batch batch =
+      test_support::make_batch<float>(counted, config.dim, rng, {0.6f, 0.5, 3.0, 0, true});
+  REQUIRE(batch.rows() == 64);
+  const Outcome expected = forward_cpu(cpu, batch);
+  const Outcome got = forward_gpu(gpu, batch);
+  check_outcomes(batch, cpu.margin().scale(), expected, got, Tolerance{});
+  INFO("lent " << bytes << " bytes, the step needed " << got.result.workspace_bytes);
+  CHECK(got.result.workspace_bytes <= bytes);
+  // ... which an unaged memory's query would not have covered (the test can fail).
+  protomem::PrototypeMemory<float, protomem::cuda> unaged(CudaResources{}, config);
+  CHECK(got.result.workspace_bytes > protomem::workspace_size(unaged, 64, 16));
 }
 
 TEST_CASE("CUDA = CPU on the caller's stream and workspace, switching streams between steps",

@@ -1,7 +1,8 @@
 // Checkpoints across devices: a checkpoint written from the GPU loads on the CPU (byte for byte the
 // same state) and back; a loaded GPU memory continues exactly as the memory it was saved from; the
-// copy_state() helper moves a memory between CPU and GPU; and prototypes read before the first
-// step after a load are the loaded ones.
+// copy_state() helper moves a memory between CPU and GPU; prototypes read before the first
+// step after a load are the loaded ones; and an aged memory's policy parameters and ages make the
+// round trip GPU -> CPU -> GPU.
 #include "support.cuh"
 
 namespace {
@@ -137,4 +138,91 @@ TEST_CASE("copy_state moves a memory between CPU and GPU", "[cuda][checkpoint]")
       wrong(CudaResources{}, other, protomem::ArcFace(32.0, 0.4), {}, protomem::Momentum(0.3));
   CHECK_THROWS_AS(protomem::copy_state(cpu, wrong), protomem::Error);
   CHECK(wrong.size() == 0);
+}
+
+namespace {
+
+using AgedCpu =
+    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Momentum, protomem::LeastRecentlyWritten,
+                              protomem::NoMining, protomem::AgeDecay>;
+using AgedGpu =
+    protomem::PrototypeMemory<float, protomem::cuda, protomem::ArcFace, protomem::ExemplarMean,
+                              protomem::Momentum, protomem::LeastRecentlyWritten,
+                              protomem::NoMining, protomem::AgeDecay>;
+
+// The memories a checkpoint is loaded into start with the default AgeDecay (half-life 64, no age
+// bound): the loaded ones must be the saved memory's.
+AgedCpu make_aged_cpu(protomem::AgeDecay aging = protomem::AgeDecay()) {
+  return AgedCpu(config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+                 protomem::Momentum(0.3), protomem::LeastRecentlyWritten(), protomem::NoMining(),
+                 aging);
+}
+AgedGpu make_aged_gpu(protomem::AgeDecay aging = protomem::AgeDecay()) {
+  return AgedGpu(CudaResources{}, config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+                 protomem::Momentum(0.3), protomem::LeastRecentlyWritten(), protomem::NoMining(),
+                 aging);
+}
+
+template <class Memory>
+void check_aging_parameters(const Memory& memory, double half_life, std::uint64_t max_age) {
+  CHECK(memory.aging().half_life == half_life);
+  CHECK(memory.aging().max_age == max_age);
+}
+
+}  // namespace
+
+TEST_CASE("an aged memory makes the round trip GPU -> CPU -> GPU with its policy and ages",
+          "[cuda][checkpoint][aging]") {
+  // 24 slots for 80 labels: evictions, weighted columns (ages 1 to 5) and expired ones (> 5).
+  const protomem::AgeDecay aging(2.5, 5);
+  AgedGpu gpu = make_aged_gpu(aging);
+  std::mt19937_64 rng(25);
+  for (int t = 0; t < 30; ++t) {
+    const Batch batch = make_batch(rng, kDim, 80, 6, 1, 3);
+    forward_gpu(gpu, batch);
+    gpu.commit();
+  }
+  REQUIRE(gpu.size() == 24);
+  int weighted = 0, expired = 0;
+  for (const auto& record : gpu) {
+    const std::uint64_t age = gpu.step_count() - record.last_written;
+    weighted += age >= 1 && age <= 5;
+    expired += age > 5;
+  }
+  CHECK(weighted > 0);
+  CHECK(expired > 0);
+  const std::string from_gpu = checkpoint_bytes(gpu);
+
+  // GPU -> CPU: the same state and AgeDecay(2.5, 5), byte for byte.
+  AgedCpu cpu = make_aged_cpu();
+  load_bytes(cpu, from_gpu);
+  CHECK(checkpoint_bytes(cpu) == from_gpu);
+  check_aging_parameters(cpu, 2.5, 5);
+  check_same_state(cpu, gpu, Tolerance{0, 0, 0, 0});
+
+  // CPU -> GPU: a fresh GPU memory takes them back.
+  AgedGpu back = make_aged_gpu();
+  load_bytes(back, checkpoint_bytes(cpu));
+  CHECK(checkpoint_bytes(back) == from_gpu);
+  check_aging_parameters(back, 2.5, 5);
+  check_same_state(cpu, back, Tolerance{0, 0, 0, 0});
+
+  // All three continue alike: the CPU and both GPUs agree as any CPU/GPU pair does, and the
+  // reloaded GPU memory steps exactly as the one it was saved from.
+  for (int t = 0; t < 15; ++t) {
+    INFO("step " << t << " after the round trip");
+    const Batch batch = make_batch(rng, kDim, 80, 6, 1, 3);
+    const Outcome expected = forward_cpu(cpu, batch);
+    const Outcome got = forward_gpu(gpu, batch);
+    const Outcome again = forward_gpu(back, batch);
+    check_outcomes(batch, cpu.margin().scale(), expected, got, Tolerance{});
+    CHECK(again.loss == got.loss);
+    CHECK(again.gradient == got.gradient);
+    cpu.commit();
+    gpu.commit();
+    back.commit();
+    check_same_state(cpu, gpu, Tolerance{});
+  }
+  CHECK(checkpoint_bytes(back) == checkpoint_bytes(gpu));
 }

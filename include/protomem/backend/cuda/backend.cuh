@@ -6,8 +6,10 @@
 //   2. generate       block-per-class segmented sum over the batch's classes, grouped on the host
 //                     (the labels are on the host already: the slot map needs them there)
 //   3. memory pass    per tile of T stored prototypes: cuBLAS GEMM for the cosines (B x T), one
-//                     kernel for the online-softmax statistics (also rescaling O), cuBLAS GEMM
-//                     O += P W; for mining a third GEMM (C x T class cosines) and a top-k merge
+//                     kernel for the online-softmax statistics (also rescaling O; it adds an aged
+//                     column's log-weight, computed on the host and uploaded with the step's
+//                     metadata), cuBLAS GEMM O += P W; for mining a third GEMM (C x T class
+//                     cosines, no log-weights) and a top-k merge
 //   4. batch columns  small fp32 GEMM (B x C) and a block-per-row kernel (margin, softmax, loss)
 //   5. backward       two small GEMMs and elementwise / per-row kernels
 // Host synchronisation: once per forward(), at its end (docs/cuda.md says why); commit() is
@@ -106,11 +108,15 @@ class CudaBackend {
   }
 
   /// Bytes of workspace a step with `rows` samples and `classes` distinct classes needs (the first
-  /// phase of CUB's idiom); valid for every step with at most that many rows and classes.
+  /// phase of CUB's idiom); valid for every step with at most that many rows and classes. `aged`:
+  /// the memory's Aging policy looks at ages, so a step may exclude any slot (the expired ones)
+  /// and carries a log-weight per slot (StepInput::column_bias).
   std::size_t workspace_size(index_t rows, index_t classes, std::size_t workspace_budget,
-                             index_t similar_k, bool leave_one_out) const {
-    const Shape shape = make_shape(rows, classes, capacity_, classes, workspace_budget, similar_k,
-                                   leave_one_out, resources_.precision);
+                             index_t similar_k, bool leave_one_out, bool aged = false) const {
+    const index_t excluded = aged ? capacity_ : classes;
+    const index_t shifted = aged ? capacity_ : 0;
+    const Shape shape = make_shape(rows, classes, capacity_, excluded, shifted, workspace_budget,
+                                   similar_k, leave_one_out, resources_.precision);
     Work work;
     return carve(nullptr, shape, work);
   }
@@ -160,8 +166,8 @@ class CudaBackend {
   template <class Margin, class Generator>
   Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
                  MatrixView<Scalar> gradient, index_t used, Span<const index_t> excluded,
-                 const Margin& margin, const Generator& generator, std::size_t workspace_bytes,
-                 SimilarSlots<Scalar>* similar) {
+                 Span<const Scalar> column_bias, const Margin& margin, const Generator& generator,
+                 std::size_t workspace_bytes, SimilarSlots<Scalar>* similar) {
     (void)generator;
     static_assert(detail::is_exemplar_mean_rule<Generator>,
                   "protomem::cuda runs the built-in Generator rules only (ExemplarMean, "
@@ -174,8 +180,9 @@ class CudaBackend {
     const cudaStream_t s = stream();
     const index_t B = embeddings.rows, C = batch.size(), D = dim_;
     const index_t k = similar != nullptr ? similar->k : 0;
-    const Shape shape =
-        make_shape(B, C, used, excluded.size, workspace_bytes, k, loo, resources_.precision);
+    const index_t shifted = column_bias.size == 0 ? 0 : used;  // aged columns (seam: size used)
+    const Shape shape = make_shape(B, C, used, excluded.size, shifted, workspace_bytes, k, loo,
+                                   resources_.precision);
 
     upload_host_store();
     ensure_shadow(resources_.precision);
@@ -209,15 +216,23 @@ class CudaBackend {
     plan_host_.reserve(static_cast<std::size_t>(3 * C));
     plan_device_.reserve(static_cast<std::size_t>(3 * C) * sizeof(Index), s);
 
-    // The batch's grouping (host) and the excluded slots, in one copy.
+    // The batch's grouping (host), the excluded slots and the aged columns' shifts, in one copy
+    // (the layout of carve()).
     detail::cuda_check(cudaEventSynchronize(meta_copied_.get()), "cudaEventSynchronize");
-    const std::size_t meta_count = static_cast<std::size_t>(C + 1 + 2 * B + shape.E);
+    const MetaLayout layout = meta_layout(shape);
+    const auto meta_count = static_cast<std::size_t>(layout.count);
     meta_host_.reserve(meta_count);
     Index* meta = meta_host_.data();
     std::copy(batch.offsets.begin(), batch.offsets.end(), meta);
     std::copy(batch.members.begin(), batch.members.end(), meta + C + 1);
     std::copy(batch.class_of.begin(), batch.class_of.end(), meta + C + 1 + B);
     std::copy(excluded.data, excluded.data + excluded.size, meta + C + 1 + 2 * B);
+    if (shape.A > 0) {
+      // The CPU backend's column_shift_: log pi_j / s in float, added to the cosines in the pass.
+      auto* shift = reinterpret_cast<float*>(meta + layout.shift);
+      const auto s_float = float(margin.scale());
+      for (index_t j = 0; j < shape.A; ++j) shift[j] = column_bias.data[j] / s_float;
+    }
     detail::cuda_check(cudaMemcpyAsync(w.offsets, meta, meta_count * sizeof(Index),
                                        cudaMemcpyHostToDevice, s),
                        "cudaMemcpyAsync(batch classes)");
@@ -338,8 +353,8 @@ class CudaBackend {
     }
     StepOutput<Scalar> out;
     out.similar.k = in.similar_k;
-    out.loss = forward(*in.batch, in.embeddings, in.gradient, in.used, in.excluded, margin,
-                       generator, in.workspace_bytes, &out.similar);
+    out.loss = forward(*in.batch, in.embeddings, in.gradient, in.used, in.excluded,
+                       in.column_bias, margin, generator, in.workspace_bytes, &out.similar);
     out.pass.threads = 1;
     out.pass.tile_columns = last_tile_columns_;
     out.pass.workspace_bytes = last_workspace_bytes_;
@@ -420,6 +435,7 @@ class CudaBackend {
   // The sizes of one step.
   struct Shape {
     index_t B, C, D, U, T, k, E;
+    index_t A;  // aged columns: U with a column bias, else 0
     bool loo;
     GemmPrecision precision;
   };
@@ -427,6 +443,7 @@ class CudaBackend {
   // Pointers into the step's workspace (see carve()).
   struct Work {
     Index *offsets, *members, *class_of, *excluded;
+    float* shift;  // per slot [0, A): log pi_j / s (nullptr when A = 0)
     float *x, *inv_norm, *inv_sum_norm, *others, *inv_others_norm;
     double* norms;
     void* x16;
@@ -442,9 +459,24 @@ class CudaBackend {
     StepStatus* status;
   };
 
-  Shape make_shape(index_t B, index_t C, index_t U, index_t E, std::size_t budget, index_t k,
-                   bool loo, GemmPrecision precision) const {
-    return {B, C, dim_, U, tile_columns(B, U, budget), k, E, loo, precision};
+  Shape make_shape(index_t B, index_t C, index_t U, index_t E, index_t A, std::size_t budget,
+                   index_t k, bool loo, GemmPrecision precision) const {
+    return {B, C, dim_, U, tile_columns(B, U, budget), k, E, A, loo, precision};
+  }
+
+  // The step's metadata in Index units, one host->device copy: offsets (C + 1), members (B),
+  // class_of (B), excluded (E), then, with aging, A float shifts from a 16-byte boundary (so that
+  // tile_softmax reads them four at a time; tiles start at multiples of 4 columns).
+  struct MetaLayout {
+    index_t shift;  // where the shifts start
+    index_t count;  // the whole block
+  };
+  static MetaLayout meta_layout(const Shape& s) {
+    static_assert(sizeof(Index) == 2 * sizeof(float), "two float shifts per Index");
+    const index_t grouping = s.C + 1 + 2 * s.B + s.E;
+    if (s.A == 0) return {grouping, grouping};
+    const index_t shift = grouping + grouping % 2;
+    return {shift, shift + (s.A + 1) / 2};
   }
 
   // The CPU backend's rule: the budget over B x sizeof(float) bytes per column, at most U, and at
@@ -474,11 +506,15 @@ class CudaBackend {
     };
     const bool half = detail::is_16bit(s.precision);
     const index_t B = s.B, C = s.C, D = s.D, T = s.T;
-    // The batch's grouping, contiguous (one upload): offsets, members, class_of, excluded.
-    w.offsets = take(static_cast<Index*>(nullptr), C + 1 + 2 * B + s.E);
+    // The batch's grouping, contiguous (one upload): offsets, members, class_of, excluded, and the
+    // aged columns' shifts (meta_layout()).
+    const MetaLayout layout = meta_layout(s);
+    w.offsets = take(static_cast<Index*>(nullptr), layout.count);
     w.members = w.offsets + (C + 1);
     w.class_of = w.members + B;
     w.excluded = w.class_of + B;
+    w.shift = s.A > 0 && base != nullptr ? reinterpret_cast<float*>(w.offsets + layout.shift)
+                                         : nullptr;
     w.status = take(static_cast<StepStatus*>(nullptr), 1);
     w.x = take(static_cast<float*>(nullptr), B * D);
     w.x16 = take(static_cast<std::uint16_t*>(nullptr), half ? B * D : 0);
@@ -582,19 +618,30 @@ class CudaBackend {
         detail::cuda_check_launch("top_k_merge");
         current = 1 - current;
       }
-      // online softmax statistics; P in place (fp32) or into the 16-bit tile
+      // online softmax statistics, with the aged columns' shifts (after mining, which ranks by
+      // cosine); P in place (fp32) or into the 16-bit tile
       const void* p_input = w.tile;
+      auto softmax = [&](auto shifted, auto* probabilities) {
+        using H = std::remove_pointer_t<decltype(probabilities)>;
+        k_::tile_softmax<H, decltype(shifted)::value><<<grid(B), kThreads, 0, s>>>(
+            w.tile, n, inactive_.data() + j0, shifted ? w.shift + j0 : nullptr, scale, w.run_max,
+            w.run_sum, w.weighted, D, probabilities);
+      };
+      auto softmax_into = [&](auto* probabilities) {
+        if (shape.A > 0) {
+          softmax(std::true_type{}, probabilities);
+        } else {
+          softmax(std::false_type{}, probabilities);
+        }
+      };
       if (half) {
         with_16bit(precision, [&](auto tag) {
           using H = decltype(tag);
-          k_::tile_softmax<H><<<grid(B), kThreads, 0, s>>>(
-              w.tile, n, inactive_.data() + j0, scale, w.run_max, w.run_sum, w.weighted, D,
-              static_cast<H*>(w.tile16));
+          softmax_into(static_cast<H*>(w.tile16));
         });
         p_input = w.tile16;
       } else {
-        k_::tile_softmax<float><<<grid(B), kThreads, 0, s>>>(
-            w.tile, n, inactive_.data() + j0, scale, w.run_max, w.run_sum, w.weighted, D, w.tile);
+        softmax_into(w.tile);
       }
       detail::cuda_check_launch("tile_softmax");
       // O (B x D) += P W_tile

@@ -223,31 +223,55 @@ __device__ __forceinline__ void store4(__half* out, float a, float b, float c, f
   *reinterpret_cast<uint2*>(out) = *reinterpret_cast<const uint2*>(pair);
 }
 
-/// Block per row, after the tile's cosine GEMM: z_ij = s cos_ij over the tile's active columns,
-/// the running max m_i and sum l_i updated as flash-attention does, P_ij = exp(z_ij - m_i) written
-/// (in place when P is float, else to the 16-bit buffer for the next GEMM), and O_i rescaled by
-/// exp(m_old - m_new) so that the next GEMM can accumulate P W into it.
+/// Block per row, after the tile's cosine GEMM: z_ij = s (cos_ij + shift_j) over the tile's active
+/// columns, the running max m_i and sum l_i updated as flash-attention does, P_ij = exp(z_ij - m_i)
+/// written (in place when P is float, else to the 16-bit buffer for the next GEMM), and O_i
+/// rescaled by exp(m_old - m_new) so that the next GEMM can accumulate P W into it.
+/// shift_j = log pi_j / s is an aged column's log-weight in cosine units (policies/aging.hpp), as
+/// the CPU backend adds it to its cosine tile; Shifted = false (no aging) reads no shift at all.
+/// The mining GEMM has its own cosines, so the shift never reaches the similar-slot search.
 /// The kernel is bound by reading the tile twice (max, then exp) from L2: where the tile's width
-/// allows (n and the mask's offset multiples of 4; the backend makes tile widths so) it moves four
-/// columns per load and store. max(s z) = s max(z) for s > 0, so both paths give the same P.
-template <class P>
+/// allows (n and the mask's offset multiples of 4, the shift 16-byte aligned; the backend makes
+/// tile widths and the shift's place so) it moves four columns per load and store.
+/// max(s z) = s max(z) for s > 0, so both paths give the same P.
+template <class P, bool Shifted>
 __global__ void __launch_bounds__(kThreads)
-    tile_softmax(float* logits, Index n, const std::uint8_t* inactive, float s, float* run_max,
-                 float* run_sum, float* weighted, Index D, P* probabilities) {
+    tile_softmax(float* logits, Index n, const std::uint8_t* inactive, const float* shift, float s,
+                 float* run_max, float* run_sum, float* weighted, Index D, P* probabilities) {
   const Index i = blockIdx.x;
   const float* row = logits + i * n;
   P* out = probabilities + i * n;
   const float old_max = run_max[i];
-  const bool by4 = n % 4 == 0 && reinterpret_cast<std::uintptr_t>(inactive) % 4 == 0;
+  const bool by4 = n % 4 == 0 && reinterpret_cast<std::uintptr_t>(inactive) % 4 == 0 &&
+                   (!Shifted || reinterpret_cast<std::uintptr_t>(shift) % 16 == 0);
   const Index n4 = by4 ? n / 4 : 0;
   const auto* row4 = reinterpret_cast<const float4*>(row);
   const auto* mask4 = reinterpret_cast<const uchar4*>(inactive);
+  // The column's cosine plus its shift (the tile is not rewritten: it is read twice).
+  auto shifted4 = [&](Index q) {
+    float4 z = row4[q];
+    if constexpr (Shifted) {
+      const float4 h = reinterpret_cast<const float4*>(shift)[q];
+      z.x += h.x;
+      z.y += h.y;
+      z.z += h.z;
+      z.w += h.w;
+    }
+    return z;
+  };
+  auto shifted = [&](Index j) {
+    if constexpr (Shifted) {
+      return row[j] + shift[j];
+    } else {
+      return row[j];
+    }
+  };
 
   float tile_max = -INFINITY;
   if (by4) {
 #pragma unroll 4
     for (Index q = threadIdx.x; q < n4; q += kThreads) {
-      const float4 z = row4[q];
+      const float4 z = shifted4(q);
       const uchar4 m = mask4[q];
       if (!m.x) tile_max = fmaxf(tile_max, z.x);
       if (!m.y) tile_max = fmaxf(tile_max, z.y);
@@ -256,7 +280,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   } else {
     for (Index j = threadIdx.x; j < n; j += kThreads) {
-      if (!inactive[j]) tile_max = fmaxf(tile_max, row[j]);
+      if (!inactive[j]) tile_max = fmaxf(tile_max, shifted(j));
     }
   }
   tile_max = s * block_reduce(tile_max, MaxOp{});
@@ -267,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
   if (by4) {
 #pragma unroll 4
     for (Index q = threadIdx.x; q < n4; q += kThreads) {
-      const float4 z = row4[q];
+      const float4 z = shifted4(q);
       const uchar4 m = mask4[q];
       const float a = !m.x && live ? expf(s * z.x - new_max) : 0.0f;
       const float b = !m.y && live ? expf(s * z.y - new_max) : 0.0f;
@@ -278,7 +302,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   } else {
     for (Index j = threadIdx.x; j < n; j += kThreads) {
-      const float p = !inactive[j] && live ? expf(s * row[j] - new_max) : 0.0f;
+      const float p = !inactive[j] && live ? expf(s * shifted(j) - new_max) : 0.0f;
       out[j] = convert_to<P>(p);
       sum += p;
     }

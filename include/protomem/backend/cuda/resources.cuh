@@ -44,8 +44,8 @@ struct CudaResources {
   /// Caller-owned cuBLAS handle; nullptr: the memory creates one and owns it.
   cublasHandle_t cublas = nullptr;
   /// Caller-owned scratch for one step (CUB's two-phase idiom: ask
-  /// PrototypeMemory::backend().workspace_size(rows, classes), allocate, pass it here). When it is
-  /// null or too small the memory uses its own buffer, grown with cudaMallocAsync on `stream`.
+  /// protomem::workspace_size(memory, rows, classes), allocate, pass it here). When it is null or
+  /// too small the memory uses its own buffer, grown with cudaMallocAsync on `stream`.
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   /// How the two memory-sized GEMMs compute.
