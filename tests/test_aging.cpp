@@ -4,16 +4,14 @@
 // checkpoints (round trip, the policy checked, version 1 files); the sharded memory against one
 // process. The loss itself is checked against PyTorch autograd by tests/reference.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <limits>
+#include <protomem/memory.hpp>
+#include <protomem/sharded.hpp>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <protomem/memory.hpp>
-#include <protomem/sharded.hpp>
 
 #include "support/batch.hpp"
 #include "support/checkpoint.hpp"
@@ -30,9 +28,9 @@ constexpr index_t kDim = 6;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 template <class Aging, class Refresh = protomem::Replace, class Generator = protomem::ExemplarMean>
-using Memory = protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, Generator,
-                                         Refresh, protomem::LeastRecentlyWritten,
-                                         protomem::NoMining, Aging>;
+using Memory =
+    protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, Generator, Refresh,
+                              protomem::LeastRecentlyWritten, protomem::NoMining, Aging>;
 
 protomem::Config config_of(index_t capacity, index_t similar_k = 0) {
   protomem::Config config;
@@ -112,10 +110,9 @@ TEST_CASE("MaxAge: a memory without its expired prototypes, step by step", "[agi
   // memory given, before each step, only the records that have not expired. Loss, gradient and
   // the most similar classes must agree; the expired classes must never be among them.
   const std::uint64_t max_age = 2;
-  Memory<protomem::MaxAge> memory(config_of(10, 4), protomem::CosFace(16.0, 0.2),
-                                  protomem::ExemplarMean{}, protomem::Replace{},
-                                  protomem::LeastRecentlyWritten{}, protomem::NoMining{},
-                                  protomem::MaxAge(max_age));
+  Memory<protomem::MaxAge> memory(
+      config_of(10, 4), protomem::CosFace(16.0, 0.2), protomem::ExemplarMean{}, protomem::Replace{},
+      protomem::LeastRecentlyWritten{}, protomem::NoMining{}, protomem::MaxAge(max_age));
   Memory<protomem::NoAging> reference(config_of(10, 4), protomem::CosFace(16.0, 0.2));
   std::mt19937_64 rng(5);
   int expired_steps = 0;
@@ -133,10 +130,10 @@ TEST_CASE("MaxAge: a memory without its expired prototypes, step by step", "[agi
       written.push_back(r.last_written);
     }
     expired_steps += !expired.empty();
-    reference.assign({labels.data(), static_cast<index_t>(labels.size())},
-                     protomem::matrix_view<const double>(rows.data(),
-                                                         static_cast<index_t>(labels.size()), kDim),
-                     {written.data(), static_cast<index_t>(written.size())}, memory.step_count());
+    reference.assign(
+        {labels.data(), static_cast<index_t>(labels.size())},
+        protomem::matrix_view<const double>(rows.data(), static_cast<index_t>(labels.size()), kDim),
+        {written.data(), static_cast<index_t>(written.size())}, memory.step_count());
     const Batch batch = batch_of(classes, rng);
     const Forward want = forward(reference, batch, false);
     const Forward got = forward(memory, batch, true);
@@ -153,15 +150,13 @@ TEST_CASE("MaxAge: a memory without its expired prototypes, step by step", "[agi
 }
 
 TEST_CASE("AgeDecay with an infinite half-life is NoAging, bit for bit", "[aging]") {
-  Memory<protomem::AgeDecay> aged(config_of(8), protomem::CosFace(30.0, 0.3),
-                                  protomem::ExemplarMean{}, protomem::Replace{},
-                                  protomem::LeastRecentlyWritten{}, protomem::NoMining{},
-                                  protomem::AgeDecay(kInf));
+  Memory<protomem::AgeDecay> aged(
+      config_of(8), protomem::CosFace(30.0, 0.3), protomem::ExemplarMean{}, protomem::Replace{},
+      protomem::LeastRecentlyWritten{}, protomem::NoMining{}, protomem::AgeDecay(kInf));
   Memory<protomem::NoAging> plain(config_of(8), protomem::CosFace(30.0, 0.3));
-  Memory<protomem::AgeDecay> decayed(config_of(8), protomem::CosFace(30.0, 0.3),
-                                     protomem::ExemplarMean{}, protomem::Replace{},
-                                     protomem::LeastRecentlyWritten{}, protomem::NoMining{},
-                                     protomem::AgeDecay(1.0));
+  Memory<protomem::AgeDecay> decayed(
+      config_of(8), protomem::CosFace(30.0, 0.3), protomem::ExemplarMean{}, protomem::Replace{},
+      protomem::LeastRecentlyWritten{}, protomem::NoMining{}, protomem::AgeDecay(1.0));
   std::mt19937_64 rng(3);
   bool differs = false;
   for (const std::vector<label_t>& classes : schedule(12, 4)) {
@@ -189,7 +184,8 @@ TEST_CASE("an expired prototype is not blended into its class's fresh one", "[ag
       if (batch.labels[static_cast<std::size_t>(i)] != label) continue;
       double n2 = 0;
       for (index_t k = 0; k < kDim; ++k) n2 += std::pow(batch.embeddings[i * batch.stride + k], 2);
-      for (index_t k = 0; k < kDim; ++k) p[k] += batch.embeddings[i * batch.stride + k] / std::sqrt(n2);
+      for (index_t k = 0; k < kDim; ++k)
+        p[k] += batch.embeddings[i * batch.stride + k] / std::sqrt(n2);
     }
     double n2 = 0;
     for (double v : p) n2 += v * v;
@@ -242,7 +238,8 @@ TEST_CASE("aging: dL/dE against central finite differences", "[aging]") {
     }
   };
   const auto cosface = protomem::CosFace(30.0, 0.35);
-  check(Memory<protomem::AgeDecay>(config_of(9), cosface, {}, {}, {}, {}, protomem::AgeDecay(1.5, 4)));
+  check(Memory<protomem::AgeDecay>(config_of(9), cosface, {}, {}, {}, {},
+                                   protomem::AgeDecay(1.5, 4)));
   check(Memory<protomem::MaxAge>(config_of(9), cosface, {}, {}, {}, {}, protomem::MaxAge(1)));
   check(Memory<protomem::AgeDecay, protomem::Replace, protomem::LeaveOneOut>(
       config_of(9), cosface, {}, {}, {}, {}, protomem::AgeDecay(0.75)));
@@ -285,7 +282,7 @@ TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[
   CHECK(bytes_of(plain) == before);
 
   // Version 1 is version 2 without the aging policy: it loads as NoAging.
-  const std::size_t end = records_offset(before);  // the record count follows the policies
+  const std::size_t end = records_offset(before);         // the record count follows the policies
   const std::size_t aging_bytes = (4 + 5) + (4 + 4) + 8;  // "aging", "none", an empty state
   REQUIRE(before.substr(end - aging_bytes + 4, 5) == "aging");
   std::string v1 = before.substr(0, end - aging_bytes) + before.substr(end);
@@ -304,11 +301,9 @@ TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[
 }
 
 TEST_CASE("aging: the sharded memory equals one process", "[aging][sharded]") {
-  using Sharded =
-      protomem::ShardedPrototypeMemory<double, protomem::test::ThreadComm, protomem::cpu,
-                                       protomem::CosFace, protomem::ExemplarMean,
-                                       protomem::Replace, protomem::LeastRecentlyWritten,
-                                       protomem::NoMining, protomem::AgeDecay>;
+  using Sharded = protomem::ShardedPrototypeMemory<
+      double, protomem::test::ThreadComm, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
+      protomem::Replace, protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>;
   const auto cosface = protomem::CosFace(30.0, 0.35);
   const protomem::AgeDecay aging(2.0, 4);
   const auto steps = schedule(20, 6);
@@ -330,11 +325,10 @@ TEST_CASE("aging: the sharded memory equals one process", "[aging][sharded]") {
       const index_t first = comm.rank() == 0 ? 0 : half;
       const index_t rows = comm.rank() == 0 ? half : b.rows() - half;
       std::vector<double> g(static_cast<std::size_t>(rows * kDim));
-      const double loss =
-          memory.step(protomem::matrix_view(b.embeddings.data() + first * b.stride, rows, kDim,
-                                            b.stride),
-                      protomem::label_view(b.labels.data() + first, rows),
-                      protomem::matrix_view(g.data(), rows, kDim));
+      const double loss = memory.step(
+          protomem::matrix_view(b.embeddings.data() + first * b.stride, rows, kDim, b.stride),
+          protomem::label_view(b.labels.data() + first, rows),
+          protomem::matrix_view(g.data(), rows, kDim));
       losses[r].push_back(loss);
       gradients[r].insert(gradients[r].end(), g.begin(), g.end());
     }

@@ -134,10 +134,10 @@ struct GivenLoss : ::torch::autograd::Function<GivenLoss> {
 template <class Generator, class Queue, class Mining = protomem::NoMining>
 class ShardedHead : public Head {
  public:
-  using Memory = protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator, protomem::cpu,
-                                                  protomem::CombinedMargin, Generator,
-                                                  protomem::Momentum, Queue, Mining,
-                                                  protomem::AgeDecay>;
+  using Memory =
+      protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator, protomem::cpu,
+                                       protomem::CombinedMargin, Generator, protomem::Momentum,
+                                       Queue, Mining, protomem::AgeDecay>;
   ShardedHead(const Options& o, protomem::MpiCommunicator& comm)
       : memory_(comm, memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh),
                 Queue{}, make_mining<Mining>(o), make_aging(o)) {}

@@ -177,9 +177,8 @@ inline std::int64_t mining_table_capacity(const Options& o) {
 /// half-life and no bound, which is NoAging bit for bit: tests/test_aging.cpp), a runtime choice
 /// like the margin and the refresh, so that it adds no instantiation.
 inline protomem::AgeDecay make_aging(const Options& o) {
-  return protomem::AgeDecay(o.age_half_life,
-                            o.max_age < 0 ? protomem::AgeDecay::never
-                                          : static_cast<std::uint64_t>(o.max_age));
+  return protomem::AgeDecay(o.age_half_life, o.max_age < 0 ? protomem::AgeDecay::never
+                                                           : static_cast<std::uint64_t>(o.max_age));
 }
 
 template <class Mining>
@@ -195,9 +194,9 @@ inline protomem::DoppelgangerMining make_mining<protomem::DoppelgangerMining>(co
 template <class Generator, class Queue, class Mining = protomem::NoMining>
 class ProtomemHead : public Head {
  public:
-  using Adapter = protomem::torch::PrototypeHead<float, protomem::CombinedMargin, Generator,
-                                                 protomem::Momentum, Queue, Mining,
-                                                 protomem::AgeDecay>;
+  using Adapter =
+      protomem::torch::PrototypeHead<float, protomem::CombinedMargin, Generator, protomem::Momentum,
+                                     Queue, Mining, protomem::AgeDecay>;
   explicit ProtomemHead(const Options& o)
       : head_(memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{},
               make_mining<Mining>(o), make_aging(o)) {}

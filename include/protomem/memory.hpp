@@ -25,12 +25,6 @@
 #include <iterator>
 #include <new>
 #include <ostream>
-#include <stdexcept>
-#include <string>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
 #include <protomem/backend/cpu/backend.hpp>
 #include <protomem/backend/seam.hpp>
 #include <protomem/communicator.hpp>
@@ -49,6 +43,11 @@
 #include <protomem/policies/queue.hpp>
 #include <protomem/policies/refresh.hpp>
 #include <protomem/view.hpp>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace protomem {
 
@@ -104,9 +103,9 @@ struct Record {
   std::uint64_t last_written;
 };
 
-template <class Scalar, class Device = cpu, class Margin = CosFace,
-          class Generator = ExemplarMean, class Refresh = Replace,
-          class Queue = LeastRecentlyWritten, class Mining = NoMining, class Aging = NoAging>
+template <class Scalar, class Device = cpu, class Margin = CosFace, class Generator = ExemplarMean,
+          class Refresh = Replace, class Queue = LeastRecentlyWritten, class Mining = NoMining,
+          class Aging = NoAging>
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
@@ -148,8 +147,8 @@ class PrototypeMemory {
                            Generator generator = Generator{}, Refresh refresh = Refresh{},
                            Queue queue = Queue{}, Mining mining = Mining{}, Aging aging = Aging{})
       : PrototypeMemory(resources_type{}, config, std::move(margin), std::move(generator),
-                        std::move(refresh), std::move(queue), std::move(mining),
-                        std::move(aging)) {}
+                        std::move(refresh), std::move(queue), std::move(mining), std::move(aging)) {
+  }
 
   /// A memory whose backend uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
   /// A capacity x dim that cannot be allocated throws protomem::Error (not std::bad_alloc).

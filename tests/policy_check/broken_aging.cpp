@@ -1,7 +1,6 @@
 // An Aging policy whose log_weight() may throw: PrototypeMemory must name the requirement (see
 // complete.cpp for the whole set).
 #include <cstdint>
-
 #include <protomem/memory.hpp>
 
 namespace {
@@ -14,9 +13,9 @@ struct ThrowingAging {
   void load(protomem::detail::ByteReader&) {}
 };
 
-static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace,
-                                               protomem::ExemplarMean, protomem::Replace,
-                                               protomem::LeastRecentlyWritten, protomem::NoMining,
-                                               ThrowingAging>) > 0);
+static_assert(
+    sizeof(protomem::PrototypeMemory<
+           float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+           protomem::LeastRecentlyWritten, protomem::NoMining, ThrowingAging>) > 0);
 
 }  // namespace

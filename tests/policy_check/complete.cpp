@@ -2,7 +2,6 @@
 // requirements listed in policies/*.hpp. Building this must succeed; each broken_*.cpp beside it
 // is one of these with a single requirement removed, and must fail with a message naming it.
 #include <cstdint>
-
 #include <protomem/memory.hpp>
 
 namespace {
@@ -89,7 +88,8 @@ struct PlainAging {
 static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator,
                                                PlainRefresh, PlainQueue, PlainMining>) > 0);
 static_assert(sizeof(protomem::PrototypeMemory<double, protomem::cpu, PlainMargin, PlainGenerator,
-                                               PlainRefresh, PlainQueue, PlainMining, PlainAging>) > 0);
+                                               PlainRefresh, PlainQueue, PlainMining, PlainAging>) >
+              0);
 
 // A step instantiates the backend's members and its checks of the Generator's rule.
 [[maybe_unused]] float step(

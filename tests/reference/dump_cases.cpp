@@ -245,13 +245,13 @@ int main() {
     // Aging (policies/aging.hpp): expired columns dropped, the others weighted by their age.
     for (const Scenario& scenario : scenarios) {
       const protomem::CosFace cosface(30.0, 0.35);
-      run_combination<protomem::CosFace, protomem::ExemplarMean>(
-          cosface, "exemplar_mean", scenario, rng, cases, protomem::MaxAge(1));
+      run_combination<protomem::CosFace, protomem::ExemplarMean>(cosface, "exemplar_mean", scenario,
+                                                                 rng, cases, protomem::MaxAge(1));
       run_combination<protomem::CosFace, protomem::LeaveOneOut>(
           cosface, "leave_one_out", scenario, rng, cases, protomem::AgeDecay(1.5));
-      run_combination<protomem::ArcFace, protomem::ExemplarMean>(
-          protomem::ArcFace(16.0, 0.5), "exemplar_mean", scenario, rng, cases,
-          protomem::AgeDecay(2.0, 1));
+      run_combination<protomem::ArcFace, protomem::ExemplarMean>(protomem::ArcFace(16.0, 0.5),
+                                                                 "exemplar_mean", scenario, rng,
+                                                                 cases, protomem::AgeDecay(2.0, 1));
       run_combination<protomem::CosFace, protomem::DetachedExemplarMean>(
           cosface, "detached_exemplar_mean", scenario, rng, cases, protomem::AgeDecay(0.5));
     }

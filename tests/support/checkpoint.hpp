@@ -37,8 +37,8 @@ inline std::string with_valid_crc(std::string bytes) {
 }
 
 /// Offset of the record count: the fixed header, then the six policies (margin, generator,
-/// refresh, queue, mining, aging), each a u32-length name, a u32-length second string and a u64-length
-/// state, as written by PrototypeMemory::save().
+/// refresh, queue, mining, aging), each a u32-length name, a u32-length second string and a
+/// u64-length state, as written by PrototypeMemory::save().
 inline std::size_t records_offset(const std::string& bytes) {
   std::size_t at = 8 + 4 + 4 + 8 + 8 + 8 + 4 * 8;
   for (int p = 0; p < 6; ++p) {

@@ -188,8 +188,9 @@ inline std::string read_checkpoint(std::istream& in, const std::string& source) 
   };
   if (!take(16) || !has_magic(bytes, checkpoint_magic)) return bytes;
   const std::uint64_t scalar_bytes = number(4);
-  const bool without_aging = static_cast<unsigned char>(bytes[8]) == checkpoint_version_without_aging &&
-                             bytes[9] == 0 && bytes[10] == 0 && bytes[11] == 0;  // u32 version
+  const bool without_aging =
+      static_cast<unsigned char>(bytes[8]) == checkpoint_version_without_aging && bytes[9] == 0 &&
+      bytes[10] == 0 && bytes[11] == 0;  // u32 version
   const int policies = without_aging ? checkpoint_policies - 1 : checkpoint_policies;
   if (!take(8)) return bytes;
   const std::uint64_t dim = number(8);

@@ -41,14 +41,13 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
 #include <protomem/detail/bookkeeping.hpp>
 #include <protomem/detail/detect.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace protomem {
 
@@ -150,7 +149,8 @@ std::vector<SlotWrite> unblend_expired(const Aging& aging, AgeOf age_of,
                                        std::vector<SlotWrite> writes) {
   if constexpr (Aging::by_age) {
     for (SlotWrite& w : writes) {
-      if (w.refresh && aging.log_weight(age_of(w.slot)) == -std::numeric_limits<double>::infinity()) {
+      if (w.refresh &&
+          aging.log_weight(age_of(w.slot)) == -std::numeric_limits<double>::infinity()) {
         w.refresh = false;
       }
     }

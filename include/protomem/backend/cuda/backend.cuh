@@ -353,8 +353,8 @@ class CudaBackend {
     }
     StepOutput<Scalar> out;
     out.similar.k = in.similar_k;
-    out.loss = forward(*in.batch, in.embeddings, in.gradient, in.used, in.excluded,
-                       in.column_bias, margin, generator, in.workspace_bytes, &out.similar);
+    out.loss = forward(*in.batch, in.embeddings, in.gradient, in.used, in.excluded, in.column_bias,
+                       margin, generator, in.workspace_bytes, &out.similar);
     out.pass.threads = 1;
     out.pass.tile_columns = last_tile_columns_;
     out.pass.workspace_bytes = last_workspace_bytes_;
@@ -513,8 +513,8 @@ class CudaBackend {
     w.members = w.offsets + (C + 1);
     w.class_of = w.members + B;
     w.excluded = w.class_of + B;
-    w.shift = s.A > 0 && base != nullptr ? reinterpret_cast<float*>(w.offsets + layout.shift)
-                                         : nullptr;
+    w.shift =
+        s.A > 0 && base != nullptr ? reinterpret_cast<float*>(w.offsets + layout.shift) : nullptr;
     w.status = take(static_cast<StepStatus*>(nullptr), 1);
     w.x = take(static_cast<float*>(nullptr), B * D);
     w.x16 = take(static_cast<std::uint16_t*>(nullptr), half ? B * D : 0);
