@@ -146,39 +146,57 @@ def decode_image(data, channels, source):
         raise Error(f"{source}: cannot decode {kind} ({size} bytes): {e}") from None
 
 
-def _resample_weights(n_in, n_out):
-    """The C++ loader's triangle filter (decode.hpp resample_taps) as an n_out x n_in matrix."""
+def _resample_taps(n_in, n_out):
+    """The C++ loader's triangle filter (decode.hpp resample_taps): per output sample, the source
+    indices and weights of its taps (n_out x taps; padding taps have weight 0)."""
     scale = n_in / n_out
     support = max(1.0, scale)
-    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    max_taps = math.ceil(support) * 2 + 1
+    index = torch.zeros(n_out, max_taps, dtype=torch.int64)
+    weight = torch.zeros(n_out, max_taps, dtype=torch.float64)
     for i in range(n_out):
         centre = (i + 0.5) * scale
         lo = max(0, math.floor(centre - support))
-        hi = min(n_in, math.ceil(centre + support))
-        taps = [max(0.0, 1 - abs((j + 0.5 - centre) / support)) for j in range(lo, hi)]
-        total = sum(taps)
-        for j, t in zip(range(lo, hi), taps):
-            w[i, j] = t / total
-    return w
+        hi = min(n_in, math.ceil(centre + support), lo + max_taps)
+        taps = []
+        for j in range(lo, hi):
+            x = abs((j + 0.5 - centre) / support)
+            taps.append(1 - x if x < 1 else 0.0)
+        total = 0.0
+        for t in taps:
+            total += t
+        for k, t in enumerate(taps):
+            index[i, k], weight[i, k] = lo + k, t / total
+    return index, weight
 
 
-_WEIGHTS = {}
+_TAPS = {}
+
+
+def _resample_axis(x, n_out, axis):
+    """x (float64) resampled along `axis`, each output a sum over its taps in the C++ order."""
+    n_in = x.shape[axis]
+    if (n_in, n_out) not in _TAPS:
+        if len(_TAPS) > 64:
+            _TAPS.clear()
+        _TAPS[n_in, n_out] = _resample_taps(n_in, n_out)
+    index, weight = _TAPS[n_in, n_out]
+    x = x.movedim(axis, 0)
+    shape = (n_out,) + (1,) * (x.dim() - 1)
+    total = torch.zeros((n_out,) + tuple(x.shape[1:]), dtype=torch.float64)
+    for k in range(index.shape[1]):  # tap by tap: the same additions, in the same order, as C++
+        total = total + weight[:, k].reshape(shape) * x[index[:, k]]
+    return total.movedim(0, axis)
 
 
 def resize_image(pixels, width, height):
-    """H x W x C uint8 -> height x width x C by the C++ loader's rule; same size: unchanged."""
-    h, w, c = pixels.shape
+    """H x W x C uint8 -> height x width x C by the C++ loader's rule (rows first, then columns,
+    in float64, rounded once); the same size: returned unchanged."""
+    h, w, _ = pixels.shape
     if (w, h) == (width, height):
         return pixels
-    key = (w, h, width, height)
-    if key not in _WEIGHTS:
-        if len(_WEIGHTS) > 64:
-            _WEIGHTS.clear()
-        _WEIGHTS[key] = (_resample_weights(h, height), _resample_weights(w, width))
-    wy, wx = _WEIGHTS[key]
-    x = pixels.to(torch.float64).permute(2, 0, 1)  # C x H x W
-    x = wy @ (x @ wx.t())  # rows first, then columns, in float64 (no rounding between)
-    return _round_u8(x).permute(1, 2, 0)
+    x = _resample_axis(pixels.to(torch.float64), width, 1)
+    return _round_u8(_resample_axis(x, height, 0))
 
 
 # ---- the datasets ------------------------------------------------------------------------------
