@@ -19,16 +19,19 @@ line, a bad record frame (magic number, continuation flag, length past the end),
 header or label, an image that does not decode - raises ``protomem.Error`` naming the file and the
 record (key, byte offset) or line, never another exception.
 
-Pixels against the C++ decoder (protomem/data/decode.hpp): both use libjpeg for JPEG and the same
-conversions, so JPEG pixels (grayscale: libjpeg's Y channel, which Pillow's ``draft("L")`` selects;
-RGB: libjpeg's YCbCr -> RGB) and 8-bit gray or RGB PNG pixels are the same bytes. A colour PNG
-read as grayscale and a PNG with alpha are converted in linear light as libpng's simplified API
-does (sRGB -> linear, Y = 0.2126 R + 0.7152 G + 0.0722 B, alpha composited onto black, -> sRGB);
-libpng uses fixed-point tables, so those pixels may differ from the C++ ones by a grey level.
-Resizing is the C++ loader's: a separable triangle (bilinear) filter whose support widens by the
-shrink factor, computed here as two float64 matrix products and rounded half away from zero once
-at the end; Pillow's own BILINEAR resize is the same filter but rounds to 8 bits between the two
-passes and uses fixed-point weights (up to a grey level off), so it is not used.
+Pixels against the C++ decoder (protomem/data/decode.hpp): both decode JPEG with libjpeg and ask
+it for the same output (grayscale: libjpeg's Y channel, which Pillow's ``draft("L")`` selects;
+RGB: libjpeg's YCbCr -> RGB), and 8-bit gray and RGB PNG pixels are the file's, so for JPEG and
+for gray or RGB PNG (read as gray -> gray, gray -> RGB, RGB -> RGB) the pixels are the same bytes,
+resized or not: resizing is the C++ loader's rule - a separable triangle (bilinear) filter whose
+support widens by the shrink factor, rows first, in float64, each output summed over its taps in
+the C++ order and rounded half away from zero once at the end (Pillow's own BILINEAR is the same
+filter but rounds between its two passes and uses fixed-point weights, up to a grey level off, so
+it is not used). Two conversions are not identical: a colour PNG read as grayscale and a PNG with
+alpha (composited onto black) are converted here in linear light in float64 (sRGB -> linear,
+Y = 0.2126 R + 0.7152 G + 0.0722 B, x alpha, -> sRGB), while libpng's simplified API goes through
+8-bit linear tables, so those pixels can differ by several grey levels (most in dark pixels).
+Face sets are JPEG, and the sets scripts/make-hangul-set writes are gray PNG or JPEG.
 """
 import bisect
 import math
