@@ -38,9 +38,11 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--identities", type=int, default=10000, help="training identities: labels [0, N)")
     a("--images-per-identity", type=int, default=16)
-    a("--eval-identities", type=int, default=1000, help="held-out identities [N, N + E)")
+    a("--eval-identities", type=int, default=1000,
+      help="held-out identities [N, N + E) (--data: at most E of the held-out set's)")
     a("--eval-images", type=int, default=4, help="images per held-out identity")
-    a("--distractors", type=int, default=10000, help="gallery distractors for rank-1")
+    a("--distractors", type=int, default=10000,
+      help="gallery distractors for rank-1 (--data: at most this many)")
     a("--steps", type=int, default=300)
     a("--batch", type=int, default=128, help="images per step (identities x exemplars)")
     a("--exemplars", type=int, default=4, help="K images per identity in a batch")
@@ -167,7 +169,7 @@ class Evaluator:
 
     def __init__(self, args, data, heldout=None):
         if heldout is not None:
-            self.from_dataset(heldout, args.eval_images)
+            self.from_dataset(heldout, args.eval_images, args.eval_identities, args.distractors)
             return
         n, e, v = args.identities, args.eval_identities, args.eval_images
         ids = torch.arange(n, n + e).repeat_interleave(v)
@@ -176,22 +178,23 @@ class Evaluator:
         d = torch.arange(n + e, n + e + args.distractors)
         self.distractors = data.images(d, torch.zeros_like(d))
 
-    def from_dataset(self, heldout, v):
-        """The first V images of each held-out class with at least V (in label order); the first
-        image of every other class is a distractor."""
+    def from_dataset(self, heldout, v, identities, distractor_limit):
+        """examples/train's choice: the held-out classes in label order, those with at least V
+        images first; the first E of those (E = --eval-identities, capped by their number rounded
+        down to even) give V images each, the next ones (at most --distractors) their first image
+        as distractors."""
         members = {}
         for i, label in enumerate(heldout.labels.tolist()):
             members.setdefault(label, []).append(i)
-        verification, distractors = [], []
-        for label in sorted(members):
-            m = members[label]
-            if len(m) >= v:
-                verification += m[:v]
-            else:
-                distractors.append(m[0])
-        if len(verification) < 2 * v:
-            sys.exit(f"the held-out set has {len(verification) // v} identities with at least "
-                     f"--eval-images {v} images; at least 2 are needed")
+        order = ([m for _, m in sorted(members.items()) if len(m) >= v]
+                 + [m for _, m in sorted(members.items()) if len(m) < v])
+        eligible = sum(len(m) >= v for m in order)
+        e = min(identities, eligible // 2 * 2)
+        if e < 2:
+            sys.exit(f"the held-out set has {eligible} identities with at least --eval-images {v} "
+                     "images; at least 2 are needed")
+        verification = [i for m in order[:e] for i in m[:v]]
+        distractors = [m[0] for m in order[e:e + min(distractor_limit, len(order) - e)]]
         self.v = v
         self.heldout = torch.stack([heldout[i][0] for i in verification])
         self.distractors = torch.stack([heldout[i][0] for i in distractors]) if distractors \

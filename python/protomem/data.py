@@ -27,10 +27,12 @@ resized or not: resizing is the C++ loader's rule - a separable triangle (biline
 support widens by the shrink factor, rows first, in float64, each output summed over its taps in
 the C++ order and rounded half away from zero once at the end (Pillow's own BILINEAR is the same
 filter but rounds between its two passes and uses fixed-point weights, up to a grey level off, so
-it is not used). Two conversions are not identical: a colour PNG read as grayscale and a PNG with
-alpha (composited onto black) are converted here in linear light in float64 (sRGB -> linear,
-Y = 0.2126 R + 0.7152 G + 0.0722 B, x alpha, -> sRGB), while libpng's simplified API goes through
-8-bit linear tables, so those pixels can differ by several grey levels (most in dark pixels).
+it is not used). Some PNG conversions are not identical: a colour PNG read as grayscale, a PNG
+with alpha (composited onto black) and a 16-bit gray PNG (whose samples libpng takes as linear
+light) are converted here in linear light in float64 (sRGB -> linear, Y = 0.2126 R + 0.7152 G +
+0.0722 B, x alpha, -> sRGB), while libpng's simplified API goes through fixed-point and 8-bit
+linear tables, so those pixels can differ by several grey levels (most in dark pixels); a 16-bit
+RGB PNG Pillow reduces to 8 bits itself.
 Face sets are JPEG, and the sets scripts/make-hangul-set writes are gray PNG or JPEG.
 """
 import bisect
@@ -82,24 +84,31 @@ def _round_u8(x):
     return torch.floor(x + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
+def _u8(img):
+    """An 8-bit Pillow image as an H x W x bands uint8 tensor (no numpy needed)."""
+    w, h = img.size
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(
+        h, w, len(img.getbands()))
+
+
 def _png_pixels(img, channels):
     """A decoded PNG (Pillow image) as H x W x channels uint8, converted as libpng's simplified API
     converts (linear light for colour -> gray and for alpha onto black)."""
-    import numpy as np  # Pillow's array interface; numpy comes with torch
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit gray: libpng scales by 255/65535 (rounded)
-        a = torch.from_numpy(np.asarray(img, dtype=np.int64)).to(torch.float64)
-        g = _round_u8(a * (255.0 / 65535.0))
+        # 16-bit gray: libpng's simplified API takes 16-bit samples as linear light
+        img = img.convert("I")  # 32-bit ints holding the 16-bit values
+        w, h = img.size
+        a = torch.frombuffer(bytearray(img.tobytes("raw", "I")), dtype=torch.int32).reshape(h, w)
+        a = a.to(torch.float64)
+        g = _round_u8(_linear_to_srgb(a / 65535.0) * 255.0)
         return g[..., None].repeat(1, 1, channels)
     elif img.mode not in ("1", "L", "LA", "RGB", "RGBA"):
         img = img.convert("RGBA")
     if img.mode == "1":
         img = img.convert("L")
-    a = torch.from_numpy(np.array(img, dtype=np.uint8))
-    if a.dim() == 2:
-        a = a[..., None]
+    a = _u8(img)
     has_alpha = img.mode in ("LA", "RGBA")
     colour = a[..., :-1] if has_alpha else a
     gray_in = colour.shape[2] == 1
@@ -119,7 +128,6 @@ def decode_image(data, channels, source):
     the C++ decoder tells it. Raises protomem.Error naming `source`."""
     from PIL import Image
     import io
-    import numpy as np
     if channels not in (1, 3):
         raise Error(f"decode_image: channels = {channels} (must be 1 or 3)")
     size = len(data)
@@ -139,8 +147,7 @@ def decode_image(data, channels, source):
                 raise ValueError(f"unsupported colour space {img.mode} for {channels} channel(s)")
             if channels == 3 and img.mode != "RGB":
                 img = img.convert("RGB")  # gray -> RGB repeats Y, as libjpeg does
-            a = torch.from_numpy(np.array(img, dtype=np.uint8))
-            return a[..., None] if a.dim() == 2 else a
+            return _u8(img)
         img.load()
         return _png_pixels(img, channels)
     except Error:
