@@ -329,7 +329,8 @@ def main(argv=None):
         if evaluator is not None:
             results["data"].update(heldout_identities=heldout.num_classes,
                                    verification_identities=len(evaluator.heldout) // evaluator.v,
-                                   distractors=len(evaluator.distractors), heldout_skipped=heldout.skipped)
+                                   distractors=len(evaluator.distractors),
+                                   heldout_skipped=heldout.skipped)
     if evaluator is not None and step == 0:
         results["untrained"] = evaluator(encoder)
         print("untrained encoder: " + json.dumps(results["untrained"]), file=sys.stderr)

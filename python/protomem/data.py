@@ -350,7 +350,8 @@ class RecordIODataset(_ImageDataset):
                  normalize=True, idx_path=None):
         super().__init__(image_size, channels, transform, skip_corrupt, normalize)
         self.rec_path = os.fspath(path_rec)
-        self.idx_path = os.fspath(idx_path) if idx_path else os.path.splitext(self.rec_path)[0] + ".idx"
+        self.idx_path = (os.fspath(idx_path) if idx_path
+                         else os.path.splitext(self.rec_path)[0] + ".idx")
         try:
             self._rec_size = os.stat(self.rec_path).st_size
         except OSError as e:
@@ -406,9 +407,11 @@ class RecordIODataset(_ImageDataset):
         try:
             data = os.pread(self._file(), n, offset)
         except OSError as e:
-            raise Error(f"reading '{self.rec_path}' at byte {offset} failed: {e.strerror}") from None
+            raise Error(f"reading '{self.rec_path}' at byte {offset} failed: "
+                        f"{e.strerror}") from None
         if len(data) != n:
-            raise Error(f"reading '{self.rec_path}' at byte {offset} failed: unexpected end of file")
+            raise Error(f"reading '{self.rec_path}' at byte {offset} failed: "
+                        "unexpected end of file")
         return data
 
     def _where(self, key):
@@ -436,10 +439,11 @@ class RecordIODataset(_ImageDataset):
             cflag, length = lrecord >> 29, lrecord & ((1 << 29) - 1)
             padded = (length + 3) // 4 * 4
             if (part == 0 and cflag not in (0, 1)) or (part > 0 and cflag not in (2, 3)):
-                self._bad(key, offset, f"part {part} has continuation flag {cflag}"
-                          + (" (a record starts with 0 or 1)" if part == 0 else " (expected 2 or 3)"))
+                self._bad(key, offset, f"part {part} has continuation flag {cflag}" + (
+                    " (a record starts with 0 or 1)" if part == 0 else " (expected 2 or 3)"))
             if padded > size - offset - 8:
-                self._bad(key, offset, f"length {length} runs past the end of the file ({size} bytes)")
+                self._bad(key, offset,
+                          f"length {length} runs past the end of the file ({size} bytes)")
             parts.append(self._pread(length, offset + 8) if length else b"")
             offset += 8 + padded
             if cflag in (0, 3):
@@ -481,8 +485,8 @@ class RecordIODataset(_ImageDataset):
                 or labels[0] != math.floor(labels[0]) or labels[0] > 4294967296.0):
             found = ("(" + ", ".join(f"{v:f}" for v in labels[:4])
                      + (", ...)" if len(labels) > 4 else ")")) if labels else "none"
-            raise Error(f"{where}: header record's labels must be (first identity record, end) with "
-                        f"1 <= first <= end, integers; found {found}")
+            raise Error(f"{where}: header record's labels must be (first identity record, end) "
+                        f"with 1 <= first <= end, integers; found {found}")
         first_identity = int(labels[0])
         for key in range(1, first_identity):
             if key not in self._offset:

@@ -240,7 +240,8 @@ def good(label=0, seed=0):
      ["record 1", "part 0 has continuation flag 2 (a record starts with 0 or 1)"]),
     ("broken split", [(0, ("raw", struct.pack("<II", MAGIC, 1 << 29 | 4) + b"abcd"
                            + struct.pack("<II", MAGIC, 0 << 29 | 4) + b"efgh"))],
-     ["record 0 (offset 0, part at offset 12)", "part 1 has continuation flag 0 (expected 2 or 3)"]),
+     ["record 0 (offset 0, part at offset 12)",
+      "part 1 has continuation flag 0 (expected 2 or 3)"]),
     ("short header", [(0, good()), (1, b"\1\0\0\0abcdefgh")],
      ["record 1", "payload of 12 bytes is shorter than the 24-byte image header"]),
     ("extra labels", [(0, good()), (1, struct.pack("<IfQQ", 40, 0, 0, 0) + b"\0" * 8)],

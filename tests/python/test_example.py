@@ -97,7 +97,8 @@ def test_image_data_resume_is_bit_identical(tmp_path):
     train(*common, "--output", str(tmp_path / "a"))
     train(*common, "--stop-after", "3", "--output", str(tmp_path / "b"))
     train(*common, "--resume", "--output", str(tmp_path / "b"))
-    a, b = torch.load(tmp_path / "a" / "checkpoint.pt"), torch.load(tmp_path / "b" / "checkpoint.pt")
+    a = torch.load(tmp_path / "a" / "checkpoint.pt")
+    b = torch.load(tmp_path / "b" / "checkpoint.pt")
     assert a["losses"] == b["losses"] and len(a["losses"]) == 6
     for key in a["state_dict_backbone"]:
         assert torch.equal(a["state_dict_backbone"][key], b["state_dict_backbone"][key]), key
