@@ -153,6 +153,32 @@ def test_normalized_items_and_transform(face_set):
     assert torch.equal(x[0], ((gray(1).double() - 127.5) / 128 * 2).float())
 
 
+def triangle(n_in, n_out):
+    """Per output sample, [(source index, weight)]: decode.hpp's rule as its comment states it - a
+    triangle of half-width max(1, n_in / n_out) source pixels centred on the output pixel's
+    centre, normalised over the source pixels inside the image."""
+    scale = n_in / n_out
+    support = max(1.0, scale)
+    out = []
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        taps = [(j, max(0.0, 1 - abs(j + 0.5 - centre) / support)) for j in range(n_in)]
+        taps = [(j, w) for j, w in taps if w > 0]
+        total = sum(w for _, w in taps)
+        out.append([(j, w / total) for j, w in taps])
+    return out
+
+
+def reference_resize(img, height, width):
+    """Rows first then columns, in double precision, rounded once at the end (half up)."""
+    h, w = img.shape
+    tx, ty = triangle(w, width), triangle(h, height)
+    rows = [[sum(wt * float(img[y, j]) for j, wt in tx[x]) for x in range(width)] for y in range(h)]
+    out = [[sum(wt * rows[j][x] for j, wt in ty[y]) for x in range(width)] for y in range(height)]
+    return torch.tensor([[min(255, max(0, int(v + 0.5))) for v in r] for r in out],
+                        dtype=torch.uint8)
+
+
 def test_resize_follows_the_cpp_rule(tmp_path):
     # Shrinking 8 -> 4 (scale 2): the triangle of half-width 2 gives interior weights
     # (1, 3, 3, 1) / 8 over source pixels 2i-1 .. 2i+2; at the edges the taps outside the image
@@ -177,6 +203,7 @@ def test_resize_follows_the_cpp_rule(tmp_path):
         ref = torch.from_numpy(__import__("numpy").array(
             Image.fromarray(src.numpy(), "L").resize(size[::-1], Image.BILINEAR)))
         assert (x[0].int() - ref.int()).abs().max() <= 1, size
+        assert torch.equal(x[0], reference_resize(src, *size)), size
     x, _ = RecordIODataset(path, image_size=(37, 23), normalize=False)[0]  # same size: unchanged
     assert torch.equal(x[0], src)
 
