@@ -9,7 +9,7 @@ per line) or an image folder (one subfolder per identity), JPEG or PNG images.
 Pure Python: the records are parsed here, the images decoded by Pillow and resized by the C++
 loader's rule (below); nothing needs the compiled extension except ``protomem.Error``.
 
-Requires: Pillow; a readable .rec with its .idx (same name), list file or folder.
+Requires: Pillow >= 8 (``protomem[data]``); a readable .rec with its .idx (same name), list file or folder.
 Guarantees: the samples, their order and their labels are the C++ sources' (RecordIOSource,
 ListSource, FolderSource): sample i here is sample i there. An item is ``(image, label)``: the image
 a float32 tensor C x H x W scaled as examples/train feeds its encoder, (pixel - 127.5) / 128, or
@@ -126,8 +126,12 @@ def _png_pixels(img, channels):
 def decode_image(data, channels, source):
     """JPEG or PNG bytes -> H x W x channels uint8 tensor; the format told by the first bytes, as
     the C++ decoder tells it. Raises protomem.Error naming `source`."""
-    from PIL import Image
     import io
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("protomem.data decodes images with Pillow: pip install pillow (or "
+                          "protomem[data]; Debian: python3-pil)") from None
     if channels not in (1, 3):
         raise Error(f"decode_image: channels = {channels} (must be 1 or 3)")
     size = len(data)
