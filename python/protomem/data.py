@@ -32,7 +32,9 @@ with alpha (composited onto black) and a 16-bit gray PNG (whose samples libpng t
 light) are converted here in linear light in float64 (sRGB -> linear, Y = 0.2126 R + 0.7152 G +
 0.0722 B, x alpha, -> sRGB), while libpng's simplified API goes through fixed-point and 8-bit
 linear tables, so those pixels can differ by several grey levels (most in dark pixels); a 16-bit
-RGB PNG Pillow reduces to 8 bits itself.
+RGB PNG Pillow reduces to 8 bits itself. Corrupt JPEG data that libjpeg decodes with a warning
+(the C++ decoder makes any warning an error) Pillow decodes without one, so such an image decodes
+here; a truncated JPEG raises in both (unless ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is set).
 Face sets are JPEG, and the sets scripts/make-hangul-set writes are gray PNG or JPEG.
 """
 import bisect
