@@ -15,7 +15,7 @@ from ._C import (ArcFace, CombinedMargin, CosFace, DetachedExemplarMean, Doppelg
                  NoMargin, NoMining, Replace, UnsupportedError)
 from ._head import PartialFCCompatible, PrototypeMemory, margin_from_insightface
 from ._sampler import GroupedBatchSampler
-from . import synthetic
+from . import data, synthetic
 
 __version__ = "0.1.0"
 
@@ -38,5 +38,5 @@ __all__ = [
     "NoMargin", "CosFace", "ArcFace", "CombinedMargin",
     "ExemplarMean", "DetachedExemplarMean", "LeaveOneOut",
     "Replace", "Momentum", "LeastRecentlyWritten", "FirstInFirstOut", "LRW", "FIFO",
-    "NoMining", "DoppelgangerMining", "Error", "UnsupportedError", "synthetic",
+    "NoMining", "DoppelgangerMining", "Error", "UnsupportedError", "data", "synthetic",
 ]
