@@ -171,6 +171,33 @@ TEST_CASE("AgeDecay with an infinite half-life is NoAging, bit for bit", "[aging
   CHECK(differs);  // a finite half-life does change the loss
 }
 
+TEST_CASE("set_aging() takes effect from the next forward", "[aging]") {
+  // A memory switched from no decay to AgeDecay(1) after step 6 steps as one that had AgeDecay(1)
+  // all along (under Replace the writes do not depend on the weights).
+  const auto cosface = protomem::CosFace(30.0, 0.3);
+  Memory<protomem::AgeDecay> always(config_of(8), cosface, {}, {}, {}, {}, protomem::AgeDecay(1.0));
+  Memory<protomem::AgeDecay> switched(config_of(8), cosface, {}, {}, {}, {},
+                                      protomem::AgeDecay(kInf));
+  std::mt19937_64 rng(31);
+  int t = 0;
+  bool differed = false;
+  for (const std::vector<label_t>& classes : schedule(12, 5)) {
+    if (t++ == 6) switched.set_aging(protomem::AgeDecay(1.0));
+    const Batch batch = batch_of(classes, rng);
+    const Forward a = forward(always, batch, true);
+    const Forward b = forward(switched, batch, true);
+    INFO("step " << t);
+    if (t > 6) {
+      CHECK(a.loss == b.loss);
+      CHECK(a.gradient == b.gradient);
+    } else {
+      differed = differed || a.loss != b.loss;  // old prototypes do exist before the switch
+    }
+  }
+  CHECK(differed);
+  CHECK(switched.aging().half_life == 1.0);
+}
+
 TEST_CASE("an expired prototype is not blended into its class's fresh one", "[aging]") {
   // Momentum(0.5) blends a refreshed class with its stored prototype unless it has expired.
   using Blending = Memory<protomem::MaxAge, protomem::Momentum>;

@@ -140,7 +140,8 @@ class ShardedHead : public Head {
                                        Queue, Mining, protomem::AgeDecay>;
   ShardedHead(const Options& o, protomem::MpiCommunicator& comm)
       : memory_(comm, memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh),
-                Queue{}, make_mining<Mining>(o), make_aging(o)) {}
+                Queue{}, make_mining<Mining>(o), make_aging(o, lr_at(o, 0))),
+        options_(o) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
     const at::Tensor rows = e.detach().contiguous();
@@ -155,7 +156,10 @@ class ShardedHead : public Head {
             .loss;
     return detail::GivenLoss::apply(e, gradient, static_cast<double>(loss));
   }
-  void update(double, std::int64_t) override { memory_.commit(); }
+  void update(double, std::int64_t step) override {
+    memory_.commit();
+    if (options_.age_clock == "lr") memory_.set_aging(make_aging(options_, lr_at(options_, step)));
+  }
   double state_bytes() const override {
     return static_cast<double>(memory_.local_capacity()) * memory_.dim() * sizeof(float);
   }
@@ -192,6 +196,7 @@ class ShardedHead : public Head {
 
  private:
   Memory memory_;
+  Options options_;
 };
 
 /// The Parallel of a run over the ranks of `comm` (the encoder's collectives; the memory has its

@@ -104,6 +104,8 @@ protomem
   --max-age N               stored prototypes older than N steps expire: no column (default: never)
   --age-half-life H         a stored prototype counts 2^(-age/H) times in the softmax (default inf:
                             fully; both flags: the AgeDecay policy, docs/results.md "Staleness")
+  --age-clock steps|lr      lr: the half-life H holds at the peak lr and scales with lr_peak / lr
+                            (a prototype's weight follows the encoder's drift; default steps)
 doppelganger mining (protomem-mining; docs/mining.md)
   --mining                  run protomem with DoppelgangerMining and mined batches: the method
                             protomem-grouped becomes protomem-mining
@@ -358,6 +360,8 @@ Cli parse(int argc, char** argv) {
       o.max_age = I();
     else if (flag == "--age-half-life")
       o.age_half_life = R();
+    else if (flag == "--age-clock")
+      o.age_clock = value;
     else if (flag == "--queue")
       o.queue = value;
     else if (flag == "--doppelganger-fraction")
@@ -460,6 +464,8 @@ void check(const Cli& cli) {
   need(o.refresh >= 0 && o.refresh < 1, "--refresh momentum:A needs 0 <= A < 1");
   need(o.max_age >= -1, "--max-age must be >= 0 (or -1: never)");
   need(o.age_half_life > 0, "--age-half-life must be > 0 (inf: no decay)");
+  need(o.age_clock == "steps" || o.age_clock == "lr",
+       "--age-clock must be steps or lr, not '" + o.age_clock + "'");
   need(o.queue == "lrw" || o.queue == "fifo", "--queue must be lrw or fifo, not '" + o.queue + "'");
   need(o.sample_rate > 0 && o.sample_rate <= 1, "--sample-rate must be in (0, 1]");
   {
@@ -601,8 +607,9 @@ int run_parent(const Cli& cli, const char* self,
       static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
       o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
   if (o.max_age >= 0 || std::isfinite(o.age_half_life)) {
-    std::printf("  protomem aging: max age %lld steps, half-life %g steps\n",
-                static_cast<long long>(o.max_age), o.age_half_life);
+    std::printf("  protomem aging: max age %lld steps, half-life %g steps%s\n",
+                static_cast<long long>(o.max_age), o.age_half_life,
+                o.age_clock == "lr" ? " at the peak lr, scaled by lr_peak / lr" : "");
   }
   std::fflush(stdout);
 

@@ -1,11 +1,12 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Prints a markdown table of 3-seed means from examples/train run directories named <run>-s<seed>:
-seed_table.py [--plot FILE] DIR...
+seed_table.py [--plot FILE] [--curves FILE] DIR...
 
 Rows: (run, method), over the seeds found; each metric as mean +- sample standard deviation and the
 seeds' range [min, max]. With --plot, draws TAR@1e-4 against memory size for runs named
 m<M>-<policy>-s<seed> (the staleness sweep of docs/results.md), one line per policy, error bars the
-standard deviation, plus horizontal bands for any other run (e.g. full softmax) given."""
+standard deviation, plus horizontal bands for any other run (e.g. full softmax) given. With --curves,
+draws each (run, method)'s held-out TAR@1e-4 over the training steps (curves.csv), mean over seeds."""
 import argparse
 import csv
 import math
@@ -50,6 +51,7 @@ def stats(values):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--plot")
+    ap.add_argument("--curves")
     ap.add_argument("dirs", nargs="+")
     a = ap.parse_args()
     table, seeds = runs(a.dirs)
@@ -66,6 +68,34 @@ def main():
               + " | ".join(cells) + f" | {step:.0f} |")
     if a.plot:
         plot(table, a.plot)
+    if a.curves:
+        curves(a.dirs, a.curves)
+
+
+def curves(dirs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = defaultdict(lambda: defaultdict(list))  # (run, method) -> step -> values
+    for d in dirs:
+        run = re.fullmatch(r"(.*)-s(\d+)", os.path.basename(d.rstrip("/"))).group(1)
+        path_csv = os.path.join(d, "curves.csv")
+        if not os.path.exists(os.path.join(d, "results.csv")):
+            continue
+        with open(path_csv, newline="") as f:
+            for r in csv.DictReader(f):
+                series[(run, r["method"])][int(r["step"])].append(float(r["tar_1e4"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (run, method), points in sorted(series.items()):
+        steps = sorted(points)
+        ax.plot(steps, [sum(points[s]) / len(points[s]) for s in steps], marker=".",
+                label=f"{method} ({run})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out TAR@1e-4 (mean over seeds)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(table, path):

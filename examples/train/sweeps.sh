@@ -44,7 +44,9 @@ for s in $seeds; do
       sizes="256 512 1024 2048"; [ "$what" = synthetic ] && sizes="1024 2048 4096 8192"
       for m in ${SIZES:-$sizes}; do
         for p in ${POLICIES:-none= maxage32=--max-age,32 half16=--age-half-life,16}; do
-          echo "m$m-${p%%=*}-s$s --seed $s --capacity $m --methods protomem-grouped ${p#*=}" | tr ',' ' ' >>"$jobs_file"
+          # (no trailing blank: xargs -L would join the next line)
+          echo "m$m-${p%%=*}-s$s --seed $s --capacity $m --methods protomem-grouped ${p#*=}" |
+            tr ',' ' ' | sed 's/ *$//' >>"$jobs_file"
         done
       done ;;
     *) echo "unknown: $what" >&2; exit 2 ;;

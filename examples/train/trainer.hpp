@@ -98,6 +98,7 @@ struct Options {
   double refresh = 0.0;                  // momentum a of the refresh (0: replace)
   std::string queue = "lrw";             // lrw | fifo
   double age_half_life = std::numeric_limits<double>::infinity();  // AgeDecay h (inf: none)
+  std::string age_clock = "steps";       // steps | lr: AgeDecay's half-life at the peak lr
   std::int64_t max_age = -1;             // AgeDecay bound: prototypes older expire (-1: never)
   double doppelganger_fraction = 0.25;   // mined batches: share of the P identities mined
   std::int64_t similar_k = 8;            // mined: doppelgangers remembered per class
@@ -176,9 +177,25 @@ inline std::int64_t mining_table_capacity(const Options& o) {
 /// The protomem heads' Aging policy: AgeDecay with --age-half-life and --max-age (none: an infinite
 /// half-life and no bound, which is NoAging bit for bit: tests/test_aging.cpp), a runtime choice
 /// like the margin and the refresh, so that it adds no instantiation.
-inline protomem::AgeDecay make_aging(const Options& o) {
-  return protomem::AgeDecay(o.age_half_life, o.max_age < 0 ? protomem::AgeDecay::never
-                                                           : static_cast<std::uint64_t>(o.max_age));
+/// The learning rate of `step` (0-based): linear warm-up over 5% of the steps, then cosine decay.
+inline double lr_at(const Options& o, std::int64_t step) {
+  const std::int64_t warmup = std::max<std::int64_t>(1, o.steps / 20);
+  if (step < warmup) return o.lr * (step + 1) / warmup;
+  const double t = static_cast<double>(step - warmup) / std::max<std::int64_t>(1, o.steps - warmup);
+  return o.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
+}
+
+/// With --age-clock lr the half-life follows the learning rate, h lr_peak / lr(step): a prototype's
+/// weight then falls with the encoder's drift since it was written (fast while the lr is high,
+/// hardly once it has decayed) rather than with its age in steps. Set after each step for the next.
+inline protomem::AgeDecay make_aging(const Options& o, double lr = 0.0) {
+  const std::uint64_t bound =
+      o.max_age < 0 ? protomem::AgeDecay::never : static_cast<std::uint64_t>(o.max_age);
+  if (o.age_clock != "lr" || !std::isfinite(o.age_half_life)) {
+    return protomem::AgeDecay(o.age_half_life, bound);
+  }
+  const double h = lr > 0 ? o.age_half_life * o.lr / lr : std::numeric_limits<double>::infinity();
+  return protomem::AgeDecay(h, bound);
 }
 
 template <class Mining>
@@ -199,10 +216,15 @@ class ProtomemHead : public Head {
                                      Queue, Mining, protomem::AgeDecay>;
   explicit ProtomemHead(const Options& o)
       : head_(memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{},
-              make_mining<Mining>(o), make_aging(o)) {}
+              make_mining<Mining>(o), make_aging(o, lr_at(o, 0))),
+        options_(o) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override { return head_(e, y); }
-  void update(double, std::int64_t) override {}  // committed by loss.backward()
+  void update(double, std::int64_t step) override {  // committed by loss.backward()
+    if (options_.age_clock == "lr") {  // `step` steps are done: the aging of the next one
+      head_.memory().set_aging(make_aging(options_, lr_at(options_, step)));
+    }
+  }
   double state_bytes() const override {
     return static_cast<double>(head_.memory().capacity()) * head_.memory().dim() * sizeof(float);
   }
@@ -236,6 +258,7 @@ class ProtomemHead : public Head {
 
  private:
   Adapter head_;
+  Options options_;
 };
 
 /// A learned N x D cosine classifier with SGD momentum: full softmax (sample_rate 1) or Partial-FC
@@ -710,13 +733,6 @@ inline Options resolve(const Options& o, const images::ImageSet& data) {
 template <class Data>
 struct protomem_loader_t {};
 #endif
-
-inline double lr_at(const Options& o, std::int64_t step) {
-  const std::int64_t warmup = std::max<std::int64_t>(1, o.steps / 20);
-  if (step < warmup) return o.lr * (step + 1) / warmup;
-  const double t = static_cast<double>(step - warmup) / std::max<std::int64_t>(1, o.steps - warmup);
-  return o.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
-}
 
 inline std::unique_ptr<Head> make_head(
     const Options& o, Kind kind,

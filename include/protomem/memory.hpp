@@ -356,6 +356,9 @@ class PrototypeMemory {
   /// The Mining policy, e.g. the doppelganger table a sampler draws from.
   const Mining& mining() const { return mining_; }
   const Aging& aging() const { return aging_; }
+  /// Replaces the Aging policy from the next forward() on (e.g. a half-life that follows the
+  /// learning rate); the policy's constructor has checked its parameters.
+  void set_aging(Aging aging) { aging_ = std::move(aging); }
 
   // ---- backend ----------------------------------------------------------------------------------
 

@@ -220,6 +220,9 @@ class ShardedPrototypeMemory {
   const Queue& queue() const { return queue_; }
   const Mining& mining() const { return mining_; }
   const Aging& aging() const { return aging_; }
+  /// Replaces the Aging policy from the next forward() on (local: every rank must set the same
+  /// one; the next forward's setup check does not cover it, its weights would differ by rank).
+  void set_aging(Aging aging) { aging_ = std::move(aging); }
 
   // ---- checkpoints: the single-process format (docs/algorithm.md, "Checkpoint format") -------
 
