@@ -5,7 +5,9 @@
 #   examples/train/sweeps.sh table [SEEDS...]      Hangul set: protomem (gradient / detached), full
 #                                                  softmax (grouped / uniform), Partial FC 10%, mining
 #   examples/train/sweeps.sh staleness [SEEDS...]  Hangul set: memory size x aging policy
-#   examples/train/sweeps.sh synthetic [SEEDS...]  the same sweep on the synthetic set, 10^5 ids
+#   examples/train/sweeps.sh ablation [SEEDS...]   Hangul set: AgeDecay half-lives 4, 8, 32 at M = 512,
+#                                                  and mining with AgeDecay(16)
+#   examples/train/sweeps.sh synthetic [SEEDS...]  the staleness sweep on the synthetic set, 10^5 ids
 # SEEDS default to 1 2 3. Runs whose results.csv exists are skipped, so an interrupted sweep
 # resumes. Outputs go to $OUT (default docs/results/hangul, or docs/results/1e5-staleness for
 # synthetic) / <run>-s<seed>/, with the console output in train.log.
@@ -39,6 +41,11 @@ for s in $seeds; do
       echo "baselines-s$s --seed $s --capacity 512 --methods protomem-grouped,full-grouped,full-instance,pfc-instance --sample-rate 0.1" >>"$jobs_file"
       echo "detached-s$s --seed $s --capacity 512 --methods protomem-grouped --generator detached" >>"$jobs_file"
       echo "mining-s$s --seed $s --capacity 512 --mining --methods protomem" >>"$jobs_file" ;;
+    ablation)
+      echo "mining-half16-s$s --seed $s --capacity 512 --mining --methods protomem --age-half-life 16" >>"$jobs_file"
+      for h in 4 8 32; do
+        echo "m512-half$h-s$s --seed $s --capacity 512 --methods protomem-grouped --age-half-life $h" >>"$jobs_file"
+      done ;;
     staleness|synthetic)
       # POLICIES: name=flags pairs, e.g. "none= maxage32=--max-age,32 half16=--age-half-life,16"
       sizes="256 512 1024 2048"; [ "$what" = synthetic ] && sizes="1024 2048 4096 8192"
