@@ -5,7 +5,8 @@ seed_table.py [--plot FILE] [--curves FILE] DIR...
 Rows: (run, method), over the seeds found; each metric as mean +- sample standard deviation and the
 seeds' range [min, max]. With --plot, draws TAR@1e-4 against memory size for runs named
 m<M>-<policy>-s<seed> (the staleness sweep of docs/results.md), one line per policy, error bars the
-standard deviation, plus horizontal bands for any other run (e.g. full softmax) given. With --curves,
+standard deviation, plus horizontal bands for the full-instance and pfc-instance rows of any other
+run given (full softmax and Partial FC on uniform batches). With --curves,
 draws each (run, method)'s held-out TAR@1e-4 over the training steps (curves.csv), mean over seeds."""
 import argparse
 import csv
@@ -15,6 +16,7 @@ import re
 import sys
 from collections import defaultdict
 
+BANDS = ("full-instance", "pfc-instance")  # drawn as horizontal bands by --plot
 METRICS = [("tar_1e3", "TAR@1e-3"), ("tar_1e4", "TAR@1e-4"), ("rank1", "rank-1")]
 
 
@@ -109,8 +111,8 @@ def plot(table, path):
         mean, sd, _, _ = stats(values["tar_1e4"])
         if m:
             lines[m.group(2)].append((int(m.group(1)), mean, sd))
-        else:
-            bands.append((f"{run}: {method}", mean, sd))
+        elif method in BANDS:
+            bands.append((method, mean, sd))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for policy, points in sorted(lines.items()):
         points.sort()
