@@ -6,7 +6,8 @@
 #                                                  softmax (grouped / uniform), Partial FC 10%, mining
 #   examples/train/sweeps.sh staleness [SEEDS...]  Hangul set: memory size x aging policy
 #   examples/train/sweeps.sh ablation [SEEDS...]   Hangul set: AgeDecay half-lives 4, 8, 32 at M = 512,
-#                                                  and mining with AgeDecay(16)
+#                                                  and mining with AgeDecay(16) (HALF_LIVES="":
+#                                                  the mining runs only)
 #   examples/train/sweeps.sh synthetic [SEEDS...]  the staleness sweep on the synthetic set, 10^5 ids
 # SEEDS default to 1 2 3. Runs whose results.csv exists are skipped, so an interrupted sweep
 # resumes. Outputs go to $OUT (default docs/results/hangul, or docs/results/1e5-staleness for
@@ -43,7 +44,7 @@ for s in $seeds; do
       echo "mining-s$s --seed $s --capacity 512 --mining --methods protomem" >>"$jobs_file" ;;
     ablation)
       echo "mining-half16-s$s --seed $s --capacity 512 --mining --methods protomem --age-half-life 16" >>"$jobs_file"
-      for h in 4 8 32; do
+      for h in ${HALF_LIVES-4 8 32}; do
         echo "m512-half$h-s$s --seed $s --capacity 512 --methods protomem-grouped --age-half-life $h" >>"$jobs_file"
       done ;;
     staleness|synthetic)
