@@ -34,8 +34,8 @@
 //   NoAging   every stored prototype counts fully, whatever its age (default; no cost).
 //   MaxAge    prototypes older than A steps expire (pi = 0): an age bound on the memory.
 //   AgeDecay  pi = 2^(-a / h): a prototype counts half as much every h steps (an additive margin
-//             a ln2 / h on its logit), optionally expiring past a maximum age too. AgeDecay(16)
-//             trained best of these on real images and on the synthetic set (docs/results.md,
+//             a ln2 / h on its logit), optionally expiring past a maximum age too. A short
+//             half-life (8 steps, of 8, 16, 32) trained best on real images (docs/results.md,
 //             "Staleness"); NoAging stays the default for checkpoint compatibility.
 #pragma once
 
