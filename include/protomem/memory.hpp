@@ -25,6 +25,12 @@
 #include <iterator>
 #include <new>
 #include <ostream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
 #include <protomem/backend/cpu/backend.hpp>
 #include <protomem/backend/seam.hpp>
 #include <protomem/communicator.hpp>
@@ -43,11 +49,6 @@
 #include <protomem/policies/queue.hpp>
 #include <protomem/policies/refresh.hpp>
 #include <protomem/view.hpp>
-#include <stdexcept>
-#include <string>
-#include <type_traits>
-#include <utility>
-#include <vector>
 
 namespace protomem {
 
