@@ -42,12 +42,7 @@
 #include <protomem/detail/validation.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
-#include <protomem/policies/aging.hpp>
-#include <protomem/policies/generator.hpp>
-#include <protomem/policies/margin.hpp>
-#include <protomem/policies/mining.hpp>
-#include <protomem/policies/queue.hpp>
-#include <protomem/policies/refresh.hpp>
+#include <protomem/policies/any.hpp>
 #include <protomem/view.hpp>
 
 namespace protomem {
@@ -104,23 +99,20 @@ struct Record {
   std::uint64_t last_written;
 };
 
-template <class Scalar, class Device = cpu, class Margin = CosFace, class Generator = ExemplarMean,
-          class Refresh = Replace, class Queue = LeastRecentlyWritten, class Mining = NoMining,
-          class Aging = NoAging>
+/// The memory. Scalar (float or double) is its arithmetic; Device picks the backend: cpu (Eigen),
+/// cpu_bf16 / cpu_fp16 (float arithmetic over narrow storage), cuda (protomem/cuda.hpp). The
+/// policies - margin, generator, refresh, queue, mining, aging, each documented in its family's
+/// header under policies/ - are constructor objects, in any order, each family at most once; an
+/// omitted family takes its default (CosFace(64, 0.35), ExemplarMean, Replace,
+/// LeastRecentlyWritten, NoMining, default_aging()). The memory keeps them as values (holders,
+/// policies/any.hpp), so one instantiation serves every combination.
+template <class Scalar, class Device = cpu>
 class PrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "PrototypeMemory stores float or double prototypes");
-  // Each policy's requirements (listed at the top of its family's header), checked member by
-  // member so that a missing one is named here rather than deep inside a backend.
-  static_assert(detail::check_margin_policy<Margin, Scalar>());
-  static_assert(detail::check_generator_policy<Generator>());
-  static_assert(detail::check_refresh_policy<Refresh, Scalar>());
-  static_assert(detail::check_queue_policy<Queue>());
-  static_assert(detail::check_mining_policy<Mining, Scalar>());
-  static_assert(detail::check_aging_policy<Aging>());
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
   // The members the memory calls on its backend (backend/seam.hpp), named when one is missing.
-  static_assert(detail::check_backend<Backend, Scalar, Margin, Generator, Refresh>());
+  static_assert(detail::check_backend<Backend, Scalar, AnyMargin, AnyGenerator, AnyRefresh>());
   using Book = detail::Book;
 
  public:
@@ -130,41 +122,38 @@ class PrototypeMemory {
   /// What the backend borrows from the caller: nothing for protomem::cpu; the stream, cuBLAS
   /// handle, workspace and GEMM precision for protomem::cuda (protomem/cuda.hpp).
   using resources_type = typename Backend::Resources;
-  using margin_type = Margin;
-  using generator_type = Generator;
-  using refresh_type = Refresh;
-  using queue_type = Queue;
-  using mining_type = Mining;
-  using aging_type = Aging;
   /// What prototype() and iteration give for a stored prototype: Span<const Scalar> (a view into
   /// the store) for cpu, std::vector<Scalar> (a decoded copy) for cpu_bf16 and cpu_fp16.
   using prototype_type = typename Backend::prototype_type;
   using record_type = Record<Scalar, prototype_type>;
 
-  /// Checkpoint format version written by save() and the only one load() reads.
+  /// Checkpoint format version written by save(); load() reads it and every earlier one
+  /// (detail/checkpoint.hpp lists them).
   static constexpr std::uint32_t format_version = detail::checkpoint_version;
 
-  explicit PrototypeMemory(const Config& config, Margin margin = Margin{},
-                           Generator generator = Generator{}, Refresh refresh = Refresh{},
-                           Queue queue = Queue{}, Mining mining = Mining{}, Aging aging = Aging{})
-      : PrototypeMemory(resources_type{}, config, std::move(margin), std::move(generator),
-                        std::move(refresh), std::move(queue), std::move(mining), std::move(aging)) {
-  }
+  /// A memory of `config`'s size with the given policies (any order, each family at most once),
+  /// e.g. PrototypeMemory<float> memory(config, ArcFace(64, 0.5), AgeDecay(8),
+  /// DoppelgangerMining(8)). Bad sizes or policy parameters throw protomem::Error; a capacity x
+  /// dim that cannot be allocated too (not std::bad_alloc).
+  template <class... Policies>
+  explicit PrototypeMemory(const Config& config, Policies... policies)
+      : PrototypeMemory(resources_type{}, config, std::move(policies)...) {}
 
-  /// A memory whose backend uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
-  /// A capacity x dim that cannot be allocated throws protomem::Error (not std::bad_alloc).
-  PrototypeMemory(const resources_type& resources, const Config& config, Margin margin = Margin{},
-                  Generator generator = Generator{}, Refresh refresh = Refresh{},
-                  Queue queue = Queue{}, Mining mining = Mining{}, Aging aging = Aging{}) try
+  /// The same, with a backend that uses `resources` (e.g. the caller's CUDA stream), FAISS-style.
+  template <class... Policies>
+  PrototypeMemory(const resources_type& resources, const Config& config,
+                  Policies... policies) try
       : config_(checked(config)),
-        margin_(checked_margin(std::move(margin))),
-        generator_(std::move(generator)),
-        refresh_(std::move(refresh)),
-        queue_(std::move(queue)),
-        mining_(std::move(mining)),
-        aging_(std::move(aging)),
+        margin_(checked_policy(detail::pick_policy<AnyMargin>(policies...))),
+        generator_(checked_policy(detail::pick_policy<AnyGenerator>(policies...))),
+        refresh_(checked_policy(detail::pick_policy<AnyRefresh>(policies...))),
+        queue_(checked_policy(detail::pick_policy<AnyQueue>(policies...))),
+        mining_(checked_policy(detail::pick_policy<AnyMining>(policies...))),
+        aging_(checked_policy(detail::pick_policy<AnyAging>(policies...))),
         book_(config_.capacity),
         backend_(config_.capacity, config_.dim, resources) {
+    static_assert(detail::each_family_at_most_once<Policies...>(),
+                  "protomem: a PrototypeMemory takes at most one policy of each family");
   } catch (const std::bad_alloc&) {
     fail_allocation("", config);
   } catch (const std::length_error&) {
@@ -205,10 +194,9 @@ class PrototypeMemory {
   // prototypes, and the pending bookkeeping below is written only after the backend succeeded).
   StepResult<Scalar> forward_step(MatrixView<const Scalar> embeddings, LabelView labels,
                                   MatrixView<Scalar> gradient) {
-    detail::check_margin_in<Scalar>(margin_);  // margin() is mutable: checked per step (O(1))
     detail::check_batch(embeddings, labels, gradient, config_.dim, config_.num_classes);
     detail::BatchClasses batch = detail::group_by_class(labels);
-    detail::check_classes(batch, config_.capacity, Generator::min_exemplars, Generator::name);
+    detail::check_classes(batch, config_.capacity, generator_.min_exemplars(), generator_.name());
 
     // Stale copies of this batch's classes are no columns of the memory pass, nor are expired
     // prototypes; the others count by their age (policies/aging.hpp).
@@ -347,19 +335,35 @@ class PrototypeMemory {
     pending_ = false;
   }
 
-  // ---- policies ---------------------------------------------------------------------------------
+  // ---- policies ----------------------------------------------------------------------------------
+  // Each family's holder (policies/any.hpp): its members, name(), and get<P>() / get_if<P>() for
+  // the policy object itself, e.g. memory.mining().get<DoppelgangerMining>().size().
 
-  const Margin& margin() const { return margin_; }
-  Margin& margin() { return margin_; }
-  const Generator& generator() const { return generator_; }
-  const Refresh& refresh() const { return refresh_; }
-  const Queue& queue() const { return queue_; }
+  const AnyMargin& margin() const { return margin_; }
+  const AnyGenerator& generator() const { return generator_; }
+  const AnyRefresh& refresh() const { return refresh_; }
+  const AnyQueue& queue() const { return queue_; }
   /// The Mining policy, e.g. the doppelganger table a sampler draws from.
-  const Mining& mining() const { return mining_; }
-  const Aging& aging() const { return aging_; }
-  /// Replaces the Aging policy from the next forward() on (e.g. a half-life that follows the
-  /// learning rate); the policy's constructor has checked its parameters.
-  void set_aging(Aging aging) { aging_ = std::move(aging); }
+  const AnyMining& mining() const { return mining_; }
+  const AnyAging& aging() const { return aging_; }
+
+  // The one way to change a policy between steps, one per family. The new policy is checked as a
+  // checkpoint's would be (its parameters through its own save() and load(), the margin also in
+  // Scalar), so a bad value - CosFace with m = 5 set through its public field, a NaN half-life -
+  // throws protomem::Error and changes nothing, and whatever is accepted saves a checkpoint that
+  // loads. It takes effect from the next call that uses it: margin and generator at the next
+  // forward(), refresh, queue and aging at the next commit() (aging also at the next forward),
+  // mining at the next commit() (its table is the new policy's: pass the current one, changed,
+  // to keep it).
+  void set_margin(AnyMargin margin) { margin_ = checked_policy(std::move(margin)); }
+  void set_generator(AnyGenerator generator) {
+    generator_ = checked_policy(std::move(generator));
+  }
+  void set_refresh(AnyRefresh refresh) { refresh_ = checked_policy(std::move(refresh)); }
+  void set_queue(AnyQueue queue) { queue_ = checked_policy(std::move(queue)); }
+  void set_mining(AnyMining mining) { mining_ = checked_policy(std::move(mining)); }
+  /// E.g. a half-life that follows the learning rate.
+  void set_aging(AnyAging aging) { aging_ = checked_policy(std::move(aging)); }
 
   // ---- backend ----------------------------------------------------------------------------------
 
@@ -428,12 +432,12 @@ class PrototypeMemory {
  private:
   // The policies a load replaces together.
   struct Policies {
-    Margin margin;
-    Generator generator;
-    Refresh refresh;
-    Queue queue;
-    Mining mining;
-    Aging aging;
+    AnyMargin margin;
+    AnyGenerator generator;
+    AnyRefresh refresh;
+    AnyQueue queue;
+    AnyMining mining;
+    AnyAging aging;
   };
 
   // The one way load() and assign() replace the state: a backend filled from `n` = book.used
@@ -461,9 +465,9 @@ class PrototypeMemory {
     return detail::checked_config<Scalar>(config);
   }
 
-  static Margin checked_margin(Margin margin) {
-    detail::check_margin_in<Scalar>(margin);
-    return margin;
+  template <class Holder>
+  static Holder checked_policy(Holder policy) {
+    return detail::checked_policy<Scalar>(std::move(policy));
   }
 
   // std::bad_alloc / std::length_error from building a store of `config`'s size, as an Error.
@@ -511,7 +515,7 @@ class PrototypeMemory {
                       detail::load_policy(stored[3], "queue", queue_, source),
                       detail::load_policy(stored[4], "mining", mining_, source),
                       detail::load_policy(stored[5], "aging", aging_, source)};
-    detail::check_margin_in<Scalar>(policies.margin);  // valid in double is not enough (s = 1e39)
+    policies.margin = checked_policy(std::move(policies.margin));  // in Scalar too (s = 1e39)
 
     detail::CheckpointRecords<Scalar> records =
         detail::read_records<Scalar>(in, header, config_.capacity, source);
@@ -522,12 +526,12 @@ class PrototypeMemory {
   }
 
   Config config_;
-  Margin margin_;
-  Generator generator_;
-  Refresh refresh_;
-  Queue queue_;
-  Mining mining_;
-  Aging aging_;
+  AnyMargin margin_;
+  AnyGenerator generator_;
+  AnyRefresh refresh_;
+  AnyQueue queue_;
+  AnyMining mining_;
+  AnyAging aging_;
   Book book_;
   Backend backend_;
   bool pending_ = false;

@@ -19,11 +19,13 @@
 // number of identities; StepResult::traffic reports it.
 //
 //   protomem::MpiCommunicator comm;                       // or C10dCommunicator, SingleProcess
-//   protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator> memory(comm, config);
+//   protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator> memory(comm, config,
+//                                                                      protomem::ArcFace(64, 0.5));
 //   float loss = memory.step(my_embeddings, my_labels, my_gradient);   // this rank's rows only
 //
 // Requires: every rank constructs the memory with the same Config and policies (checked at
-// construction and at every step for the margin, which is mutable) and calls forward(), step(),
+// construction, before anything one rank alone could throw on, and at every step for the policies,
+// which set_*() may change) and calls forward(), step(),
 // save(), load() and gather_records() in the same order (they are collectives); commit(),
 // discard(), clear() and the queries are local, but every rank must make the same commits, discards
 // and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
@@ -57,9 +59,9 @@
 
 namespace protomem {
 
-template <class Scalar, class Comm = SingleProcess, class Device = cpu, class Margin = CosFace,
-          class Generator = ExemplarMean, class Refresh = Replace,
-          class Queue = LeastRecentlyWritten, class Mining = NoMining, class Aging = NoAging>
+/// Scalar and Device as PrototypeMemory's; Comm the communicator type (communicator.hpp). The
+/// policies are constructor objects, in any order, as PrototypeMemory's (policies/any.hpp).
+template <class Scalar, class Comm = SingleProcess, class Device = cpu>
 class ShardedPrototypeMemory {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "ShardedPrototypeMemory stores float or double prototypes");
@@ -68,53 +70,41 @@ class ShardedPrototypeMemory {
                     std::is_same_v<Device, cpu_fp16>,
                 "protomem: ShardedPrototypeMemory runs on the CPU backends; the CUDA backend does "
                 "not take the row-statistics merge yet (docs/distributed.md)");
-  static_assert(std::is_same_v<Queue, LeastRecentlyWritten> ||
-                    std::is_same_v<Queue, FirstInFirstOut>,
-                "protomem: ShardedPrototypeMemory plans LeastRecentlyWritten and FirstInFirstOut; "
-                "another Queue policy needs its sharded form in detail/shard_plan.hpp");
-  static_assert(detail::check_margin_policy<Margin, Scalar>());
-  static_assert(detail::check_generator_policy<Generator>());
-  static_assert(detail::check_refresh_policy<Refresh, Scalar>());
-  static_assert(detail::check_queue_policy<Queue>());
-  static_assert(detail::check_mining_policy<Mining, Scalar>());
-  static_assert(detail::check_aging_policy<Aging>());
   using Backend = typename detail::BackendFor<Scalar, Device>::type;
-  static_assert(detail::check_backend<Backend, Scalar, Margin, Generator, Refresh>());
-  // A refresh moves a class to the back of the eviction order under LeastRecentlyWritten only.
-  static constexpr bool refresh_moves_to_back = std::is_same_v<Queue, LeastRecentlyWritten>;
+  static_assert(detail::check_backend<Backend, Scalar, AnyMargin, AnyGenerator, AnyRefresh>());
 
  public:
   using scalar_type = Scalar;
   using communicator_type = Comm;
-  using margin_type = Margin;
-  using generator_type = Generator;
-  using refresh_type = Refresh;
-  using queue_type = Queue;
-  using mining_type = Mining;
-  using aging_type = Aging;
   using prototype_type = typename Backend::prototype_type;
   /// One stored class of the logical memory, as gather_records() returns it.
   using record_type = Record<Scalar, std::vector<Scalar>>;
 
-  /// A collective: every rank constructs its share with the same `config` and policies (checked:
-  /// a difference throws on every rank, naming the rank). `comm` is borrowed, not owned: it must
-  /// outlive the memory, and the memory's collectives must not interleave with other users' of it.
-  ShardedPrototypeMemory(Comm& comm, const Config& config, Margin margin = Margin{},
-                         Generator generator = Generator{}, Refresh refresh = Refresh{},
-                         Queue queue = Queue{}, Mining mining = Mining{}, Aging aging = Aging{})
-      : comm_(&comm),
-        config_(detail::checked_config<Scalar>(config)),
-        margin_(std::move(margin)),
-        generator_(std::move(generator)),
-        refresh_(std::move(refresh)),
-        queue_(std::move(queue)),
-        mining_(std::move(mining)),
-        aging_(std::move(aging)),
-        book_(config_.capacity, comm.rank(), comm.world_size()),
-        backend_(book_.layout().local_capacity(), config_.dim, typename Backend::Resources{}) {
-    detail::check_margin_in<Scalar>(margin_);
-    agree_on_setup();
-  }
+  /// A collective: every rank constructs its share with the same `config` and policies (any
+  /// order, each family at most once; omitted ones take PrototypeMemory's defaults). Every check
+  /// and allocation is agreed across the ranks before the memory exists: a bad value or a failed
+  /// allocation on any rank, or a Config or policy that differs between ranks, throws the same
+  /// protomem::Error on every rank, naming the rank; none waits. `comm` is borrowed, not owned: it
+  /// must outlive the memory, and the memory's collectives must not interleave with other users'
+  /// of it. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
+  /// detail/shard_plan.hpp).
+  template <class... Policies>
+  ShardedPrototypeMemory(Comm& comm, const Config& config, Policies... policies)
+      : ShardedPrototypeMemory(comm, [&] {
+          static_assert(detail::each_family_at_most_once<Policies...>(),
+                        "protomem: a ShardedPrototypeMemory takes at most one policy of each "
+                        "family");
+          std::vector<Shard> built;  // 0 or 1: what this rank built, if it could
+          detail::collective_check(comm, [&] {
+            built.push_back(build(comm, config, detail::pick_policy<AnyMargin>(policies...),
+                                  detail::pick_policy<AnyGenerator>(policies...),
+                                  detail::pick_policy<AnyRefresh>(policies...),
+                                  detail::pick_policy<AnyQueue>(policies...),
+                                  detail::pick_policy<AnyMining>(policies...),
+                                  detail::pick_policy<AnyAging>(policies...)));
+          });
+          return std::move(built.front());
+        }()) {}
 
   // ---- the step ---------------------------------------------------------------------------------
 
@@ -152,7 +142,7 @@ class ShardedPrototypeMemory {
     }
     backend_.write(pending_writes_, refresh_);
     pending_ = false;
-    detail::apply_shard_writes(book_, pending_plan_, refresh_moves_to_back);
+    detail::apply_shard_writes(book_, pending_plan_, refresh_moves_to_back());
     if (pending_k_ > 0) {
       mining_.record(span_of(pending_classes_), span_of(pending_similar_),
                      span_of(pending_cosines_), pending_k_);
@@ -210,19 +200,25 @@ class ShardedPrototypeMemory {
     pending_ = false;
   }
 
-  // ---- policies ---------------------------------------------------------------------------------
+  // ---- policies ----------------------------------------------------------------------------------
+  // As PrototypeMemory's (its comments say when each takes effect). The setters are local but
+  // every rank must make the same change: the next forward() compares every policy across the
+  // ranks and throws on every rank when one differs.
 
-  const Margin& margin() const { return margin_; }
-  /// Mutable, e.g. for a margin schedule: change it on every rank alike (each step checks).
-  Margin& margin() { return margin_; }
-  const Generator& generator() const { return generator_; }
-  const Refresh& refresh() const { return refresh_; }
-  const Queue& queue() const { return queue_; }
-  const Mining& mining() const { return mining_; }
-  const Aging& aging() const { return aging_; }
-  /// Replaces the Aging policy from the next forward() on (local: every rank must set the same
-  /// one; the next forward's setup check does not cover it, its weights would differ by rank).
-  void set_aging(Aging aging) { aging_ = std::move(aging); }
+  const AnyMargin& margin() const { return margin_; }
+  const AnyGenerator& generator() const { return generator_; }
+  const AnyRefresh& refresh() const { return refresh_; }
+  const AnyQueue& queue() const { return queue_; }
+  const AnyMining& mining() const { return mining_; }
+  const AnyAging& aging() const { return aging_; }
+  void set_margin(AnyMargin margin) { margin_ = checked_policy(std::move(margin)); }
+  void set_generator(AnyGenerator generator) {
+    generator_ = checked_policy(std::move(generator));
+  }
+  void set_refresh(AnyRefresh refresh) { refresh_ = checked_policy(std::move(refresh)); }
+  void set_queue(AnyQueue queue) { queue_ = checked_sharded_queue(std::move(queue)); }
+  void set_mining(AnyMining mining) { mining_ = checked_policy(std::move(mining)); }
+  void set_aging(AnyAging aging) { aging_ = checked_policy(std::move(aging)); }
 
   // ---- checkpoints: the single-process format (docs/algorithm.md, "Checkpoint format") -------
 
@@ -259,26 +255,87 @@ class ShardedPrototypeMemory {
   }
 
  private:
+  // ---- construction: everything a rank could fail on, built aside and agreed ------------------
+  struct Shard {
+    Config config;
+    AnyMargin margin;
+    AnyGenerator generator;
+    AnyRefresh refresh;
+    AnyQueue queue;
+    AnyMining mining;
+    AnyAging aging;
+    detail::ShardBook book;
+    Backend backend;
+  };
+
+  // This rank's share, or a throw (protomem::Error, std::bad_alloc) for collective_check.
+  static Shard build(Comm& comm, const Config& config, AnyMargin margin, AnyGenerator generator,
+                     AnyRefresh refresh, AnyQueue queue, AnyMining mining, AnyAging aging) {
+    const Config& checked = detail::checked_config<Scalar>(config);
+    detail::ShardBook book(checked.capacity, comm.rank(), comm.world_size());
+    const index_t local_capacity = book.layout().local_capacity();
+    return {checked,
+            checked_policy(std::move(margin)),
+            checked_policy(std::move(generator)),
+            checked_policy(std::move(refresh)),
+            checked_sharded_queue(std::move(queue)),
+            checked_policy(std::move(mining)),
+            checked_policy(std::move(aging)),
+            std::move(book),
+            Backend(local_capacity, checked.dim, typename Backend::Resources{})};
+  }
+
+  ShardedPrototypeMemory(Comm& comm, Shard shard)
+      : comm_(&comm),
+        config_(shard.config),
+        margin_(std::move(shard.margin)),
+        generator_(std::move(shard.generator)),
+        refresh_(std::move(shard.refresh)),
+        queue_(std::move(shard.queue)),
+        mining_(std::move(shard.mining)),
+        aging_(std::move(shard.aging)),
+        book_(std::move(shard.book)),
+        backend_(std::move(shard.backend)) {
+    agree_on_setup();
+  }
+
+  template <class Holder>
+  static Holder checked_policy(Holder policy) {
+    return detail::checked_policy<Scalar>(std::move(policy));
+  }
+  // The sharded plan knows the two built-in eviction orders (detail/shard_plan.hpp).
+  static AnyQueue checked_sharded_queue(AnyQueue queue) {
+    if (!queue.holds<LeastRecentlyWritten>() && !queue.holds<FirstInFirstOut>()) {
+      detail::fail("ShardedPrototypeMemory plans the LeastRecentlyWritten and FirstInFirstOut "
+                   "queues; queue '", queue.name(), "' needs its sharded form in "
+                   "detail/shard_plan.hpp");
+    }
+    return checked_policy(std::move(queue));
+  }
+  // A refresh moves a class to the back of the eviction order under LeastRecentlyWritten only.
+  bool refresh_moves_to_back() const { return queue_.holds<LeastRecentlyWritten>(); }
+
   // ---- the step, in the order of the header comment ---------------------------------------------
   StepResult<Scalar> forward_step(MatrixView<const Scalar> embeddings, LabelView labels,
                                   MatrixView<Scalar> gradient, bool replacing) {
     const CommTraffic before = comm_->traffic();
     const int W = world_size(), r = rank();
 
-    // 1. Validation of this rank's share, then agreement (the margin is mutable: its state must be
-    //    the same on every rank, compared through its checksum).
-    std::int64_t margin_sum[2] = {margin_checksum(), -margin_checksum()};
-    comm_->all_reduce(margin_sum, 2, ReduceOp::max);
+    // 1. Validation of this rank's share, then agreement (the policies may have been changed by
+    //    set_*(): they must be the same on every rank, compared through their checksum).
+    const std::int64_t policies = policies_checksum();
+    std::int64_t policy_sum[2] = {policies, -policies};
+    comm_->all_reduce(policy_sum, 2, ReduceOp::max);
     detail::collective_check(*comm_, [&] {
       if (pending_ && !replacing) {
         detail::fail("forward() called while the previous forward's update is pending; call "
                      "commit() or discard() first");
       }
-      if (margin_sum[0] != -margin_sum[1]) {
-        detail::fail("the ", Margin::name, " margin (s = ", margin_.scale(),
-                     ") differs between the ranks; change it on every rank alike");
+      if (policy_sum[0] != -policy_sum[1]) {
+        detail::fail("the policies (margin ", margin_.name(), " s = ", margin_.scale(),
+                     ", aging ", aging_.name(), ", ...) differ between the ranks; change them on "
+                     "every rank alike");
       }
-      detail::check_margin_in<Scalar>(margin_);
       check_share(embeddings, labels, gradient);
     });
 
@@ -300,9 +357,9 @@ class ShardedPrototypeMemory {
 
     detail::BatchClasses batch = detail::group_by_class(label_view(all_labels.data(), B));
     // The same global batch on every rank: these throw on every rank alike.
-    detail::check_classes(batch, config_.capacity, Generator::min_exemplars, Generator::name);
+    detail::check_classes(batch, config_.capacity, generator_.min_exemplars(), generator_.name());
     detail::ShardPlan plan =
-        detail::plan_shard_writes(book_, span_of(batch.labels), refresh_moves_to_back, *comm_);
+        detail::plan_shard_writes(book_, span_of(batch.labels), refresh_moves_to_back(), *comm_);
 
     // 3-4. The memory pass over this rank's slots, merged across ranks, then the whole step.
     std::vector<index_t> excluded;  // this rank's slots of the batch's classes (stale copies)
@@ -467,19 +524,9 @@ class ShardedPrototypeMemory {
   }
 
   // ---- setup agreement --------------------------------------------------------------------------
-  std::int64_t margin_checksum() const {
+  // The policies' names and parameters (what a checkpoint stores of them), as one checksum.
+  std::int64_t policies_checksum() const {
     detail::ByteWriter out;
-    detail::save_policy(out, "margin", margin_);
-    return detail::crc32(out.bytes().data(), out.bytes().size());
-  }
-
-  std::int64_t setup_checksum() const {
-    detail::ByteWriter out;
-    out.put<std::uint64_t>(sizeof(Scalar));
-    out.put<std::int64_t>(config_.capacity);
-    out.put<std::int64_t>(config_.dim);
-    out.put<std::int64_t>(config_.num_classes);
-    out.put<std::int64_t>(config_.similar_k);
     int family = 0;
     auto save = [&](const auto& policy) {
       detail::save_policy(out, detail::policy_families[family++], policy);
@@ -493,6 +540,17 @@ class ShardedPrototypeMemory {
     return detail::crc32(out.bytes().data(), out.bytes().size());
   }
 
+  std::int64_t setup_checksum() const {
+    detail::ByteWriter out;
+    out.put<std::uint64_t>(sizeof(Scalar));
+    out.put<std::int64_t>(config_.capacity);
+    out.put<std::int64_t>(config_.dim);
+    out.put<std::int64_t>(config_.num_classes);
+    out.put<std::int64_t>(config_.similar_k);
+    out.put<std::int64_t>(policies_checksum());
+    return detail::crc32(out.bytes().data(), out.bytes().size());
+  }
+
   // Every rank must have built the same memory: its Config's sizes and its policies.
   void agree_on_setup() {
     const std::int64_t mine = setup_checksum();
@@ -503,7 +561,7 @@ class ShardedPrototypeMemory {
         detail::fail("ShardedPrototypeMemory: the ranks were built with different Configs "
                      "(capacity = ", config_.capacity, ", dim = ", config_.dim, ", num_classes = ",
                      config_.num_classes, ", similar_k = ", config_.similar_k,
-                     " here) or policies (", Margin::name, " s = ", margin_.scale(),
+                     " here) or policies (margin ", margin_.name(), " s = ", margin_.scale(),
                      "); every rank must build the same memory");
       }
     });
@@ -575,30 +633,32 @@ class ShardedPrototypeMemory {
   struct Loaded {
     detail::ShardBook book;
     Backend backend;
-    Margin margin;
-    Generator generator;
-    Refresh refresh;
-    Queue queue;
-    Mining mining;
-    Aging aging;
+    AnyMargin margin;
+    AnyGenerator generator;
+    AnyRefresh refresh;
+    AnyQueue queue;
+    AnyMining mining;
+    AnyAging aging;
   };
 
   template <class Read>
   void load_bytes(Read read, const std::string& source) {
     std::vector<Loaded> loaded;  // 0 or 1: Loaded has no default constructor
+    std::int64_t read_checksum = 0;
     detail::collective_check(*comm_, [&] {
       const std::string bytes = read();
+      read_checksum = detail::crc32(bytes.data(), bytes.size());
       detail::ByteReader in(bytes.data(), bytes.size(), source);
       const detail::CheckpointHeader header = detail::parse_checkpoint(bytes, in, source);
       detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
       const auto& stored = header.policies;
-      Margin margin = detail::load_policy(stored[0], "margin", margin_, source);
-      detail::check_margin_in<Scalar>(margin);
-      Generator generator = detail::load_policy(stored[1], "generator", generator_, source);
-      Refresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
-      Queue queue = detail::load_policy(stored[3], "queue", queue_, source);
-      Mining mining = detail::load_policy(stored[4], "mining", mining_, source);
-      Aging aging = detail::load_policy(stored[5], "aging", aging_, source);
+      AnyMargin margin = checked_policy(detail::load_policy(stored[0], "margin", margin_, source));
+      AnyGenerator generator = detail::load_policy(stored[1], "generator", generator_, source);
+      AnyRefresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
+      AnyQueue queue =
+          checked_sharded_queue(detail::load_policy(stored[3], "queue", queue_, source));
+      AnyMining mining = detail::load_policy(stored[4], "mining", mining_, source);
+      AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
       detail::CheckpointRecords<Scalar> records =
           detail::read_records<Scalar>(in, header, config_.capacity, source);
       // The records in eviction order with their global slots (the queue of the parsed book).
@@ -625,6 +685,17 @@ class ShardedPrototypeMemory {
       loaded.push_back({std::move(book), std::move(backend), std::move(margin),
                         std::move(generator), std::move(refresh), std::move(queue),
                         std::move(mining), std::move(aging)});
+    });
+    // Every rank read a valid checkpoint; they must have read the same one (a different file per
+    // rank would leave a memory made of halves of two).
+    std::int64_t extremes[2] = {read_checksum, -read_checksum};
+    comm_->all_reduce(extremes, 2, ReduceOp::max);
+    detail::collective_check(*comm_, [&] {
+      if (extremes[0] != -extremes[1]) {
+        detail::fail("load: the ranks read different checkpoints (", source, " on rank ", rank(),
+                     " has CRC-32 ", read_checksum, "); every rank must load the same one, and "
+                     "none was changed");
+      }
     });
     Loaded& l = loaded.front();  // every rank succeeded
     book_ = std::move(l.book);
@@ -658,12 +729,12 @@ class ShardedPrototypeMemory {
 
   Comm* comm_;
   Config config_;
-  Margin margin_;
-  Generator generator_;
-  Refresh refresh_;
-  Queue queue_;
-  Mining mining_;
-  Aging aging_;
+  AnyMargin margin_;
+  AnyGenerator generator_;
+  AnyRefresh refresh_;
+  AnyQueue queue_;
+  AnyMining mining_;
+  AnyAging aging_;
   detail::ShardBook book_;
   Backend backend_;
   // The step's buffers, kept between steps.

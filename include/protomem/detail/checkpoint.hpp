@@ -99,7 +99,7 @@ inline constexpr const char* policy_families[checkpoint_policies] = {
 template <class Policy>
 void save_policy(ByteWriter& out, const char* family, const Policy& policy) {
   out.put_string(family);
-  out.put_string(Policy::name);
+  out.put_string(policy.name());
   ByteWriter state;
   policy.save(state);
   out.put_bytes(state.bytes());
@@ -111,19 +111,18 @@ struct StoredPolicy {
   std::string family, name, state;
 };
 
-/// The policy a checkpoint stores for `family`, loaded into a copy of `current`.
-template <class Policy>
-Policy load_policy(const StoredPolicy& stored, const char* family, const Policy& current,
+/// The policy a checkpoint stores for `family`, as a holder (policies/any.hpp): loaded into a copy
+/// of `current` when the names agree (so a user-written policy loads into itself), otherwise into
+/// the built-in policy of the stored name - a checkpoint restores the policies it was saved with.
+/// A name that is neither is an error naming both.
+template <class Holder>
+Holder load_policy(const StoredPolicy& stored, const char* family, const Holder& current,
                    const std::string& source) {
   if (stored.family != family) {
     fail(source, ": expected the ", family, " policy, found '", escaped(stored.family), "'");
   }
-  if (stored.name != Policy::name) {
-    fail(source, ": its ", family, " policy is '", escaped(stored.name), "' but this memory uses '",
-         Policy::name, "'");
-  }
   ByteReader in(stored.state.data(), stored.state.size(), source);
-  Policy policy = current;
+  Holder policy = stored.name == current.name() ? current : Holder::builtin(stored.name, source);
   policy.load(in);
   if (in.remaining() != 0) {
     fail(source, ": the ", family, " policy state has ", in.remaining(),

@@ -24,6 +24,18 @@ constexpr bool is_detected = detector<void, Op, Args...>::value;
 /// Valid when P::name is a compile-time string (its first character is a constant expression).
 template <class P>
 using policy_name_t = std::integral_constant<char, P::name[0]>;
+/// A policy's name: P::name for a policy class, name() for the memory's holders (policies/any.hpp).
+template <class P>
+using policy_runtime_name_t = decltype(std::declval<const P&>().name());
+template <class P>
+const char* name_of(const P& policy) {
+  if constexpr (is_detected<policy_runtime_name_t, P>) {
+    return policy.name();
+  } else {
+    (void)policy;
+    return P::name;
+  }
+}
 /// Valid when P writes and reads its parameters (the policy's part of a checkpoint).
 template <class P>
 using policy_save_t = decltype(std::declval<const P&>().save(std::declval<ByteWriter&>()));

@@ -66,14 +66,14 @@ void check_margin_in(const Margin& margin) {
   const char* scalar = sizeof(Scalar) == 4 ? "float" : "double";
   const auto s = static_cast<Scalar>(margin.scale());
   if (!(std::isfinite(s) && s >= std::numeric_limits<Scalar>::min())) {
-    fail(Margin::name, ": scale s = ", margin.scale(), " is ", s, " as a ", scalar,
+    fail(name_of(margin), ": scale s = ", margin.scale(), " is ", s, " as a ", scalar,
          " (the memory's arithmetic); it must be a finite ", scalar, " > 0 and not subnormal");
   }
   for (const Scalar c : {Scalar(-1), Scalar(-0.5), Scalar(0), Scalar(0.5), Scalar(1)}) {
     const Scalar z = s * margin.template target<Scalar>(c);
     const Scalar dz = s * margin.template derivative<Scalar>(c);
     if (!(std::isfinite(z) && std::isfinite(dz))) {
-      fail(Margin::name, ": with s = ", margin.scale(), " the target logit at cos = ", c, " is ", z,
+      fail(name_of(margin), ": with s = ", margin.scale(), " the target logit at cos = ", c, " is ", z,
            " and its derivative ", dz, " as a ", scalar, "; both must be finite");
     }
   }

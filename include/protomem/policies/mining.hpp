@@ -78,8 +78,10 @@ class DoppelgangerMining {
   static constexpr const char* name = "doppelganger";
   static constexpr index_t max_k = 1 << 16;
 
+  /// The table's default size: a class row for each of 2^16 classes (~6 MB at k = 8).
+  static constexpr index_t default_table_capacity = index_t{1} << 16;
   /// k in [1, max_k] doppelgangers per class, in a table of at most `table_capacity` >= 1 classes.
-  DoppelgangerMining(index_t k, index_t table_capacity)
+  explicit DoppelgangerMining(index_t k = 8, index_t table_capacity = default_table_capacity)
       : k_(k),
         capacity_(table_capacity),
         table_(checked_capacity(table_capacity)),
