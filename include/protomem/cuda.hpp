@@ -25,22 +25,63 @@
 
 #include <protomem/backend/cuda/backend.cuh>
 #include <protomem/backend/cuda/resources.cuh>
+#include <protomem/policies/any.hpp>
+
+namespace protomem {
+namespace backend {
+
+/// The CUDA backend as PrototypeMemory<Scalar, cuda> holds it: the seam's forward() and write()
+/// take the memory's policy holders (policies/any.hpp) and switch, once per call, to the kernels
+/// compiled for the built-in policies; a user-written Margin, Generator or Refresh is a
+/// protomem::Error saying so (user-written policies run on protomem::cpu). Queue, Mining and Aging
+/// run on the host for every backend, so any policy of theirs works here too.
+template <class Scalar>
+class CudaMemoryBackend : public CudaBackend<Scalar> {
+ public:
+  using CudaBackend<Scalar>::CudaBackend;
+
+  StepOutput<Scalar> forward(const StepInput<Scalar>& in, const AnyMargin& margin,
+                             const AnyGenerator& generator) {
+    return detail::BuiltinGenerators::visit(generator, "protomem::cuda", [&](const auto& g) {
+      using G = std::decay_t<decltype(g)>;
+      return detail::BuiltinMargins::visit(margin, "protomem::cuda", [&](const auto& m) {
+        return this->template forward_rule<std::decay_t<decltype(m)>, G::gradient,
+                                           G::leave_one_out>(in, m);
+      });
+    });
+  }
+
+  void write(const std::vector<SlotWrite>& writes, const AnyRefresh& refresh) {
+    detail::BuiltinRefreshes::visit(refresh, "protomem::cuda", [&](const auto& r) {
+      CudaBackend<Scalar>::write(writes, r);
+    });
+  }
+};
+
+}  // namespace backend
+
+namespace detail {
+template <class Scalar>
+struct BackendFor<Scalar, cuda> {
+  using type = backend::CudaMemoryBackend<Scalar>;
+};
+}  // namespace detail
+}  // namespace protomem
+
 #include <protomem/memory.hpp>
 
 namespace protomem {
-
 /// Bytes of workspace a step of `memory` with at most `rows` samples and `classes` distinct classes
 /// needs: the first phase of CUB's two-phase idiom. Allocate that much device memory (e.g. from a
 /// caching allocator), set CudaResources::workspace / workspace_bytes, and the step uses it.
 /// Under an Aging policy that looks at ages this includes a log-weight per slot and room for every
 /// slot to be excluded (expired).
-template <class Margin, class Generator, class Refresh, class Queue, class Mining, class Aging>
-std::size_t workspace_size(
-    const PrototypeMemory<float, cuda, Margin, Generator, Refresh, Queue, Mining, Aging>& memory,
-    index_t rows, index_t classes) {
+inline std::size_t workspace_size(const PrototypeMemory<float, cuda>& memory, index_t rows,
+                                  index_t classes) {
   const index_t k = std::max(memory.config().similar_k, memory.mining().similar_k());
   return memory.backend().workspace_size(rows, classes, memory.config().workspace_bytes, k,
-                                         Generator::leave_one_out, Aging::by_age);
+                                         memory.generator().holds<LeaveOneOut>(),
+                                         memory.aging().by_age());
 }
 
 /// Copies the committed state (prototypes, labels, queue order, ages, counters and policy

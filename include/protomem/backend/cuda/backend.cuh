@@ -43,7 +43,6 @@
 #include <protomem/backend/cuda/resources.cuh>
 #include <protomem/backend/row_math.hpp>
 #include <protomem/backend/seam.hpp>
-#include <protomem/policies/generator.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
@@ -163,17 +162,15 @@ class CudaBackend {
   // ---- the step ---------------------------------------------------------------------------------
 
   /// Loss and dL/de of one step (docs/algorithm.md, "One step"); see the CPU backend's forward().
-  template <class Margin, class Generator>
+  /// The kernels run the built-in exemplar-mean rules: the gradient flows through the prototypes
+  /// (Gradient) or not, and each row's target is its class prototype or its leave-one-out mean
+  /// (LeaveOneOut); Margin is a built-in margin, evaluated in device code.
+  template <class Margin, bool Gradient, bool LeaveOneOut>
   Scalar forward(const detail::BatchClasses& batch, MatrixView<const Scalar> embeddings,
                  MatrixView<Scalar> gradient, index_t used, Span<const index_t> excluded,
-                 Span<const Scalar> column_bias, const Margin& margin, const Generator& generator,
-                 std::size_t workspace_bytes, SimilarSlots<Scalar>* similar) {
-    (void)generator;
-    static_assert(detail::is_exemplar_mean_rule<Generator>,
-                  "protomem::cuda runs the built-in Generator rules only (ExemplarMean, "
-                  "DetachedExemplarMean, LeaveOneOut: detail::ExemplarMeanRule); a new Generator "
-                  "policy runs on protomem::cpu");
-    constexpr bool loo = Generator::leave_one_out;
+                 Span<const Scalar> column_bias, const Margin& margin, std::size_t workspace_bytes,
+                 SimilarSlots<Scalar>* similar) {
+    constexpr bool loo = LeaveOneOut;
     detail::DeviceScope scope(device_);
     check_device_pointer(embeddings.data, "embeddings.data");
     check_device_pointer(gradient.data, "gradient.data");
@@ -281,7 +278,7 @@ class CudaBackend {
                            detail::operand(w.batch_grad, CUDA_R_32F, C, false),
                            detail::operand(fresh, CUDA_R_32F, D, false), 1.0f, w.grad_x, D,
                            CUBLAS_COMPUTE_32F, "GEMM batch-column gradient");
-    if constexpr (Generator::gradient) {
+    if constexpr (Gradient) {
       // dL/dp_c = sum_i G_ic x_i, then through the normalisation of u_c.
       detail::gemm_row_major(cublas(), C, D, B, 1.0f,
                              detail::operand(w.batch_grad, CUDA_R_32F, C, true),
@@ -342,19 +339,20 @@ class CudaBackend {
     return loss;
   }
 
-  /// The seam's forward (backend/seam.hpp): the GPU ignores the thread count and reports one
+  /// The seam's forward (backend/seam.hpp) for a built-in margin and exemplar-mean rule (cuda.hpp
+  /// dispatches the memory's policies to it): the GPU ignores the thread count and reports one
   /// "thread", its tile width and the workspace bytes of the step. A row-statistics merge hook is
   /// not taken yet (the statistics stay on the device; docs/distributed.md).
-  template <class Margin, class Generator>
-  StepOutput<Scalar> forward(const StepInput<Scalar>& in, const Margin& margin,
-                             const Generator& generator) {
+  template <class Margin, bool Gradient, bool LeaveOneOut>
+  StepOutput<Scalar> forward_rule(const StepInput<Scalar>& in, const Margin& margin) {
     if (in.merge_rows) {
       detail::fail("the CUDA backend does not take a row-statistics merge (StepInput::merge_rows)");
     }
     StepOutput<Scalar> out;
     out.similar.k = in.similar_k;
-    out.loss = forward(*in.batch, in.embeddings, in.gradient, in.used, in.excluded, in.column_bias,
-                       margin, generator, in.workspace_bytes, &out.similar);
+    out.loss = forward<Margin, Gradient, LeaveOneOut>(*in.batch, in.embeddings, in.gradient,
+                                                      in.used, in.excluded, in.column_bias, margin,
+                                                      in.workspace_bytes, &out.similar);
     out.pass.threads = 1;
     out.pass.tile_columns = last_tile_columns_;
     out.pass.workspace_bytes = last_workspace_bytes_;
@@ -811,12 +809,5 @@ class CudaBackend {
 };
 
 }  // namespace backend
-
-namespace detail {
-template <class Scalar>
-struct BackendFor<Scalar, cuda> {
-  using type = backend::CudaBackend<Scalar>;
-};
-}  // namespace detail
 
 }  // namespace protomem
