@@ -647,9 +647,10 @@ class ShardedPrototypeMemory {
     std::int64_t read_checksum = 0;
     detail::collective_check(*comm_, [&] {
       const std::string bytes = read();
-      read_checksum = detail::crc32(bytes.data(), bytes.size());
       detail::ByteReader in(bytes.data(), bytes.size(), source);
       const detail::CheckpointHeader header = detail::parse_checkpoint(bytes, in, source);
+      // The checkpoint's own CRC-32 (its last 4 bytes; a CRC over them too would be a constant).
+      read_checksum = detail::crc32(bytes.data(), bytes.size() - 4);
       detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
       const auto& stored = header.policies;
       AnyMargin margin = checked_policy(detail::load_policy(stored[0], "margin", margin_, source));
