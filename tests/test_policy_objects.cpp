@@ -366,7 +366,7 @@ TEST_CASE("sharded: set-up that fails on one rank fails on every rank", "[sharde
                                       protomem::ShardedPrototypeMemory<float, ThreadComm> m(
                                           comm, config);
                                     }),
-                          "rank 1");
+                          "rank 1 of " + std::to_string(W) + ": cannot allocate");
     // Valid everywhere but different: the agreement names it.
     same_error_everywhere(run_ranks(W,
                                     [&](ThreadComm& comm) {

@@ -268,21 +268,27 @@ class ShardedPrototypeMemory {
     Backend backend;
   };
 
-  // This rank's share, or a throw (protomem::Error, std::bad_alloc) for collective_check.
+  // This rank's share, or a protomem::Error for collective_check.
   static Shard build(Comm& comm, const Config& config, AnyMargin margin, AnyGenerator generator,
                      AnyRefresh refresh, AnyQueue queue, AnyMining mining, AnyAging aging) {
     const Config& checked = detail::checked_config<Scalar>(config);
-    detail::ShardBook book(checked.capacity, comm.rank(), comm.world_size());
-    const index_t local_capacity = book.layout().local_capacity();
-    return {checked,
-            checked_policy(std::move(margin)),
-            checked_policy(std::move(generator)),
-            checked_policy(std::move(refresh)),
-            checked_sharded_queue(std::move(queue)),
-            checked_policy(std::move(mining)),
-            checked_policy(std::move(aging)),
-            std::move(book),
-            Backend(local_capacity, checked.dim, typename Backend::Resources{})};
+    try {
+      detail::ShardBook book(checked.capacity, comm.rank(), comm.world_size());
+      const index_t local_capacity = book.layout().local_capacity();
+      return {checked,
+              checked_policy(std::move(margin)),
+              checked_policy(std::move(generator)),
+              checked_policy(std::move(refresh)),
+              checked_sharded_queue(std::move(queue)),
+              checked_policy(std::move(mining)),
+              checked_policy(std::move(aging)),
+              std::move(book),
+              Backend(local_capacity, checked.dim, typename Backend::Resources{})};
+    } catch (const std::bad_alloc&) {
+      detail::fail_allocation<Scalar>("", checked.capacity, checked.dim);
+    } catch (const std::length_error&) {
+      detail::fail_allocation<Scalar>("", checked.capacity, checked.dim);
+    }
   }
 
   ShardedPrototypeMemory(Comm& comm, Shard shard)
