@@ -2,6 +2,8 @@
 // where a step runs. Each backend specialises detail::BackendFor for its tag.
 #pragma once
 
+#include <protomem/detail/language.hpp>
+
 namespace protomem {
 
 /// Host memory; numerics on Eigen (include/protomem/backend/cpu/).

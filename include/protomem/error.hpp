@@ -3,6 +3,8 @@
 //   "protomem: labels[17] = -3 is negative (labels must be >= 0)".
 #pragma once
 
+#include <protomem/detail/language.hpp>
+
 #include <cstddef>
 #include <sstream>
 #include <stdexcept>

@@ -5,7 +5,9 @@
 //   protomem::Batch batch = sampler.next();            // batch.samples: C * K ids, K per class
 //   protomem::Batch mined = sampler.next(memory.mining());   // with doppelganger fill (below)
 //
-// Requires: the DatasetIndex outlives the sampler; it has at least C classes; K >= 1.
+// Requires: the DatasetIndex has at least C classes; K >= 1. A sampler built from a reference
+// borrows the index (which must then outlive it; a temporary is refused at compile time); one built
+// from a std::shared_ptr shares its ownership.
 // Guarantees:
 //   - Deterministic and portable: batch n is a pure function of (seed, n, the data set, and — for
 //     the doppelganger fill — the mining table passed in). The randomness is splitmix64 with our
@@ -48,6 +50,7 @@
 #include <cstring>
 #include <fstream>
 #include <istream>
+#include <memory>
 #include <numeric>
 #include <ostream>
 #include <protomem/dataset_index.hpp>
@@ -158,8 +161,16 @@ class UniformClasses {
 template <class ClassOrder>
 class BatchSampler {
  public:
+  /// Borrows `index`, which must outlive the sampler.
   BatchSampler(const DatasetIndex& index, const SamplerConfig& config)
-      : index_(&index), config_(config) {
+      : BatchSampler(std::shared_ptr<const DatasetIndex>(&index, [](const DatasetIndex*) {}),
+                     config) {}
+  /// A temporary index would dangle: pass a named one, or a shared_ptr to share its ownership.
+  BatchSampler(DatasetIndex&&, const SamplerConfig&) = delete;
+  /// Shares the ownership of `index`.
+  BatchSampler(std::shared_ptr<const DatasetIndex> index, const SamplerConfig& config)
+      : index_(std::move(index)), config_(config) {
+    if (!index_) detail::fail("BatchSampler: the DatasetIndex pointer is null");
     const index_t C = config.classes_per_batch;
     const double f = config.doppelganger_fraction;
     if (C < 1) detail::fail("SamplerConfig::classes_per_batch = ", C, " must be >= 1");
@@ -406,7 +417,7 @@ class BatchSampler {
     return batch;
   }
 
-  const DatasetIndex* index_;
+  std::shared_ptr<const DatasetIndex> index_;  // owned, or borrowed (a no-op deleter)
   SamplerConfig config_;
   index_t mined_per_batch_ = 0;
   std::uint64_t position_ = 0;

@@ -2,6 +2,8 @@
 // the gradient into the caller's buffer. Nothing here allocates or copies.
 #pragma once
 
+#include <protomem/detail/language.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>

@@ -96,13 +96,15 @@ class DoppelgangerMining {
   index_t size() const { return table_.used; }
   bool contains(label_t label) const { return table_.find(label) >= 0; }
 
-  /// The doppelgangers of `label`, most similar first (empty when it has no row).
+  /// The doppelgangers of `label`, most similar first (empty when it has no row): a view into the
+  /// table, valid until the table changes - the memory's next commit(), load(), assign(), clear()
+  /// or set_mining() - so copy it to keep it.
   Span<const label_t> doppelgangers(label_t label) const {
     const index_t row = table_.find(label);
     if (row < 0) return {};
     return {similar_.data() + row * k_, count_[static_cast<std::size_t>(row)]};
   }
-  /// Their cosines p_a . w_b at the step that wrote the row.
+  /// Their cosines p_a . w_b at the step that wrote the row; valid as doppelgangers() is.
   Span<const float> cosines(label_t label) const {
     const index_t row = table_.find(label);
     if (row < 0) return {};
