@@ -71,11 +71,10 @@ int main(int argc, char** argv) {
   }
   const fs::path root(argv[1]);
   {
-    // NoAging, as when the stored seeds were written, so that they come out byte for byte.
     using Memory = protomem::PrototypeMemory<float>;
     for (int steps : {0, 1, 3, 12}) {
       Memory memory({8, 4}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
-                    protomem::Momentum(0.3), protomem::NoAging());
+                    protomem::Momentum(0.3));
       feed(memory, steps, 20, 11 + static_cast<std::uint64_t>(steps));
       write_both_modes(root / "fuzz_checkpoint", "seed-steps" + std::to_string(steps),
                        bytes_of(memory));
@@ -85,8 +84,7 @@ int main(int argc, char** argv) {
     using Memory = protomem::PrototypeMemory<float>;
     for (int steps : {0, 2, 12}) {
       Memory memory({8, 4}, protomem::CosFace(), protomem::ExemplarMean(), protomem::Replace(),
-                    protomem::LeastRecentlyWritten(), protomem::DoppelgangerMining(3, 6),
-                    protomem::NoAging());
+                    protomem::LeastRecentlyWritten(), protomem::DoppelgangerMining(3, 6));
       feed(memory, steps, 12, 29 + static_cast<std::uint64_t>(steps));
       write_both_modes(root / "fuzz_checkpoint_mining", "seed-steps" + std::to_string(steps),
                        bytes_of(memory));
