@@ -5,6 +5,7 @@
 // process. The loss itself is checked against PyTorch autograd by tests/reference.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <protomem/memory.hpp>
 #include <protomem/sharded.hpp>
@@ -302,6 +303,22 @@ TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[
   CHECK(plain.aging().get<protomem::AgeDecay>().half_life == 3.0);
   CHECK(plain.aging().get<protomem::AgeDecay>().max_age == 7);
   CHECK(bytes_of(plain) == saved);
+  // The adopted policy is checked as it loads: a bad half-life, or an aging policy that is
+  // neither built in nor the memory's own, is refused and changes nothing.
+  const std::string adopted = bytes_of(plain);
+  std::string bad_half_life = saved;
+  const std::string name = "age_decay";
+  const std::size_t h_at = bad_half_life.find(name) + name.size() + 8;  // after the state length
+  const double negative = -1.0;
+  std::memcpy(&bad_half_life[h_at], &negative, 8);
+  std::istringstream bad_in(with_valid_crc(bad_half_life));
+  CHECK_THROWS_WITH(plain.load(bad_in), Contains("half_life = -1"));
+  std::string unknown = saved;
+  unknown[unknown.find(name) + 4] = 'X';  // "age_Xecay"
+  std::istringstream unknown_in(with_valid_crc(unknown));
+  CHECK_THROWS_WITH(plain.load(unknown_in),
+                    Contains("its aging policy 'age_Xecay' is not a built-in one"));
+  CHECK(bytes_of(plain) == adopted);
 
   // Version 1 is version 2 without the aging policy: it loads as NoAging.
   const std::size_t end = records_offset(before);         // the record count follows the policies
