@@ -5,6 +5,7 @@
 // process. The loss itself is checked against PyTorch autograd by tests/reference.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <protomem/memory.hpp>
 #include <protomem/sharded.hpp>
@@ -27,10 +28,7 @@ using Batch = test_support::Batch<double>;
 constexpr index_t kDim = 6;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-template <class Aging, class Refresh = protomem::Replace, class Generator = protomem::ExemplarMean>
-using Memory =
-    protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, Generator, Refresh,
-                              protomem::LeastRecentlyWritten, protomem::NoMining, Aging>;
+using Memory = protomem::PrototypeMemory<double>;
 
 protomem::Config config_of(index_t capacity, index_t similar_k = 0) {
   protomem::Config config;
@@ -110,10 +108,10 @@ TEST_CASE("MaxAge: a memory without its expired prototypes, step by step", "[agi
   // memory given, before each step, only the records that have not expired. Loss, gradient and
   // the most similar classes must agree; the expired classes must never be among them.
   const std::uint64_t max_age = 2;
-  Memory<protomem::MaxAge> memory(
-      config_of(10, 4), protomem::CosFace(16.0, 0.2), protomem::ExemplarMean{}, protomem::Replace{},
-      protomem::LeastRecentlyWritten{}, protomem::NoMining{}, protomem::MaxAge(max_age));
-  Memory<protomem::NoAging> reference(config_of(10, 4), protomem::CosFace(16.0, 0.2));
+  Memory memory(config_of(10, 4), protomem::CosFace(16.0, 0.2), protomem::ExemplarMean{},
+                protomem::Replace{}, protomem::LeastRecentlyWritten{}, protomem::NoMining{},
+                protomem::MaxAge(max_age));
+  Memory reference(config_of(10, 4), protomem::CosFace(16.0, 0.2), protomem::NoAging{});
   std::mt19937_64 rng(5);
   int expired_steps = 0;
   for (const std::vector<label_t>& classes : schedule(30, 11)) {
@@ -150,13 +148,13 @@ TEST_CASE("MaxAge: a memory without its expired prototypes, step by step", "[agi
 }
 
 TEST_CASE("AgeDecay with an infinite half-life is NoAging, bit for bit", "[aging]") {
-  Memory<protomem::AgeDecay> aged(
-      config_of(8), protomem::CosFace(30.0, 0.3), protomem::ExemplarMean{}, protomem::Replace{},
-      protomem::LeastRecentlyWritten{}, protomem::NoMining{}, protomem::AgeDecay(kInf));
-  Memory<protomem::NoAging> plain(config_of(8), protomem::CosFace(30.0, 0.3));
-  Memory<protomem::AgeDecay> decayed(
-      config_of(8), protomem::CosFace(30.0, 0.3), protomem::ExemplarMean{}, protomem::Replace{},
-      protomem::LeastRecentlyWritten{}, protomem::NoMining{}, protomem::AgeDecay(1.0));
+  Memory aged(config_of(8), protomem::CosFace(30.0, 0.3), protomem::ExemplarMean{},
+              protomem::Replace{}, protomem::LeastRecentlyWritten{}, protomem::NoMining{},
+              protomem::AgeDecay(kInf));
+  Memory plain(config_of(8), protomem::CosFace(30.0, 0.3), protomem::NoAging{});
+  Memory decayed(config_of(8), protomem::CosFace(30.0, 0.3), protomem::ExemplarMean{},
+                 protomem::Replace{}, protomem::LeastRecentlyWritten{}, protomem::NoMining{},
+                 protomem::AgeDecay(1.0));
   std::mt19937_64 rng(3);
   bool differs = false;
   for (const std::vector<label_t>& classes : schedule(12, 4)) {
@@ -175,9 +173,8 @@ TEST_CASE("set_aging() takes effect from the next forward", "[aging]") {
   // A memory switched from no decay to AgeDecay(1) after step 6 steps as one that had AgeDecay(1)
   // all along (under Replace the writes do not depend on the weights).
   const auto cosface = protomem::CosFace(30.0, 0.3);
-  Memory<protomem::AgeDecay> always(config_of(8), cosface, {}, {}, {}, {}, protomem::AgeDecay(1.0));
-  Memory<protomem::AgeDecay> switched(config_of(8), cosface, {}, {}, {}, {},
-                                      protomem::AgeDecay(kInf));
+  Memory always(config_of(8), cosface, protomem::AgeDecay(1.0));
+  Memory switched(config_of(8), cosface, protomem::AgeDecay(kInf));
   std::mt19937_64 rng(31);
   int t = 0;
   bool differed = false;
@@ -195,15 +192,14 @@ TEST_CASE("set_aging() takes effect from the next forward", "[aging]") {
     }
   }
   CHECK(differed);
-  CHECK(switched.aging().half_life == 1.0);
+  CHECK(switched.aging().get<protomem::AgeDecay>().half_life == 1.0);
 }
 
 TEST_CASE("an expired prototype is not blended into its class's fresh one", "[aging]") {
   // Momentum(0.5) blends a refreshed class with its stored prototype unless it has expired.
-  using Blending = Memory<protomem::MaxAge, protomem::Momentum>;
-  Blending memory(config_of(8), protomem::CosFace(16.0, 0.2), protomem::ExemplarMean{},
-                  protomem::Momentum(0.5), protomem::LeastRecentlyWritten{}, protomem::NoMining{},
-                  protomem::MaxAge(1));
+  Memory memory(config_of(8), protomem::CosFace(16.0, 0.2), protomem::ExemplarMean{},
+                protomem::Momentum(0.5), protomem::LeastRecentlyWritten{}, protomem::NoMining{},
+                protomem::MaxAge(1));
   std::mt19937_64 rng(9);
   auto fresh_prototype = [](const Batch& batch, label_t label) {  // normalize(sum of unit rows)
     std::vector<double> p(kDim, 0.0);
@@ -258,18 +254,16 @@ TEST_CASE("aging: dL/dE against central finite differences", "[aging]") {
           ref2 += numeric * numeric;
         }
       }
-      INFO("aging " << decltype(memory)::aging_type::name << ", step " << memory.step_count());
+      INFO("aging " << memory.aging().name() << ", step " << memory.step_count());
       REQUIRE(ref2 > 1e-16);
       CHECK(std::sqrt(diff2 / ref2) <= 1e-6);
       forward(memory, batch, true);
     }
   };
   const auto cosface = protomem::CosFace(30.0, 0.35);
-  check(Memory<protomem::AgeDecay>(config_of(9), cosface, {}, {}, {}, {},
-                                   protomem::AgeDecay(1.5, 4)));
-  check(Memory<protomem::MaxAge>(config_of(9), cosface, {}, {}, {}, {}, protomem::MaxAge(1)));
-  check(Memory<protomem::AgeDecay, protomem::Replace, protomem::LeaveOneOut>(
-      config_of(9), cosface, {}, {}, {}, {}, protomem::AgeDecay(0.75)));
+  check(Memory(config_of(9), cosface, protomem::AgeDecay(1.5, 4)));
+  check(Memory(config_of(9), cosface, protomem::MaxAge(1)));
+  check(Memory(config_of(9), cosface, protomem::LeaveOneOut{}, protomem::AgeDecay(0.75)));
 }
 
 TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[aging]") {
@@ -277,19 +271,18 @@ TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[
   using checkpoint_support::records_offset;
   using checkpoint_support::with_valid_crc;
   const auto cosface = protomem::CosFace(30.0, 0.35);
-  Memory<protomem::AgeDecay> source(config_of(8), cosface, {}, {}, {}, {},
-                                    protomem::AgeDecay(3.0, 7));
+  Memory source(config_of(8), cosface, protomem::AgeDecay(3.0, 7));
   std::mt19937_64 rng(17);
   const auto steps = schedule(10, 2);
   for (int t = 0; t < 6; ++t) forward(source, batch_of(steps[t], rng), true);
   const std::string saved = bytes_of(source);
 
   // Round trip: the loaded memory takes the checkpoint's parameters and continues identically.
-  Memory<protomem::AgeDecay> target(config_of(8), cosface);
+  Memory target(config_of(8), cosface, protomem::AgeDecay());
   std::istringstream in(saved);
   target.load(in);
-  CHECK(target.aging().half_life == 3.0);
-  CHECK(target.aging().max_age == 7);
+  CHECK(target.aging().get<protomem::AgeDecay>().half_life == 3.0);
+  CHECK(target.aging().get<protomem::AgeDecay>().max_age == 7);
   CHECK(bytes_of(target) == saved);
   for (int t = 6; t < 10; ++t) {
     const Batch batch = batch_of(steps[t], rng);
@@ -299,14 +292,33 @@ TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[
     CHECK(a.gradient == b.gradient);
   }
 
-  // Another Aging policy: refused, nothing changed.
-  Memory<protomem::NoAging> plain(config_of(8), cosface);
+  // Another Aging policy: the checkpoint's is adopted, with its parameters (a checkpoint
+  // restores the policies it was saved with).
+  Memory plain(config_of(8), cosface, protomem::NoAging{});
   forward(plain, batch_of({1, 2}, rng), true);
   const std::string before = bytes_of(plain);
   std::istringstream again(saved);
-  CHECK_THROWS_WITH(plain.load(again),
-                    Contains("aging policy is 'age_decay' but this memory uses 'none'"));
-  CHECK(bytes_of(plain) == before);
+  plain.load(again);
+  CHECK(std::string(plain.aging().name()) == "age_decay");
+  CHECK(plain.aging().get<protomem::AgeDecay>().half_life == 3.0);
+  CHECK(plain.aging().get<protomem::AgeDecay>().max_age == 7);
+  CHECK(bytes_of(plain) == saved);
+  // The adopted policy is checked as it loads: a bad half-life, or an aging policy that is
+  // neither built in nor the memory's own, is refused and changes nothing.
+  const std::string adopted = bytes_of(plain);
+  std::string bad_half_life = saved;
+  const std::string name = "age_decay";
+  const std::size_t h_at = bad_half_life.find(name) + name.size() + 8;  // after the state length
+  const double negative = -1.0;
+  std::memcpy(&bad_half_life[h_at], &negative, 8);
+  std::istringstream bad_in(with_valid_crc(bad_half_life));
+  CHECK_THROWS_WITH(plain.load(bad_in), Contains("half_life = -1"));
+  std::string unknown = saved;
+  unknown[unknown.find(name) + 4] = 'X';  // "age_Xecay"
+  std::istringstream unknown_in(with_valid_crc(unknown));
+  CHECK_THROWS_WITH(plain.load(unknown_in),
+                    Contains("its aging policy 'age_Xecay' is not a built-in one"));
+  CHECK(bytes_of(plain) == adopted);
 
   // Version 1 is version 2 without the aging policy: it loads as NoAging.
   const std::size_t end = records_offset(before);         // the record count follows the policies
@@ -315,22 +327,22 @@ TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[
   std::string v1 = before.substr(0, end - aging_bytes) + before.substr(end);
   v1[8] = 1;
   v1 = with_valid_crc(v1);
-  Memory<protomem::NoAging> from_v1(config_of(8), cosface);
+  Memory from_v1(config_of(8), cosface, protomem::NoAging{});
   std::istringstream old(v1 + "trailer");  // load(stream) stops at the checkpoint's end
   from_v1.load(old);
   CHECK(bytes_of(from_v1) == before);
   std::string rest;
   old >> rest;
   CHECK(rest == "trailer");
+  // A memory of another Aging policy adopts the version 1 file's: NoAging.
   std::istringstream old_again(v1);
-  CHECK_THROWS_WITH(target.load(old_again),
-                    Contains("aging policy is 'none' but this memory uses 'age_decay'"));
+  target.load(old_again);
+  CHECK(target.aging().holds<protomem::NoAging>());
+  CHECK(bytes_of(target) == before);
 }
 
 TEST_CASE("aging: the sharded memory equals one process", "[aging][sharded]") {
-  using Sharded = protomem::ShardedPrototypeMemory<
-      double, protomem::test::ThreadComm, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-      protomem::Replace, protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>;
+  using Sharded = protomem::ShardedPrototypeMemory<double, protomem::test::ThreadComm>;
   const auto cosface = protomem::CosFace(30.0, 0.35);
   const protomem::AgeDecay aging(2.0, 4);
   const auto steps = schedule(20, 6);
@@ -338,14 +350,14 @@ TEST_CASE("aging: the sharded memory equals one process", "[aging][sharded]") {
   std::mt19937_64 rng(12);
   for (const auto& classes : steps) batches.push_back(batch_of(classes, rng));
 
-  Memory<protomem::AgeDecay> single(config_of(9), cosface, {}, {}, {}, {}, aging);
+  Memory single(config_of(9), cosface, aging);
   std::vector<Forward> want;
   for (const Batch& b : batches) want.push_back(forward(single, b, true));
 
   const int W = 2;
   std::vector<std::vector<double>> losses(W), gradients(W);
   const auto errors = protomem::test::run_ranks(W, [&](protomem::test::ThreadComm& comm) {
-    Sharded memory(comm, config_of(9), cosface, {}, {}, {}, {}, aging);
+    Sharded memory(comm, config_of(9), cosface, aging);
     const auto r = static_cast<std::size_t>(comm.rank());
     for (const Batch& b : batches) {
       const index_t half = b.rows() / 2;

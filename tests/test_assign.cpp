@@ -130,9 +130,8 @@ TEST_CASE("assign() replaces what was stored and evicts record 0 first", "[assig
 TEST_CASE("a memory assigned another's records continues as it does", "[assign]") {
   std::mt19937_64 rng(13);
   const index_t dim = 5;
-  using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace,
-                                           protomem::ExemplarMean, protomem::Momentum>;
-  Memory original({8, dim}, protomem::ArcFace(16, 0.3), {}, protomem::Momentum(0.4));
+  using Memory = protomem::PrototypeMemory<float>;
+  Memory original({8, dim}, protomem::ArcFace(16, 0.3), protomem::Momentum(0.4));
   std::vector<float> gradient;
   auto step = [&](Memory& memory, const test_support::Batch<float>& batch) {
     gradient.assign(batch.embeddings.size(), 0.0f);
@@ -152,7 +151,7 @@ TEST_CASE("a memory assigned another's records continues as it does", "[assign]"
     for (index_t k = 0; k < dim; ++k) records.prototypes.push_back(record.prototype[k]);
     records.prototypes.push_back(0.0f);
   }
-  Memory copy({8, dim}, protomem::ArcFace(16, 0.3), {}, protomem::Momentum(0.4));
+  Memory copy({8, dim}, protomem::ArcFace(16, 0.3), protomem::Momentum(0.4));
   copy.assign(records.label_span(), records.view(), records.written_span(), original.step_count());
 
   for (int t = 0; t < 6; ++t) {

@@ -23,14 +23,12 @@ using Catch::Matchers::Contains;
 using protomem::index_t;
 using protomem::label_t;
 
-using Memory =
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Momentum, protomem::LeastRecentlyWritten>;
+using Memory = protomem::PrototypeMemory<float>;
 constexpr index_t kDim = 6;
 
 Memory make_memory(double momentum = 0.3) {
   return Memory({12, kDim}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
-                protomem::Momentum(momentum));
+                protomem::Momentum(momentum), protomem::LeastRecentlyWritten());
 }
 
 struct Feed {
@@ -89,7 +87,7 @@ TEST_CASE("a checkpoint round-trips every record, counter and policy state", "[c
 
   Memory loaded = make_memory(/*momentum=*/0.9);  // the checkpoint's policy state wins
   load_bytes(loaded, bytes);
-  CHECK(loaded.refresh().a == 0.3);
+  CHECK(loaded.refresh().get<protomem::Momentum>().a == 0.3);
   CHECK(loaded.size() == memory.size());
   CHECK(loaded.step_count() == memory.step_count());
   CHECK(loaded.stats().refreshes == memory.stats().refreshes);
@@ -193,30 +191,39 @@ TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", 
             "has checkpoint format version 3; this build of protomem reads versions 1 and 2");
   }
   SECTION("another dimension") {
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Momentum>
-        wide({12, kDim + 1}, protomem::ArcFace(32.0, 0.4));
+    protomem::PrototypeMemory<float> wide({12, kDim + 1}, protomem::ArcFace(32.0, 0.4),
+                                          protomem::ExemplarMean(), protomem::Momentum());
     CHECK_THROWS_WITH(load_bytes(wide, good), Contains("has dim 6; this memory has dim 7"));
     CHECK(wide.size() == 0);
   }
   SECTION("another scalar type") {
-    protomem::PrototypeMemory<double, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Momentum>
-        wide({12, kDim}, protomem::ArcFace(32.0, 0.4));
+    protomem::PrototypeMemory<double> wide({12, kDim}, protomem::ArcFace(32.0, 0.4),
+                                           protomem::ExemplarMean(), protomem::Momentum());
     CHECK_THROWS_WITH(load_bytes(wide, good),
                       Contains("stores float32 prototypes; this memory stores float64"));
   }
-  SECTION("another policy") {
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                              protomem::Momentum>
-        cosface({12, kDim});
-    CHECK_THROWS_WITH(load_bytes(cosface, good),
-                      Contains("its margin policy is 'arcface' but this memory uses 'cosface'"));
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Replace>
-        replace({12, kDim}, protomem::ArcFace(32.0, 0.4));
-    CHECK_THROWS_WITH(load_bytes(replace, good),
-                      Contains("its refresh policy is 'momentum' but this memory uses 'replace'"));
+  SECTION("another built-in policy is adopted, an unknown one refused") {
+    // A checkpoint restores the policies it was saved with: a memory of other built-in policies
+    // takes the checkpoint's, with their stored parameters.
+    protomem::PrototypeMemory<float> cosface({12, kDim}, protomem::ExemplarMean(),
+                                             protomem::Momentum());
+    load_bytes(cosface, good);
+    CHECK(std::string(cosface.margin().name()) == "arcface");
+    CHECK(cosface.margin().get<protomem::ArcFace>().scale() == 32.0);
+    CHECK(cosface.refresh().get<protomem::Momentum>().a == 0.3);
+    CHECK(bytes_of(cosface) == good);
+    protomem::PrototypeMemory<float> replace({12, kDim}, protomem::ArcFace(32.0, 0.4),
+                                             protomem::ExemplarMean(), protomem::Replace());
+    load_bytes(replace, good);
+    CHECK(std::string(replace.refresh().name()) == "momentum");
+    CHECK(replace.refresh().get<protomem::Momentum>().a == 0.3);
+    CHECK(bytes_of(replace) == good);
+    // A policy name that is neither built in nor the memory's own: refused, nothing changed.
+    std::string unknown = good;
+    const std::size_t at = unknown.find("arcface");
+    REQUIRE(at != std::string::npos);
+    unknown[at + 6] = 'x';  // "arcfacx"
+    rejects(with_valid_crc(unknown), "its margin policy 'arcfacx' is not a built-in one");
   }
   SECTION("more records than the capacity") {
     Memory small({3, kDim}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),

@@ -50,9 +50,8 @@ double loss_at(Memory& memory, const Batch& batch, std::vector<double>* gradient
 // Relative error of the analytic gradient against central differences (norm-wise). The loss is
 // differentiated as the step defines it; with a detached generator that is the naive loss with the
 // batch prototypes held at their current values.
-template <class Memory>
+template <class Generator, class Memory>
 double gradient_error(Memory& memory, Batch batch) {
-  using Generator = typename Memory::generator_type;
   const auto B = static_cast<index_t>(batch.labels.size());
   std::vector<double> analytic;
   const double loss = loss_at(memory, batch, &analytic);
@@ -92,12 +91,13 @@ double gradient_error(Memory& memory, Batch batch) {
 
 template <class Margin, class Generator, class Refresh, class Queue>
 void check_combination(const Margin& margin) {
-  using Memory = protomem::PrototypeMemory<double, protomem::cpu, Margin, Generator, Refresh, Queue>;
   protomem::Config config;
   config.capacity = 9;
   config.dim = kDim;
   config.workspace_bytes = 12 * sizeof(double) * 2;  // a tile of 2 columns for 12 rows
-  Memory memory(config, margin);
+  // No aging: the naive loss (the oracle) counts every stored column fully.
+  protomem::PrototypeMemory<double> memory(config, margin, Generator{}, Refresh{}, Queue{},
+                                           protomem::NoAging{});
   std::mt19937_64 rng(42);
   const int one = Generator::leave_one_out ? 2 : 1;  // leave-one-out needs two exemplars
   // Steps: empty memory; stored + new classes with empty slots left; filling and evicting; after
@@ -111,7 +111,7 @@ void check_combination(const Margin& margin) {
   };
   for (std::size_t t = 0; t < steps.size(); ++t) {
     const Batch batch = make_batch(steps[t], rng);
-    const double error = gradient_error(memory, batch);
+    const double error = gradient_error<Generator>(memory, batch);
     INFO("margin " << Margin::name << ", generator " << Generator::name << ", refresh "
                    << Refresh::name << ", queue " << Queue::name << ", step " << t
                    << ", memory size " << memory.size() << ", relative error " << error);

@@ -174,36 +174,41 @@ struct UncheckedMargin {
 
 TEST_CASE("a float memory checks its margin in float", "[guarantees]") {
   using Float = protomem::PrototypeMemory<float>;
-  using UncheckedFloat = protomem::PrototypeMemory<float, protomem::cpu, UncheckedMargin>;
-  using UncheckedDouble = protomem::PrototypeMemory<double, protomem::cpu, UncheckedMargin>;
-  CHECK_THROWS_WITH(UncheckedFloat({8, 4}, UncheckedMargin{1e-50}), Contains("is 0 as a float"));
-  CHECK_THROWS_WITH(UncheckedFloat({8, 4}, UncheckedMargin{1e39}), Contains("is inf as a float"));
-  CHECK_THROWS_AS(UncheckedFloat({8, 4}, UncheckedMargin{1e-40}), protomem::Error);  // subnormal
+  using Double = protomem::PrototypeMemory<double>;
+  CHECK_THROWS_WITH(Float({8, 4}, UncheckedMargin{1e-50}), Contains("is 0 as a float"));
+  CHECK_THROWS_WITH(Float({8, 4}, UncheckedMargin{1e39}), Contains("is inf as a float"));
+  CHECK_THROWS_AS(Float({8, 4}, UncheckedMargin{1e-40}), protomem::Error);  // subnormal
   // The same values are fine in double.
-  CHECK_NOTHROW(UncheckedDouble({8, 4}, UncheckedMargin{1e-50}));
-  CHECK_NOTHROW(UncheckedDouble({8, 4}, UncheckedMargin{1e39}));
+  CHECK_NOTHROW(Double({8, 4}, UncheckedMargin{1e-50}));
+  CHECK_NOTHROW(Double({8, 4}, UncheckedMargin{1e39}));
   // The built-in margins refuse such scales in any Scalar.
   CHECK_THROWS_WITH(protomem::CosFace(1e-50), Contains("within [0.001, 10000]"));
   CHECK_THROWS_AS(protomem::ArcFace(1e39), protomem::Error);
 
-  // margin() is mutable: a step re-checks it, and throws before anything changes.
+  // set_margin() is the one way to change the margin: it checks the new one in float too, and
+  // throws before anything changes.
   Float memory({8, 4});
   Batch<float> first(4, 2, 2, 0, 1);
   step(memory, first);
   const std::string before = bytes_of(memory);
-  memory.margin().s = 1e39;
-  Batch<float> batch(4, 2, 2, 5, 2);
-  CHECK_THROWS_WITH(step(memory, batch), Contains("is inf as a float"));
-  CHECK_FALSE(memory.pending());
-  CHECK(batch.gradient_untouched());
-  memory.margin().s = 64.0;
+  CHECK_THROWS_WITH(memory.set_margin(UncheckedMargin{1e39}), Contains("is inf as a float"));
+  CHECK(memory.margin().holds<protomem::CosFace>());
   CHECK(bytes_of(memory) == before);
+  // A built-in margin with its public field set out of range: refused alike.
+  protomem::CosFace huge;
+  huge.s = 1e39;
+  CHECK_THROWS_AS(memory.set_margin(huge), protomem::Error);
+  CHECK(bytes_of(memory) == before);
+  // A double memory takes the same user-written margin.
+  Double wide({8, 4});
+  CHECK_NOTHROW(wide.set_margin(UncheckedMargin{1e39}));
+  CHECK(wide.margin().scale() == 1e39);
 }
 
 TEST_CASE("a step whose loss or gradient is not finite throws and commits nothing",
           "[guarantees]") {
   SECTION("loss") {
-    protomem::PrototypeMemory<float, protomem::cpu, NanTargetMargin> memory({16, 8});
+    protomem::PrototypeMemory<float> memory({16, 8}, NanTargetMargin{});
     Batch<float> first(8, 3, 3, 0, 3);
     const std::string before = bytes_of(memory);
     CHECK_THROWS_WITH(step(memory, first), Contains("loss is nan, not finite"));
@@ -213,7 +218,7 @@ TEST_CASE("a step whose loss or gradient is not finite throws and commits nothin
     CHECK(first.gradient_untouched());
   }
   SECTION("gradient") {
-    protomem::PrototypeMemory<double, protomem::cpu, InfiniteSlopeMargin> memory({16, 8});
+    protomem::PrototypeMemory<double> memory({16, 8}, InfiniteSlopeMargin{});
     Batch<double> first(8, 3, 3, 0, 3);
     const std::string before = bytes_of(memory);
     CHECK_THROWS_WITH(step(memory, first), Contains("gradient dL/dE row"));
@@ -334,5 +339,5 @@ TEST_CASE("file text in messages is escaped; an empty list names its file", "[gu
   const std::size_t at = bad.find("cosface");
   bad.replace(at, 7, "cos\x1b\x07\xfe\n");
   std::istringstream in(with_valid_crc(bad));
-  CHECK_THROWS_WITH(memory.load(in), Contains("policy is 'cos\\x1b\\x07\\xfe\\x0a'"));
+  CHECK_THROWS_WITH(memory.load(in), Contains("policy 'cos\\x1b\\x07\\xfe\\x0a'"));
 }

@@ -90,10 +90,8 @@ struct ShadowQueue {
 
 template <class Queue>
 void check_against_shadow(std::uint64_t seed) {
-  using Memory = protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace,
-                                           protomem::ExemplarMean, protomem::Replace, Queue>;
   const index_t capacity = 24, dim = 3;
-  Memory memory({capacity, dim});
+  protomem::PrototypeMemory<double> memory({capacity, dim}, Queue{});
   // The shadow's own statement of each order: least recently written moves a refreshed class to
   // the back, first in first out leaves it.
   const bool moves_to_back = std::is_same_v<Queue, protomem::LeastRecentlyWritten>;
@@ -174,9 +172,8 @@ TEST_CASE("a step stores each batch class's normalised exemplar mean", "[memory]
 
 TEST_CASE("momentum refresh blends the stored prototype with the fresh one", "[memory][policies]") {
   std::mt19937_64 rng(2);
-  using Memory = protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace,
-                                           protomem::ExemplarMean, protomem::Momentum>;
-  Memory memory({4, 3}, protomem::CosFace(), protomem::ExemplarMean(), protomem::Momentum(0.8));
+  protomem::PrototypeMemory<double> memory({4, 3}, protomem::CosFace(), protomem::ExemplarMean(),
+                                           protomem::Momentum(0.8));
   const Batch first = make_batch({1}, 2, 3, rng, 1.0), second = make_batch({1}, 2, 3, rng, 1.0);
   run_step(memory, first);
   const auto old_p = naive::batch_prototypes(first.embeddings.data(), 3, first.labels, 3)[1];
@@ -192,9 +189,7 @@ TEST_CASE("eviction order follows the queue policy", "[memory][queue]") {
   std::mt19937_64 rng(3);
   // Capacity 3: store 1, 2, 3; refresh 1; then a new class evicts the oldest.
   protomem::PrototypeMemory<double> lrw({3, 2});
-  protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                            protomem::Replace, protomem::FirstInFirstOut>
-      fifo({3, 2});
+  protomem::PrototypeMemory<double> fifo({3, 2}, protomem::FirstInFirstOut{});
   auto feed = [&](auto& memory) {
     run_step(memory, make_batch({1, 2, 3}, 1, 2, rng));
     run_step(memory, make_batch({1}, 2, 2, rng));
@@ -236,9 +231,7 @@ TEST_CASE("under a class-iterating feed no slot is older than ceil(M / C) steps"
     return worst;
   };
   protomem::PrototypeMemory<double> lrw({capacity, dim});
-  protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                            protomem::Replace, protomem::FirstInFirstOut>
-      fifo({capacity, dim});
+  protomem::PrototypeMemory<double> fifo({capacity, dim}, protomem::FirstInFirstOut{});
   const auto worst_lrw = run(lrw), worst_fifo = run(fifo);
   INFO("worst age: least recently written " << worst_lrw << ", FIFO " << worst_fifo << ", bound "
                                             << bound);
@@ -253,8 +246,9 @@ TEST_CASE("with capacity >= number of classes the loss is the full softmax", "[m
   std::mt19937_64 rng(6);
   const index_t dim = 6;
   const int num_classes = 20;
-  protomem::PrototypeMemory<double, protomem::cpu, protomem::ArcFace> memory(
-      {32, dim}, protomem::ArcFace(16.0, 0.4));
+  // The full softmax below counts every column fully: no aging.
+  protomem::PrototypeMemory<double> memory({32, dim}, protomem::ArcFace(16.0, 0.4),
+                                           protomem::NoAging{});
   for (int c = 0; c < num_classes; c += 4) run_step(memory, make_batch({c, c + 1, c + 2, c + 3}, 3, dim, rng));
   REQUIRE(memory.size() == num_classes);
 

@@ -31,10 +31,9 @@ using protomem::DoppelgangerMining;
 using protomem::index_t;
 using protomem::label_t;
 
+// A memory constructed with DoppelgangerMining (policies are constructor objects).
 template <class Scalar>
-using MiningMemory = protomem::PrototypeMemory<Scalar, protomem::cpu, protomem::CosFace,
-                                               protomem::ExemplarMean, protomem::Replace,
-                                               protomem::LeastRecentlyWritten, DoppelgangerMining>;
+using MiningMemory = protomem::PrototypeMemory<Scalar>;
 
 using Row = std::tuple<label_t, std::vector<label_t>, std::vector<float>>;
 
@@ -47,6 +46,24 @@ std::vector<Row> rows_of(const DoppelgangerMining& table) {
       });
   return rows;
 }
+// The table a memory's mining holder holds (protomem::Error if it holds another policy).
+std::vector<Row> rows_of(const protomem::AnyMining& mining) {
+  return rows_of(mining.get<DoppelgangerMining>());
+}
+
+// A user-written Mining policy that the library does not know (not a built-in one).
+struct MyMining {
+  static constexpr const char* name = "my_mining";
+  index_t similar_k() const { return 0; }
+  template <class T>
+  void record(protomem::Span<const label_t>, protomem::Span<const label_t>,
+              protomem::Span<const T>, index_t) noexcept {}
+  protomem::Span<const label_t> doppelgangers(label_t) const { return {}; }
+  protomem::Span<const float> cosines(label_t) const { return {}; }
+  void clear() {}
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
 
 // The table's rule, written as plainly as possible: a list in update order and a map of rows.
 struct ShadowTable {
@@ -213,7 +230,7 @@ TEST_CASE("the memory hands the mining policy committed steps only", "[mining][m
       for (index_t r = 0; r < 3; ++r) CHECK(d[r] == result.similar[c * k + r]);
     }
     memory.clear();
-    CHECK(memory.mining().size() == 0);
+    CHECK(memory.mining().get<DoppelgangerMining>().size() == 0);
   }
 }
 
@@ -228,15 +245,17 @@ TEST_CASE("the doppelganger table round-trips through the memory's checkpoint",
     make_batch(random_classes(rng, 3, 40), 2, dim, rng, e, y);
     step(memory, e, y, dim);
   }
-  REQUIRE(memory.mining().size() == 12);  // full, and has evicted
+  REQUIRE(memory.mining().get<DoppelgangerMining>().size() == 12);  // full, and has evicted
   const std::string good = bytes_of(memory);
+  const std::vector<Row> good_rows = rows_of(memory.mining());
 
   MiningMemory<double> larger = make_memory(dim, 5, 20);
   std::istringstream in(good);
   larger.load(in);
   CHECK(rows_of(larger.mining()) == rows_of(memory.mining()));
-  CHECK(larger.mining().k() == 2);                // k is a parameter: the checkpoint's
-  CHECK(larger.mining().table_capacity() == 20);  // the capacity is a size: this object's
+  const DoppelgangerMining& larger_table = larger.mining().get<DoppelgangerMining>();
+  CHECK(larger_table.k() == 2);                // k is a parameter: the checkpoint's
+  CHECK(larger_table.table_capacity() == 20);  // the capacity is a size: this object's
 
   MiningMemory<double> loaded = make_memory(dim, 2, 12);
   std::istringstream again(good);
@@ -267,8 +286,30 @@ TEST_CASE("the doppelganger table round-trips through the memory's checkpoint",
     CHECK(bytes_of(target) == before);
   }
   SECTION("another mining policy, or a table too small") {
+    // A built-in policy is adopted (a checkpoint restores the policies it was saved with): the
+    // table with the checkpoint's k and rows, at the default table capacity.
     protomem::PrototypeMemory<double> plain({32, dim});
-    rejects(plain, good, "its mining policy is 'doppelganger' but this memory uses 'none'");
+    std::istringstream s(good);
+    plain.load(s);
+    REQUIRE(plain.mining().holds<DoppelgangerMining>());
+    CHECK(rows_of(plain.mining()) == good_rows);
+    CHECK(plain.mining().get<DoppelgangerMining>().k() == 2);
+    CHECK(plain.mining().get<DoppelgangerMining>().table_capacity() ==
+          DoppelgangerMining().table_capacity());
+    CHECK(bytes_of(plain) == good);
+    // A user-written policy the memory does not hold: refused, nothing changed.
+    protomem::PrototypeMemory<double> mine({32, dim}, MyMining{});
+    const std::string user_written = bytes_of(mine);
+    protomem::PrototypeMemory<double> none({32, dim});
+    const std::string none_before = bytes_of(none);
+    rejects(none, user_written, "its mining policy 'my_mining' is not a built-in one");
+    CHECK(bytes_of(none) == none_before);
+    // A memory that holds it loads it into a copy of its own.
+    protomem::PrototypeMemory<double> mine_again({32, dim}, MyMining{});
+    std::istringstream own(user_written);
+    mine_again.load(own);
+    CHECK(mine_again.mining().holds<MyMining>());
+    CHECK(bytes_of(mine_again) == user_written);
     MiningMemory<double> small = make_memory(dim, 2, 11);
     rejects(small, good, "holds 12 doppelganger rows; this table's capacity is 11");
   }

@@ -198,13 +198,12 @@ struct DetachedLeaveOneOut {
 
 TEST_CASE("a new generator rule is a new type: its loss is the naive loss of that rule",
           "[policies]") {
-  using Memory =
-      protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, DetachedLeaveOneOut>;
-  using Reference =
-      protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, protomem::LeaveOneOut>;
   const index_t dim = 6;
-  Memory memory({32, dim}, protomem::CosFace(16.0, 0.2));
-  Reference reference({32, dim}, protomem::CosFace(16.0, 0.2));
+  // No aging: the naive loss (the oracle) counts every stored column fully.
+  protomem::PrototypeMemory<double> memory({32, dim}, protomem::CosFace(16.0, 0.2),
+                                           DetachedLeaveOneOut{}, protomem::NoAging{});
+  protomem::PrototypeMemory<double> reference({32, dim}, protomem::CosFace(16.0, 0.2),
+                                              protomem::LeaveOneOut{}, protomem::NoAging{});
   std::mt19937_64 rng(5);
   for (int t = 0; t < 6; ++t) {
     const auto batch =

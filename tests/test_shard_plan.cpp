@@ -35,9 +35,7 @@ void model_matches_memory(bool moves_to_back) {
   protomem::Config config;
   config.capacity = M;
   config.dim = D;
-  protomem::PrototypeMemory<double, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                            protomem::Replace, Queue>
-      memory(config);
+  protomem::PrototypeMemory<double> memory(config, Queue{});
   LogicalModel model(M, moves_to_back);
   BatchStream stream(7, M, 24);
   std::mt19937_64 rng(11);

@@ -117,7 +117,7 @@ TEST_CASE("a Config or margin that differs on one rank throws on every rank", "[
   const auto step_errors = run_ranks(W, [&](ThreadComm& comm) {
     const protomem::Config config = protomem::test::sharded_test_config();
     protomem::test::Sharded<double, ThreadComm> memory(comm, config);
-    if (comm.rank() == 2) memory.margin() = protomem::CosFace(32, 0.35);
+    if (comm.rank() == 2) memory.set_margin(protomem::CosFace(32, 0.35));
     std::vector<double> e(static_cast<std::size_t>(config.dim), 1.0), g(e.size());
     const label_t label = comm.rank();
     try {
@@ -131,7 +131,7 @@ TEST_CASE("a Config or margin that differs on one rank throws on every rank", "[
   CHECK(left_pending == std::vector<int>(W, 0));
   CHECK(joined(step_errors) == "");
   for (const std::string& m : step_messages) {
-    CHECK(m.find("differs between the ranks") != std::string::npos);
+    CHECK(m.find("differ between the ranks") != std::string::npos);
   }
 }
 

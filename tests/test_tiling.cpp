@@ -47,11 +47,13 @@ protomem::StepResult<T> forward(Memory& memory, const Batch<T>& batch, std::vect
                         protomem::matrix_view(gradient.data(), batch.rows(), batch.dim));
 }
 
-// A memory holding `filled` classes, saved as a checkpoint that other configurations load.
+// A memory holding `filled` classes, saved as a checkpoint that other configurations load. No
+// aging: the naive loss (the oracle below) counts every stored column fully, and a memory that
+// loads the checkpoint adopts its policies.
 template <class T>
 std::string filled_checkpoint(index_t capacity, index_t dim, label_t filled, std::mt19937_64& rng) {
   protomem::Config config{capacity, dim};
-  protomem::PrototypeMemory<T> memory(config);
+  protomem::PrototypeMemory<T> memory(config, protomem::NoAging{});
   std::vector<T> gradient;
   for (label_t first = 0; first < filled; first += 64) {
     const auto batch =
@@ -143,7 +145,7 @@ TEST_CASE("loss, gradient and mining agree across tile widths and thread counts"
 
   // Independent value: the naive loop over the stored prototypes.
   protomem::Config reference_config{capacity, dim};
-  protomem::PrototypeMemory<double> reference(reference_config);
+  protomem::PrototypeMemory<double> reference(reference_config, protomem::NoAging{});
   load(reference, checkpoint);
   const double naive_loss =
       naive::loss(batch.embeddings.data(), dim, batch.labels, dim, naive::stored_classes(reference),

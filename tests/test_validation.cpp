@@ -144,8 +144,7 @@ TEST_CASE("a batch may not hold more classes than the memory has slots", "[valid
 
 TEST_CASE("leave-one-out needs two exemplars per class", "[validation]") {
   Fixture f;
-  protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::LeaveOneOut> loo(
-      {8, Fixture::dim});
+  protomem::PrototypeMemory<float> loo({8, Fixture::dim}, protomem::LeaveOneOut{});
   f.labels = {1, 1, 2, 3, 3, 3};
   rejects(loo,
           [&] {

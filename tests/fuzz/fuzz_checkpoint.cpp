@@ -3,8 +3,7 @@
 #include "checkpoint_target.hpp"
 
 namespace {
-using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace,
-                                         protomem::ExemplarMean, protomem::Momentum>;
+using Memory = protomem::PrototypeMemory<float>;
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

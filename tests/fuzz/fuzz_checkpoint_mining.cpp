@@ -3,10 +3,7 @@
 #include "checkpoint_target.hpp"
 
 namespace {
-using Memory =
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                              protomem::Replace, protomem::LeastRecentlyWritten,
-                              protomem::DoppelgangerMining>;
+using Memory = protomem::PrototypeMemory<float>;
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

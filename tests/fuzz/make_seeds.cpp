@@ -71,8 +71,7 @@ int main(int argc, char** argv) {
   }
   const fs::path root(argv[1]);
   {
-    using Memory = protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace,
-                                             protomem::ExemplarMean, protomem::Momentum>;
+    using Memory = protomem::PrototypeMemory<float>;
     for (int steps : {0, 1, 3, 12}) {
       Memory memory({8, 4}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
                     protomem::Momentum(0.3));
@@ -82,10 +81,7 @@ int main(int argc, char** argv) {
     }
   }
   {
-    using Memory =
-        protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                                  protomem::Replace, protomem::LeastRecentlyWritten,
-                                  protomem::DoppelgangerMining>;
+    using Memory = protomem::PrototypeMemory<float>;
     for (int steps : {0, 2, 12}) {
       Memory memory({8, 4}, protomem::CosFace(), protomem::ExemplarMean(), protomem::Replace(),
                     protomem::LeastRecentlyWritten(), protomem::DoppelgangerMining(3, 6));

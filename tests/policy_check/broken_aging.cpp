@@ -13,9 +13,9 @@ struct ThrowingAging {
   void load(protomem::detail::ByteReader&) {}
 };
 
-static_assert(
-    sizeof(protomem::PrototypeMemory<
-           float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
-           protomem::LeastRecentlyWritten, protomem::NoMining, ThrowingAging>) > 0);
+// Passing it to the constructor builds its holder, which checks the family's requirements.
+[[maybe_unused]] void make(const protomem::Config& config) {
+  protomem::PrototypeMemory<float> memory(config, ThrowingAging{});
+}
 
 }  // namespace

@@ -1,5 +1,5 @@
 // A Generator policy that meets the memory's requirements but lacks a member of its rule that the
-// CPU backend calls (backward): a step must name it (see complete.cpp for the whole set).
+// CPU backend calls (backward): constructing a memory with it must name it (see complete.cpp).
 #include <protomem/memory.hpp>
 
 namespace {
@@ -24,11 +24,9 @@ struct GeneratorWithoutBackward {
   void load(protomem::detail::ByteReader&) {}
 };
 
-[[maybe_unused]] float step(protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace,
-                                                      GeneratorWithoutBackward>& memory,
-                            protomem::MatrixView<const float> e, protomem::LabelView y,
-                            protomem::MatrixView<float> g) {
-  return memory.step(e, y, g);
+// Passing it to the constructor builds its holder, which checks the family's requirements.
+[[maybe_unused]] void make(const protomem::Config& config) {
+  protomem::PrototypeMemory<float> memory(config, GeneratorWithoutBackward{});
 }
 
 }  // namespace

@@ -15,6 +15,9 @@ struct MarginWithoutTarget {
   void load(protomem::detail::ByteReader&) {}
 };
 
-static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, MarginWithoutTarget>) > 0);
+// Passing it to the constructor builds its holder, which checks the family's requirements.
+[[maybe_unused]] void make(const protomem::Config& config) {
+  protomem::PrototypeMemory<float> memory(config, MarginWithoutTarget{});
+}
 
 }  // namespace

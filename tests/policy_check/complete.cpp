@@ -84,18 +84,25 @@ struct PlainAging {
   void load(protomem::detail::ByteReader&) {}
 };
 
-// sizeof instantiates the class, and with it the requirement checks, but none of the numerics.
-static_assert(sizeof(protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator,
-                                               PlainRefresh, PlainQueue, PlainMining>) > 0);
-static_assert(sizeof(protomem::PrototypeMemory<double, protomem::cpu, PlainMargin, PlainGenerator,
-                                               PlainRefresh, PlainQueue, PlainMining, PlainAging>) >
-              0);
+// Passing the policies to the constructor builds their holders, which check each family's
+// requirements (the Generator's rule for the CPU backend too), in float and in double.
+[[maybe_unused]] void make(const protomem::Config& config) {
+  protomem::PrototypeMemory<float> f(config, PlainMargin{}, PlainGenerator{}, PlainRefresh{},
+                                     PlainQueue{}, PlainMining{});
+  protomem::PrototypeMemory<double> d(config, PlainAging{}, PlainMining{}, PlainQueue{},
+                                      PlainRefresh{}, PlainGenerator{}, PlainMargin{});
+}
 
-// A step instantiates the backend's members and its checks of the Generator's rule.
-[[maybe_unused]] float step(
-    protomem::PrototypeMemory<float, protomem::cpu, PlainMargin, PlainGenerator, PlainRefresh,
-                              PlainQueue, PlainMining, PlainAging>& memory,
-    protomem::MatrixView<const float> e, protomem::LabelView y, protomem::MatrixView<float> g) {
+// A step with them all, and each as the one policy passed to a set_*().
+[[maybe_unused]] float step(protomem::PrototypeMemory<float>& memory,
+                            protomem::MatrixView<const float> e, protomem::LabelView y,
+                            protomem::MatrixView<float> g) {
+  memory.set_margin(PlainMargin{});
+  memory.set_generator(PlainGenerator{});
+  memory.set_refresh(PlainRefresh{});
+  memory.set_queue(PlainQueue{});
+  memory.set_mining(PlainMining{});
+  memory.set_aging(PlainAging{});
   return memory.step(e, y, g);
 }
 

@@ -21,9 +21,7 @@ struct ThrowingMining : protomem::NoMining {
 };
 
 int main() {
-  protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                            protomem::Replace, protomem::LeastRecentlyWritten, ThrowingMining>
-      memory({8, 2});
+  protomem::PrototypeMemory<float> memory({8, 2}, ThrowingMining{});
   std::vector<float> e = {1, 0, 0.9f, 0.1f}, g(4);
   std::vector<protomem::label_t> y = {3, 3};
   memory.forward(protomem::matrix_view<const float>(e.data(), 2, 2),

@@ -124,10 +124,10 @@ void run_combination(const Margin& margin, const char* generator_name, const Sce
   config.capacity = capacity_dist(rng);
   config.dim = dim_dist(rng);
   config.workspace_bytes = scenario.workspace_bytes;
-  protomem::PrototypeMemory<double, protomem::cpu, Margin, Generator, protomem::Replace,
-                            protomem::LeastRecentlyWritten, protomem::NoMining, Aging>
-      memory(config, margin, Generator{}, protomem::Replace{}, protomem::LeastRecentlyWritten{},
-             protomem::NoMining{}, aging);
+  // Every family passed explicitly (NoAging where a case has no aging): the case's policies.
+  protomem::PrototypeMemory<double> memory(config, margin, Generator{}, protomem::Replace{},
+                                           protomem::LeastRecentlyWritten{}, protomem::NoMining{},
+                                           aging);
   const index_t D = config.dim;
   const index_t stride = D + scenario.row_padding;
   const index_t min_k = Generator::min_exemplars;

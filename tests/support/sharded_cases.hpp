@@ -139,10 +139,19 @@ inline std::uint64_t model_step_bytes(std::uint64_t scalar_bytes,
   return total;
 }
 
+/// The single-process reference: the default policies but for the Queue (constructor objects).
 template <class Scalar, class Queue = LeastRecentlyWritten>
-using ReferenceMemory = PrototypeMemory<Scalar, cpu, CosFace, ExemplarMean, Replace, Queue>;
+class ReferenceMemory : public PrototypeMemory<Scalar> {
+ public:
+  explicit ReferenceMemory(const Config& config) : PrototypeMemory<Scalar>(config, Queue{}) {}
+};
+/// The sharded memory with the same policies as ReferenceMemory.
 template <class Scalar, class Comm, class Queue = LeastRecentlyWritten>
-using Sharded = ShardedPrototypeMemory<Scalar, Comm, cpu, CosFace, ExemplarMean, Replace, Queue>;
+class Sharded : public ShardedPrototypeMemory<Scalar, Comm> {
+ public:
+  Sharded(Comm& comm, const Config& config)
+      : ShardedPrototypeMemory<Scalar, Comm>(comm, config, Queue{}) {}
+};
 
 inline Config sharded_test_config() {
   Config config;
