@@ -15,6 +15,8 @@
 // for invalid input before the memory changes); commit() does not.
 #pragma once
 
+#include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
+
 #if !defined(__CUDACC__)
 #error "protomem/cuda.hpp contains CUDA kernels: include it from a .cu file compiled by nvcc"
 #endif

@@ -6,6 +6,8 @@
 // Guarantees: nothing beyond the headers it includes.
 #pragma once
 
+#include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
+
 #include <protomem/data/decode.hpp>
 #include <protomem/data/loader.hpp>
 #include <protomem/data/recordio.hpp>

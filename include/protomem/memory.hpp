@@ -19,6 +19,8 @@
 // pending update); a step whose loss or gradient is not finite throws and commits nothing.
 #pragma once
 
+#include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
+
 #include <algorithm>
 #include <cstdint>
 #include <istream>
@@ -385,9 +387,14 @@ class PrototypeMemory {
   /// its temporary and leaves the file at `path` as it was.
   void save(const std::string& path) const { detail::write_file_atomically(path, serialize()); }
 
-  /// Replaces the state by a checkpoint's. Throws, leaving the memory untouched, when the
-  /// checkpoint is truncated, corrupt, of another version, scalar type, dimension or policy, or
-  /// holds more classes than this memory's capacity. Discards a pending forward.
+  /// Replaces the state by a checkpoint's, its policies included: a checkpoint restores the
+  /// policies it was saved with (a stored policy of the memory's own name loads into a copy of
+  /// it, so a user-written policy loads into itself; another name loads into the built-in policy
+  /// of that name). Throws, leaving the memory untouched, when the checkpoint is truncated,
+  /// corrupt, of an unknown version, another scalar type or dimension, names a policy that is
+  /// neither built in nor this memory's, has policy parameters out of range, or holds more
+  /// classes than this memory's capacity. Reads every earlier format version (format 1: no aging
+  /// policy, read as NoAging). Discards a pending forward.
   /// Reads exactly one checkpoint from `in`, which may hold more data after it.
   void load(std::istream& in, const std::string& source = "checkpoint stream") {
     try {

@@ -44,6 +44,8 @@
 // Span<const float> cosines(label_t) const (missing cosines count as 0).
 #pragma once
 
+#include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

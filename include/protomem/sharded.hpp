@@ -40,6 +40,8 @@
 // memory pass cannot tell the others, which then wait in the merge until the engine gives up.
 #pragma once
 
+#include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

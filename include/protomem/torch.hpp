@@ -30,6 +30,8 @@
 // cross-entropy, whose gradient w.r.t. the embeddings is the core's dL/dE times the incoming grad.
 #pragma once
 
+#include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
+
 #include <torch/torch.h>
 
 #include <cstdint>

@@ -31,7 +31,7 @@
 // protomem::Error. The weights are computed on the host, so any backend runs any policy.
 //
 // Alternatives, side by side:
-//   NoAging   every stored prototype counts fully, whatever its age (default; no cost).
+//   NoAging   every stored prototype counts fully, whatever its age (no cost).
 //   MaxAge    prototypes older than A steps expire (pi = 0): an age bound on the memory.
 //   AgeDecay  pi = 2^(-a / h): a prototype counts half as much every h steps (an additive margin
 //             a ln2 / h on its logit), optionally expiring past a maximum age too.
@@ -52,7 +52,7 @@
 
 namespace protomem {
 
-/// Every stored prototype counts fully (the default).
+/// Every stored prototype counts fully.
 struct NoAging {
   static constexpr const char* name = "none";
   static constexpr bool by_age = false;

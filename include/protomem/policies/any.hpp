@@ -280,7 +280,12 @@ struct HeldAging final : HeldPolicy<P, AgingConcept> {
 template <class P>
 using has_margin_t = decltype(std::declval<const P&>().scale());
 template <class P>
-using has_generator_t = decltype(P::min_exemplars);
+using has_min_exemplars_t = decltype(P::min_exemplars);
+template <class P>
+using has_constant_target_t = decltype(P::constant_target(index_t{}));
+template <class P>
+using has_generator_t = std::enable_if_t<is_detected<has_min_exemplars_t, P> ||
+                                         is_detected<has_constant_target_t, P>>;
 template <class P>
 using has_refresh_t = decltype(std::declval<const P&>().refresh(
     std::declval<const float*>(), std::declval<float*>(), index_t{}));
@@ -539,6 +544,13 @@ constexpr bool is_policy_holder =
     std::is_same_v<P, AnyRefresh> || std::is_same_v<P, AnyQueue> || std::is_same_v<P, AnyMining> ||
     std::is_same_v<P, AnyAging>;
 
+/// What a type of no family maps to: the constructor's static_assert has named the problem, and
+/// this takes any argument so that no further error follows.
+struct NoPolicyFamily {
+  template <class P>
+  NoPolicyFamily(P&&) {}  // NOLINT
+};
+
 /// Whether P is, or is held by, the family whose holder is Holder and whose characteristic member
 /// Has detects.
 template <class P, class Holder, template <class> class Has>
@@ -548,9 +560,9 @@ template <class P>
 constexpr auto policy_holder_of() {
   static_assert(is_policy_holder<P> || policy_families_of<P>() == 1,
                 "protomem: a policy passed to PrototypeMemory must belong to exactly one family: "
-                "a Margin has scale(), a Generator min_exemplars, a Refresh refresh(old, fresh, "
-                "dim), a Queue on_insert(order, slot), a Mining similar_k(), an Aging "
-                "log_weight(age) (policies/*.hpp list each family's requirements)");
+                "a Margin has scale(), a Generator min_exemplars or constant_target(n), a Refresh "
+                "refresh(old, fresh, dim), a Queue on_insert(order, slot), a Mining similar_k(), "
+                "an Aging log_weight(age) (policies/*.hpp list each family's requirements)");
   if constexpr (belongs_to<P, AnyMargin, has_margin_t>) {
     return static_cast<AnyMargin*>(nullptr);
   } else if constexpr (belongs_to<P, AnyGenerator, has_generator_t>) {
@@ -561,8 +573,10 @@ constexpr auto policy_holder_of() {
     return static_cast<AnyQueue*>(nullptr);
   } else if constexpr (belongs_to<P, AnyMining, has_mining_t>) {
     return static_cast<AnyMining*>(nullptr);
-  } else {
+  } else if constexpr (belongs_to<P, AnyAging, has_aging_t>) {
     return static_cast<AnyAging*>(nullptr);
+  } else {
+    return static_cast<NoPolicyFamily*>(nullptr);  // the static_assert above has said why
   }
 }
 template <class P>
