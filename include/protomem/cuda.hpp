@@ -55,7 +55,7 @@ class CudaMemoryBackend : public CudaBackend<Scalar> {
 
   void write(const std::vector<SlotWrite>& writes, const AnyRefresh& refresh) {
     detail::BuiltinRefreshes::visit(refresh, "protomem::cuda", [&](const auto& r) {
-      CudaBackend<Scalar>::write(writes, r);
+      this->CudaBackend<Scalar>::write(writes, r);
     });
   }
 };

@@ -188,8 +188,8 @@ class BatchSampler {
       detail::fail("SamplerConfig::doppelganger_fraction = ", f, " leaves no class of the ", C,
                    " per batch to the class order");
     }
-    if (index.num_classes() < C) {
-      detail::fail("the data set has ", index.num_classes(), " classes, fewer than the ", C,
+    if (index_->num_classes() < C) {
+      detail::fail("the data set has ", index_->num_classes(), " classes, fewer than the ", C,
                    " a batch needs");
     }
   }

@@ -83,7 +83,11 @@ PROTOMEM_HOST_DEVICE inline RowSoftmax<T> finish_row(T sum, T row_max, T run_max
 }
 
 /// 4. dL/dcos of the target, from its scaled softmax entry: (softmax - 1) s/B psi'(cos_y); zero for
-/// a constant target.
+/// a constant target. Margin is a built-in margin in device code, or the memory's host-only holder
+/// (AnyMargin) when a .cu file steps a CPU memory: nvcc must not check the host path for device use.
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
 template <class T, class Margin>
 PROTOMEM_HOST_DEVICE inline T target_gradient(T scaled_softmax_y, T s_over_b, T cos_y,
                                               bool constant, const Margin& margin) {
