@@ -1,5 +1,5 @@
-// examples/train — protomem's main job: trains a LibTorch MLP encoder on the synthetic identity set
-// with Prototype Memory, full softmax and Partial-FC-style sampled softmax, evaluates each on
+// examples/train — protomem's main job: trains a LibTorch MLP encoder on the synthetic identity
+// set with Prototype Memory, full softmax and Partial-FC-style sampled softmax, evaluates each on
 // held-out identities and prints the comparison. `train --help` lists every flag.
 //
 // Each method runs in its own child process (this executable, re-executed), so that its peak
@@ -69,7 +69,8 @@ data (docs/synthetic-data.md)
   --lookalike-distance X    look-alike latent distance delta in (0, 1] (default 0.5)
   --nuisance X              nuisance factor scale (default 0.5)
   --noise X                 pixel noise (default 0.1)
-  --latent-dim N, --image-dim N, --nuisance-dim N, --map-hidden N   generator sizes (32, 128, 8, 128)
+  --latent-dim N, --image-dim N, --nuisance-dim N, --map-hidden N
+                            generator sizes (default 32, 128, 8, 128)
 real images (docs/data.md; instead of the synthetic set)
   --data PATH               training set: an insightface .rec (with its .idx), a list file
                             ('path label' lines) or an image folder (one subfolder per identity)
@@ -586,6 +587,17 @@ void concatenate(const std::string& out, const std::vector<train::Method>& metho
   }
 }
 
+// The Aging policy the protomem methods' memory is built with (train::make_aging), in words.
+std::string aging_line(const train::Options& o) {
+  const protomem::AnyAging aging = train::make_aging(o, o.lr);
+  const protomem::AgeDecay* decay = aging.get_if<protomem::AgeDecay>();
+  const bool is_default = decay && decay->half_life == protomem::default_aging().half_life &&
+                          decay->max_age == protomem::default_aging().max_age;
+  return train::describe_aging(aging) +
+         (o.age_clock == "lr" ? " at the peak lr, scaled by lr_peak / lr" : "") +
+         (is_default ? " (protomem's default; --no-aging: none)" : "");
+}
+
 // `in_process` (--distributed): trains a method in this process, writes its files and returns the
 // process's peak memory in MB; null: each method in a child.
 int run_parent(const Cli& cli, const char* self,
@@ -623,17 +635,7 @@ int run_parent(const Cli& cli, const char* self,
       static_cast<long long>(o.steps), static_cast<long long>(o.batch),
       static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
       o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
-  {
-    // The Aging policy the protomem methods' memory is built with (train::make_aging).
-    const protomem::AnyAging aging = train::make_aging(o, o.lr);
-    const bool is_default = aging.holds<protomem::AgeDecay>() &&
-                            aging.get<protomem::AgeDecay>().half_life ==
-                                protomem::default_aging().half_life &&
-                            o.max_age < 0;
-    std::printf("  protomem aging: %s%s%s\n", train::describe_aging(aging).c_str(),
-                o.age_clock == "lr" ? " at the peak lr, scaled by lr_peak / lr" : "",
-                is_default ? " (protomem's default; --no-aging: none)" : "");
-  }
+  std::printf("  protomem aging: %s\n", aging_line(o).c_str());
   std::fflush(stdout);
 
   std::vector<std::map<std::string, double>> results;
@@ -701,6 +703,10 @@ int run_parent(const Cli& cli, const char* self,
       "(%lld steps x %lld images = %lld images per method; proto cos: mean cosine between a "
       "class's classifier vector and its current mean embedding)\n",
       static_cast<long long>(o.steps), static_cast<long long>(o.batch), images);
+  if (std::any_of(cli.methods.begin(), cli.methods.end(),
+                  [](const train::Method& m) { return m.kind == train::Kind::protomem; })) {
+    std::printf("protomem aging: %s\n", aging_line(o).c_str());
+  }
   std::printf("files: %s/{results,loss,curves,staleness}.csv", cli.out.c_str());
   csv.close();
   if (cli.plot) {
