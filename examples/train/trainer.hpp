@@ -2,7 +2,8 @@
 // set (synthetic.hpp) with one of three classifier heads, and its evaluation on held-out
 // identities.
 //
-//   protomem  Prototype Memory (protomem::torch::PrototypeHead) on class-grouped batches
+//   protomem  Prototype Memory (a protomem::PrototypeMemory<float> whose policies the flags choose
+//             at run time, behind a loss node: ProtomemHead) on class-grouped batches
 //   full      a learned N x D margin classifier (full softmax), every row updated every step
 //   pfc       Partial-FC-style sampled softmax: a learned N x D classifier of which each step uses
 //             the batch's positive rows plus a random sample of negatives (sample_rate * N rows in
