@@ -103,7 +103,8 @@ Memory& full_memory(index_t D, index_t M, bool wide_budget) {
     config.capacity = M;
     config.dim = D;
     if (wide_budget) config.workspace_bytes = std::size_t{1} << 30;
-    memory = std::make_unique<Memory>(protomem::CudaResources{}, config);
+    // NoAging: as the recorded measurements were taken (the default became AgeDecay(8)).
+    memory = std::make_unique<Memory>(protomem::CudaResources{}, config, protomem::NoAging());
     fill_full(*memory, M, D);
     key = {D, M, wide_budget};
   }

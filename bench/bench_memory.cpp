@@ -78,7 +78,7 @@ void warm_up_once(int threads) {
   for (index_t D : {128, 512}) {
     protomem::Config config{8192, D};
     config.threads = threads;
-    protomem::PrototypeMemory<float> memory(config);
+    protomem::PrototypeMemory<float> memory(config, protomem::NoAging());
     bench::fill(
         memory, 8192, [](index_t r) { return label_t(r); }, 9);
     bench::Batch batch(256, D, kExemplars);
@@ -103,7 +103,7 @@ void BM_StepMemory(benchmark::State& state) {
   label_t next = M;
 
   counter::start();
-  Memory memory(config);
+  Memory memory(config, protomem::NoAging());  // as measured before AgeDecay(8) became the default
   bench::fill(
       memory, M, [](index_t r) { return label_t(r); }, 1);
   counter::on = false;

@@ -38,11 +38,9 @@ using protomem::label_t;
 constexpr index_t kDim = 512, kSlots = index_t{1} << 16, kClasses = 64, kExemplars = 4;
 constexpr index_t kBatch = kClasses * kExemplars;
 
-using PlainMemory = protomem::PrototypeMemory<float>;
-using MiningMemory =
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                              protomem::Replace, protomem::LeastRecentlyWritten,
-                              protomem::DoppelgangerMining>;
+// One memory type for both: the Mining policy is a constructor object. NoAging, as these
+// measurements were taken (the memory's default aging is AgeDecay(8) since issue #21).
+using Memory = protomem::PrototypeMemory<float>;
 
 // A full memory: random unit prototypes for labels 0 .. M-1, assigned directly (filling 2^16
 // slots through steps would take minutes).
@@ -82,17 +80,16 @@ struct Feed {
   }
 };
 
-std::unique_ptr<MiningMemory> mining_memory(index_t k) {
-  auto memory = std::make_unique<MiningMemory>(
-      protomem::Config{kSlots, kDim}, protomem::CosFace(), protomem::ExemplarMean(),
-      protomem::Replace(), protomem::LeastRecentlyWritten(),
-      protomem::DoppelgangerMining(k, index_t{1} << 20));
+std::unique_ptr<Memory> mining_memory(index_t k) {
+  auto memory = std::make_unique<Memory>(protomem::Config{kSlots, kDim},
+                                         protomem::DoppelgangerMining(k, index_t{1} << 20),
+                                         protomem::NoAging());
   fill(*memory);
   return memory;
 }
 
-std::unique_ptr<PlainMemory> plain_memory() {
-  auto memory = std::make_unique<PlainMemory>(protomem::Config{kSlots, kDim});
+std::unique_ptr<Memory> plain_memory() {
+  auto memory = std::make_unique<Memory>(protomem::Config{kSlots, kDim}, protomem::NoAging());
   fill(*memory);
   return memory;
 }
@@ -117,7 +114,8 @@ void BM_Step_DoppelgangerMining(benchmark::State& state) {
     state.ResumeTiming();
     benchmark::DoNotOptimize(feed.step(*memory));
   }
-  state.counters["table_rows"] = static_cast<double>(memory->mining().size());
+  state.counters["table_rows"] =
+      static_cast<double>(memory->mining().get<protomem::DoppelgangerMining>().size());
 }
 
 void BM_MiningOverhead(benchmark::State& state) {

@@ -129,7 +129,7 @@ void BM_Protomem(benchmark::State& state) {
   const label_t N = state.range(0);
   protomem::Config config{kMemory, kDim};
   config.threads = bench::threads();
-  protomem::PrototypeMemory<float> memory(config);
+  protomem::PrototypeMemory<float> memory(config, protomem::NoAging());  // as measured
   // M distinct labels spread over [0, N).
   bench::fill(
       memory, kMemory, [N](index_t r) { return label_t(r * N / kMemory); }, 1);

@@ -117,14 +117,14 @@ int main(int argc, char** argv) {
         std::vector<protomem::label_t> labels(static_cast<std::size_t>(s.M));
         std::vector<std::uint64_t> written(labels.size(), 0);
         for (protomem::index_t i = 0; i < s.M; ++i) labels[static_cast<std::size_t>(i)] = i;
-        protomem::PrototypeMemory<float> plain(config);
+        protomem::PrototypeMemory<float> plain(config, protomem::NoAging());
         plain.assign({labels.data(), s.M}, protomem::matrix_view<const float>(p.data(), s.M, s.D),
                      {written.data(), s.M}, 0);
         std::ostringstream bytes;
         plain.save(bytes);
         checkpoint = bytes.str();
       }
-      protomem::ShardedPrototypeMemory<float, TimedComm> memory(comm, config);
+      protomem::ShardedPrototypeMemory<float, TimedComm> memory(comm, config, protomem::NoAging());
       {
         std::istringstream in(checkpoint);
         memory.load(in);

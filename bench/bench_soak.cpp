@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
 
   protomem::Config config{o.capacity, o.dim};
   config.threads = 1;
-  protomem::PrototypeMemory<float> memory(config);
+  protomem::PrototypeMemory<float> memory(config, protomem::NoAging());  // as measured
   const index_t B = o.classes * o.exemplars;
   std::vector<float> embeddings(static_cast<std::size_t>(B * o.dim)), gradient(embeddings.size());
   std::vector<label_t> labels(static_cast<std::size_t>(B));

@@ -51,7 +51,7 @@ struct Fixture {
   label_t next_label;
 
   Fixture(index_t D, index_t M, int threads, std::size_t budget)
-      : memory(config(D, M, threads, budget)),
+      : memory(config(D, M, threads, budget), protomem::NoAging()),
         dense(static_cast<std::size_t>(M * D)),
         next_label(M) {
     bench::fill(
@@ -159,8 +159,8 @@ void BM_NarrowError(benchmark::State& state) {
   config.threads = bench::threads();
   current().value.reset();
   current().key.clear();
-  protomem::PrototypeMemory<float> exact(config);
-  protomem::PrototypeMemory<float, Device> narrow(config);
+  protomem::PrototypeMemory<float> exact(config, protomem::NoAging());
+  protomem::PrototypeMemory<float, Device> narrow(config, protomem::NoAging());
   bench::fill(
       exact, M, [](index_t r) { return label_t(r); }, 1);
   bench::fill(

@@ -29,7 +29,6 @@
 #include <protomem/sharded.hpp>
 #include <random>
 #include <string>
-#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -110,51 +109,17 @@ class SyncBatchNorm1dImpl : public ::torch::nn::Module {
 };
 TORCH_MODULE(SyncBatchNorm1d);
 
-namespace detail {
-
-// The loss the sharded memory computed, as an autograd node whose backward hands the memory's dL/dE
-// of this rank's rows to the encoder (scaled by the incoming gradient).
-struct GivenLoss : ::torch::autograd::Function<GivenLoss> {
-  static at::Tensor forward(::torch::autograd::AutogradContext* ctx, const at::Tensor& embeddings,
-                            const at::Tensor& gradient, double loss) {
-    ctx->saved_data["gradient"] = gradient;
-    return at::scalar_tensor(loss, embeddings.options().requires_grad(false));
-  }
-  static ::torch::autograd::variable_list backward(::torch::autograd::AutogradContext* ctx,
-                                                   ::torch::autograd::variable_list grad) {
-    return {ctx->saved_data["gradient"].toTensor() * grad[0], at::Tensor(), at::Tensor()};
-  }
-};
-
-}  // namespace detail
-
 /// Prototype Memory sharded over the MPI ranks, with the single-process head's policies
 /// (ProtomemHead): loss() is the collective forward over this rank's rows, update() the local
 /// commit. state_bytes() is this rank's share of the memory.
-template <class Generator, class Queue, class Mining = protomem::NoMining>
 class ShardedHead : public Head {
  public:
-  using Memory =
-      protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator, protomem::cpu,
-                                       protomem::CombinedMargin, Generator, protomem::Momentum,
-                                       Queue, Mining, protomem::AgeDecay>;
+  using Memory = protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator>;
   ShardedHead(const Options& o, protomem::MpiCommunicator& comm)
-      : memory_(comm, memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh),
-                Queue{}, make_mining<Mining>(o), make_aging(o, lr_at(o, 0))),
-        options_(o) {}
+      : memory_(make_memory<Memory>(o, comm)), options_(o) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
-    const at::Tensor rows = e.detach().contiguous();
-    const at::Tensor labels = y.contiguous();
-    at::Tensor gradient = at::empty_like(rows);
-    const std::int64_t b = rows.size(0), d = rows.size(1);
-    const float loss =
-        memory_
-            .forward(protomem::matrix_view<const float>(rows.data_ptr<float>(), b, d),
-                     protomem::label_view(labels.data_ptr<std::int64_t>(), b),
-                     protomem::matrix_view<float>(gradient.data_ptr<float>(), b, d))
-            .loss;
-    return detail::GivenLoss::apply(e, gradient, static_cast<double>(loss));
+    return memory_loss(memory_, e, y);  // a collective: this rank's rows of the global batch
   }
   void update(double, std::int64_t step) override {
     memory_.commit();
@@ -187,11 +152,8 @@ class ShardedHead : public Head {
     return s;
   }
   const protomem::DoppelgangerMining* mining_table() const override {
-    if constexpr (std::is_same_v<Mining, protomem::DoppelgangerMining>) {
-      return &memory_.mining();  // the same table on every rank
-    } else {
-      return nullptr;
-    }
+    // The same table on every rank; null under NoMining.
+    return memory_.mining().get_if<protomem::DoppelgangerMining>();
   }
 
  private:

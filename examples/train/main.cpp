@@ -1,5 +1,5 @@
-// examples/train — protomem's main job: trains a LibTorch MLP encoder on the synthetic identity set
-// with Prototype Memory, full softmax and Partial-FC-style sampled softmax, evaluates each on
+// examples/train — protomem's main job: trains a LibTorch MLP encoder on the synthetic identity
+// set with Prototype Memory, full softmax and Partial-FC-style sampled softmax, evaluates each on
 // held-out identities and prints the comparison. `train --help` lists every flag.
 //
 // Each method runs in its own child process (this executable, re-executed), so that its peak
@@ -22,12 +22,12 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "policies.hpp"
 #include "trainer.hpp"
 #ifdef PROTOMEM_TRAIN_MPI
 #include <mpi.h>
@@ -69,7 +69,8 @@ data (docs/synthetic-data.md)
   --lookalike-distance X    look-alike latent distance delta in (0, 1] (default 0.5)
   --nuisance X              nuisance factor scale (default 0.5)
   --noise X                 pixel noise (default 0.1)
-  --latent-dim N, --image-dim N, --nuisance-dim N, --map-hidden N   generator sizes (32, 128, 8, 128)
+  --latent-dim N, --image-dim N, --nuisance-dim N, --map-hidden N
+                            generator sizes (default 32, 128, 8, 128)
 real images (docs/data.md; instead of the synthetic set)
   --data PATH               training set: an insightface .rec (with its .idx), a list file
                             ('path label' lines) or an image folder (one subfolder per identity)
@@ -101,11 +102,14 @@ protomem
   --generator mean|detached|leave-one-out   (default mean)
   --refresh replace|momentum:A               (default replace)
   --queue lrw|fifo          eviction order (default lrw: least recently written)
-  --max-age N               stored prototypes older than N steps expire: no column (default: never)
-  --age-half-life H         a stored prototype counts 2^(-age/H) times in the softmax (default inf:
-                            fully; both flags: the AgeDecay policy, docs/results.md "Staleness")
+  --age-half-life H         a stored prototype counts 2^(-age/H) times in the softmax (default 8:
+                            protomem's default aging, AgeDecay(8); inf: no decay; the AgeDecay
+                            policy, docs/results.md "Staleness")
+  --max-age N               stored prototypes older than N steps expire: no column (default: never;
+                            with --age-half-life inf: the MaxAge policy)
   --age-clock steps|lr      lr: the half-life H holds at the peak lr and scales with lr_peak / lr
                             (a prototype's weight follows the encoder's drift; default steps)
+  --no-aging                every stored prototype counts fully, whatever its age (NoAging)
 doppelganger mining (protomem-mining; docs/mining.md)
   --mining                  run protomem with DoppelgangerMining and mined batches: the method
                             protomem-grouped becomes protomem-mining
@@ -160,6 +164,8 @@ struct Cli {
   std::string out = "train-out";
   bool plot = true;
   bool mining = false;         // --mining: protomem-grouped becomes protomem-mining
+  bool no_aging = false;       // --no-aging
+  bool half_life_given = false;  // --age-half-life on the command line
   bool distributed = false;    // --distributed: ranks of mpirun, no children
   bool methods_given = false;  // --methods on the command line
   int threads = 0;
@@ -247,6 +253,12 @@ Cli parse(int argc, char** argv) {
     }
     if (flag == "--mining") {  // not forwarded: a child gets its method by name
       cli.mining = true;
+      continue;
+    }
+    if (flag == "--no-aging") {
+      cli.no_aging = true;
+      o.age_half_life = std::numeric_limits<double>::infinity();
+      cli.forwarded.push_back(flag);
       continue;
     }
     if (flag == "--distributed") {  // no children to forward it to
@@ -358,8 +370,10 @@ Cli parse(int argc, char** argv) {
         throw UsageError("--refresh must be replace or momentum:A, not '" + value + "'");
     } else if (flag == "--max-age")
       o.max_age = I();
-    else if (flag == "--age-half-life")
+    else if (flag == "--age-half-life") {
       o.age_half_life = R();
+      cli.half_life_given = true;
+    }
     else if (flag == "--age-clock")
       o.age_clock = value;
     else if (flag == "--queue")
@@ -466,6 +480,10 @@ void check(const Cli& cli) {
   need(o.age_half_life > 0, "--age-half-life must be > 0 (inf: no decay)");
   need(o.age_clock == "steps" || o.age_clock == "lr",
        "--age-clock must be steps or lr, not '" + o.age_clock + "'");
+  need(!cli.no_aging || (!cli.half_life_given && o.max_age < 0 && o.age_clock == "steps"),
+       "--no-aging excludes --age-half-life, --max-age and --age-clock lr");
+  need(o.age_clock != "lr" || std::isfinite(o.age_half_life),
+       "--age-clock lr needs a finite --age-half-life (the half-life it scales)");
   need(o.queue == "lrw" || o.queue == "fifo", "--queue must be lrw or fifo, not '" + o.queue + "'");
   need(o.sample_rate > 0 && o.sample_rate <= 1, "--sample-rate must be in (0, 1]");
   {
@@ -569,6 +587,17 @@ void concatenate(const std::string& out, const std::vector<train::Method>& metho
   }
 }
 
+// The Aging policy the protomem methods' memory is built with (train::make_aging), in words.
+std::string aging_line(const train::Options& o) {
+  const protomem::AnyAging aging = train::make_aging(o, o.lr);
+  const protomem::AgeDecay* decay = aging.get_if<protomem::AgeDecay>();
+  const bool is_default = decay && decay->half_life == protomem::default_aging().half_life &&
+                          decay->max_age == protomem::default_aging().max_age;
+  return train::describe_aging(aging) +
+         (o.age_clock == "lr" ? " at the peak lr, scaled by lr_peak / lr" : "") +
+         (is_default ? " (protomem's default; --no-aging: none)" : "");
+}
+
 // `in_process` (--distributed): trains a method in this process, writes its files and returns the
 // process's peak memory in MB; null: each method in a child.
 int run_parent(const Cli& cli, const char* self,
@@ -606,11 +635,7 @@ int run_parent(const Cli& cli, const char* self,
       static_cast<long long>(o.steps), static_cast<long long>(o.batch),
       static_cast<long long>(o.batch / o.exemplars), static_cast<long long>(o.exemplars),
       o.margin.c_str(), o.scale, o.m, static_cast<long long>(o.capacity), o.sample_rate);
-  if (o.max_age >= 0 || std::isfinite(o.age_half_life)) {
-    std::printf("  protomem aging: max age %lld steps, half-life %g steps%s\n",
-                static_cast<long long>(o.max_age), o.age_half_life,
-                o.age_clock == "lr" ? " at the peak lr, scaled by lr_peak / lr" : "");
-  }
+  std::printf("  protomem aging: %s\n", aging_line(o).c_str());
   std::fflush(stdout);
 
   std::vector<std::map<std::string, double>> results;
@@ -678,6 +703,10 @@ int run_parent(const Cli& cli, const char* self,
       "(%lld steps x %lld images = %lld images per method; proto cos: mean cosine between a "
       "class's classifier vector and its current mean embedding)\n",
       static_cast<long long>(o.steps), static_cast<long long>(o.batch), images);
+  if (std::any_of(cli.methods.begin(), cli.methods.end(),
+                  [](const train::Method& m) { return m.kind == train::Kind::protomem; })) {
+    std::printf("protomem aging: %s\n", aging_line(o).c_str());
+  }
   std::printf("files: %s/{results,loss,curves,staleness}.csv", cli.out.c_str());
   csv.close();
   if (cli.plot) {
@@ -704,7 +733,7 @@ int run_distributed(const Cli& cli, const char* self) {
   train::Options o = cli.o;
   o.progress = o.progress && parallel.rank == 0;
   auto factory = [&memory_comm](const train::Options& options) {
-    return train::make_policy_head<train::ShardedHead>(options, memory_comm);
+    return std::make_unique<train::ShardedHead>(options, memory_comm);
   };
   auto train_method = [&](const train::Method& method) {
     return train::run_method(o, method, factory, parallel);

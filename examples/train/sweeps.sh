@@ -12,6 +12,8 @@
 # SEEDS default to 1 2 3. Runs whose results.csv exists are skipped, so an interrupted sweep
 # resumes. Outputs go to $OUT (default docs/results/hangul, or docs/results/1e5-staleness for
 # synthetic) / <run>-s<seed>/, with the console output in train.log.
+# Aging: these runs were measured when protomem's default was NoAging; train's default is now
+# protomem's default_aging() = AgeDecay(8), so the runs without an aging policy say --no-aging.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:?table or staleness}; shift
@@ -39,19 +41,23 @@ jobs_file=$(mktemp)
 for s in $seeds; do
   case $what in
     table)
-      echo "baselines-s$s --seed $s --capacity 512 --methods protomem-grouped,full-grouped,full-instance,pfc-instance --sample-rate 0.1" >>"$jobs_file"
-      echo "detached-s$s --seed $s --capacity 512 --methods protomem-grouped --generator detached" >>"$jobs_file"
-      echo "mining-s$s --seed $s --capacity 512 --mining --methods protomem" >>"$jobs_file" ;;
+      t="--seed $s --capacity 512 --no-aging"
+      echo "baselines-s$s $t --methods protomem-grouped,full-grouped,full-instance,pfc-instance" \
+        "--sample-rate 0.1" >>"$jobs_file"
+      echo "detached-s$s $t --methods protomem-grouped --generator detached" >>"$jobs_file"
+      echo "mining-s$s $t --mining --methods protomem" >>"$jobs_file" ;;
     ablation)
       echo "mining-half16-s$s --seed $s --capacity 512 --mining --methods protomem --age-half-life 16" >>"$jobs_file"
       for h in ${HALF_LIVES-4 8 32}; do
         echo "m512-half$h-s$s --seed $s --capacity 512 --methods protomem-grouped --age-half-life $h" >>"$jobs_file"
       done ;;
     staleness|synthetic)
-      # POLICIES: name=flags pairs, e.g. "none= maxage32=--max-age,32 half16=--age-half-life,16"
+      # POLICIES: name=flags pairs, e.g. "none=--no-aging half16=--age-half-life,16"
+      default_policies="none=--no-aging maxage32=--max-age,32,--age-half-life,inf"
+      default_policies+=" half16=--age-half-life,16"
       sizes="256 512 1024 2048"; [ "$what" = synthetic ] && sizes="1024 2048 4096 8192"
       for m in ${SIZES:-$sizes}; do
-        for p in ${POLICIES:-none= maxage32=--max-age,32 half16=--age-half-life,16}; do
+        for p in ${POLICIES:-$default_policies}; do
           # (no trailing blank: xargs -L would join the next line)
           echo "m$m-${p%%=*}-s$s --seed $s --capacity $m --methods protomem-grouped ${p#*=}" |
             tr ',' ' ' | sed 's/ *$//' >>"$jobs_file"

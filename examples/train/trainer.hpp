@@ -2,7 +2,8 @@
 // set (synthetic.hpp) with one of three classifier heads, and its evaluation on held-out
 // identities.
 //
-//   protomem  Prototype Memory (protomem::torch::PrototypeHead) on class-grouped batches
+//   protomem  Prototype Memory (a protomem::PrototypeMemory<float> whose policies the flags choose
+//             at run time, behind a loss node: ProtomemHead) on class-grouped batches
 //   full      a learned N x D margin classifier (full softmax), every row updated every step
 //   pfc       Partial-FC-style sampled softmax: a learned N x D classifier of which each step uses
 //             the batch's positive rows plus a random sample of negatives (sample_rate * N rows in
@@ -37,10 +38,10 @@
 #include <memory>
 #include <numeric>
 #include <protomem/dataset_index.hpp>
-#include <protomem/policies/mining.hpp>
+#include <protomem/memory.hpp>
 #include <protomem/sampler.hpp>
-#include <protomem/torch.hpp>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -97,9 +98,11 @@ struct Options {
   std::string generator = "mean";        // mean | detached | leave-one-out
   double refresh = 0.0;                  // momentum a of the refresh (0: replace)
   std::string queue = "lrw";             // lrw | fifo
-  double age_half_life = std::numeric_limits<double>::infinity();  // AgeDecay h (inf: none)
-  std::string age_clock = "steps";       // steps | lr: AgeDecay's half-life at the peak lr
-  std::int64_t max_age = -1;             // AgeDecay bound: prototypes older expire (-1: never)
+  // Aging (make_aging): the half-life h of AgeDecay, protomem's default_aging()'s unless given
+  // (inf: no decay), and the age bound (-1: never); neither: NoAging.
+  double age_half_life = protomem::default_aging().half_life;
+  std::string age_clock = "steps";  // steps | lr: AgeDecay's half-life at the peak lr
+  std::int64_t max_age = -1;        // prototypes older than this expire (-1: never)
   double doppelganger_fraction = 0.25;   // mined batches: share of the P identities mined
   std::int64_t similar_k = 8;            // mined: doppelgangers remembered per class
   std::int64_t mining_table = 0;         // mined: classes with a row (0: min(N, 2^20))
@@ -111,8 +114,6 @@ struct Options {
   bool progress = true;                  // progress bar on a terminal
 };
 
-/// Margin on the target cosine for the learned baselines, the same psi as protomem's
-/// CombinedMargin(s, 1, m2, m3): cosface = (m2 = 0, m3 = m), arcface = (m2 = m, m3 = 0).
 /// The memory's sizes: M slots of dim D, labels below the number of identities.
 inline protomem::Config memory_config(const Options& o) {
   protomem::Config c;
@@ -122,6 +123,8 @@ inline protomem::Config memory_config(const Options& o) {
   return c;
 }
 
+/// The margin of every method: protomem's CombinedMargin(s, 1, m2, m3), cosface = (m2 = 0, m3 = m),
+/// arcface = (m2 = m, m3 = 0); the learned baselines apply the same psi (margin_psi).
 inline protomem::CombinedMargin make_margin(const Options& o) {
   if (o.margin == "cosface") return protomem::CombinedMargin(o.scale, 1.0, 0.0, o.m);
   if (o.margin == "arcface") return protomem::CombinedMargin(o.scale, 1.0, o.m, 0.0);
@@ -174,9 +177,6 @@ inline std::int64_t mining_table_capacity(const Options& o) {
   return o.mining_table > 0 ? o.mining_table : std::min<std::int64_t>(o.identities, 1 << 20);
 }
 
-/// The protomem heads' Aging policy: AgeDecay with --age-half-life and --max-age (none: an infinite
-/// half-life and no bound, which is NoAging bit for bit: tests/test_aging.cpp), a runtime choice
-/// like the margin and the refresh, so that it adds no instantiation.
 /// The learning rate of `step` (0-based): linear warm-up over 5% of the steps, then cosine decay.
 inline double lr_at(const Options& o, std::int64_t step) {
   const std::int64_t warmup = std::max<std::int64_t>(1, o.steps / 20);
@@ -185,79 +185,155 @@ inline double lr_at(const Options& o, std::int64_t step) {
   return o.lr * 0.5 * (1.0 + std::cos(3.141592653589793 * t));
 }
 
-/// With --age-clock lr the half-life follows the learning rate, h lr_peak / lr(step): a prototype's
+// ---- the memory's policies, chosen at run time from the flags (policies/any.hpp: each is a
+// value of its family's holder, so every combination is the same PrototypeMemory<float>)
+
+inline protomem::AnyGenerator make_generator(const Options& o) {
+  if (o.generator == "detached") return protomem::DetachedExemplarMean{};
+  if (o.generator == "leave-one-out") return protomem::LeaveOneOut{};
+  if (o.generator == "mean") return protomem::ExemplarMean{};
+  throw std::invalid_argument("--generator must be mean, detached or leave-one-out, not '" +
+                              o.generator + "'");
+}
+
+/// --refresh: replace (a = 0) or momentum:A.
+inline protomem::AnyRefresh make_refresh(const Options& o) {
+  if (o.refresh == 0.0) return protomem::Replace{};
+  return protomem::Momentum(o.refresh);
+}
+
+inline protomem::AnyQueue make_queue(const Options& o) {
+  if (o.queue == "lrw") return protomem::LeastRecentlyWritten{};
+  if (o.queue == "fifo") return protomem::FirstInFirstOut{};
+  throw std::invalid_argument("--queue must be lrw or fifo, not '" + o.queue + "'");
+}
+
+/// DoppelgangerMining for mined batches (protomem-mining), else none.
+inline protomem::AnyMining make_mining(const Options& o) {
+  if (!o.mining) return protomem::NoMining{};
+  return protomem::DoppelgangerMining(o.similar_k, mining_table_capacity(o));
+}
+
+/// The Aging policy of --age-half-life H and --max-age N (defaults: protomem's default aging,
+/// default_aging() = AgeDecay(8), and no bound): AgeDecay(H, N), MaxAge(N) when H is infinite
+/// (--age-half-life inf), NoAging when H is infinite and there is no bound (--no-aging).
+/// With --age-clock lr the half-life follows the learning rate, H lr_peak / lr(step): a prototype's
 /// weight then falls with the encoder's drift since it was written (fast while the lr is high,
-/// hardly once it has decayed) rather than with its age in steps. Set after each step for the next.
-inline protomem::AgeDecay make_aging(const Options& o, double lr = 0.0) {
-  const std::uint64_t bound =
-      o.max_age < 0 ? protomem::AgeDecay::never : static_cast<std::uint64_t>(o.max_age);
-  if (o.age_clock != "lr" || !std::isfinite(o.age_half_life)) {
-    return protomem::AgeDecay(o.age_half_life, bound);
+/// hardly once it has decayed) rather than with its age in steps. Set after each step for the next
+/// (`lr`: the learning rate of the step it is for).
+inline protomem::AnyAging make_aging(const Options& o, double lr) {
+  const bool bounded = o.max_age >= 0;
+  const auto bound = bounded ? static_cast<std::uint64_t>(o.max_age) : protomem::AgeDecay::never;
+  if (!std::isfinite(o.age_half_life)) {
+    if (!bounded) return protomem::NoAging{};
+    return protomem::MaxAge(bound);
   }
+  if (o.age_clock != "lr") return protomem::AgeDecay(o.age_half_life, bound);
   const double h = lr > 0 ? o.age_half_life * o.lr / lr : std::numeric_limits<double>::infinity();
   return protomem::AgeDecay(h, bound);
 }
 
-template <class Mining>
-Mining make_mining(const Options&) {
-  return Mining{};
-}
-template <>
-inline protomem::DoppelgangerMining make_mining<protomem::DoppelgangerMining>(const Options& o) {
-  return protomem::DoppelgangerMining(o.similar_k, mining_table_capacity(o));
+/// The Aging policy in words, as the run's header prints it.
+inline std::string describe_aging(const protomem::AnyAging& aging) {
+  std::ostringstream out;
+  if (const auto* d = aging.get_if<protomem::AgeDecay>()) {
+    out << "AgeDecay(half-life " << d->half_life << " steps";
+    if (d->max_age != protomem::AgeDecay::never) out << ", max age " << d->max_age << " steps";
+    out << ")";
+  } else if (const auto* m = aging.get_if<protomem::MaxAge>()) {
+    out << "MaxAge(" << m->max_age << " steps)";
+  } else {
+    out << (aging.holds<protomem::NoAging>() ? "NoAging" : aging.name());
+  }
+  return out.str();
 }
 
-/// Prototype Memory through the LibTorch adapter.
-template <class Generator, class Queue, class Mining = protomem::NoMining>
+/// The memory of `o`: PrototypeMemory<float> (`Comm`-less) or ShardedPrototypeMemory over `comm`
+/// (distributed.hpp), with the policies the flags name, for the step with learning rate `lr`.
+template <class Memory, class... Comm>
+Memory make_memory(const Options& o, Comm&... comm) {
+  return Memory(comm..., memory_config(o), make_margin(o), make_generator(o), make_refresh(o),
+                make_queue(o), make_mining(o), make_aging(o, lr_at(o, 0)));
+}
+
+namespace detail {
+
+// The loss the memory computed, as an autograd node whose backward hands the memory's dL/dE of the
+// embeddings to the encoder (scaled by the incoming gradient).
+struct GivenLoss : ::torch::autograd::Function<GivenLoss> {
+  static at::Tensor forward(::torch::autograd::AutogradContext* ctx, const at::Tensor& embeddings,
+                            const at::Tensor& gradient, double loss) {
+    ctx->saved_data["gradient"] = gradient;
+    return at::scalar_tensor(loss, embeddings.options().requires_grad(false));
+  }
+  static ::torch::autograd::variable_list backward(::torch::autograd::AutogradContext* ctx,
+                                                   ::torch::autograd::variable_list grad) {
+    return {ctx->saved_data["gradient"].toTensor() * grad[0], at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace detail
+
+/// The loss of `memory`'s forward over the embeddings `e` (rows) and labels `y`, differentiable
+/// w.r.t. `e`; the memory's update waits in it (pending) until the head's update() commits it.
+template <class Memory>
+at::Tensor memory_loss(Memory& memory, const at::Tensor& e, const at::Tensor& y) {
+  const at::Tensor rows = e.detach().contiguous();
+  const at::Tensor labels = y.contiguous();
+  at::Tensor gradient = at::empty_like(rows);
+  const std::int64_t b = rows.size(0), d = rows.size(1);
+  const float loss = memory
+                         .forward(protomem::matrix_view<const float>(rows.data_ptr<float>(), b, d),
+                                  protomem::label_view(labels.data_ptr<std::int64_t>(), b),
+                                  protomem::matrix_view<float>(gradient.data_ptr<float>(), b, d))
+                         .loss;
+  return detail::GivenLoss::apply(e, gradient, static_cast<double>(loss));
+}
+
+/// Prototype Memory in one process: loss() is the memory's forward, update() commits it (the
+/// encoder's backward and SGD step come between and do not read the memory) and, with
+/// --age-clock lr, sets the next step's aging.
 class ProtomemHead : public Head {
  public:
-  using Adapter =
-      protomem::torch::PrototypeHead<float, protomem::CombinedMargin, Generator, protomem::Momentum,
-                                     Queue, Mining, protomem::AgeDecay>;
-  explicit ProtomemHead(const Options& o)
-      : head_(memory_config(o), make_margin(o), Generator{}, protomem::Momentum(o.refresh), Queue{},
-              make_mining<Mining>(o), make_aging(o, lr_at(o, 0))),
-        options_(o) {}
+  using Memory = protomem::PrototypeMemory<float>;
+  explicit ProtomemHead(const Options& o) : memory_(make_memory<Memory>(o)), options_(o) {}
 
-  at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override { return head_(e, y); }
-  void update(double, std::int64_t step) override {  // committed by loss.backward()
+  at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
+    return memory_loss(memory_, e, y);
+  }
+  void update(double, std::int64_t step) override {
+    memory_.commit();
     if (options_.age_clock == "lr") {  // `step` steps are done: the aging of the next one
-      head_.memory().set_aging(make_aging(options_, lr_at(options_, step)));
+      memory_.set_aging(make_aging(options_, lr_at(options_, step)));
     }
   }
   double state_bytes() const override {
-    return static_cast<double>(head_.memory().capacity()) * head_.memory().dim() * sizeof(float);
+    return static_cast<double>(memory_.capacity()) * memory_.dim() * sizeof(float);
   }
   VectorSample sample_vectors(std::int64_t count, std::mt19937_64& rng,
                               std::int64_t) const override {
-    const auto& memory = head_.memory();
     std::vector<std::int64_t> labels;
-    for (const auto& record : memory) labels.push_back(record.label);
+    for (const auto& record : memory_) labels.push_back(record.label);
     std::shuffle(labels.begin(), labels.end(), rng);
     if (static_cast<std::int64_t>(labels.size()) > count) labels.resize(count);
     VectorSample s;
-    s.vectors = at::empty({static_cast<std::int64_t>(labels.size()), memory.dim()});
+    s.vectors = at::empty({static_cast<std::int64_t>(labels.size()), memory_.dim()});
     for (std::size_t r = 0; r < labels.size(); ++r) {
-      const auto p = memory.prototype(labels[r]);
-      std::copy(p.begin(), p.end(), s.vectors.data_ptr<float>() + r * memory.dim());
+      const auto p = memory_.prototype(labels[r]);
+      std::copy(p.begin(), p.end(), s.vectors.data_ptr<float>() + r * memory_.dim());
       s.ages.push_back(
-          static_cast<std::int64_t>(memory.step_count() - memory.last_written(labels[r])));
+          static_cast<std::int64_t>(memory_.step_count() - memory_.last_written(labels[r])));
       s.positive_ages.push_back(s.ages.back());
     }
     s.labels = std::move(labels);
     return s;
   }
-  const Adapter& adapter() const { return head_; }
   const protomem::DoppelgangerMining* mining_table() const override {
-    if constexpr (std::is_same_v<Mining, protomem::DoppelgangerMining>) {
-      return &head_.mining();
-    } else {
-      return nullptr;
-    }
+    return memory_.mining().get_if<protomem::DoppelgangerMining>();  // null under NoMining
   }
 
  private:
-  Adapter head_;
+  Memory memory_;
   Options options_;
 };
 
@@ -934,16 +1010,9 @@ inline RunResult run_method(const Options& o, const Method& method,
   return train_on(o, synthetic::IdentitySet(o.data), method, std::move(protomem_factory), parallel);
 }
 
-/// The default-policy protomem head (what tests use without the policy dispatch), with
-/// DoppelgangerMining when o.mining.
-inline std::unique_ptr<Head> make_default_protomem_head(const Options& o) {
-  using protomem::ExemplarMean;
-  using protomem::LeastRecentlyWritten;
-  if (o.mining) {
-    return std::make_unique<
-        ProtomemHead<ExemplarMean, LeastRecentlyWritten, protomem::DoppelgangerMining>>(o);
-  }
-  return std::make_unique<ProtomemHead<ExemplarMean, LeastRecentlyWritten>>(o);
+/// The single-process protomem head: the factory run_method() takes.
+inline std::unique_ptr<Head> make_protomem_head(const Options& o) {
+  return std::make_unique<ProtomemHead>(o);
 }
 
 }  // namespace train

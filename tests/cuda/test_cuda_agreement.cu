@@ -3,6 +3,10 @@
 // refreshes, across memory tiles, with the caller's stream and workspace, in every GEMM precision
 // (looser where the inputs are rounded), under the Aging policies (weighted and expired columns);
 // and invalid input fails with the CPU backend's message, leaving the memory as it was.
+// The policies are constructor objects (policies/any.hpp): one PrototypeMemory<float, cuda> runs
+// every built-in one, and a user-written Margin is a protomem::Error naming it. The cases that are
+// not about aging pin NoAging, as they were written before AgeDecay(8) became the default; the
+// aging cases and "the memory's default policies" cover AgeDecay.
 #include <tuple>
 #include <type_traits>
 
@@ -14,6 +18,8 @@ using namespace cuda_test;
 using protomem::Config;
 using protomem::CudaResources;
 using protomem::GemmPrecision;
+using Cpu = protomem::PrototypeMemory<float>;
+using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
 
 struct Run {
   Config config;
@@ -47,16 +53,17 @@ void count_aged(const Memory& memory, Seen& seen) {
   }
 }
 
+/// Both memories built with these policies (the types name the case; the memories hold them).
 template <class Margin, class Generator, class Refresh, class Queue,
           class Mining = protomem::NoMining, class Aging = protomem::NoAging>
 Seen check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh = Refresh{},
                      Mining mining = Mining{}, Aging aging = Aging{}) {
-  using Cpu = protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue,
-                                        Mining, Aging>;
-  using Gpu = protomem::PrototypeMemory<float, protomem::cuda, Margin, Generator, Refresh, Queue,
-                                        Mining, Aging>;
   Cpu cpu(run.config, margin, Generator{}, refresh, Queue{}, mining, aging);
   Gpu gpu(run.resources, run.config, margin, Generator{}, refresh, Queue{}, mining, aging);
+  REQUIRE(gpu.margin().holds<Margin>());
+  REQUIRE(gpu.generator().holds<Generator>());
+  REQUIRE(gpu.refresh().holds<Refresh>());
+  REQUIRE(gpu.aging().holds<Aging>());
   Seen seen;
   std::mt19937_64 rng(run.seed);
   for (int t = 0; t < run.steps; ++t) {
@@ -84,8 +91,8 @@ Seen check_agreement(const Run& run, Margin margin = Margin{}, Refresh refresh =
                          std::vector<float>(cosines.begin(), cosines.end()));
       };
     };
-    cpu.mining().for_each(collect(a));
-    gpu.mining().for_each(collect(b));
+    cpu.mining().get<Mining>().for_each(collect(a));
+    gpu.mining().get<Mining>().for_each(collect(b));
     REQUIRE(a.size() == b.size());
     CHECK(a.size() > 0);
     for (std::size_t r = 0; r < a.size(); ++r) {
@@ -213,6 +220,81 @@ TEST_CASE("CUDA = CPU: doppelganger mining policy on top of Config::similar_k",
       run, protomem::CosFace(), protomem::Replace(), protomem::DoppelgangerMining(4, 32));
 }
 
+TEST_CASE("CUDA = CPU with the memory's default policies (CosFace, AgeDecay(8), ...)",
+          "[cuda][agreement][aging]") {
+  // Policies omitted: each family's default, the same on both backends.
+  Run run = base_run(48, 40);
+  run.seed = 14;
+  run.label_range = 120;
+  run.max_classes = 10;
+  run.config.workspace_bytes = 5 * 40 * sizeof(float);
+  Cpu defaults(run.config);
+  REQUIRE(defaults.aging().holds<protomem::AgeDecay>());
+  REQUIRE(defaults.aging().get<protomem::AgeDecay>().half_life ==
+          protomem::default_aging().half_life);
+  const Cpu named(run.config, protomem::CosFace(), protomem::ExemplarMean(), protomem::Replace(),
+                  protomem::LeastRecentlyWritten(), protomem::NoMining(),
+                  protomem::default_aging());
+  CHECK(checkpoint_bytes(defaults) == checkpoint_bytes(named));  // the same policies, stored
+  const Seen seen =
+      check_agreement<protomem::CosFace, protomem::ExemplarMean, protomem::Replace,
+                      protomem::LeastRecentlyWritten, protomem::NoMining, protomem::AgeDecay>(
+          run, protomem::CosFace(), protomem::Replace(), protomem::NoMining(),
+          protomem::default_aging());
+  CHECK(seen.weighted > 0);
+}
+
+// ---- a user-written policy ----------------------------------------------------------------------
+
+namespace {
+
+/// A Margin of the user's (CosFace's rule under its own name), host-only: protomem::cpu runs it,
+/// protomem::cuda has kernels for the built-in margins only.
+struct ShiftedCosine {
+  static constexpr const char* name = "shifted_cosine";
+  double s = 16.0;
+  double scale() const { return s; }
+  template <class T>
+  T target(T cos) const {
+    return cos - T(0.1);
+  }
+  template <class T>
+  T derivative(T) const {
+    return T(1);
+  }
+  void save(protomem::detail::ByteWriter& out) const { out.put(s); }
+  void load(protomem::detail::ByteReader& in) { s = in.get<double>("margin s"); }
+};
+
+}  // namespace
+
+TEST_CASE("a user-written Margin on protomem::cuda is a protomem::Error naming it",
+          "[cuda][policies][validation]") {
+  Config config;
+  config.capacity = 16;
+  config.dim = 8;
+  Cpu cpu(config, ShiftedCosine{});
+  Gpu gpu(CudaResources{}, config, ShiftedCosine{});  // constructing it is fine; stepping is not
+  CHECK(std::string(gpu.margin().name()) == "shifted_cosine");
+  std::mt19937_64 rng(41);
+  const Batch batch = make_batch(rng, config.dim, 30, 4, 1, 3);
+  const Outcome on_cpu = forward_cpu(cpu, batch);
+  CHECK(std::isfinite(on_cpu.loss));
+  const std::string before = checkpoint_bytes(gpu);
+  CHECK_THROWS_AS(forward_gpu(gpu, batch), protomem::Error);
+  CHECK_THROWS_WITH(forward_gpu(gpu, batch),
+                    Catch::Matchers::Contains("protomem::cuda") &&
+                        Catch::Matchers::Contains("margin policy is 'shifted_cosine'"));
+  CHECK_FALSE(gpu.pending());
+  CHECK(gpu.size() == 0);
+  CHECK(checkpoint_bytes(gpu) == before);
+  // The same memory steps once it holds a built-in margin.
+  gpu.set_margin(protomem::CosFace(16.0, 0.1));
+  Cpu reference(config, protomem::CosFace(16.0, 0.1));
+  check_outcomes(batch, 16.0, forward_cpu(reference, batch), forward_gpu(gpu, batch),
+                 Tolerance{});
+}
+
 // ---- aging --------------------------------------------------------------------------------------
 
 namespace {
@@ -223,9 +305,7 @@ namespace {
 template <class Margin, class Generator, class Refresh, class Queue, class Unweighted>
 std::vector<Outcome> unweighted_outcomes(const Run& run, Margin margin, Refresh refresh,
                                          Unweighted unweighted) {
-  protomem::PrototypeMemory<float, protomem::cpu, Margin, Generator, Refresh, Queue,
-                            protomem::NoMining, Unweighted>
-      cpu(run.config, margin, Generator{}, refresh, Queue{}, protomem::NoMining{}, unweighted);
+  Cpu cpu(run.config, margin, Generator{}, refresh, Queue{}, unweighted);
   std::vector<Outcome> out;
   std::mt19937_64 rng(run.seed);
   for (int t = 0; t < run.steps; ++t) {
@@ -333,14 +413,6 @@ TEST_CASE("CUDA = CPU under AgeDecay in the 16-bit GEMM precisions (P rounded af
 
 TEST_CASE("the two-phase workspace query covers an aged step (log-weights, expired slots)",
           "[cuda][resources][aging]") {
-  using Cpu =
-      protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::ExemplarMean,
-                                protomem::Replace, protomem::LeastRecentlyWritten,
-                                protomem::NoMining, protomem::AgeDecay>;
-  using Gpu =
-      protomem::PrototypeMemory<float, protomem::cuda, protomem::CosFace, protomem::ExemplarMean,
-                                protomem::Replace, protomem::LeastRecentlyWritten,
-                                protomem::NoMining, protomem::AgeDecay>;
   Config config;
   config.capacity = 64;
   config.dim = 16;
@@ -390,7 +462,7 @@ TEST_CASE("the two-phase workspace query covers an aged step (log-weights, expir
   INFO("lent " << bytes << " bytes, the step needed " << got.result.workspace_bytes);
   CHECK(got.result.workspace_bytes <= bytes);
   // ... which an unaged memory's query would not have covered (the test can fail).
-  protomem::PrototypeMemory<float, protomem::cuda> unaged(CudaResources{}, config);
+  Gpu unaged(CudaResources{}, config, protomem::NoAging());
   CHECK(got.result.workspace_bytes > protomem::workspace_size(unaged, 64, 16));
 }
 
@@ -402,8 +474,6 @@ TEST_CASE("CUDA = CPU on the caller's stream and workspace, switching streams be
   cublasHandle_t handle = nullptr;
   REQUIRE(cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS);
   {
-    using Cpu = protomem::PrototypeMemory<float>;
-    using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
     Config config;
     config.capacity = 40;
     config.dim = 32;
@@ -411,8 +481,8 @@ TEST_CASE("CUDA = CPU on the caller's stream and workspace, switching streams be
     CudaResources resources;
     resources.stream = first;
     resources.cublas = handle;
-    Cpu cpu(config);
-    Gpu gpu(resources, config);
+    Cpu cpu(config, protomem::NoAging());
+    Gpu gpu(resources, config, protomem::NoAging());
     // Two-phase workspace: ask the size once for the largest batch, allocate, lend it.
     const std::size_t bytes = protomem::workspace_size(gpu, /*rows=*/64, /*classes=*/16);
     CHECK(bytes > 0);
@@ -471,13 +541,11 @@ TEST_CASE("tensor-core GEMM precisions stay close to the CPU; the stored prototy
 
 TEST_CASE("switching precision mid-run keeps the 16-bit copy of the memory current",
           "[cuda][precision]") {
-  using Cpu = protomem::PrototypeMemory<float>;
-  using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
   Config config;
   config.capacity = 30;
   config.dim = 16;
-  Cpu cpu(config, protomem::CosFace(8.0, 0.2));
-  Gpu gpu(CudaResources{}, config, protomem::CosFace(8.0, 0.2));
+  Cpu cpu(config, protomem::CosFace(8.0, 0.2), protomem::NoAging());
+  Gpu gpu(CudaResources{}, config, protomem::CosFace(8.0, 0.2), protomem::NoAging());
   std::mt19937_64 rng(9);
   const GemmPrecision order[] = {GemmPrecision::bf16, GemmPrecision::fp32, GemmPrecision::bf16,
                                  GemmPrecision::fp16, GemmPrecision::fp32};
@@ -500,13 +568,11 @@ TEST_CASE("switching precision mid-run keeps the 16-bit copy of the memory curre
 
 TEST_CASE("reading the memory after many unread steps copies it whole and correctly",
           "[cuda][mirror]") {
-  using Cpu = protomem::PrototypeMemory<float>;
-  using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
   Config config;
   config.capacity = 20;
   config.dim = 8;
-  Cpu cpu(config);
-  Gpu gpu(CudaResources{}, config);
+  Cpu cpu(config, protomem::NoAging());
+  Gpu gpu(CudaResources{}, config, protomem::NoAging());
   std::mt19937_64 rng(10);
   for (int t = 0; t < 60; ++t) {  // far more writes than slots, no read in between
     const Batch batch = make_batch(rng, config.dim, 80, 6, 1, 3);
@@ -566,13 +632,11 @@ void warm_up(Cpu& cpu, Gpu& gpu, std::mt19937_64& rng, index_t dim, int min_exem
 
 TEST_CASE("invalid embeddings fail on the GPU with the CPU's message and change nothing",
           "[cuda][validation]") {
-  using Cpu = protomem::PrototypeMemory<float>;
-  using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
   Config config;
   config.capacity = 16;
   config.dim = 12;
-  Cpu cpu(config);
-  Gpu gpu(CudaResources{}, config);
+  Cpu cpu(config, protomem::NoAging());
+  Gpu gpu(CudaResources{}, config, protomem::NoAging());
   std::mt19937_64 rng(11);
   warm_up(cpu, gpu, rng, config.dim, 1);
   // The sections below spoil rows up to 5: draw until the batch has them (a short batch would
@@ -636,15 +700,11 @@ TEST_CASE("invalid embeddings fail on the GPU with the CPU's message and change 
 }
 
 TEST_CASE("a leave-one-out prototype that is undefined fails as on the CPU", "[cuda][validation]") {
-  using Cpu =
-      protomem::PrototypeMemory<float, protomem::cpu, protomem::CosFace, protomem::LeaveOneOut>;
-  using Gpu =
-      protomem::PrototypeMemory<float, protomem::cuda, protomem::CosFace, protomem::LeaveOneOut>;
   Config config;
   config.capacity = 16;
   config.dim = 6;
-  Cpu cpu(config);
-  Gpu gpu(CudaResources{}, config);
+  Cpu cpu(config, protomem::LeaveOneOut(), protomem::NoAging());
+  Gpu gpu(CudaResources{}, config, protomem::LeaveOneOut(), protomem::NoAging());
   std::mt19937_64 rng(12);
   warm_up(cpu, gpu, rng, config.dim, 2);
   // Class 3: a, b, -b: the others of sample 1 (label 3) are b + (-b) = 0.
@@ -669,8 +729,8 @@ TEST_CASE("CUDA = CPU on exactly tied cosines: the smaller slot first",
   config.capacity = 5;
   config.dim = 4;
   config.similar_k = 4;
-  protomem::PrototypeMemory<float> cpu(config);
-  protomem::PrototypeMemory<float, protomem::cuda> gpu(CudaResources{}, config);
+  Cpu cpu(config, protomem::NoAging());
+  Gpu gpu(CudaResources{}, config, protomem::NoAging());
   const std::vector<label_t> labels{20, 21, 22, 23};
   const std::vector<float> prototypes{0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0};
   const std::vector<std::uint64_t> written(4, 0);

@@ -11,13 +11,8 @@ using namespace cuda_test;
 using protomem::Config;
 using protomem::CudaResources;
 
-// The policies of tests/test_checkpoint.cpp: every one with state.
-using Cpu =
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Momentum, protomem::LeastRecentlyWritten>;
-using Gpu =
-    protomem::PrototypeMemory<float, protomem::cuda, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Momentum, protomem::LeastRecentlyWritten>;
+using Cpu = protomem::PrototypeMemory<float>;
+using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
 constexpr index_t kDim = 20;
 
 Config config() {
@@ -27,9 +22,14 @@ Config config() {
   c.similar_k = 2;
   return c;
 }
-Cpu make_cpu() { return Cpu(config(), protomem::ArcFace(32.0, 0.4), {}, protomem::Momentum(0.3)); }
+// The policies of tests/test_checkpoint.cpp: every one with state (and NoAging, the default
+// aging when these cases were written; the aged memories are below).
+Cpu make_cpu() {
+  return Cpu(config(), protomem::ArcFace(32.0, 0.4), protomem::Momentum(0.3), protomem::NoAging());
+}
 Gpu make_gpu() {
-  return Gpu(CudaResources{}, config(), protomem::ArcFace(32.0, 0.4), {}, protomem::Momentum(0.3));
+  return Gpu(CudaResources{}, config(), protomem::ArcFace(32.0, 0.4), protomem::Momentum(0.3),
+             protomem::NoAging());
 }
 
 template <class Memory>
@@ -133,41 +133,32 @@ TEST_CASE("copy_state moves a memory between CPU and GPU", "[cuda][checkpoint]")
   // A mismatch (another dimension) is refused and leaves the target as it was.
   Config other = config();
   other.dim = kDim + 1;
-  protomem::PrototypeMemory<float, protomem::cuda, protomem::ArcFace, protomem::ExemplarMean,
-                            protomem::Momentum, protomem::LeastRecentlyWritten>
-      wrong(CudaResources{}, other, protomem::ArcFace(32.0, 0.4), {}, protomem::Momentum(0.3));
+  Gpu wrong(CudaResources{}, other, protomem::ArcFace(32.0, 0.4), protomem::Momentum(0.3),
+            protomem::NoAging());
   CHECK_THROWS_AS(protomem::copy_state(cpu, wrong), protomem::Error);
   CHECK(wrong.size() == 0);
 }
 
 namespace {
 
-using AgedCpu =
-    protomem::PrototypeMemory<float, protomem::cpu, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Momentum, protomem::LeastRecentlyWritten,
-                              protomem::NoMining, protomem::AgeDecay>;
-using AgedGpu =
-    protomem::PrototypeMemory<float, protomem::cuda, protomem::ArcFace, protomem::ExemplarMean,
-                              protomem::Momentum, protomem::LeastRecentlyWritten,
-                              protomem::NoMining, protomem::AgeDecay>;
-
 // The memories a checkpoint is loaded into start with the default AgeDecay (half-life 64, no age
 // bound): the loaded ones must be the saved memory's.
-AgedCpu make_aged_cpu(protomem::AgeDecay aging = protomem::AgeDecay()) {
-  return AgedCpu(config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
-                 protomem::Momentum(0.3), protomem::LeastRecentlyWritten(), protomem::NoMining(),
-                 aging);
+Cpu make_aged_cpu(protomem::AgeDecay aging = protomem::AgeDecay()) {
+  return Cpu(config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+             protomem::Momentum(0.3), protomem::LeastRecentlyWritten(), protomem::NoMining(),
+             aging);
 }
-AgedGpu make_aged_gpu(protomem::AgeDecay aging = protomem::AgeDecay()) {
-  return AgedGpu(CudaResources{}, config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
-                 protomem::Momentum(0.3), protomem::LeastRecentlyWritten(), protomem::NoMining(),
-                 aging);
+Gpu make_aged_gpu(protomem::AgeDecay aging = protomem::AgeDecay()) {
+  return Gpu(CudaResources{}, config(), protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
+             protomem::Momentum(0.3), protomem::LeastRecentlyWritten(), protomem::NoMining(),
+             aging);
 }
 
 template <class Memory>
 void check_aging_parameters(const Memory& memory, double half_life, std::uint64_t max_age) {
-  CHECK(memory.aging().half_life == half_life);
-  CHECK(memory.aging().max_age == max_age);
+  REQUIRE(memory.aging().template holds<protomem::AgeDecay>());
+  CHECK(memory.aging().template get<protomem::AgeDecay>().half_life == half_life);
+  CHECK(memory.aging().template get<protomem::AgeDecay>().max_age == max_age);
 }
 
 }  // namespace
@@ -176,7 +167,7 @@ TEST_CASE("an aged memory makes the round trip GPU -> CPU -> GPU with its policy
           "[cuda][checkpoint][aging]") {
   // 24 slots for 80 labels: evictions, weighted columns (ages 1 to 5) and expired ones (> 5).
   const protomem::AgeDecay aging(2.5, 5);
-  AgedGpu gpu = make_aged_gpu(aging);
+  Gpu gpu = make_aged_gpu(aging);
   std::mt19937_64 rng(25);
   for (int t = 0; t < 30; ++t) {
     const Batch batch = make_batch(rng, kDim, 80, 6, 1, 3);
@@ -195,14 +186,14 @@ TEST_CASE("an aged memory makes the round trip GPU -> CPU -> GPU with its policy
   const std::string from_gpu = checkpoint_bytes(gpu);
 
   // GPU -> CPU: the same state and AgeDecay(2.5, 5), byte for byte.
-  AgedCpu cpu = make_aged_cpu();
+  Cpu cpu = make_aged_cpu();
   load_bytes(cpu, from_gpu);
   CHECK(checkpoint_bytes(cpu) == from_gpu);
   check_aging_parameters(cpu, 2.5, 5);
   check_same_state(cpu, gpu, Tolerance{0, 0, 0, 0});
 
   // CPU -> GPU: a fresh GPU memory takes them back.
-  AgedGpu back = make_aged_gpu();
+  Gpu back = make_aged_gpu();
   load_bytes(back, checkpoint_bytes(cpu));
   CHECK(checkpoint_bytes(back) == from_gpu);
   check_aging_parameters(back, 2.5, 5);

@@ -3,6 +3,8 @@
 // leaves the memory exactly as it was with the update still pending, and a retried commit writes it
 // once; a forward that throws keeps the pending update; a step whose loss is not finite throws and
 // leaves the caller's gradient untouched. Each is checked against a GPU memory that never failed.
+// The memory runs the built-in policies only on the GPU (a user-written margin is refused before
+// the device runs), so a margin that breaks its contract is taken to the backend's forward itself.
 #include "support.cuh"
 
 namespace {
@@ -11,15 +13,16 @@ using namespace cuda_test;
 using protomem::Config;
 using protomem::CudaResources;
 
-using Gpu = protomem::PrototypeMemory<float, protomem::cuda, protomem::CosFace,
-                                      protomem::ExemplarMean, protomem::Momentum>;
+using Gpu = protomem::PrototypeMemory<float, protomem::cuda>;
 constexpr index_t kDim = 16;
 
 Gpu make_gpu() {
   Config c;
   c.capacity = 12;  // small: the runs below evict and refresh
   c.dim = kDim;
-  return Gpu(CudaResources{}, c, protomem::CosFace(32.0, 0.3), {}, protomem::Momentum(0.4));
+  // NoAging: as these cases were written (the default aging became AgeDecay(8) in issue #21).
+  return Gpu(CudaResources{}, c, protomem::CosFace(32.0, 0.3), protomem::Momentum(0.4),
+             protomem::NoAging());
 }
 
 }  // namespace
@@ -102,8 +105,6 @@ TEST_CASE("a GPU step whose loss is not finite throws and commits nothing", "[cu
   Config c;
   c.capacity = 16;
   c.dim = 8;
-  protomem::PrototypeMemory<float, protomem::cuda, cuda_guarantees::NanTargetMargin> memory(
-      CudaResources{}, c);
   std::mt19937_64 rng(33);
   const Batch batch = make_batch(rng, 8, 30, 3, 3, 3, 0.3f);
   DeviceBatch device(batch);
@@ -111,13 +112,30 @@ TEST_CASE("a GPU step whose loss is not finite throws and commits nothing", "[cu
   protomem::detail::cuda_check(cudaMemcpy(device.gradient.data(), sentinel.data(),
                                           sentinel.size() * sizeof(float), cudaMemcpyHostToDevice),
                                "test upload");
-  const std::string before = checkpoint_bytes(memory);
-  CHECK_THROWS_WITH(
-      memory.step(protomem::matrix_view<const float>(device.embeddings.data(), batch.rows(), 8),
-                  protomem::label_view(batch.labels.data(), batch.rows()),
-                  protomem::matrix_view(device.gradient.data(), batch.rows(), 8)),
-      Catch::Contains("not finite"));
-  CHECK_FALSE(memory.pending());
-  CHECK(checkpoint_bytes(memory) == before);
-  CHECK(device.gradient_on_host() == sentinel);
+  const auto embeddings =
+      protomem::matrix_view<const float>(device.embeddings.data(), batch.rows(), 8);
+  const auto labels = protomem::label_view(batch.labels.data(), batch.rows());
+  const auto gradient = protomem::matrix_view(device.gradient.data(), batch.rows(), 8);
+
+  SECTION("the backend's forward, with the margin compiled in (exemplar mean's rule)") {
+    protomem::backend::CudaBackend<float> backend(c.capacity, c.dim);
+    const protomem::detail::BatchClasses classes = protomem::detail::group_by_class(labels);
+    protomem::backend::SimilarSlots<float> similar;
+    CHECK_THROWS_WITH(
+        (backend.forward<cuda_guarantees::NanTargetMargin, true, false>(
+            classes, embeddings, gradient, 0, {}, {}, cuda_guarantees::NanTargetMargin{},
+            c.workspace_bytes, &similar)),
+        Catch::Contains("not finite"));
+    CHECK(device.gradient_on_host() == sentinel);
+  }
+  SECTION("the memory: refused as a user-written margin, before the device runs") {
+    protomem::PrototypeMemory<float, protomem::cuda> memory(
+        CudaResources{}, c, cuda_guarantees::NanTargetMargin{}, protomem::NoAging());
+    const std::string before = checkpoint_bytes(memory);
+    CHECK_THROWS_WITH(memory.step(embeddings, labels, gradient),
+                      Catch::Contains("margin policy is 'nan-target'"));
+    CHECK_FALSE(memory.pending());
+    CHECK(checkpoint_bytes(memory) == before);
+    CHECK(device.gradient_on_host() == sentinel);
+  }
 }
