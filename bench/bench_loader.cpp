@@ -18,7 +18,7 @@
 #include <cstdlib>
 #include <memory>
 #include <protomem/data.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <string>
 
 namespace {

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include <protomem/memory.hpp>
-#include <protomem/mpi.hpp>
+#include <protomem/comm/mpi.hpp>
 #include <protomem/sharded.hpp>
 
 namespace {

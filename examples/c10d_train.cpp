@@ -28,7 +28,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
 
-#include <protomem/c10d.hpp>
+#include <protomem/comm/c10d.hpp>
 #include <protomem/sharded.hpp>
 
 namespace {

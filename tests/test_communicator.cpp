@@ -1,9 +1,9 @@
-// The Communicator concept (protomem/communicator.hpp): its compile-time check, the single-process
+// The Communicator concept (protomem/comm/communicator.hpp): its compile-time check, the single-process
 // default, and the collectives and failure agreement over 1, 2, 3 and 4 thread ranks
 // (tests/support/thread_comm.hpp). The same cases run over MPI and c10d in tests/comm/.
 #include <catch2/catch.hpp>
 #include <cstdint>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <string>
 #include <vector>
 

@@ -16,7 +16,7 @@
 #include <fstream>
 #include <functional>
 #include <protomem/data.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <random>
 #include <sstream>
 #include <string>

@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/memory.hpp>
 
 #include "support/checkpoint.hpp"

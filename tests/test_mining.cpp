@@ -7,10 +7,10 @@
 #include <cstring>
 #include <list>
 #include <map>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/memory.hpp>
 #include <protomem/policies/mining.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <random>
 #include <set>
 #include <sstream>

@@ -15,10 +15,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/detail/atomic_file.hpp>
 #include <protomem/memory.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <sstream>
 #include <string>
 #include <thread>

@@ -5,10 +5,10 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <map>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/detail/random.hpp>
 #include <protomem/memory.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <set>
 #include <sstream>
 #include <string>

@@ -25,7 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <protomem/error.hpp>
-#include <protomem/mpi.hpp>
+#include <protomem/comm/mpi.hpp>
 #include <protomem/sharded.hpp>
 #include <random>
 #include <string>

@@ -37,9 +37,9 @@
 #include <limits>
 #include <memory>
 #include <numeric>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/memory.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <random>
 #include <sstream>
 #include <stdexcept>

@@ -35,7 +35,6 @@
 
 #include <protomem/backend/cpu/backend.hpp>
 #include <protomem/backend/seam.hpp>
-#include <protomem/communicator.hpp>
 #include <protomem/detail/atomic_file.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/detail/bookkeeping.hpp>
@@ -45,61 +44,10 @@
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
 #include <protomem/policies/any.hpp>
+#include <protomem/types.hpp>
 #include <protomem/view.hpp>
 
 namespace protomem {
-
-/// Sizes and budgets of a memory.
-struct Config {
-  index_t capacity = 0;   ///< M: number of slots
-  index_t dim = 0;        ///< D: embedding dimension
-  label_t num_classes = 0;  ///< labels must be < num_classes; 0 leaves the range undeclared
-  /// Bytes a step may use for its tiles of logits: every thread's B x T tile (plus, per column, a
-  /// decoded T x D tile under narrow storage and one value when similar_k > 0). The full B x M
-  /// logits are never held; the tile width is also capped for the caches, so a larger budget
-  /// does not mean a faster step (docs/performance.md). A step takes at least one column per
-  /// thread even when that exceeds the budget. StepResult::workspace_bytes says what it took.
-  std::size_t workspace_bytes = std::size_t{64} << 20;
-  /// Threads a step uses (0: OpenMP's default, omp_get_max_threads()). With OpenMP the memory is
-  /// split into one range of slots per thread, each calling a single-threaded GEMM; under
-  /// protomem::blas (OpenBLAS) the step sets OpenBLAS to one thread for its memory pass and
-  /// restores the previous count before it returns. Without OpenMP the step runs on one thread and
-  /// a value > 0 is OpenBLAS's thread count for the step. Results are deterministic for a given
-  /// thread count; different counts agree to rounding.
-  int threads = 0;
-  /// k: how many most-similar stored classes a step reports per batch class (0: none). The
-  /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
-  /// step computes max(similar_k, the Mining policy's similar_k()) of them.
-  index_t similar_k = 0;
-};
-
-/// What forward() returns besides the gradient.
-template <class Scalar>
-struct StepResult {
-  Scalar loss = 0;                    ///< mean margin-softmax cross-entropy over the batch
-  std::vector<label_t> classes;       ///< the batch's distinct labels, ascending (C)
-  /// k: max(Config::similar_k, the Mining policy's similar_k()).
-  index_t similar_k = 0;
-  /// similar[c * k + r]: the r-th most similar stored class to classes[c] (-1 where the memory
-  /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
-  std::vector<label_t> similar;
-  std::vector<Scalar> similar_cosines;
-  int threads = 1;                  ///< threads the memory pass ran on
-  index_t tile_columns = 0;         ///< T: memory columns per tile
-  std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
-  /// Bytes this rank exchanged with the other ranks during the step (ShardedPrototypeMemory,
-  /// protomem/sharded.hpp; docs/distributed.md, "Traffic model"); all zero in one process.
-  CommTraffic traffic;
-};
-
-/// One stored class, as iteration over a memory yields it (oldest in eviction order first).
-/// `prototype` is a view into the store, or a decoded copy (std::vector) under narrow storage.
-template <class Scalar, class Prototype = Span<const Scalar>>
-struct Record {
-  label_t label;
-  Prototype prototype;
-  std::uint64_t last_written;
-};
 
 /// The memory. Scalar (float or double) is its arithmetic; Device picks the backend: cpu (Eigen),
 /// cpu_bf16 / cpu_fp16 (float arithmetic over narrow storage), cuda (protomem/cuda.hpp). The

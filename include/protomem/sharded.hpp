@@ -1,5 +1,5 @@
 // protomem::ShardedPrototypeMemory - one logical prototype memory stored across the ranks of a
-// communicator (protomem/communicator.hpp: MPI processes, a c10d process group, threads, ...).
+// communicator (protomem/comm/communicator.hpp: MPI processes, a c10d process group, threads, ...).
 //
 // One step (docs/distributed.md, "The sharded step"):
 //   1. every rank validates its own share of the batch (B_r rows; B_r may differ between ranks and
@@ -55,7 +55,7 @@
 #include <utility>
 #include <vector>
 
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <protomem/detail/shard_plan.hpp>
 #include <protomem/memory.hpp>
 

@@ -117,7 +117,7 @@ struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<Memory>> {
 /// the memory changes only as the header comment says; every failure throws protomem::Error and
 /// leaves the memory as it was.
 /// Mining: the memory's Mining policy (NoMining by default; DoppelgangerMining keeps the table a
-/// sampler draws look-alike classes from, see protomem/sampler.hpp). Its table is updated only by
+/// sampler draws look-alike classes from, see protomem/data/sampler.hpp). Its table is updated only by
 /// committed steps, like the memory: head.mining() after backward() reflects the trained steps.
 /// Aging: the memory's Aging policy (NoAging by default; policies/aging.hpp).
 template <class Scalar, class Margin = CosFace, class Generator = ExemplarMean,

@@ -10,8 +10,8 @@
 
 #include <cstring>
 #include <istream>
-#include <protomem/dataset_index.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/dataset_index.hpp>
+#include <protomem/data/sampler.hpp>
 #include <sstream>
 #include <string>
 #include <vector>

@@ -1,5 +1,5 @@
 // ShardedHeadImpl: AnyHead over protomem::ShardedPrototypeMemory on a torch.distributed process
-// group (protomem/sharded.hpp, protomem/c10d.hpp) - the Python head of a trainer whose processes
+// group (protomem/sharded.hpp, protomem/comm/c10d.hpp) - the Python head of a trainer whose processes
 // share one memory. Included only by sharded_*.cpp, which instantiate the supported combinations.
 //
 // The autograd path is the LibTorch adapter's (protomem/torch.hpp: HeadState, PrototypeLoss): a
@@ -19,7 +19,7 @@
 #include <type_traits>
 #include <utility>
 
-#include <protomem/c10d.hpp>
+#include <protomem/comm/c10d.hpp>
 #include <protomem/sharded.hpp>
 
 #include "head.hpp"

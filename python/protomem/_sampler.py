@@ -1,4 +1,4 @@
-"""protomem.GroupedBatchSampler: the library's IterateAndSample sampler (protomem/sampler.hpp) as a
+"""protomem.GroupedBatchSampler: the library's IterateAndSample sampler (protomem/data/sampler.hpp) as a
 batch sampler for torch.utils.data.DataLoader."""
 import torch
 

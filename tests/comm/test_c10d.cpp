@@ -1,4 +1,4 @@
-// The Communicator concept over c10d (protomem/c10d.hpp) with Gloo on loopback: W processes
+// The Communicator concept over c10d (protomem/comm/c10d.hpp) with Gloo on loopback: W processes
 // rendezvous over a FileStore in a fresh temporary directory.
 //   test_c10d --world W          launcher: starts W workers (this program again), waits for all
 //                                of them (killing them after a deadline) and fails unless every
@@ -16,7 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
-#include <protomem/c10d.hpp>
+#include <protomem/comm/c10d.hpp>
 #include <protomem/detail/shard_plan.hpp>
 #include <string>
 #include <thread>
@@ -42,7 +42,7 @@ std::string the_dir;                              // the launch's temporary dire
 
 }  // namespace
 
-// The c10d adapter pads uneven all-gathers and counts what it exchanges (protomem/c10d.hpp).
+// The c10d adapter pads uneven all-gathers and counts what it exchanges (protomem/comm/c10d.hpp).
 template <>
 inline constexpr bool protomem::test::pads_gathers<protomem::C10dCommunicator> = true;
 

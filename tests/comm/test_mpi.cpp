@@ -1,4 +1,4 @@
-// The Communicator concept over MPI (protomem/mpi.hpp), run by mpirun with 1, 2 and 4 ranks
+// The Communicator concept over MPI (protomem/comm/mpi.hpp), run by mpirun with 1, 2 and 4 ranks
 // (tests/comm/CMakeLists.txt): the collectives against values every rank computes itself, the
 // agreement on failure, and the sharded bookkeeping against the single-process model - including
 // a move from all ranks to a sub-communicator of about half of them (a checkpoint N -> M).
@@ -6,7 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <protomem/detail/shard_plan.hpp>
-#include <protomem/mpi.hpp>
+#include <protomem/comm/mpi.hpp>
 #include <unistd.h>
 
 #include <cstdio>

@@ -1,4 +1,4 @@
-// The Communicator concept over NCCL (protomem/nccl.hpp): one rank per visible GPU, each rank a
+// The Communicator concept over NCCL (protomem/comm/nccl.hpp): one rank per visible GPU, each rank a
 // thread with its own device, stream and communicator (ncclCommInitAll). Exits 77 ("skipped")
 // where no GPU is usable. On one GPU this is W = 1 (NCCL allows one rank per device), which still
 // runs every NCCL call the adapter makes (broadcast group, all-gather, all-reduce, staging).
@@ -8,7 +8,7 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
-#include <protomem/nccl.hpp>
+#include <protomem/comm/nccl.hpp>
 #include <string>
 #include <thread>
 #include <vector>

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <sstream>
 #include <string>
 #include <vector>

@@ -6,9 +6,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/detail/serialize.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <sstream>
 #include <string>
 #include <vector>

@@ -8,9 +8,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/memory.hpp>
-#include <protomem/sampler.hpp>
+#include <protomem/data/sampler.hpp>
 #include <sstream>
 #include <string>
 #include <vector>

@@ -1,4 +1,4 @@
-// Test support: checks of a Communicator (protomem/communicator.hpp) that every rank runs with its
+// Test support: checks of a Communicator (protomem/comm/communicator.hpp) that every rank runs with its
 // own communicator - over threads (ThreadComm), MPI ranks and c10d processes alike. Expected values
 // are computed here, independently of the communicator: each rank's contribution is a known
 // function of (rank, index), so every rank knows what every other rank sent. Values are dyadic
@@ -10,7 +10,7 @@
 
 #include <cstdint>
 #include <limits>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <sstream>
 #include <stdexcept>
 #include <string>

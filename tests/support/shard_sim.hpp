@@ -6,7 +6,7 @@
 #pragma once
 
 #include <cstdint>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <protomem/detail/shard_plan.hpp>
 #include <string>
 #include <vector>

@@ -1,6 +1,6 @@
 // Test support: W ranks as W threads of one process, joined by an in-process Communicator.
 //
-// ThreadComm meets protomem's Communicator concept (protomem/communicator.hpp) with shared
+// ThreadComm meets protomem's Communicator concept (protomem/comm/communicator.hpp) with shared
 // memory: every collective posts its arguments, meets the other ranks at a barrier, reads what
 // they posted and meets them again. It is stricter than a real engine where that helps a test:
 // every rank must make the same collective (kind, value type, op, count and counts), else every
@@ -15,7 +15,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>

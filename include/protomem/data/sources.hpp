@@ -34,7 +34,7 @@
 #include <iterator>
 #include <memory>
 #include <protomem/data/recordio.hpp>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/error.hpp>
 #include <string>
 #include <utility>
@@ -48,7 +48,7 @@ class ImageSource {
   index_t size() const { return static_cast<index_t>(labels_.size()); }
   label_t label(index_t sample) const { return labels_[static_cast<std::size_t>(sample)]; }
   const std::vector<label_t>& labels() const { return labels_; }
-  /// Classes and their samples, for the samplers (protomem/sampler.hpp).
+  /// Classes and their samples, for the samplers (protomem/data/sampler.hpp).
   const DatasetIndex& index() const { return *index_; }
   /// The encoded image of `sample` (thread-safe).
   virtual std::string bytes(index_t sample) const = 0;

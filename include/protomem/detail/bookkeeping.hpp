@@ -13,18 +13,11 @@
 #include <cstdint>
 #include <protomem/detail/slot_map.hpp>
 #include <protomem/detail/slot_queue.hpp>
+#include <protomem/types.hpp>
 #include <protomem/view.hpp>
 #include <vector>
 
 namespace protomem {
-
-/// Counters since construction (or the last clear()), saved in checkpoints.
-struct Stats {
-  std::uint64_t steps = 0;       ///< committed steps; step n writes last_written = n
-  std::uint64_t refreshes = 0;   ///< writes of a class already stored
-  std::uint64_t insertions = 0;  ///< classes that entered the memory (into empty or evicted slots)
-  std::uint64_t evictions = 0;   ///< classes that left the memory to make room
-};
 
 namespace detail {
 

@@ -41,7 +41,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <protomem/detail/slot_map.hpp>
 #include <protomem/detail/slot_queue.hpp>
 #include <protomem/error.hpp>

@@ -1,5 +1,5 @@
 // Mining policies: what a memory remembers about look-alike classes ("doppelgangers"), so that a
-// sampler can put them into the same batch (hard-example mining; protomem/sampler.hpp).
+// sampler can put them into the same batch (hard-example mining; protomem/data/sampler.hpp).
 //
 // Each step's memory pass already yields, for every batch class c, the stored classes whose
 // prototypes are most similar to c's fresh prototype p_c (the mining seam: p_c . w_j is summed from

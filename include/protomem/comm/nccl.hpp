@@ -1,4 +1,4 @@
-// protomem::NcclCommunicator - the Communicator concept (protomem/communicator.hpp) over NCCL, for
+// protomem::NcclCommunicator - the Communicator concept (protomem/comm/communicator.hpp) over NCCL, for
 // the CUDA backend: one rank per GPU, on the caller's CUDA stream. CMake target protomem::nccl
 // (links NCCL and the CUDA runtime from the CUDA toolkit; plain C++, no nvcc needed).
 //
@@ -27,7 +27,7 @@
 #include <nccl.h>
 
 #include <cstdint>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <protomem/error.hpp>
 #include <string>
 #include <type_traits>

@@ -1,4 +1,4 @@
-// protomem::MpiCommunicator - the Communicator concept (protomem/communicator.hpp) over MPI, for
+// protomem::MpiCommunicator - the Communicator concept (protomem/comm/communicator.hpp) over MPI, for
 // CPU training launched with mpirun. CMake target protomem::mpi (links MPI::MPI_CXX, C API only).
 //
 // Requires: MPI initialised (MPI_Init or MPI_Init_thread) before construction, and every rank of
@@ -18,7 +18,7 @@
 
 #include <climits>
 #include <cstdint>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <protomem/error.hpp>
 #include <string>
 #include <type_traits>

@@ -1,4 +1,4 @@
-// protomem::C10dCommunicator - the Communicator concept (protomem/communicator.hpp) over a
+// protomem::C10dCommunicator - the Communicator concept (protomem/comm/communicator.hpp) over a
 // torch.distributed process group (c10d::ProcessGroup), so that a LibTorch trainer passes the
 // process group it already has (Gloo on the CPU; any backend whose collectives accept CPU
 // tensors). CMake target protomem::c10d (links LibTorch).
@@ -25,7 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
-#include <protomem/communicator.hpp>
+#include <protomem/comm/communicator.hpp>
 #include <protomem/error.hpp>
 #include <string>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>

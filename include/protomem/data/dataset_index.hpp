@@ -1,5 +1,5 @@
 // protomem::DatasetIndex — which samples belong to which class: the input of the batch samplers
-// (protomem/sampler.hpp).
+// (protomem/data/sampler.hpp).
 //
 // A sample is an integer id in [0, num_samples()): its position in the label array, or its line's
 // position among the sample lines of a list file. Classes are the distinct labels, kept in

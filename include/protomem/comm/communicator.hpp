@@ -38,6 +38,7 @@
 #include <cstring>
 #include <exception>
 #include <protomem/error.hpp>
+#include <protomem/types.hpp>
 #include <protomem/view.hpp>
 #include <string>
 #include <type_traits>
@@ -48,20 +49,6 @@ namespace protomem {
 
 /// The reduction of an all-reduce.
 enum class ReduceOp { sum, max };
-
-/// Bytes a rank exchanged in collectives (logical payload, see the top of this header).
-struct CommTraffic {
-  std::uint64_t bytes_sent = 0;
-  std::uint64_t bytes_received = 0;
-  std::uint64_t collectives = 0;  ///< collective calls made (including those that moved nothing)
-
-  /// The traffic between two readings, e.g. of one step: after - before.
-  friend CommTraffic operator-(const CommTraffic& after, const CommTraffic& before) {
-    return {after.bytes_sent - before.bytes_sent, after.bytes_received - before.bytes_received,
-            after.collectives - before.collectives};
-  }
-  std::uint64_t bytes() const { return bytes_sent + bytes_received; }
-};
 
 namespace detail {
 

@@ -55,7 +55,7 @@
 #include <memory>
 #include <numeric>
 #include <ostream>
-#include <protomem/dataset_index.hpp>
+#include <protomem/data/dataset_index.hpp>
 #include <protomem/detail/atomic_file.hpp>
 #include <protomem/detail/checkpoint.hpp>
 #include <protomem/detail/random.hpp>

@@ -1,0 +1,91 @@
+// The public value types: what a memory is configured with (Config), what a step returns
+// (StepResult, with the bytes a rank exchanged: CommTraffic), what iteration yields (Record), and
+// the counters (Stats). Apart from the memory so that a caller, an adapter or a communicator can
+// name them without the step's machinery.
+#pragma once
+
+#include <protomem/detail/language.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include <protomem/view.hpp>
+
+namespace protomem {
+
+/// Counters since construction (or the last clear()), saved in checkpoints.
+struct Stats {
+  std::uint64_t steps = 0;       ///< committed steps; step n writes last_written = n
+  std::uint64_t refreshes = 0;   ///< writes of a class already stored
+  std::uint64_t insertions = 0;  ///< classes that entered the memory (into empty or evicted slots)
+  std::uint64_t evictions = 0;   ///< classes that left the memory to make room
+};
+
+/// Bytes a rank exchanged in collectives (logical payload: comm/communicator.hpp says how it is counted).
+struct CommTraffic {
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+  std::uint64_t collectives = 0;  ///< collective calls made (including those that moved nothing)
+
+  /// The traffic between two readings, e.g. of one step: after - before.
+  friend CommTraffic operator-(const CommTraffic& after, const CommTraffic& before) {
+    return {after.bytes_sent - before.bytes_sent, after.bytes_received - before.bytes_received,
+            after.collectives - before.collectives};
+  }
+  std::uint64_t bytes() const { return bytes_sent + bytes_received; }
+};
+
+/// Sizes and budgets of a memory.
+struct Config {
+  index_t capacity = 0;   ///< M: number of slots
+  index_t dim = 0;        ///< D: embedding dimension
+  label_t num_classes = 0;  ///< labels must be < num_classes; 0 leaves the range undeclared
+  /// Bytes a step may use for its tiles of logits: every thread's B x T tile (plus, per column, a
+  /// decoded T x D tile under narrow storage and one value when similar_k > 0). The full B x M
+  /// logits are never held; the tile width is also capped for the caches, so a larger budget
+  /// does not mean a faster step (docs/performance.md). A step takes at least one column per
+  /// thread even when that exceeds the budget. StepResult::workspace_bytes says what it took.
+  std::size_t workspace_bytes = std::size_t{64} << 20;
+  /// Threads a step uses (0: OpenMP's default, omp_get_max_threads()). With OpenMP the memory is
+  /// split into one range of slots per thread, each calling a single-threaded GEMM; under
+  /// protomem::blas (OpenBLAS) the step sets OpenBLAS to one thread for its memory pass and
+  /// restores the previous count before it returns. Without OpenMP the step runs on one thread and
+  /// a value > 0 is OpenBLAS's thread count for the step. Results are deterministic for a given
+  /// thread count; different counts agree to rounding.
+  int threads = 0;
+  /// k: how many most-similar stored classes a step reports per batch class (0: none). The
+  /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
+  /// step computes max(similar_k, the Mining policy's similar_k()) of them.
+  index_t similar_k = 0;
+};
+
+/// What forward() returns besides the gradient.
+template <class Scalar>
+struct StepResult {
+  Scalar loss = 0;                    ///< mean margin-softmax cross-entropy over the batch
+  std::vector<label_t> classes;       ///< the batch's distinct labels, ascending (C)
+  /// k: max(Config::similar_k, the Mining policy's similar_k()).
+  index_t similar_k = 0;
+  /// similar[c * k + r]: the r-th most similar stored class to classes[c] (-1 where the memory
+  /// holds fewer than k other classes), with its cosine p_c . w in similar_cosines.
+  std::vector<label_t> similar;
+  std::vector<Scalar> similar_cosines;
+  int threads = 1;                  ///< threads the memory pass ran on
+  index_t tile_columns = 0;         ///< T: memory columns per tile
+  std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
+  /// Bytes this rank exchanged with the other ranks during the step (ShardedPrototypeMemory,
+  /// protomem/sharded.hpp; docs/distributed.md, "Traffic model"); all zero in one process.
+  CommTraffic traffic;
+};
+
+/// One stored class, as iteration over a memory yields it (oldest in eviction order first).
+/// `prototype` is a view into the store, or a decoded copy (std::vector) under narrow storage.
+template <class Scalar, class Prototype = Span<const Scalar>>
+struct Record {
+  label_t label;
+  Prototype prototype;
+  std::uint64_t last_written;
+};
+
+}  // namespace protomem
