@@ -244,15 +244,14 @@ class BatchSampler {
   }
 
   /// Reads the state file at `path` (which must hold exactly one state), as load(std::istream&).
+  /// The file must be a regular file (a directory, device or FIFO is an Error at once).
   void load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) detail::fail("sampler load: cannot open '", path, "'");
+    std::istringstream in(detail::read_regular_file(path, "sampler load"));
     BatchSampler loaded = *this;
-    loaded.load(in, "'" + path + "'");
+    loaded.load(in, detail::quoted_path(path));
     if (in.peek() != std::char_traits<char>::eof()) {
-      detail::fail("'", path, "' has unexpected bytes after its sampler state");
+      detail::fail(detail::quoted_path(path), " has unexpected bytes after its sampler state");
     }
-    if (in.bad()) detail::fail("sampler load: reading '", path, "' failed");
     *this = std::move(loaded);
   }
 
@@ -260,6 +259,12 @@ class BatchSampler {
   /// the sampler unchanged, when the state is truncated or corrupt, or was saved by a sampler with
   /// another class order, C, K, doppelganger fraction or data set.
   void load(std::istream& in, const std::string& source = "sampler state") {
+    // A stream's own exceptions (exceptions() enabled, a throwing buffer) become an Error.
+    detail::reading_stream(source, [&] { load_unguarded(in, source); });
+  }
+
+ private:
+  void load_unguarded(std::istream& in, const std::string& source) {
     std::string bytes(16, '\0');
     auto read = [&](std::size_t at, std::size_t n) {
       in.read(&bytes[at], static_cast<std::streamsize>(n));

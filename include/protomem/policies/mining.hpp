@@ -36,13 +36,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <protomem/detail/detect.hpp>
-#include <type_traits>
-#include <utility>
+#include <new>
 #include <protomem/detail/bookkeeping.hpp>
+#include <protomem/detail/detect.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace protomem {
@@ -79,13 +80,18 @@ class DoppelgangerMining {
   static constexpr index_t max_k = 1 << 16;
 
   /// k in [1, max_k] doppelgangers per class, in a table of at most `table_capacity` >= 1 classes.
-  DoppelgangerMining(index_t k, index_t table_capacity)
-      : k_(k),
-        capacity_(table_capacity),
-        table_(checked_capacity(table_capacity)),
-        count_(static_cast<std::size_t>(table_capacity), 0),
-        similar_(static_cast<std::size_t>(table_capacity * checked_k(k)), -1),
-        cosine_(static_cast<std::size_t>(table_capacity * k), 0.0f) {}
+  /// A table too large to allocate is an Error naming k, table_capacity and the bytes.
+  DoppelgangerMining(index_t k, index_t table_capacity) try
+      : k_(checked_k(k)),
+        capacity_(checked_capacity(table_capacity)),
+        table_(capacity_),
+        count_(static_cast<std::size_t>(capacity_), 0),
+        similar_(static_cast<std::size_t>(capacity_ * k_), -1),
+        cosine_(static_cast<std::size_t>(capacity_ * k_), 0.0f) {
+  } catch (const std::bad_alloc&) {
+    detail::fail("DoppelgangerMining: cannot allocate a table of table_capacity x k = ",
+                 table_capacity, " x ", k, " (about ", table_bytes(table_capacity, k), " bytes)");
+  }
 
   index_t similar_k() const { return k_; }
   index_t k() const { return k_; }
@@ -200,6 +206,13 @@ class DoppelgangerMining {
     }
     return k;
   }
+  // Per row: k labels and cosines, a count, and about 64 bytes of the label table (map, queue).
+  static std::uint64_t table_bytes(index_t capacity, index_t k) {
+    return static_cast<std::uint64_t>(capacity) *
+           (static_cast<std::uint64_t>(k) * (sizeof(label_t) + sizeof(float)) + 72);
+  }
+  // With k <= 2^16 and capacity <= 2^40 no size wraps and every vector is below max_size(), so
+  // a table too large fails only as std::bad_alloc, which the constructor names.
   static index_t checked_capacity(index_t capacity) {
     if (capacity < 1 || capacity > (index_t{1} << 40)) {
       detail::fail("DoppelgangerMining: table_capacity = ", capacity, " must be in [1, 2^40]");
