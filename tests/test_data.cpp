@@ -54,30 +54,7 @@ std::string encode_png(const std::vector<std::uint8_t>& pixels, int w, int h, in
 }
 
 std::string encode_jpeg(const std::vector<std::uint8_t>& pixels, int w, int h, int channels) {
-  jpeg_compress_struct info;
-  jpeg_error_mgr error;
-  info.err = jpeg_std_error(&error);
-  jpeg_create_compress(&info);
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&info, &buffer, &size);
-  info.image_width = static_cast<JDIMENSION>(w);
-  info.image_height = static_cast<JDIMENSION>(h);
-  info.input_components = channels;
-  info.in_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
-  jpeg_set_defaults(&info);
-  jpeg_set_quality(&info, 90, TRUE);
-  jpeg_start_compress(&info, TRUE);
-  while (info.next_scanline < info.image_height) {
-    JSAMPROW row = const_cast<std::uint8_t*>(pixels.data()) +
-                   static_cast<std::size_t>(info.next_scanline) * w * channels;
-    jpeg_write_scanlines(&info, &row, 1);
-  }
-  jpeg_finish_compress(&info);
-  jpeg_destroy_compress(&info);
-  std::string out(reinterpret_cast<char*>(buffer), size);
-  std::free(buffer);
-  return out;
+  return protomem_test::encode_jpeg(pixels, w, h, channels, 90);
 }
 
 // libjpeg's own decode of valid data (the default error handler is fine for these).

@@ -76,34 +76,9 @@ std::string bytes_of(const Memory& memory) {
 
 #if PROTOMEM_SEEDS_WITH_DATA
 std::string encode_jpeg(int w, int h, int channels, bool progressive) {
-  jpeg_compress_struct info;
-  jpeg_error_mgr error;
-  info.err = jpeg_std_error(&error);
-  jpeg_create_compress(&info);
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&info, &buffer, &size);
-  info.image_width = static_cast<JDIMENSION>(w);
-  info.image_height = static_cast<JDIMENSION>(h);
-  info.input_components = channels;
-  info.in_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
-  jpeg_set_defaults(&info);
-  info.optimize_coding = TRUE;
-  if (progressive) jpeg_simple_progression(&info);
-  jpeg_start_compress(&info, TRUE);
-  std::vector<unsigned char> row(static_cast<std::size_t>(w * channels));
-  while (info.next_scanline < info.image_height) {
-    for (std::size_t x = 0; x < row.size(); ++x) {
-      row[x] = static_cast<unsigned char>(x * 29 + info.next_scanline * 53);
-    }
-    JSAMPROW p = row.data();
-    jpeg_write_scanlines(&info, &p, 1);
-  }
-  jpeg_finish_compress(&info);
-  jpeg_destroy_compress(&info);
-  std::string out(reinterpret_cast<char*>(buffer), size);
-  std::free(buffer);
-  return out;
+  std::vector<unsigned char> pixels(static_cast<std::size_t>(w * h * channels));
+  for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<unsigned char>(i * 29);
+  return protomem_test::encode_jpeg(pixels, w, h, channels, 75, progressive, true);
 }
 
 std::string encode_png(int w, int h, int channels) {

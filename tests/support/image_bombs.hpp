@@ -32,8 +32,10 @@ inline void put_u32_be(std::string& s, std::uint32_t v) {
   put_u16_be(s, v & 0xffff);
 }
 
-/// An 8 x 8 JPEG from libjpeg (optimised Huffman tables: small), its SOF0 patched to w x h.
-inline std::string jpeg_claiming(unsigned width, unsigned height, int channels) {
+/// `pixels` (h x w x channels) encoded by libjpeg at `quality`, optionally progressive
+/// (jpeg_simple_progression) and with optimised Huffman tables (smaller).
+inline std::string encode_jpeg(const std::vector<unsigned char>& pixels, int w, int h, int channels,
+                               int quality, bool progressive = false, bool optimize = false) {
   jpeg_compress_struct info;
   jpeg_error_mgr error;
   info.err = jpeg_std_error(&error);
@@ -41,22 +43,33 @@ inline std::string jpeg_claiming(unsigned width, unsigned height, int channels) 
   unsigned char* buffer = nullptr;
   unsigned long size = 0;
   jpeg_mem_dest(&info, &buffer, &size);
-  info.image_width = 8;
-  info.image_height = 8;
+  info.image_width = static_cast<JDIMENSION>(w);
+  info.image_height = static_cast<JDIMENSION>(h);
   info.input_components = channels;
   info.in_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_set_defaults(&info);
-  info.optimize_coding = TRUE;
+  jpeg_set_quality(&info, quality, TRUE);
+  info.optimize_coding = optimize ? TRUE : FALSE;
+  if (progressive) jpeg_simple_progression(&info);
   jpeg_start_compress(&info, TRUE);
-  std::vector<unsigned char> row(static_cast<std::size_t>(8 * channels), 128);
   while (info.next_scanline < info.image_height) {
-    JSAMPROW p = row.data();
-    jpeg_write_scanlines(&info, &p, 1);
+    auto* row =
+        const_cast<unsigned char*>(pixels.data()) +
+        static_cast<std::size_t>(info.next_scanline) * static_cast<std::size_t>(w * channels);
+    jpeg_write_scanlines(&info, &row, 1);
   }
   jpeg_finish_compress(&info);
   jpeg_destroy_compress(&info);
   std::string out(reinterpret_cast<char*>(buffer), size);
   std::free(buffer);
+  return out;
+}
+
+/// An 8 x 8 JPEG from libjpeg (optimised Huffman tables: small), its SOF0 patched to w x h.
+inline std::string jpeg_claiming(unsigned width, unsigned height, int channels) {
+  const std::string out =
+      encode_jpeg(std::vector<unsigned char>(static_cast<std::size_t>(64 * channels), 128), 8, 8,
+                  channels, 75, false, true);
   for (std::size_t i = 2; i + 9 < out.size(); ++i) {  // FF C0 | length | P | Y | X
     if (static_cast<unsigned char>(out[i]) == 0xff &&
         static_cast<unsigned char>(out[i + 1]) == 0xc0) {
