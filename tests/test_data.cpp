@@ -704,6 +704,13 @@ TEST_CASE("a JPEG with more scans than the limit is an Error when the scan start
   CHECK(image.width == 8);
   CHECK(std::all_of(image.pixels.begin(), image.pixels.end(),
                     [&](std::uint8_t v) { return v == image.pixels[0]; }));
+  // A real progressive JPEG (libjpeg's script: 10 scans in colour) decodes as libjpeg decodes it.
+  std::mt19937 rng(17);
+  const std::string progressive =
+      protomem_test::encode_jpeg(random_pixels(rng, 48 * 32 * 3), 48, 32, 3, 90, true);
+  CHECK(decode_image(reinterpret_cast<const unsigned char*>(progressive.data()), progressive.size(),
+                     3, "p")
+            .pixels == libjpeg_decode(progressive, 3));
   const ChildRun run = decode_in_child(protomem_test::jpeg_with_scans(101));
   check_bounded(run);
   CHECK_THAT(run.outcome, Contains("'bomb.rec' record 7") && Contains("cannot decode JPEG") &&
