@@ -448,12 +448,16 @@ TEST_CASE("sizes a caller passes are checked before they are allocated") {
                                              "65536]"));
   config.similar_k = index_t{1} << 16;
   CHECK_NOTHROW(Memory(config));
+  // Before: std::bad_alloc. 2^30 rows x 65536 need about 8e14 bytes, over 2^47: refused before
+  // any allocation; 2^22 x 65536 (about 3e12 bytes): its allocation fails, as an Error.
+  CHECK_THROWS_WITH(protomem::DoppelgangerMining(65536, index_t{1} << 30),
+                    Contains("table_capacity x k = 1073741824 x 65536 needs about"));
   const auto run = protomem_test::run_in_child(
-      [] { protomem::DoppelgangerMining mining(65536, index_t{1} << 30); });
+      [] { protomem::DoppelgangerMining mining(65536, index_t{1} << 22); });
   INFO(run.outcome);
   CHECK(run.is_error());
   CHECK_THAT(run.outcome, Contains("DoppelgangerMining: cannot allocate a table of "
-                                   "table_capacity x k = 1073741824 x 65536"));
+                                   "table_capacity x k = 4194304 x 65536"));
   CHECK_THROWS_WITH(protomem::DoppelgangerMining(0, 4), Contains("k = 0"));
   CHECK_THROWS_WITH(protomem::DoppelgangerMining(2, 0), Contains("table_capacity = 0"));
 }

@@ -83,7 +83,7 @@ class DoppelgangerMining {
   /// A table too large to allocate is an Error naming k, table_capacity and the bytes.
   DoppelgangerMining(index_t k, index_t table_capacity) try
       : k_(checked_k(k)),
-        capacity_(checked_capacity(table_capacity)),
+        capacity_(checked_capacity(table_capacity, k_)),
         table_(capacity_),
         count_(static_cast<std::size_t>(capacity_), 0),
         similar_(static_cast<std::size_t>(capacity_ * k_), -1),
@@ -211,11 +211,17 @@ class DoppelgangerMining {
     return static_cast<std::uint64_t>(capacity) *
            (static_cast<std::uint64_t>(k) * (sizeof(label_t) + sizeof(float)) + 72);
   }
-  // With k <= 2^16 and capacity <= 2^40 no size wraps and every vector is below max_size(), so
-  // a table too large fails only as std::bad_alloc, which the constructor names.
-  static index_t checked_capacity(index_t capacity) {
+  // k <= 2^16 (checked first) and capacity <= 2^40: table_bytes() cannot wrap. A table larger
+  // than x86-64's whole user address space (2^47 bytes) is refused before anything is allocated
+  // (allocating its first parts could take gigabytes and seconds); a smaller one that cannot be
+  // allocated fails as std::bad_alloc, which the constructor names.
+  static index_t checked_capacity(index_t capacity, index_t k) {
     if (capacity < 1 || capacity > (index_t{1} << 40)) {
       detail::fail("DoppelgangerMining: table_capacity = ", capacity, " must be in [1, 2^40]");
+    }
+    if (table_bytes(capacity, k) > (std::uint64_t{1} << 47)) {
+      detail::fail("DoppelgangerMining: table_capacity x k = ", capacity, " x ", k, " needs about ",
+                   table_bytes(capacity, k), " bytes, more than any address space (2^47)");
     }
     return capacity;
   }
