@@ -759,9 +759,18 @@ TEST_CASE("an image over a limit is a corrupt sample for the loader: named, or s
       source, [] { return std::vector<index_t>{3}; }, tight);
   CHECK_THAT(error_of([&] { loader.next(); }), Contains("more than the limit of 63"));
   tight.limits.max_jpeg_scans = 0;
-  CHECK_THROWS_WITH(ImageLoader(
-                        source, [] { return std::vector<index_t>{3}; }, tight),
-                    Contains("max_jpeg_scans = 0"));
+  const auto ids = [] { return std::vector<index_t>{3}; };
+  CHECK_THROWS_WITH(ImageLoader(source, ids, tight), Contains("max_jpeg_scans = 0"));
+  // Sizes the caller passes: the output size within max_pixels, prefetch within [1, 1024].
+  CHECK_THROWS_WITH(ImageLoader(source, ids, {{65536, 65536, 3}, 0, 1, false}),
+                    Contains("image size 65536x65536 = 4294967296 pixels is more than "
+                             "DecodeLimits::max_pixels = 16777216"));
+  CHECK_THROWS_WITH(ImageLoader(source, ids, {{8, 8, 1}, 0, 1 << 30, false}),
+                    Contains("prefetch = 1073741824 (must be in [1, 1024])"));
+  const std::string good_bytes = source.bytes(3);
+  CHECK_THROWS_WITH(decode_image(reinterpret_cast<const unsigned char*>(good_bytes.data()),
+                                 good_bytes.size(), ImageSize{100000, 100000, 1}, "g"),
+                    Contains("decode_image: image size 100000x100000"));
 }
 
 TEST_CASE("a path that is not a regular file is an Error at once, naming it") {

@@ -458,6 +458,14 @@ TEST_CASE("sizes a caller passes are checked before they are allocated") {
   CHECK(run.is_error());
   CHECK_THAT(run.outcome, Contains("DoppelgangerMining: cannot allocate a table of "
                                    "table_capacity x k = 4194304 x 65536"));
+  // A sampler's batch of C x K ids: 2 x 2^40 ended in std::bad_alloc at the first batch.
+  const auto index = protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 0, 1, 1});
+  CHECK_THROWS_WITH(protomem::IterateAndSample(index, {2, index_t{1} << 40, 1}),
+                    Contains("classes_per_batch x exemplars_per_class = 2 x 1099511627776 is "
+                             "more than 16777216 samples a batch"));
+  CHECK_NOTHROW(protomem::IterateAndSample(index, {2, index_t{1} << 23, 1}));
+  CHECK_THROWS_AS(protomem::IterateAndSample(index, {2, (index_t{1} << 23) + 1, 1}),
+                  protomem::Error);
   CHECK_THROWS_WITH(protomem::DoppelgangerMining(0, 4), Contains("k = 0"));
   CHECK_THROWS_WITH(protomem::DoppelgangerMining(2, 0), Contains("table_capacity = 0"));
 }

@@ -158,6 +158,9 @@ class UniformClasses {
 template <class ClassOrder>
 class BatchSampler {
  public:
+  /// The most samples (C x K) a batch may hold.
+  static constexpr index_t max_batch_samples = index_t{1} << 24;
+
   BatchSampler(const DatasetIndex& index, const SamplerConfig& config)
       : index_(&index), config_(config) {
     const index_t C = config.classes_per_batch;
@@ -166,6 +169,13 @@ class BatchSampler {
     if (config.exemplars_per_class < 1) {
       detail::fail("SamplerConfig::exemplars_per_class = ", config.exemplars_per_class,
                    " must be >= 1");
+    }
+    // A batch holds C x K sample ids: beyond 2^24 (128 MB of ids) it is no training step, and
+    // C x K = 2^40 ended in std::bad_alloc at the first batch.
+    if (config.exemplars_per_class > max_batch_samples / C) {
+      detail::fail("SamplerConfig: classes_per_batch x exemplars_per_class = ", C, " x ",
+                   config.exemplars_per_class, " is more than ", max_batch_samples,
+                   " samples a batch");
     }
     if (!(f >= 0.0 && f < 1.0)) {
       detail::fail("SamplerConfig::doppelganger_fraction = ", f, " is outside [0, 1)");

@@ -247,6 +247,16 @@ inline void check_decode_limits(const DecodeLimits& limits, const char* who) {
   }
 }
 
+/// The size images are resized to is held to max_pixels too: a huge one would be allocated.
+inline void check_output_size(const ImageSize& size, const DecodeLimits& limits, const char* who) {
+  const auto pixels =
+      static_cast<std::uint64_t>(size.width) * static_cast<std::uint64_t>(size.height);
+  if (pixels > limits.max_pixels) {
+    protomem::detail::fail(who, ": image size ", size.width, "x", size.height, " = ", pixels,
+                           " pixels is more than DecodeLimits::max_pixels = ", limits.max_pixels);
+  }
+}
+
 /// Decodes a JPEG or PNG at its own size, to `channels` (1 or 3) channels, within `limits`.
 inline Image decode_image(const unsigned char* data, std::size_t size, int channels,
                           const std::string& source, const DecodeLimits& limits = {}) {
@@ -302,6 +312,7 @@ inline Image decode_image(const unsigned char* data, std::size_t size, const Ima
     protomem::detail::fail("decode_image: size ", want.width, "x", want.height,
                            " (both must be >= 1)");
   }
+  check_output_size(want, limits, "decode_image");
   return resize_image(decode_image(data, size, want.channels, source, limits), want.width,
                       want.height);
 }

@@ -67,8 +67,10 @@ class ImageLoader {
       protomem::detail::fail("ImageLoader: threads = ", options_.threads,
                              " (must be in [0, 1024])");
     }
-    if (options_.prefetch < 1) {
-      protomem::detail::fail("ImageLoader: prefetch = ", options_.prefetch, " (must be >= 1)");
+    // Batches decoded ahead are held in memory: more than 1024 is memory, not speed.
+    if (options_.prefetch < 1 || options_.prefetch > 1024) {
+      protomem::detail::fail("ImageLoader: prefetch = ", options_.prefetch,
+                             " (must be in [1, 1024])");
     }
     const ImageSize& s = options_.size;
     if (s.width < 1 || s.height < 1 || (s.channels != 1 && s.channels != 3)) {
@@ -76,6 +78,7 @@ class ImageLoader {
                              " (width, height >= 1; channels 1 or 3)");
     }
     check_decode_limits(options_.limits, "ImageLoader");
+    check_output_size(s, options_.limits, "ImageLoader");
     if (!next_samples_) protomem::detail::fail("ImageLoader: no sample source (next_samples)");
     for (int t = 0; t < options_.threads; ++t) workers_.emplace_back([this] { work(); });
   }
