@@ -752,8 +752,8 @@ TEST_CASE("an image over a limit is a corrupt sample for the loader: named, or s
     CHECK(b.decoded == std::vector<index_t>{2, 3});
     CHECK(std::equal(good_pixels.begin(), good_pixels.end(), b.pixels.begin()));
   }
-  // The limits are LoaderOptions: 8 x 8 = 64 pixels over a limit of 63.
-  LoaderOptions tight{{8, 8, 1}, 0, 1, false};
+  // The limits are LoaderOptions: 8 x 8 = 64 pixels over a limit of 63 (resized to 4 x 4).
+  LoaderOptions tight{{4, 4, 1}, 0, 1, false};
   tight.limits.max_pixels = 63;
   ImageLoader loader(
       source, [] { return std::vector<index_t>{3}; }, tight);
