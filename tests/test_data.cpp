@@ -804,7 +804,8 @@ TEST_CASE("a path that is not a regular file is an Error at once, naming it") {
     INFO("sample " << sample);
     // Without the check: std::ios_base::failure, bad_alloc after reading /dev/zero, a FIFO that
     // blocks until the child is killed.
-    const ChildRun run = run_in_child([&] { source.bytes(sample); }, 5);
+    const index_t id = sample;  // a structured binding cannot be captured in C++17
+    const ChildRun run = run_in_child([&] { source.bytes(id); }, 5);
     check_bounded(run);
     CHECK_THAT(run.outcome, Contains(kind) && Contains("of list"));
   }
