@@ -430,7 +430,7 @@ def jpeg_claiming(width, height):
 
 
 def jpeg_with_scans(scans):
-    """A progressive 8 x 8 gray JPEG of `scans` identical DC scans (tests/support/image_bombs.hpp)."""
+    """A progressive 8 x 8 gray JPEG of `scans` identical DC scans (as image_bombs.hpp builds)."""
     head = (b"\xff\xd8" + b"\xff\xdb\x00\x43\x00" + b"\x01" * 64
             + b"\xff\xc2\x00\x0b\x08\x00\x08\x00\x08\x01\x01\x11\x00"
             + b"\xff\xc4\x00\x14\x00\x01" + b"\x00" * 15 + b"\x00")
@@ -476,7 +476,8 @@ def test_an_image_over_a_limit_is_skipped_like_a_corrupt_one(tmp_path):
         assert label == 0 and torch.equal(x[0], gray(2))
     assert lenient.substituted == 2
     error(lambda: RecordIODataset(path, max_pixels=0), "max_pixels = 0")
-    error(lambda: RecordIODataset(path, normalize=False, max_pixels=15)[2], "more than the limit of 15")
+    error(lambda: RecordIODataset(path, normalize=False, max_pixels=15)[2],
+          "more than the limit of 15")
 
 
 def test_a_path_that_is_not_a_regular_file_raises_at_once(tmp_path):

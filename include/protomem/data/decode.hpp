@@ -101,8 +101,8 @@ extern "C" inline void protomem_jpeg_progress(j_common_ptr info) {
 
 /// True, with "header claims W x H = N pixels, more than the limit of L" in `message`, when a
 /// header's size is over DecodeLimits::max_pixels.
-inline bool over_pixel_limit(std::uint64_t width, std::uint64_t height, const DecodeLimits& limits,
-                             char* message, std::size_t size) {
+inline bool over_pixel_limit(std::uint64_t width, std::uint64_t height,
+                             const DecodeLimits& limits, char* message, std::size_t size) {
   if (width * height <= limits.max_pixels) return false;  // both < 2^32: no wrap
   std::snprintf(message, size,
                 "header claims %llu x %llu = %llu pixels, more than the limit of %llu "
@@ -283,10 +283,10 @@ inline Image decode_image(const unsigned char* data, std::size_t size, int chann
       png_image_free(&png);
       protomem::detail::fail(source, ": cannot decode PNG (", size, " bytes): ", message);
     }
-    char message[200];
-    if (detail::over_pixel_limit(png.width, png.height, limits, message, sizeof message)) {
+    char over[200];
+    if (detail::over_pixel_limit(png.width, png.height, limits, over, sizeof over)) {
       png_image_free(&png);  // before PNG_IMAGE_SIZE bytes are allocated and zeroed
-      protomem::detail::fail(source, ": cannot decode PNG (", size, " bytes): ", message);
+      protomem::detail::fail(source, ": cannot decode PNG (", size, " bytes): ", over);
     }
     png.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
     image.width = static_cast<int>(png.width);
