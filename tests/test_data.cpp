@@ -7,6 +7,9 @@
 #include <jpeglib.h>  // after <cstdio>: it needs FILE and size_t
 // clang-format on
 #include <png.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -21,6 +24,9 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "support/child.hpp"
+#include "support/image_bombs.hpp"
 
 namespace fs = std::filesystem;
 using protomem::Error;
@@ -48,30 +54,7 @@ std::string encode_png(const std::vector<std::uint8_t>& pixels, int w, int h, in
 }
 
 std::string encode_jpeg(const std::vector<std::uint8_t>& pixels, int w, int h, int channels) {
-  jpeg_compress_struct info;
-  jpeg_error_mgr error;
-  info.err = jpeg_std_error(&error);
-  jpeg_create_compress(&info);
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&info, &buffer, &size);
-  info.image_width = static_cast<JDIMENSION>(w);
-  info.image_height = static_cast<JDIMENSION>(h);
-  info.input_components = channels;
-  info.in_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
-  jpeg_set_defaults(&info);
-  jpeg_set_quality(&info, 90, TRUE);
-  jpeg_start_compress(&info, TRUE);
-  while (info.next_scanline < info.image_height) {
-    JSAMPROW row = const_cast<std::uint8_t*>(pixels.data()) +
-                   static_cast<std::size_t>(info.next_scanline) * w * channels;
-    jpeg_write_scanlines(&info, &row, 1);
-  }
-  jpeg_finish_compress(&info);
-  jpeg_destroy_compress(&info);
-  std::string out(reinterpret_cast<char*>(buffer), size);
-  std::free(buffer);
-  return out;
+  return protomem_test::encode_jpeg(pixels, w, h, channels, 90);
 }
 
 // libjpeg's own decode of valid data (the default error handler is fine for these).
@@ -398,7 +381,7 @@ TEST_CASE("malformed RecordIO input throws an Error naming the file and the reco
   SECTION("a missing .idx file") {
     std::ofstream(dir.path / "alone.rec", std::ios::binary) << rec;
     CHECK_THAT(error_of([&] { RecordIOSource s((dir.path / "alone.rec").string()); }),
-               Contains("cannot open RecordIO index") && Contains("alone.idx"));
+               Contains("RecordIO index: cannot open") && Contains("alone.idx"));
   }
 }
 
@@ -659,4 +642,247 @@ TEST_CASE("randomly corrupted RecordIO files give protomem::Error or good images
   CHECK(opened > 0);
   CHECK(decoded > 0);
   CHECK(errors > 0);
+}
+
+// ---- bounds: hostile images, paths and sizes (docs/reliability.md, "Bounded input") -----------
+
+namespace {
+
+using protomem_test::ChildRun;
+using protomem_test::run_in_child;
+
+std::string jpeg_or_png(const std::string& bytes) { return bytes[0] == '\xff' ? "JPEG" : "PNG"; }
+
+ChildRun decode_in_child(const std::string& bytes, const DecodeLimits& limits = {}) {
+  return run_in_child([&] {
+    decode_image(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                 ImageSize{112, 112, 3}, "'bomb.rec' record 7", limits);
+  });
+}
+
+// Each case: an Error, at once, and (without ASan) within 100 MB of memory.
+void check_bounded(const ChildRun& run) {
+  INFO(run.outcome);
+  CHECK(run.is_error());
+  CHECK(run.seconds < 1.0);
+  if (!PROTOMEM_TEST_ASAN) CHECK(run.added_rss_mb() < 100);
+}
+
+}  // namespace
+
+TEST_CASE("a header claiming more pixels than the limit is an Error before any allocation") {
+  // A few hundred bytes each; without the check the decoder allocates and zero-fills width x
+  // height x channels bytes (4 to 12 GB) before it reads a pixel.
+  for (const std::string& bomb :
+       {protomem_test::jpeg_claiming(65000, 65000, 3),
+        protomem_test::jpeg_claiming(65000, 65000, 1), protomem_test::png_claiming(65000, 65000),
+        protomem_test::png_claiming(300000, 300)}) {
+    INFO(jpeg_or_png(bomb) << ", " << bomb.size() << " bytes");
+    CHECK(bomb.size() < 700);
+    const ChildRun run = decode_in_child(bomb);
+    check_bounded(run);
+    CHECK_THAT(run.outcome, Contains("'bomb.rec' record 7") && Contains("header claims") &&
+                                Contains("more than the limit of 16777216") &&
+                                Contains("DecodeLimits::max_pixels"));
+  }
+  CHECK_THAT(decode_in_child(protomem_test::jpeg_claiming(65000, 65000, 3)).outcome,
+             Contains("65000 x 65000 = 4225000000 pixels"));
+  // The limit is the caller's: an 8 x 8 image against 63 pixels, and 64.
+  const std::string small = protomem_test::jpeg_claiming(8, 8, 1);
+  const auto* data = reinterpret_cast<const unsigned char*>(small.data());
+  CHECK_THROWS_WITH(decode_image(data, small.size(), 1, "s", {63, 100}),
+                    Contains("8 x 8 = 64 pixels, more than the limit of 63"));
+  CHECK(decode_image(data, small.size(), 1, "s", {64, 100}).width == 8);
+  CHECK_THROWS_WITH(decode_image(data, small.size(), 1, "s", {0, 100}), Contains("max_pixels = 0"));
+}
+
+TEST_CASE("a JPEG with more scans than the limit is an Error when the scan starts") {
+  // The bomb is valid: 100 identical DC scans decode (8 x 8 gray of one value).
+  const std::string at_limit = protomem_test::jpeg_with_scans(100);
+  const Image image = decode_image(reinterpret_cast<const unsigned char*>(at_limit.data()),
+                                   at_limit.size(), 1, "ok");
+  CHECK(image.width == 8);
+  CHECK(std::all_of(image.pixels.begin(), image.pixels.end(),
+                    [&](std::uint8_t v) { return v == image.pixels[0]; }));
+  // A real progressive JPEG (libjpeg's script: 10 scans in colour) decodes as libjpeg decodes it.
+  std::mt19937 rng(17);
+  const std::string progressive =
+      protomem_test::encode_jpeg(random_pixels(rng, 48 * 32 * 3), 48, 32, 3, 90, true);
+  CHECK(decode_image(reinterpret_cast<const unsigned char*>(progressive.data()), progressive.size(),
+                     3, "p")
+            .pixels == libjpeg_decode(progressive, 3));
+  const ChildRun run = decode_in_child(protomem_test::jpeg_with_scans(101));
+  check_bounded(run);
+  CHECK_THAT(run.outcome, Contains("'bomb.rec' record 7") && Contains("cannot decode JPEG") &&
+                              Contains("more than 100 scans") &&
+                              Contains("DecodeLimits::max_jpeg_scans"));
+  // A caller's limit, on a bomb of a few hundred bytes.
+  const std::string bomb = protomem_test::jpeg_with_scans(20);
+  CHECK(bomb.size() < 400);
+  CHECK_THAT(decode_in_child(bomb, {1 << 24, 10}).outcome, Contains("more than 10 scans"));
+}
+
+TEST_CASE("an image over a limit is a corrupt sample for the loader: named, or skipped") {
+  TempDir dir;
+  std::mt19937 rng(21);
+  const auto good_pixels = random_pixels(rng, 8 * 8);
+  const std::string good = encode_png(good_pixels, 8, 8, 1);
+  Writer w;  // samples 0, 1 of label 0 are bombs; sample 2 (label 0) and 3 (label 1) are good
+  w.add(0, image_payload(0, {}, 0, protomem_test::png_claiming(65000, 65000)));
+  w.add(1, image_payload(0, {}, 0, protomem_test::jpeg_with_scans(200)));
+  w.add(2, image_payload(0, {}, 0, good));
+  w.add(3, image_payload(1, {}, 0, good));
+  w.save(dir.path / "b");
+  RecordIOSource source((dir.path / "b.rec").string());
+  for (index_t bomb : {0, 1}) {
+    ImageLoader strict(source,
+                       [&] {
+                         return std::vector<index_t>{bomb, 3};
+                       },
+                       {{8, 8, 1}, 0, 1, false});
+    CHECK_THAT(error_of([&] { strict.next(); }),
+               Contains("b.rec' record " + std::to_string(bomb)) &&
+                   Contains(bomb == 0 ? "65000 x 65000" : "more than 100 scans"));
+    ImageLoader lenient(source,
+                        [&] {
+                          return std::vector<index_t>{bomb, 3};
+                        },
+                        {{8, 8, 1}, 0, 1, true});
+    const ImageBatch b = lenient.next();
+    CHECK(b.decoded == std::vector<index_t>{2, 3});
+    CHECK(std::equal(good_pixels.begin(), good_pixels.end(), b.pixels.begin()));
+  }
+  // The limits are LoaderOptions: 8 x 8 = 64 pixels over a limit of 63 (resized to 4 x 4).
+  LoaderOptions tight{{4, 4, 1}, 0, 1, false};
+  tight.limits.max_pixels = 63;
+  ImageLoader loader(
+      source, [] { return std::vector<index_t>{3}; }, tight);
+  CHECK_THAT(error_of([&] { loader.next(); }), Contains("more than the limit of 63"));
+  tight.limits.max_jpeg_scans = 0;
+  const auto ids = [] { return std::vector<index_t>{3}; };
+  CHECK_THROWS_WITH(ImageLoader(source, ids, tight), Contains("max_jpeg_scans = 0"));
+  // Sizes the caller passes: the output size within max_pixels, prefetch within [1, 1024].
+  CHECK_THROWS_WITH(ImageLoader(source, ids, {{65536, 65536, 3}, 0, 1, false}),
+                    Contains("image size 65536x65536 = 4294967296 pixels is more than "
+                             "DecodeLimits::max_pixels = 16777216"));
+  CHECK_THROWS_WITH(ImageLoader(source, ids, {{8, 8, 1}, 0, 1 << 30, false}),
+                    Contains("prefetch = 1073741824 (must be in [1, 1024])"));
+  const std::string good_bytes = source.bytes(3);
+  CHECK_THROWS_WITH(decode_image(reinterpret_cast<const unsigned char*>(good_bytes.data()),
+                                 good_bytes.size(), ImageSize{100000, 100000, 1}, "g"),
+                    Contains("decode_image: image size 100000x100000"));
+}
+
+TEST_CASE("a path that is not a regular file is an Error at once, naming it") {
+  TempDir dir;
+  const std::string png = encode_png(std::vector<std::uint8_t>(16, 9), 4, 4, 1);
+  std::ofstream(dir.path / "good.png", std::ios::binary) << png;
+  const fs::path fifo = dir.path / "fifo.png";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  fs::create_directories(dir.path / "folder.png");
+  const fs::path socket_path = dir.path / "socket.png";
+  const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::snprintf(address.sun_path, sizeof address.sun_path, "%s", socket_path.c_str());
+  const bool have_socket =
+      sock >= 0 && ::bind(sock, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  std::ofstream(dir.path / "list.txt") << "good.png 0\n"
+                                       << "folder.png 0\n"
+                                       << "fifo.png 1\n"
+                                       << "/dev/zero 1\n"
+                                       << "socket.png 2\n";
+  ListSource source((dir.path / "list.txt").string());
+  CHECK(source.bytes(0) == png);
+  const std::pair<index_t, const char*> cases[] = {
+      {1, "is a directory, not a regular file"},
+      {2, "is a FIFO, not a regular file"},
+      {3, "'/dev/zero' is a character device, not a regular file"},
+      {4, "is a socket, not a regular file"}};
+  for (const auto& [sample, kind] : cases) {
+    if (sample == 4 && !have_socket) continue;
+    INFO("sample " << sample);
+    // Without the check: std::ios_base::failure, bad_alloc after reading /dev/zero, a FIFO that
+    // blocks until the child is killed.
+    const index_t id = sample;  // a structured binding cannot be captured in C++17
+    const ChildRun run = run_in_child([&] { source.bytes(id); }, 5);
+    check_bounded(run);
+    CHECK_THAT(run.outcome, Contains(kind) && Contains("of list"));
+  }
+  if (sock >= 0) ::close(sock);
+
+  // The same for every file a source opens: the list itself, the .rec and the .idx.
+  const auto error_in_child = [](const std::function<void()>& f) {
+    const ChildRun run = run_in_child(f, 5);
+    check_bounded(run);
+    return run.outcome;
+  };
+  CHECK_THAT(error_in_child([&] { ListSource s(fifo.string()); }),
+             Contains("dataset list: ") && Contains("is a FIFO"));
+  CHECK_THAT(error_in_child([&] { ListSource s((dir.path / "folder.png").string() + "/"); }),
+             Contains("is a directory"));
+  Set set = insightface_set(2, 4, 4, 1);
+  set.writer.save(dir.path / "r");
+  fs::rename(dir.path / "r.idx", dir.path / "r.idx.real");
+  REQUIRE(::mkfifo((dir.path / "r.idx").c_str(), 0600) == 0);
+  CHECK_THAT(error_in_child([&] { RecordIOSource s((dir.path / "r.rec").string()); }),
+             Contains("RecordIO index: ") && Contains("r.idx' is a FIFO"));
+  CHECK_THAT(
+      error_in_child([&] { RecordIOSource s("/dev/zero", (dir.path / "r.idx.real").string()); }),
+      Contains("'/dev/zero' is a character device"));
+
+  // A folder source takes regular files only: a FIFO named x.png is no image.
+  fs::create_directories(dir.path / "faces" / "a");
+  REQUIRE(::mkfifo((dir.path / "faces" / "a" / "x.png").c_str(), 0600) == 0);
+  CHECK_THAT(error_of([&] { FolderSource s((dir.path / "faces").string()); }),
+             Contains("holds no image"));
+  std::ofstream(dir.path / "faces" / "a" / "y.png", std::ios::binary) << png;
+  FolderSource folder((dir.path / "faces").string());
+  CHECK(folder.size() == 1);
+}
+
+TEST_CASE("an image file over SourceOptions::max_image_bytes is an Error before it is read") {
+  TempDir dir;
+  const std::string png = encode_png(std::vector<std::uint8_t>(64, 9), 8, 8, 1);
+  std::ofstream(dir.path / "a.png", std::ios::binary) << png;
+  std::ofstream(dir.path / "list.txt") << "a.png 0\n";
+  SourceOptions options;
+  options.max_image_bytes = png.size() - 1;
+  ListSource tight((dir.path / "list.txt").string(), options);
+  CHECK_THAT(error_of([&] { tight.bytes(0); }),
+             Contains("holds " + std::to_string(png.size()) + " bytes, more than the limit of " +
+                      std::to_string(png.size() - 1) + " (SourceOptions::max_image_bytes)"));
+  options.max_image_bytes = png.size();
+  CHECK(ListSource((dir.path / "list.txt").string(), options).bytes(0) == png);
+  fs::create_directories(dir.path / "faces" / "a");
+  fs::copy_file(dir.path / "a.png", dir.path / "faces" / "a" / "a.png");
+  options.max_image_bytes = 10;
+  const auto folder = open_image_source((dir.path / "faces").string(), options);
+  CHECK_THAT(error_of([&] { folder->bytes(0); }), Contains("more than the limit of 10"));
+  CHECK(SourceOptions{}.max_image_bytes == std::uint64_t{64} << 20);
+}
+
+TEST_CASE("paths from list files and folders are escaped in messages") {
+  TempDir dir;
+  // A list line naming a missing file whose name holds an escape sequence and a byte >= 0x80.
+  std::ofstream(dir.path / "list.txt") << "a\x1b[31mb\xff.png 0\n";
+  ListSource source((dir.path / "list.txt").string());
+  const std::string message = error_of([&] { source.bytes(0); });
+  CHECK_THAT(message, Contains("a\\x1b[31mb\\xff.png") && Contains("cannot open"));
+  CHECK(message.find('\x1b') == std::string::npos);
+  CHECK(message.find('\xff') == std::string::npos);
+  CHECK_THAT(source.describe(0), Contains("a\\x1b[31mb\\xff.png' (sample 0"));
+  // A .rec file named with a control character, with a malformed record.
+  Writer w;
+  w.add(0, std::string(10, 'x'));
+  w.save(dir.path / "bad\x01name");
+  const std::string rec =
+      error_of([&] { RecordIOSource s((dir.path / "bad\x01name.rec").string()); });
+  CHECK_THAT(rec, Contains("bad\\x01name.rec' record 0"));
+  CHECK(rec.find('\x01') == std::string::npos);
+  // A folder holding such a file names it escaped too.
+  fs::create_directories(dir.path / "faces" / "id\x02");
+  std::ofstream(dir.path / "faces" / "id\x02" / "x.png") << "not a png";
+  FolderSource folder((dir.path / "faces").string());
+  CHECK_THAT(folder.describe(0), Contains("id\\x02/x.png"));
 }

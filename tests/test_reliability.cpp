@@ -7,8 +7,10 @@
 // 0 in float or overflows it, and a stored prototype that is not of unit norm.
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <cstring>
@@ -19,12 +21,14 @@
 #include <protomem/detail/atomic_file.hpp>
 #include <protomem/memory.hpp>
 #include <protomem/data/sampler.hpp>
+#include <protomem/policies/mining.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "support/checkpoint.hpp"
+#include "support/child.hpp"
 
 namespace {
 
@@ -331,4 +335,191 @@ TEST_CASE("a checkpoint whose prototype is not of unit norm is rejected (found b
   Memory target = make_memory(0, 0);
   std::istringstream in(checkpoint_support::with_valid_crc(rounded));
   CHECK_NOTHROW(target.load(in));
+}
+
+// ---- bounded input (docs/reliability.md, "Validation and sizes") ------------------------------
+
+TEST_CASE("load(path) of a directory, a device or a FIFO is an Error at once, naming it") {
+  ScratchDirectory scratch("reliability_paths");
+  const fs::path fifo = scratch.path / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  protomem::IterateAndSample sampler(
+      protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 0, 1, 1}), {2, 1, 3});
+  const std::pair<std::string, const char*> cases[] = {
+      {scratch.path.string(), "is a directory, not a regular file"},
+      {"/dev/zero", "'/dev/zero' is a character device, not a regular file"},
+      {fifo.string(), "is a FIFO, not a regular file"}};
+  for (const auto& [path, kind] : cases) {
+    INFO(path);
+    // Before: std::ios_base::failure, a read of /dev/zero until bad_alloc, a FIFO that blocks.
+    for (int which = 0; which < 2; ++which) {
+      const auto run = protomem_test::run_in_child(
+          [&, p = path] {
+            if (which == 0) {
+              Memory memory = make_memory(1, 1);
+              memory.load(p);
+            } else {
+              protomem::IterateAndSample copy = sampler;
+              copy.load(p);
+            }
+          },
+          5);
+      INFO(run.outcome);
+      CHECK(run.is_error());
+      CHECK_THAT(run.outcome, Contains(which == 0 ? "load: " : "sampler load: ") && Contains(kind));
+      CHECK(run.seconds < 1.0);
+      if (!PROTOMEM_TEST_ASAN) CHECK(run.added_rss_mb() < 100);
+    }
+  }
+  CHECK_THAT(
+      [&] {
+        try {
+          protomem::DatasetIndex::from_list_file(scratch.path.string());
+        } catch (const protomem::Error& e) {
+          return std::string(e.what());
+        }
+        return std::string("(no error)");
+      }(),
+      Contains("dataset list: ") && Contains("is a directory"));
+}
+
+TEST_CASE("load(stream) turns a stream's exceptions into an Error") {
+  const Memory source = make_memory(3, 2);
+  const std::string good = bytes_of(source);
+  Memory target = make_memory(2, 5);
+  const std::string before = bytes_of(target);
+  for (std::size_t cut : {std::size_t{0}, std::size_t{10}, good.size() / 2, good.size() - 1}) {
+    INFO("the first " << cut << " bytes");
+    std::istringstream in(good.substr(0, cut));
+    in.exceptions(std::ios::failbit | std::ios::badbit | std::ios::eofbit);
+    // Before: std::ios_base::failure left load().
+    CHECK_THROWS_AS(target.load(in, "the stream"), protomem::Error);
+    CHECK(bytes_of(target) == before);
+  }
+  // A stream buffer that throws its own exception.
+  struct Throwing : std::streambuf {
+    int_type underflow() override { throw std::runtime_error("the disk went away"); }
+  } buffer;
+  std::istream in(&buffer);
+  in.exceptions(std::ios::badbit);
+  CHECK_THROWS_WITH(target.load(in, "the stream"),
+                    Contains("the stream: reading the stream failed: the disk went away"));
+  std::istream sampler_in(&buffer);
+  sampler_in.exceptions(std::ios::badbit);
+  protomem::IterateAndSample sampler(
+      protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 1}), {1, 1, 3});
+  CHECK_THROWS_WITH(sampler.load(sampler_in), Contains("the disk went away"));
+  std::istringstream empty;
+  empty.exceptions(std::ios::failbit | std::ios::eofbit);
+  CHECK_THROWS_AS(sampler.load(empty), protomem::Error);
+  CHECK(bytes_of(target) == before);
+}
+
+TEST_CASE("load() checks labels against Config::num_classes as assign() does") {
+  // Label 500 saved by a memory without a declared range, loaded into one of 100 classes.
+  Memory wide({4, kDim}, protomem::CosFace(16.0, 0.2));
+  const std::vector<label_t> labels = {500, 500, 7, 7};
+  std::vector<float> e(4 * kDim, 0.5f), g(4 * kDim);
+  e[0] = 1.0f;
+  wide.step(protomem::matrix_view<const float>(e.data(), 4, kDim),
+            protomem::label_view(labels.data(), 4),
+            protomem::matrix_view<float>(g.data(), 4, kDim));
+  protomem::Config declared{4, kDim};
+  declared.num_classes = 100;
+  Memory narrow(declared, protomem::CosFace(16.0, 0.2));
+  const std::string before = bytes_of(narrow);
+  std::istringstream in(bytes_of(wide));
+  // Before: the memory held label 500, which a step or assign() of it refuses.
+  CHECK_THROWS_WITH(narrow.load(in), Contains("label 500") && Contains("[0, 100)") &&
+                                         Contains("Config::num_classes"));
+  CHECK(bytes_of(narrow) == before);
+  declared.num_classes = 501;
+  Memory enough(declared, protomem::CosFace(16.0, 0.2));
+  std::istringstream again(bytes_of(wide));
+  CHECK_NOTHROW(enough.load(again));
+  CHECK(enough.contains(500));
+}
+
+TEST_CASE("sizes a caller passes are checked before they are allocated") {
+  protomem::Config config{4, kDim};
+  config.similar_k = index_t{1} << 40;
+  // Before: std::bad_alloc from the step's C x similar_k table (or construction).
+  CHECK_THROWS_WITH(Memory(config), Contains("Config::similar_k = 1099511627776 must be in [0, "
+                                             "65536]"));
+  config.similar_k = index_t{1} << 16;
+  CHECK_NOTHROW(Memory(config));
+  // Before: std::bad_alloc. 2^30 rows x 65536 need about 8e14 bytes, over 2^47: refused before
+  // any allocation; 2^22 x 65536 (about 3e12 bytes): its allocation fails, as an Error.
+  CHECK_THROWS_WITH(protomem::DoppelgangerMining(65536, index_t{1} << 30),
+                    Contains("table_capacity x k = 1073741824 x 65536 needs about"));
+  // Under AddressSanitizer a throwing operator new that gets no memory aborts (its
+  // ReportOutOfMemory) instead of throwing std::bad_alloc: that path is checked without it.
+  if (!PROTOMEM_TEST_ASAN) {
+    const auto run = protomem_test::run_in_child(
+        [] { protomem::DoppelgangerMining mining(65536, index_t{1} << 22); });
+    INFO(run.outcome);
+    CHECK(run.is_error());
+    CHECK_THAT(run.outcome, Contains("DoppelgangerMining: cannot allocate a table of "
+                                     "table_capacity x k = 4194304 x 65536"));
+  }
+  // A sampler's batch of C x K ids: 2 x 2^40 ended in std::bad_alloc at the first batch.
+  const auto index = protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 0, 1, 1});
+  CHECK_THROWS_WITH(protomem::IterateAndSample(index, {2, index_t{1} << 40, 1}),
+                    Contains("classes_per_batch x exemplars_per_class = 2 x 1099511627776 is "
+                             "more than 16777216 samples a batch"));
+  CHECK_NOTHROW(protomem::IterateAndSample(index, {2, index_t{1} << 23, 1}));
+  CHECK_THROWS_AS(protomem::IterateAndSample(index, {2, (index_t{1} << 23) + 1, 1}),
+                  protomem::Error);
+  CHECK_THROWS_WITH(protomem::DoppelgangerMining(0, 4), Contains("k = 0"));
+  CHECK_THROWS_WITH(protomem::DoppelgangerMining(2, 0), Contains("table_capacity = 0"));
+}
+
+TEST_CASE("a save removes the temporaries of saves whose process was killed, and only those") {
+  ScratchDirectory scratch("reliability_stale");
+  const fs::path path = scratch.path / "memory.ckpt";
+  const Memory memory = make_memory(2, 3);
+  memory.save(path.string());
+  // A save killed by SIGKILL while it writes: its temporary stays behind.
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t writer = ::fork();
+  REQUIRE(writer >= 0);
+  if (writer == 0) {
+    ::close(ready[0]);
+    protomem::detail::write_file_atomically(path.string(), [&](protomem::detail::AtomicFile& f) {
+      f.write("partial");
+      const ::ssize_t n = ::write(ready[1], "x", 1);
+      (void)n;
+      for (;;) ::pause();  // until killed
+    });
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char byte;
+  REQUIRE(::read(ready[0], &byte, 1) == 1);
+  ::close(ready[0]);
+  ::kill(writer, SIGKILL);
+  ::waitpid(writer, nullptr, 0);
+  const std::string dead = std::to_string(writer);
+  std::vector<std::string> names = entries(scratch.path);
+  REQUIRE(names.size() == 2);  // the checkpoint and the killed save's temporary
+  const std::string killed = names[0] == "memory.ckpt" ? names[1] : names[0];
+  REQUIRE(killed.rfind("memory.ckpt.tmp." + dead + ".", 0) == 0);
+  // Files that must stay: a live process's temporary (ours, pid 1's), names that only look alike,
+  // another path's temporary.
+  const std::string ours = std::to_string(::getpid());
+  const std::vector<std::string> keep = {
+      "memory.ckpt.tmp." + ours + ".0.abcdef", "memory.ckpt.tmp.1.0.abcdef",
+      "memory.ckpt.tmp." + dead + ".0.abcdeg", "memory.ckpt.tmp." + dead + ".0.abcdef.bak",
+      "memory.ckpt.tmp." + dead + ".x.abcdef", "memory.ckpt.tmp." + dead,
+      "other.ckpt.tmp." + dead + ".0.abcdef",  "xmemory.ckpt.tmp." + dead + ".0.abcdef"};
+  for (const std::string& name : keep) write_plain(scratch.path / name, "keep");
+  write_plain(scratch.path / ("memory.ckpt.tmp." + dead + ".17.0a1b2c"), "stale");
+  // Before: nothing removed the killed save's temporary.
+  memory.save(path.string());
+  std::vector<std::string> expected = keep;
+  expected.push_back("memory.ckpt");
+  std::sort(expected.begin(), expected.end());
+  CHECK(entries(scratch.path) == expected);
+  CHECK(read_file(path) == bytes_of(memory));
 }

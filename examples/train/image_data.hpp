@@ -33,6 +33,8 @@ struct Config {
   int channels = 1;     // --channels 1|3
   int threads = 2;      // --loader-threads
   int prefetch = 4;     // batches decoded ahead
+  // --max-image-pixels, --max-jpeg-scans: an image over a limit is an undecodable sample.
+  protomem::data::DecodeLimits limits{};
 };
 
 /// The held-out path by default: heldout.<ext> beside train.<ext>.
@@ -137,6 +139,7 @@ class ImageSet {
     o.size = {config_.size, config_.size, config_.channels};
     o.threads = config_.threads;
     o.prefetch = config_.prefetch;
+    o.limits = config_.limits;
     return o;
   }
 

@@ -79,6 +79,8 @@ real images (docs/data.md; instead of the synthetic set)
   --image-size N            images are decoded and resized to N x N (default 32)
   --channels 1|3            grayscale or RGB (default 1)
   --loader-threads N        decoding threads, >= 1 (default 2)
+  --max-image-pixels N      an image whose header claims more pixels is an error (default 2^24)
+  --max-jpeg-scans N        a JPEG of more scans is an error (default 100)
 encoder and optimisation
   --encoder mlp|cnn         MLP on the pixel vector, or a small IResNet (cnn; needs --data)
   --width N                 cnn: channels of the first of its three stages (default 32)
@@ -214,6 +216,10 @@ bool has_images(const train::Options& o) { return !o.images.train.empty(); }
 struct images_config {
   std::string train, heldout;
   int size = 0, channels = 0, threads = 0;
+  struct {
+    std::uint64_t max_pixels = 0;
+    int max_jpeg_scans = 0;
+  } limits;
 };
 template <class F>
 void set_images(train::Options&, F) {
@@ -325,6 +331,12 @@ Cli parse(int argc, char** argv) {
       set_images(o, [&](images_config& c) { c.channels = static_cast<int>(I()); });
     else if (flag == "--loader-threads")
       set_images(o, [&](images_config& c) { c.threads = static_cast<int>(I()); });
+    else if (flag == "--max-image-pixels")
+      set_images(o, [&](images_config& c) {
+        c.limits.max_pixels = static_cast<std::uint64_t>(I());
+      });
+    else if (flag == "--max-jpeg-scans")
+      set_images(o, [&](images_config& c) { c.limits.max_jpeg_scans = static_cast<int>(I()); });
     else if (flag == "--encoder")
       o.encoder = value;
     else if (flag == "--width")
@@ -443,6 +455,10 @@ void check(const Cli& cli) {
   need(o.images.size >= 8 && o.images.size <= 1024, "--image-size must be in [8, 1024]");
   need(o.images.channels == 1 || o.images.channels == 3, "--channels must be 1 or 3");
   need(o.images.threads >= 1 && o.images.threads <= 256, "--loader-threads must be in [1, 256]");
+  need(o.images.limits.max_pixels >= 1 && o.images.limits.max_pixels <= (std::uint64_t{1} << 40),
+       "--max-image-pixels must be in [1, 2^40]");
+  need(o.images.limits.max_jpeg_scans >= 1 && o.images.limits.max_jpeg_scans <= 100000,
+       "--max-jpeg-scans must be in [1, 100000]");
   need(!has_images(o) || !o.images.heldout.empty(),
        "--heldout is needed (no heldout.* beside --data '" + o.images.train + "')");
 #endif

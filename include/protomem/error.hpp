@@ -68,6 +68,11 @@ inline std::string escaped(std::string_view text, std::size_t limit = 200) {
   return out;
 }
 
+/// A path for a message, quoted and escaped as file text is (a list file or a folder names it, or
+/// a caller passed it): 'images/a\x0a.png'. Paths get a longer cut than other text, 1024 bytes, so
+/// that the file name at the end survives a long folder.
+inline std::string quoted_path(std::string_view path) { return "'" + escaped(path, 1024) + "'"; }
+
 /// Builds an Error message from any streamable parts: fail("labels[", i, "] = ", v, " ...").
 template <class... Parts>
 [[noreturn]] void fail(Parts&&... parts) {

@@ -473,7 +473,7 @@ class PrototypeMemory {
     policies.margin = checked_policy(std::move(policies.margin));  // in Scalar too (s = 1e39)
 
     detail::CheckpointRecords<Scalar> records =
-        detail::read_records<Scalar>(in, header, config_.capacity, source);
+        detail::read_records<Scalar>(in, header, config_.capacity, config_.num_classes, source);
     replace_state(std::move(records.book), std::move(policies), [&](index_t r) {
       return std::pair<index_t, const Scalar*>{records.slots[static_cast<std::size_t>(r)],
                                                records.prototypes.data() + r * config_.dim};

@@ -669,7 +669,7 @@ class ShardedPrototypeMemory {
       AnyMining mining = detail::load_policy(stored[4], "mining", mining_, source);
       AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
       detail::CheckpointRecords<Scalar> records =
-          detail::read_records<Scalar>(in, header, config_.capacity, source);
+          detail::read_records<Scalar>(in, header, config_.capacity, config_.num_classes, source);
       // The records in eviction order with their global slots (the queue of the parsed book).
       std::vector<detail::ShardRecord> shard_records;
       std::vector<std::size_t> record_of(static_cast<std::size_t>(records.book.used));

@@ -36,17 +36,29 @@ RGB PNG Pillow reduces to 8 bits itself. Corrupt JPEG data that libjpeg decodes 
 (the C++ decoder makes any warning an error) Pillow decodes without one, so such an image decodes
 here; a truncated JPEG raises in both (unless ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is set).
 Face sets are JPEG, and the sets scripts/make-hangul-set writes are gray PNG or JPEG.
+
+Bounds, as the C++ reader's (docs/reliability.md): an image whose header claims more than
+``max_pixels`` pixels (default MAX_PIXELS = 2^24, the C++ DecodeLimits::max_pixels) raises before
+Pillow decodes it (Pillow reads the header lazily; its own MAX_IMAGE_PIXELS guard is 5x larger and
+only warns below 2x); a JPEG with more than ``max_jpeg_scans`` scans (default 100, counted from its
+SOS markers, an embedded thumbnail's included) raises too; both count as an undecodable image for
+skip_corrupt. Every file read - .rec, .idx, list file, image - must be a regular file (a
+directory, device, FIFO or socket raises at once, nothing blocks), read up to its stat() size; a
+list or folder image larger than ``max_image_bytes`` (default 64 MiB) raises before it is read.
+Paths in messages are escaped as file text is.
 """
 import bisect
 import math
 import os
+import stat
 import struct
 
 import torch
 
 from ._C import Error
 
-__all__ = ["RecordIODataset", "ImageListDataset", "open_dataset", "RECORD_MAGIC"]
+__all__ = ["RecordIODataset", "ImageListDataset", "open_dataset", "RECORD_MAGIC", "MAX_PIXELS",
+           "MAX_JPEG_SCANS", "MAX_IMAGE_BYTES"]
 
 #: The record magic number (MXNet's kMagic).
 RECORD_MAGIC = 0xCED7230A
@@ -54,6 +66,12 @@ _MAGIC_BYTES = struct.pack("<I", RECORD_MAGIC)
 _HEADER = struct.Struct("<IfQQ")  # MXNet's IRHeader: flag, label, id, id2 (24 bytes)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: The most pixels an image header may claim (the C++ DecodeLimits::max_pixels).
+MAX_PIXELS = 1 << 24
+#: The most scans a JPEG may hold (the C++ DecodeLimits::max_jpeg_scans).
+MAX_JPEG_SCANS = 100
+#: The largest list or folder image file read (the C++ SourceOptions::max_image_bytes).
+MAX_IMAGE_BYTES = 64 << 20
 
 
 def _escaped(text, limit=200):
@@ -69,6 +87,62 @@ def _escaped(text, limit=200):
         else:
             out.append(f"\\x{byte:02x}")
     return "".join(out)
+
+
+def _quoted(path):
+    """A path for a message, quoted and escaped (the C++ detail::quoted_path)."""
+    return "'" + _escaped(os.fsencode(path), 1024) + "'"
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path, context):
+    """(descriptor, size) of the regular file at `path`: stat() first, so that a FIFO is never
+    opened (it would block) nor a device; opened non-blocking in case it changed since."""
+    def kind(mode):
+        return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise Error(f"{context}: cannot open {_quoted(path)}: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise Error(f"{context}: {_quoted(path)} is {kind(info.st_mode)}, not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise Error(f"{context}: cannot open {_quoted(path)}: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise Error(f"{context}: {_quoted(path)} is {kind(info.st_mode)}, not a regular file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return fd, info.st_size
+
+
+def _read_regular(path, context, max_bytes=None, limit="max_image_bytes"):
+    """The bytes of the regular file at `path`, at most its stat() size and `max_bytes`."""
+    fd, size = _open_regular(path, context)
+    try:
+        if max_bytes is not None and size > max_bytes:
+            raise Error(f"{context}: {_quoted(path)} holds {size} bytes, more than the limit of "
+                        f"{max_bytes} ({limit})")
+        chunks, got = [], 0
+        while got < size:
+            try:
+                chunk = os.read(fd, size - got)
+            except OSError as e:
+                raise Error(f"{context}: reading {_quoted(path)} failed after {got} bytes: "
+                            f"{e.strerror}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 # ---- decoding ----------------------------------------------------------------------------------
@@ -125,9 +199,11 @@ def _png_pixels(img, channels):
     return out if out.shape[2] == channels else out.repeat(1, 1, channels)
 
 
-def decode_image(data, channels, source):
+def decode_image(data, channels, source, max_pixels=MAX_PIXELS, max_jpeg_scans=MAX_JPEG_SCANS):
     """JPEG or PNG bytes -> H x W x channels uint8 tensor; the format told by the first bytes, as
-    the C++ decoder tells it. Raises protomem.Error naming `source`."""
+    the C++ decoder tells it. Raises protomem.Error naming `source`, also for a header claiming
+    more than `max_pixels` pixels or a JPEG of more than `max_jpeg_scans` scans (checked before
+    Pillow decodes a pixel)."""
     import io
     try:
         from PIL import Image
@@ -143,8 +219,19 @@ def decode_image(data, channels, source):
         raise Error(f"{source}: not a JPEG or PNG image ({size} bytes, starting "
                     f"{_escaped(bytes(data[:8]))})")
     kind = "JPEG" if is_jpeg else "PNG"
+    if is_jpeg:
+        # Entropy-coded data stuffs every 0xFF byte (FF 00), so FF DA is an SOS marker.
+        scans = bytes(data).count(b"\xff\xda")
+        if scans > max_jpeg_scans:
+            raise Error(f"{source}: cannot decode JPEG ({size} bytes): more than {max_jpeg_scans} "
+                        f"scans, the limit (max_jpeg_scans): {scans}")
     try:
-        img = Image.open(io.BytesIO(data), formats=[kind])
+        img = Image.open(io.BytesIO(data), formats=[kind])  # reads the header only
+        width, height = img.size
+        if width * height > max_pixels:
+            raise Error(f"{source}: cannot decode {kind} ({size} bytes): header claims {width} x "
+                        f"{height} = {width * height} pixels, more than the limit of {max_pixels} "
+                        "(max_pixels)")
         if is_jpeg:
             if channels == 1 and img.mode != "L":
                 img.draft("L", img.size)  # libjpeg's own Y output, as JCS_GRAYSCALE
@@ -220,7 +307,12 @@ def resize_image(pixels, width, height):
 class _ImageDataset(torch.utils.data.Dataset):
     """Shared by the readers: samples with labels, their bytes, decoding and substitution."""
 
-    def __init__(self, image_size, channels, transform, skip_corrupt, normalize):
+    def __init__(self, image_size, channels, transform, skip_corrupt, normalize,
+                 max_pixels=MAX_PIXELS, max_jpeg_scans=MAX_JPEG_SCANS):
+        if max_pixels < 1 or max_jpeg_scans < 1:
+            raise Error(f"protomem.data: max_pixels = {max_pixels}, max_jpeg_scans = "
+                        f"{max_jpeg_scans} (both must be >= 1)")
+        self.max_pixels, self.max_jpeg_scans = max_pixels, max_jpeg_scans
         if channels not in (1, 3):
             raise Error(f"protomem.data: channels = {channels} (must be 1 or 3)")
         if image_size is not None:
@@ -252,7 +344,8 @@ class _ImageDataset(torch.utils.data.Dataset):
     def pixels(self, index):
         """Sample `index` decoded and resized: H x W x C uint8 (the C++ ImageLoader's pixels)."""
         where = self.describe(index)
-        x = decode_image(self._bytes(index), self.channels, where)
+        x = decode_image(self._bytes(index), self.channels, where, self.max_pixels,
+                         self.max_jpeg_scans)
         if self.image_size is not None:
             x = resize_image(x, self.image_size[1], self.image_size[0])
         return x
@@ -300,12 +393,9 @@ class _ImageDataset(torch.utils.data.Dataset):
 
 def _read_idx(idx_path, rec_size, rec_path):
     """The .idx lines as (key, offset), checked as the C++ RecordIOFile checks them."""
-    try:
-        with open(idx_path, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        raise Error(f"cannot open RecordIO index '{idx_path}': {e.strerror}") from None
+    text = _read_regular(idx_path, "RecordIO index")
     entries, seen = [], set()
+    idx_name = _escaped(os.fsencode(idx_path), 1024)
     for number, line in enumerate(text.split(b"\n"), 1):
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -313,14 +403,14 @@ def _read_idx(idx_path, rec_size, rec_path):
             continue
         fields = line.strip(b" \t").replace(b"\t", b" ").split()
         if len(fields) != 2 or not all(f.isdigit() for f in fields):
-            raise Error(f"{idx_path}:{number}: expected '<key>\\t<offset>' but found "
+            raise Error(f"{idx_name}:{number}: expected '<key>\\t<offset>' but found "
                         f"'{_escaped(line)}'")
         key, offset = int(fields[0]), int(fields[1])
         if offset >= rec_size or rec_size - offset < 8:
-            raise Error(f"{idx_path}:{number}: record {key} at offset {offset} is past the end of "
-                        f"'{rec_path}' ({rec_size} bytes)")
+            raise Error(f"{idx_name}:{number}: record {key} at offset {offset} is past the end of "
+                        f"{_quoted(rec_path)} ({rec_size} bytes)")
         if key in seen:
-            raise Error(f"{idx_path}:{number}: key {key} appears twice")
+            raise Error(f"{idx_name}:{number}: key {key} appears twice")
         seen.add(key)
         entries.append((key, offset))
     return entries
@@ -353,16 +443,16 @@ class RecordIODataset(_ImageDataset):
     """
 
     def __init__(self, path_rec, image_size=None, channels=1, transform=None, skip_corrupt=False,
-                 normalize=True, idx_path=None):
-        super().__init__(image_size, channels, transform, skip_corrupt, normalize)
+                 normalize=True, idx_path=None, max_pixels=MAX_PIXELS,
+                 max_jpeg_scans=MAX_JPEG_SCANS):
+        super().__init__(image_size, channels, transform, skip_corrupt, normalize, max_pixels,
+                         max_jpeg_scans)
         self.rec_path = os.fspath(path_rec)
         self.idx_path = (os.fspath(idx_path) if idx_path
                          else os.path.splitext(self.rec_path)[0] + ".idx")
-        try:
-            self._rec_size = os.stat(self.rec_path).st_size
-        except OSError as e:
-            raise Error(f"cannot open '{self.rec_path}': {e.strerror}") from None
         self._fd, self._pid = None, None
+        self._fd, self._rec_size = _open_regular(self.rec_path, "RecordIO")
+        self._pid = os.getpid()
         entries = _read_idx(self.idx_path, self._rec_size, self.rec_path)
         self._offset = dict(entries)
         keys = self._header_record_keys() if 0 in self._offset else None
@@ -378,7 +468,7 @@ class RecordIODataset(_ImageDataset):
                     raise
                 self.skipped += 1
         if not self.keys:
-            raise Error(f"'{self.rec_path}' holds no readable image record"
+            raise Error(f"{_quoted(self.rec_path)} holds no readable image record"
                         + (" (every one was corrupt and skipped)" if self.skipped else ""))
         self._set_labels(labels)
         self._close()  # DataLoader workers open their own descriptor
@@ -386,10 +476,7 @@ class RecordIODataset(_ImageDataset):
     # -- file access (one descriptor per process; pread, so threads may share it) --
     def _file(self):
         if self._fd is None or self._pid != os.getpid():
-            try:
-                self._fd = os.open(self.rec_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError as e:
-                raise Error(f"cannot open '{self.rec_path}': {e.strerror}") from None
+            self._fd, _ = _open_regular(self.rec_path, "RecordIO")
             self._pid = os.getpid()
         return self._fd
 
@@ -413,15 +500,15 @@ class RecordIODataset(_ImageDataset):
         try:
             data = os.pread(self._file(), n, offset)
         except OSError as e:
-            raise Error(f"reading '{self.rec_path}' at byte {offset} failed: "
+            raise Error(f"reading {_quoted(self.rec_path)} at byte {offset} failed: "
                         f"{e.strerror}") from None
         if len(data) != n:
-            raise Error(f"reading '{self.rec_path}' at byte {offset} failed: "
+            raise Error(f"reading {_quoted(self.rec_path)} at byte {offset} failed: "
                         "unexpected end of file")
         return data
 
     def _where(self, key):
-        return f"'{self.rec_path}' record {key} (offset {self._offset[key]})"
+        return f"{_quoted(self.rec_path)} record {key} (offset {self._offset[key]})"
 
     def describe(self, index):
         return self._where(self.keys[index])
@@ -429,12 +516,12 @@ class RecordIODataset(_ImageDataset):
     def _bad(self, key, at, what):
         start = self._offset[key]
         part = f", part at offset {at}" if at != start else ""
-        raise Error(f"'{self.rec_path}' record {key} (offset {start}{part}): {what}")
+        raise Error(f"{_quoted(self.rec_path)} record {key} (offset {start}{part}): {what}")
 
     def read_record(self, key):
         """The payload of the record with `key` (parts of a split record joined)."""
         if key not in self._offset:
-            raise Error(f"'{self.idx_path}' has no record with key {key}")
+            raise Error(f"{_quoted(self.idx_path)} has no record with key {key}")
         size, offset, parts, part = self._rec_size, self._offset[key], [], 0
         while True:
             if size < 8 or offset > size - 8:
@@ -496,7 +583,8 @@ class RecordIODataset(_ImageDataset):
         first_identity = int(labels[0])
         for key in range(1, first_identity):
             if key not in self._offset:
-                raise Error(f"'{self.idx_path}' lacks record {key}, an image (the header record "
+                raise Error(f"{_quoted(self.idx_path)} lacks record {key}, an image (the header "
+                            "record "
                             f"says images are records 1 .. {first_identity - 1})")
         return list(range(1, first_identity))
 
@@ -525,12 +613,9 @@ class RecordIODataset(_ImageDataset):
 
 def _parse_list(path):
     """(paths, labels) of a list file by the C++ DatasetIndex's rules."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        raise Error(f"dataset list: cannot open '{path}' ({e.strerror})") from None
+    text = _read_regular(path, "dataset list")
     paths, labels = [], []
+    path = _escaped(os.fsencode(path), 1024)  # in messages
     for number, line in enumerate(text.split(b"\n"), 1):
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -573,8 +658,11 @@ class ImageListDataset(_ImageDataset):
     """
 
     def __init__(self, list_path_or_folder, image_size=None, channels=1, transform=None,
-                 skip_corrupt=False, normalize=True):
-        super().__init__(image_size, channels, transform, skip_corrupt, normalize)
+                 skip_corrupt=False, normalize=True, max_pixels=MAX_PIXELS,
+                 max_jpeg_scans=MAX_JPEG_SCANS, max_image_bytes=MAX_IMAGE_BYTES):
+        super().__init__(image_size, channels, transform, skip_corrupt, normalize, max_pixels,
+                         max_jpeg_scans)
+        self.max_image_bytes = max_image_bytes
         source = os.fspath(list_path_or_folder)
         self.source = source
         if os.path.isdir(source):
@@ -590,11 +678,9 @@ class ImageListDataset(_ImageDataset):
                 labels += [label] * len(files)
                 self.identity_names.append(d.name)
             if not self.paths:
-                raise Error(f"image folder '{source}' holds no image")
+                raise Error(f"image folder {_quoted(source)} holds no image")
         else:
             self._kind = "list"
-            if not os.path.exists(source):
-                raise Error(f"dataset list: cannot open '{source}' (no such file or folder)")
             paths, labels = _parse_list(source)
             folder = os.path.dirname(source)
             self.paths = [p if os.path.isabs(p) or not folder else os.path.join(folder, p)
@@ -602,18 +688,13 @@ class ImageListDataset(_ImageDataset):
         self._set_labels(labels)
 
     def _describe_only(self, index):
-        return f"sample {index} of {self._kind} '{self.source}'"
+        return f"sample {index} of {self._kind} {_quoted(self.source)}"
 
     def describe(self, index):
-        return f"'{self.paths[index]}' ({self._describe_only(index)})"
+        return f"{_quoted(self.paths[index])} ({self._describe_only(index)})"
 
     def _bytes(self, index):
-        try:
-            with open(self.paths[index], "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise Error(f"{self._describe_only(index)}: cannot open '{self.paths[index]}' "
-                        f"({e.strerror})") from None
+        return _read_regular(self.paths[index], self._describe_only(index), self.max_image_bytes)
 
 
 def open_dataset(path, **options):

@@ -300,7 +300,7 @@ def test_malformed_index_and_missing_files(tmp_path):
     error(lambda: RecordIODataset(idx_header), "h.idx' lacks record 2, an image")
     error(lambda: RecordIODataset(tmp_path / "none.rec"), "cannot open '", "none.rec")
     os.remove(idx)
-    error(lambda: RecordIODataset(path), "cannot open RecordIO index '", "a.idx")
+    error(lambda: RecordIODataset(path), "RecordIO index: cannot open '", "a.idx")
     error(lambda: ImageListDataset(tmp_path / "none.txt"), "none.txt")
     (tmp_path / "l.txt").write_text("x.png 0\nonlyonefield\n")
     error(lambda: ImageListDataset(tmp_path / "l.txt"), "l.txt:2: expected '<path> <label>'")
@@ -405,3 +405,128 @@ def test_tiny_image_set_matches_its_lists(tmp_path):
     for i in range(len(rec)):
         assert torch.equal(rec[i][0], lst[i][0]) and torch.equal(rec[i][0], folder[i][0])
     assert RecordIODataset(tmp_path / "heldout.rec").labels.tolist() == [0, 0, 1, 1]
+
+
+# ---- bounds: hostile images, paths and sizes (the C++ reader's, docs/reliability.md) -----------
+
+def png_claiming(width, height):
+    """A PNG whose IHDR claims width x height 8-bit gray pixels, with an empty zlib stream."""
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", b"\x78\x9c\x03\x00\x00\x00\x00\x01") + chunk(b"IEND", b""))
+
+
+def jpeg_claiming(width, height):
+    """Pillow's 8 x 8 JPEG with its SOF0 frame header patched to claim width x height."""
+    data = bytearray(jpeg(gray(3)[:8, :8].contiguous(), "L"))
+    at = data.index(b"\xff\xc0")
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def jpeg_with_scans(scans):
+    """A progressive 8 x 8 gray JPEG of `scans` identical DC scans (as image_bombs.hpp builds)."""
+    head = (b"\xff\xd8" + b"\xff\xdb\x00\x43\x00" + b"\x01" * 64
+            + b"\xff\xc2\x00\x0b\x08\x00\x08\x00\x08\x01\x01\x11\x00"
+            + b"\xff\xc4\x00\x14\x00\x01" + b"\x00" * 15 + b"\x00")
+    return head + (b"\xff\xda\x00\x08\x01\x01\x00\x00\x00\x00" + b"\x7f") * scans + b"\xff\xd9"
+
+
+def test_a_header_over_the_pixel_limit_raises_before_decoding():
+    import time
+    from protomem.data import decode_image
+    for bomb in (png_claiming(5000, 5000), jpeg_claiming(5000, 5000)):
+        assert len(bomb) < 1000
+        error(lambda: decode_image(bomb, 1, "'b.rec' record 7"), "'b.rec' record 7",
+              "header claims 5000 x 5000 = 25000000 pixels, more than the limit of 16777216")
+    for bomb in (png_claiming(65000, 65000), jpeg_claiming(65000, 65000)):
+        start = time.monotonic()
+        error(lambda: decode_image(bomb, 3, "'b.rec' record 7"), "'b.rec' record 7", "pixels")
+        assert time.monotonic() - start < 1.0
+    small = jpeg_claiming(8, 8)
+    error(lambda: decode_image(small, 1, "s", max_pixels=63), "8 x 8 = 64 pixels")
+    assert decode_image(small, 1, "s", max_pixels=64).shape == (8, 8, 1)
+
+
+def test_a_jpeg_over_the_scan_limit_raises():
+    from protomem.data import decode_image
+    x = decode_image(jpeg_with_scans(100), 1, "ok")
+    assert x.shape == (8, 8, 1) and bool((x == x[0, 0, 0]).all())
+    error(lambda: decode_image(jpeg_with_scans(101), 1, "'b.rec' record 7"), "'b.rec' record 7",
+          "more than 100 scans")
+    error(lambda: decode_image(jpeg_with_scans(20), 1, "s", max_jpeg_scans=10),
+          "more than 10 scans")
+
+
+def test_an_image_over_a_limit_is_skipped_like_a_corrupt_one(tmp_path):
+    path = write_rec(tmp_path / "b.rec", [(0, image_record(0, png_claiming(65000, 65000))),
+                                          (1, image_record(0, jpeg_with_scans(200))),
+                                          (2, good(0, 2))])
+    strict = RecordIODataset(path, normalize=False)
+    error(lambda: strict[0], "b.rec' record 0", "pixels")
+    error(lambda: strict[1], "b.rec' record 1", "more than 100 scans")
+    lenient = RecordIODataset(path, normalize=False, skip_corrupt=True)
+    for index in (0, 1):
+        x, label = lenient[index]
+        assert label == 0 and torch.equal(x[0], gray(2))
+    assert lenient.substituted == 2
+    error(lambda: RecordIODataset(path, max_pixels=0), "max_pixels = 0")
+    error(lambda: RecordIODataset(path, normalize=False, max_pixels=15)[2],
+          "more than the limit of 15")
+
+
+def test_a_path_that_is_not_a_regular_file_raises_at_once(tmp_path):
+    import signal
+    import socket
+    signal.alarm(20)  # a FIFO that blocked would hang the test: fail it instead
+    try:
+        (tmp_path / "good.png").write_bytes(png(gray(1), "L"))
+        os.mkfifo(tmp_path / "fifo.png")
+        (tmp_path / "folder.png").mkdir()
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / "socket.png"))
+        (tmp_path / "l.txt").write_text(
+            "good.png 0\nfolder.png 0\nfifo.png 1\n/dev/zero 1\nsocket.png 2\n")
+        ds = ImageListDataset(tmp_path / "l.txt", normalize=False)
+        assert torch.equal(ds[0][0][0], gray(1))
+        error(lambda: ds.pixels(1), "sample 1 of list", "is a directory, not a regular file")
+        error(lambda: ds.pixels(2), "is a FIFO, not a regular file")
+        error(lambda: ds.pixels(3), "'/dev/zero' is a character device, not a regular file")
+        error(lambda: ds.pixels(4), "is a socket, not a regular file")
+        sock.close()
+        error(lambda: ImageListDataset(tmp_path / "fifo.png"), "dataset list: ", "is a FIFO")
+        path = write_rec(tmp_path / "r.rec", [(0, good())])
+        os.rename(tmp_path / "r.idx", tmp_path / "r.idx.real")
+        os.mkfifo(tmp_path / "r.idx")
+        error(lambda: RecordIODataset(path), "RecordIO index: ", "r.idx' is a FIFO")
+        error(lambda: RecordIODataset("/dev/zero", idx_path=tmp_path / "r.idx.real"),
+              "'/dev/zero' is a character device")
+        (tmp_path / "faces" / "a").mkdir(parents=True)
+        os.mkfifo(tmp_path / "faces" / "a" / "x.png")
+        error(lambda: ImageListDataset(tmp_path / "faces"), "holds no image")
+    finally:
+        signal.alarm(0)
+
+
+def test_an_image_file_over_max_image_bytes_raises_before_it_is_read(tmp_path):
+    data = png(gray(1), "L")
+    (tmp_path / "a.png").write_bytes(data)
+    (tmp_path / "l.txt").write_text("a.png 0\n")
+    tight = ImageListDataset(tmp_path / "l.txt", max_image_bytes=len(data) - 1)
+    error(lambda: tight[0], f"holds {len(data)} bytes, more than the limit of {len(data) - 1} "
+                            "(max_image_bytes)")
+    assert ImageListDataset(tmp_path / "l.txt", max_image_bytes=len(data))[0][1] == 0
+
+
+def test_paths_in_messages_are_escaped(tmp_path):
+    (tmp_path / "l.txt").write_bytes(b"a\x1b[31mb\xff.png 0\n")
+    ds = ImageListDataset(tmp_path / "l.txt")
+    with pytest.raises(protomem.Error) as e:
+        ds[0]
+    assert "a\\x1b[31mb\\xff.png" in str(e.value) and "\x1b" not in str(e.value)
+    assert "a\\x1b[31mb\\xff.png' (sample 0" in ds.describe(0)

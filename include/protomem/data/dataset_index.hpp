@@ -26,6 +26,7 @@
 #include <limits>
 #include <numeric>
 #include <protomem/detail/random.hpp>
+#include <protomem/detail/regular_file.hpp>
 #include <protomem/detail/slot_map.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
@@ -50,10 +51,11 @@ class DatasetIndex {
   }
 
   /// Parses a list file (format above); `path` names it in errors.
+  /// The file must be a regular file (a directory, device or FIFO is an Error at once); it is
+  /// read up to the size stat() gives it.
   static DatasetIndex from_list_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) detail::fail("dataset list: cannot open '", path, "'");
-    return from_list(in, path);
+    std::istringstream in(detail::read_regular_file(path, "dataset list"));
+    return from_list(in, detail::escaped(path, 1024));
   }
 
   /// Parses a list (format above) from a stream; `source` names it in errors.

@@ -13,7 +13,10 @@
 // Guarantees: pixels row-major, interleaved (height x width x channels); a JPEG or PNG that the
 // library cannot decode - truncated, corrupt, or any libjpeg warning, which marks corrupt data -
 // throws protomem::Error naming `source` and the library's message; never longjmps across C++
-// frames that own resources.
+// frames that own resources. Bounded (DecodeLimits): the size an image's header claims is checked
+// against max_pixels before anything is allocated for its pixels, so a few hundred bytes claiming
+// 65000 x 65000 are an Error, not 4 GB of zeros; a JPEG with more than max_jpeg_scans scans (each
+// scan re-reads the whole image: 20,000 of them took 45 s) is an Error when the next scan starts.
 #pragma once
 
 // <jpeglib.h> needs FILE and size_t declared before it.
@@ -42,6 +45,16 @@ struct ImageSize {
   int channels = 1;  ///< 1 (grayscale) or 3 (RGB)
 };
 
+/// Bounds on what one image may cost, checked before the cost is paid (see the header comment).
+struct DecodeLimits {
+  /// The most pixels (width x height) a header may claim: 2^24 = 4096 x 4096, far above face and
+  /// glyph crops (112 x 112), far below what a hostile header asks (65500 x 65500 x 3 = 12 GB).
+  std::uint64_t max_pixels = std::uint64_t{1} << 24;
+  /// The most scans a JPEG may hold. Encoders write 1 (baseline) to about 10 (progressive;
+  /// jpegtran's script: 10); libjpeg-turbo's own guard (TJFLAG_LIMITSCANS) allows 500.
+  int max_jpeg_scans = 100;
+};
+
 struct Image {
   int width = 0;
   int height = 0;
@@ -68,26 +81,67 @@ extern "C" inline void protomem_jpeg_emit_message(j_common_ptr info, int level) 
   if (level < 0) protomem_jpeg_error_exit(info);
 }
 
+struct JpegProgress {
+  jpeg_progress_mgr manager;
+  int max_scans;
+};
+// Called before each piece of input a multi-scan JPEG's decoder absorbs: stops at the scan past
+// the limit, before its data is decoded.
+extern "C" inline void protomem_jpeg_progress(j_common_ptr info) {
+  if (!info->is_decompressor) return;
+  const auto* progress = reinterpret_cast<const JpegProgress*>(info->progress);
+  if (reinterpret_cast<j_decompress_ptr>(info)->input_scan_number > progress->max_scans) {
+    auto* error = reinterpret_cast<JpegError*>(info->err);
+    std::snprintf(error->message, JMSG_LENGTH_MAX,
+                  "more than %d scans, the limit (DecodeLimits::max_jpeg_scans)",
+                  progress->max_scans);
+    longjmp(error->jump, 1);
+  }
+}
+
+/// True, with "header claims W x H = N pixels, more than the limit of L" in `message`, when a
+/// header's size is over DecodeLimits::max_pixels.
+inline bool over_pixel_limit(std::uint64_t width, std::uint64_t height,
+                             const DecodeLimits& limits, char* message, std::size_t size) {
+  if (width * height <= limits.max_pixels) return false;  // both < 2^32: no wrap
+  std::snprintf(message, size,
+                "header claims %llu x %llu = %llu pixels, more than the limit of %llu "
+                "(DecodeLimits::max_pixels)",
+                static_cast<unsigned long long>(width), static_cast<unsigned long long>(height),
+                static_cast<unsigned long long>(width * height),
+                static_cast<unsigned long long>(limits.max_pixels));
+  return true;
+}
+
 /// Decodes a JPEG into `out` (resized by the callee to height x width x channels). Returns false
 /// with `message` filled when libjpeg fails. No object with a destructor lives in this frame
 /// between setjmp and a longjmp back to it.
 inline bool decode_jpeg_raw(const unsigned char* data, std::size_t size, int channels,
-                            std::vector<std::uint8_t>* out, int* width, int* height,
-                            char* message) {
+                            const DecodeLimits& limits, std::vector<std::uint8_t>* out, int* width,
+                            int* height, char* message) {
   jpeg_decompress_struct info;
   JpegError error;
+  JpegProgress progress;
   info.err = jpeg_std_error(&error.manager);
   error.manager.error_exit = protomem_jpeg_error_exit;
   error.manager.emit_message = protomem_jpeg_emit_message;
   error.message[0] = '\0';
+  progress.manager.progress_monitor = protomem_jpeg_progress;
+  progress.max_scans = limits.max_jpeg_scans;
   if (setjmp(error.jump)) {
     std::snprintf(message, JMSG_LENGTH_MAX, "%s", error.message);
     jpeg_destroy_decompress(&info);
     return false;
   }
   jpeg_create_decompress(&info);
+  info.progress = &progress.manager;
   jpeg_mem_src(&info, data, static_cast<unsigned long>(size));
   jpeg_read_header(&info, TRUE);
+  // Before jpeg_start_decompress, which allocates the image's buffers.
+  if (over_pixel_limit(info.image_width, info.image_height, limits, message, JMSG_LENGTH_MAX)) {
+    jpeg_destroy_decompress(&info);
+    return false;
+  }
   info.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&info);
   *width = static_cast<int>(info.output_width);
@@ -182,19 +236,41 @@ inline Image resize_image(const Image& image, int width, int height) {
   return out;
 }
 
-/// Decodes a JPEG or PNG at its own size, to `channels` (1 or 3) channels.
+/// Limits a caller may set: max_pixels >= 1, max_jpeg_scans >= 1 (`who` names the caller).
+inline void check_decode_limits(const DecodeLimits& limits, const char* who) {
+  if (limits.max_pixels < 1) {
+    protomem::detail::fail(who, ": DecodeLimits::max_pixels = 0 (must be >= 1)");
+  }
+  if (limits.max_jpeg_scans < 1) {
+    protomem::detail::fail(who, ": DecodeLimits::max_jpeg_scans = ", limits.max_jpeg_scans,
+                           " (must be >= 1)");
+  }
+}
+
+/// The size images are resized to is held to max_pixels too: a huge one would be allocated.
+inline void check_output_size(const ImageSize& size, const DecodeLimits& limits, const char* who) {
+  const auto pixels =
+      static_cast<std::uint64_t>(size.width) * static_cast<std::uint64_t>(size.height);
+  if (pixels > limits.max_pixels) {
+    protomem::detail::fail(who, ": image size ", size.width, "x", size.height, " = ", pixels,
+                           " pixels is more than DecodeLimits::max_pixels = ", limits.max_pixels);
+  }
+}
+
+/// Decodes a JPEG or PNG at its own size, to `channels` (1 or 3) channels, within `limits`.
 inline Image decode_image(const unsigned char* data, std::size_t size, int channels,
-                          const std::string& source) {
+                          const std::string& source, const DecodeLimits& limits = {}) {
   if (channels != 1 && channels != 3) {
     protomem::detail::fail("decode_image: channels = ", channels, " (must be 1 or 3)");
   }
+  check_decode_limits(limits, "decode_image");
   static constexpr unsigned char png_signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   Image image;
   image.channels = channels;
   if (size >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff) {
     char message[JMSG_LENGTH_MAX];
-    if (!detail::decode_jpeg_raw(data, size, channels, &image.pixels, &image.width, &image.height,
-                                 message)) {
+    if (!detail::decode_jpeg_raw(data, size, channels, limits, &image.pixels, &image.width,
+                                 &image.height, message)) {
       protomem::detail::fail(source, ": cannot decode JPEG (", size, " bytes): ", message);
     }
     return image;
@@ -206,6 +282,11 @@ inline Image decode_image(const unsigned char* data, std::size_t size, int chann
       const std::string message = png.message;
       png_image_free(&png);
       protomem::detail::fail(source, ": cannot decode PNG (", size, " bytes): ", message);
+    }
+    char over[200];
+    if (detail::over_pixel_limit(png.width, png.height, limits, over, sizeof over)) {
+      png_image_free(&png);  // before PNG_IMAGE_SIZE bytes are allocated and zeroed
+      protomem::detail::fail(source, ": cannot decode PNG (", size, " bytes): ", over);
     }
     png.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
     image.width = static_cast<int>(png.width);
@@ -226,12 +307,14 @@ inline Image decode_image(const unsigned char* data, std::size_t size, int chann
 
 /// Decodes and resizes to `want` (see the header comment).
 inline Image decode_image(const unsigned char* data, std::size_t size, const ImageSize& want,
-                          const std::string& source) {
+                          const std::string& source, const DecodeLimits& limits = {}) {
   if (want.width < 1 || want.height < 1) {
     protomem::detail::fail("decode_image: size ", want.width, "x", want.height,
                            " (both must be >= 1)");
   }
-  return resize_image(decode_image(data, size, want.channels, source), want.width, want.height);
+  check_output_size(want, limits, "decode_image");
+  return resize_image(decode_image(data, size, want.channels, source, limits), want.width,
+                      want.height);
 }
 
 }  // namespace protomem::data

@@ -43,6 +43,9 @@ struct LoaderOptions {
   int threads = 2;            ///< decoding threads; 0 decodes in next()
   int prefetch = 4;           ///< batches decoded ahead of the consumer, >= 1
   bool skip_corrupt = false;  ///< replace an undecodable sample (see the header comment)
+  /// Pixels a header may claim, JPEG scans (decode.hpp): an image over a limit is an undecodable
+  /// sample, an Error naming it (or replaced, with skip_corrupt).
+  DecodeLimits limits{};
 };
 
 struct ImageBatch {
@@ -64,14 +67,18 @@ class ImageLoader {
       protomem::detail::fail("ImageLoader: threads = ", options_.threads,
                              " (must be in [0, 1024])");
     }
-    if (options_.prefetch < 1) {
-      protomem::detail::fail("ImageLoader: prefetch = ", options_.prefetch, " (must be >= 1)");
+    // Batches decoded ahead are held in memory: more than 1024 is memory, not speed.
+    if (options_.prefetch < 1 || options_.prefetch > 1024) {
+      protomem::detail::fail("ImageLoader: prefetch = ", options_.prefetch,
+                             " (must be in [1, 1024])");
     }
     const ImageSize& s = options_.size;
     if (s.width < 1 || s.height < 1 || (s.channels != 1 && s.channels != 3)) {
       protomem::detail::fail("ImageLoader: image size ", s.width, "x", s.height, "x", s.channels,
                              " (width, height >= 1; channels 1 or 3)");
     }
+    check_decode_limits(options_.limits, "ImageLoader");
+    check_output_size(s, options_.limits, "ImageLoader");
     if (!next_samples_) protomem::detail::fail("ImageLoader: no sample source (next_samples)");
     for (int t = 0; t < options_.threads; ++t) workers_.emplace_back([this] { work(); });
   }
@@ -205,8 +212,9 @@ class ImageLoader {
 
   void decode_one(index_t sample, std::uint8_t* out) const {
     const std::string bytes = source_.bytes(sample);
-    const Image image = decode_image(reinterpret_cast<const unsigned char*>(bytes.data()),
-                                     bytes.size(), options_.size, source_.describe(sample));
+    const Image image =
+        decode_image(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                     options_.size, source_.describe(sample), options_.limits);
     std::copy(image.pixels.begin(), image.pixels.end(), out);
   }
 

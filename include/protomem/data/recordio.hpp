@@ -32,10 +32,11 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <limits>
+#include <protomem/detail/regular_file.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
+#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -69,16 +70,9 @@ inline float load_f32(const unsigned char* p) {
 class File {
  public:
   File() = default;
+  /// Opens a regular file (a directory, device or FIFO is an Error at once, nothing blocks).
   explicit File(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) protomem::detail::fail("cannot open '", path, "': ", std::strerror(errno));
-    struct stat info {};
-    if (::fstat(fd_, &info) != 0) {
-      const int e = errno;
-      ::close(fd_);
-      protomem::detail::fail("cannot stat '", path, "': ", std::strerror(e));
-    }
-    size_ = static_cast<std::uint64_t>(info.st_size);
+    fd_ = protomem::detail::open_regular_file(path, "RecordIO", &size_);
   }
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -102,8 +96,9 @@ class File {
       const ::ssize_t got = ::pread(fd_, to, n, static_cast<::off_t>(offset));
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
-        protomem::detail::fail("reading '", path_, "' at byte ", offset, " failed: ",
-                               got < 0 ? std::strerror(errno) : "unexpected end of file");
+        protomem::detail::fail(
+            "reading ", protomem::detail::quoted_path(path_), " at byte ", offset,
+            " failed: ", got < 0 ? std::strerror(errno) : "unexpected end of file");
       }
       to += got;
       offset += static_cast<std::uint64_t>(got);
@@ -136,28 +131,28 @@ class RecordIOFile {
   /// offsets inside the .rec file). Records themselves are checked when read.
   RecordIOFile(const std::string& rec_path, const std::string& idx_path)
       : rec_(rec_path), idx_path_(idx_path) {
-    std::ifstream in(idx_path);
-    if (!in) protomem::detail::fail("cannot open RecordIO index '", idx_path, "'");
+    std::istringstream in(protomem::detail::read_regular_file(idx_path, "RecordIO index"));
+    const std::string idx = protomem::detail::escaped(idx_path, 1024);  // for "<idx>:<line>"
     std::string line;
     for (std::uint64_t number = 1; std::getline(in, line); ++number) {
       if (!line.empty() && line.back() == '\r') line.pop_back();
       if (line.find_first_not_of(" \t") == std::string::npos) continue;
       RecordEntry entry;
       if (!parse_idx_line(line, &entry)) {
-        protomem::detail::fail(idx_path, ":", number, ": expected '<key>\\t<offset>' but found '",
+        protomem::detail::fail(idx, ":", number, ": expected '<key>\\t<offset>' but found '",
                                protomem::detail::escaped(line), "'");
       }
       if (entry.offset >= rec_.size() || rec_.size() - entry.offset < 8) {
-        protomem::detail::fail(idx_path, ":", number, ": record ", entry.key, " at offset ",
-                               entry.offset, " is past the end of '", rec_path, "' (", rec_.size(),
+        protomem::detail::fail(idx, ":", number, ": record ", entry.key, " at offset ",
+                               entry.offset, " is past the end of ",
+                               protomem::detail::quoted_path(rec_path), " (", rec_.size(),
                                " bytes)");
       }
       if (!position_.emplace(entry.key, entries_.size()).second) {
-        protomem::detail::fail(idx_path, ":", number, ": key ", entry.key, " appears twice");
+        protomem::detail::fail(idx, ":", number, ": key ", entry.key, " appears twice");
       }
       entries_.push_back(entry);
     }
-    if (in.bad()) protomem::detail::fail("reading RecordIO index '", idx_path, "' failed");
   }
 
   const std::string& rec_path() const { return rec_.path(); }
@@ -168,7 +163,8 @@ class RecordIOFile {
   const RecordEntry& entry(std::uint64_t key) const {
     const auto it = position_.find(key);
     if (it == position_.end()) {
-      protomem::detail::fail("'", idx_path_, "' has no record with key ", key);
+      protomem::detail::fail(protomem::detail::quoted_path(idx_path_), " has no record with key ",
+                             key);
     }
     return entries_[it->second];
   }
@@ -278,7 +274,8 @@ class RecordIOFile {
     return s;
   }
   [[noreturn]] void bad(const RecordEntry& entry, std::uint64_t at, const std::string& what) const {
-    protomem::detail::fail("'", rec_.path(), "' record ", entry.key, " (offset ", entry.offset,
+    protomem::detail::fail(protomem::detail::quoted_path(rec_.path()), " record ", entry.key,
+                           " (offset ", entry.offset,
                            at != entry.offset ? ", part at offset " + std::to_string(at) : "",
                            "): ", what);
   }

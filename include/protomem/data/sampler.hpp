@@ -163,6 +163,9 @@ class UniformClasses {
 template <class ClassOrder>
 class BatchSampler {
  public:
+  /// The most samples (C x K) a batch may hold.
+  static constexpr index_t max_batch_samples = index_t{1} << 24;
+
   /// Borrows `index`, which must outlive the sampler.
   BatchSampler(const DatasetIndex& index, const SamplerConfig& config)
       : BatchSampler(std::shared_ptr<const DatasetIndex>(&index, [](const DatasetIndex*) {}),
@@ -179,6 +182,13 @@ class BatchSampler {
     if (config.exemplars_per_class < 1) {
       detail::fail("SamplerConfig::exemplars_per_class = ", config.exemplars_per_class,
                    " must be >= 1");
+    }
+    // A batch holds C x K sample ids: beyond 2^24 (128 MB of ids) it is no training step, and
+    // C x K = 2^40 ended in std::bad_alloc at the first batch.
+    if (config.exemplars_per_class > max_batch_samples / C) {
+      detail::fail("SamplerConfig: classes_per_batch x exemplars_per_class = ", C, " x ",
+                   config.exemplars_per_class, " is more than ", max_batch_samples,
+                   " samples a batch");
     }
     if (!(f >= 0.0 && f < 1.0)) {
       detail::fail("SamplerConfig::doppelganger_fraction = ", f, " is outside [0, 1)");
@@ -257,15 +267,14 @@ class BatchSampler {
   }
 
   /// Reads the state file at `path` (which must hold exactly one state), as load(std::istream&).
+  /// The file must be a regular file (a directory, device or FIFO is an Error at once).
   void load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) detail::fail("sampler load: cannot open '", path, "'");
+    std::istringstream in(detail::read_regular_file(path, "sampler load"));
     BatchSampler loaded = *this;
-    loaded.load(in, "'" + path + "'");
+    loaded.load(in, detail::quoted_path(path));
     if (in.peek() != std::char_traits<char>::eof()) {
-      detail::fail("'", path, "' has unexpected bytes after its sampler state");
+      detail::fail(detail::quoted_path(path), " has unexpected bytes after its sampler state");
     }
-    if (in.bad()) detail::fail("sampler load: reading '", path, "' failed");
     *this = std::move(loaded);
   }
 
@@ -273,6 +282,12 @@ class BatchSampler {
   /// the sampler unchanged, when the state is truncated or corrupt, or was saved by a sampler with
   /// another class order, C, K, doppelganger fraction or data set.
   void load(std::istream& in, const std::string& source = "sampler state") {
+    // A stream's own exceptions (exceptions() enabled, a throwing buffer) become an Error.
+    detail::reading_stream(source, [&] { load_unguarded(in, source); });
+  }
+
+ private:
+  void load_unguarded(std::istream& in, const std::string& source) {
     std::string bytes(16, '\0');
     auto read = [&](std::size_t at, std::size_t n) {
       in.read(&bytes[at], static_cast<std::streamsize>(n));

@@ -23,6 +23,10 @@
 // `skip_corrupt` a RecordIO record that fails those checks is left out instead and counted in
 // skipped(). The parts of a split record, a missing or unreadable image file and an image that
 // does not decode throw when the sample's bytes are read or decoded, naming the file and record.
+// Every file opened - .rec, .idx, list file, image - must be a regular file (a directory, device,
+// FIFO or socket is an Error at once, and nothing blocks), read up to its stat() size; an image
+// file over SourceOptions::max_image_bytes is an Error before it is read. Paths in messages are
+// escaped (protomem::detail::quoted_path).
 #pragma once
 
 #include <algorithm>
@@ -35,6 +39,7 @@
 #include <memory>
 #include <protomem/data/recordio.hpp>
 #include <protomem/data/dataset_index.hpp>
+#include <protomem/detail/regular_file.hpp>
 #include <protomem/error.hpp>
 #include <string>
 #include <utility>
@@ -72,6 +77,9 @@ class ImageSource {
 struct SourceOptions {
   /// Leave out (and count) RecordIO records whose framing or header is malformed.
   bool skip_corrupt = false;
+  /// The largest image file a list or folder source reads (64 MiB; a 112 x 112 face crop is a few
+  /// KB). A larger one is an Error naming it, so a wrong path cannot read gigabytes.
+  std::uint64_t max_image_bytes = std::uint64_t{64} << 20;
 };
 
 class RecordIOSource : public ImageSource {
@@ -96,7 +104,8 @@ class RecordIOSource : public ImageSource {
       }
     }
     if (keys_.empty()) {
-      protomem::detail::fail("'", file_.rec_path(), "' holds no readable image record",
+      protomem::detail::fail(protomem::detail::quoted_path(file_.rec_path()),
+                             " holds no readable image record",
                              skipped_ > 0 ? " (every one was corrupt and skipped)" : "");
     }
     set_labels(std::move(labels));
@@ -111,9 +120,7 @@ class RecordIOSource : public ImageSource {
     return payload;
   }
   std::string describe(index_t sample) const override {
-    const RecordEntry& e = file_.entry(keys_[static_cast<std::size_t>(sample)]);
-    return "'" + file_.rec_path() + "' record " + std::to_string(e.key) + " (offset " +
-           std::to_string(e.offset) + ")";
+    return where(file_.entry(keys_[static_cast<std::size_t>(sample)]));
   }
   /// The record key of `sample`.
   std::uint64_t key(index_t sample) const { return keys_[static_cast<std::size_t>(sample)]; }
@@ -144,7 +151,8 @@ class RecordIOSource : public ImageSource {
     const auto first_identity = static_cast<std::uint64_t>(h.labels[0]);
     for (std::uint64_t key = 1; key < first_identity; ++key) {
       if (!file_.contains(key)) {
-        protomem::detail::fail("'", file_.idx_path(), "' lacks record ", key,
+        protomem::detail::fail(protomem::detail::quoted_path(file_.idx_path()), " lacks record ",
+                               key,
                                ", an image (the "
                                "header record says images are records 1 .. ",
                                first_identity - 1, ")");
@@ -177,8 +185,8 @@ class RecordIOSource : public ImageSource {
   }
 
   std::string where(const RecordEntry& e) const {
-    return "'" + file_.rec_path() + "' record " + std::to_string(e.key) + " (offset " +
-           std::to_string(e.offset) + ")";
+    return protomem::detail::quoted_path(file_.rec_path()) + " record " + std::to_string(e.key) +
+           " (offset " + std::to_string(e.offset) + ")";
   }
   static std::string describe_labels(const std::vector<float>& labels) {
     std::string s = "(";
@@ -192,35 +200,34 @@ class RecordIOSource : public ImageSource {
   std::vector<std::uint64_t> keys_;  // sample -> record key
 };
 
-namespace detail {
-inline std::string read_whole_file(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) protomem::detail::fail(what, ": cannot open '", path, "'");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) protomem::detail::fail(what, ": reading '", path, "' failed");
-  return bytes;
-}
-}  // namespace detail
-
 /// Samples as image files on disk (shared by ListSource and FolderSource).
 class FileSource : public ImageSource {
  public:
+  /// The file's bytes: a regular file of at most SourceOptions::max_image_bytes.
   std::string bytes(index_t sample) const override {
-    return detail::read_whole_file(paths_[static_cast<std::size_t>(sample)], describe_only(sample));
+    return protomem::detail::read_regular_file(paths_[static_cast<std::size_t>(sample)],
+                                               describe_only(sample), max_image_bytes_,
+                                               "SourceOptions::max_image_bytes");
   }
   std::string describe(index_t sample) const override {
-    return "'" + paths_[static_cast<std::size_t>(sample)] + "' (" + describe_only(sample) + ")";
+    return protomem::detail::quoted_path(paths_[static_cast<std::size_t>(sample)]) + " (" +
+           describe_only(sample) + ")";
   }
   const std::vector<std::string>& paths() const { return paths_; }
 
  protected:
+  explicit FileSource(const SourceOptions& options) : max_image_bytes_(options.max_image_bytes) {}
   virtual std::string describe_only(index_t sample) const = 0;
   std::vector<std::string> paths_;
+
+ private:
+  std::uint64_t max_image_bytes_;
 };
 
 class ListSource : public FileSource {
  public:
-  explicit ListSource(const std::string& list_path) : list_(list_path) {
+  explicit ListSource(const std::string& list_path, SourceOptions options = {})
+      : FileSource(options), list_(list_path) {
     const DatasetIndex parsed = DatasetIndex::from_list_file(list_path);
     const std::filesystem::path folder = std::filesystem::path(list_path).parent_path();
     std::vector<label_t> labels;
@@ -234,7 +241,7 @@ class ListSource : public FileSource {
 
  protected:
   std::string describe_only(index_t sample) const override {
-    return "sample " + std::to_string(sample) + " of list '" + list_ + "'";
+    return "sample " + std::to_string(sample) + " of list " + protomem::detail::quoted_path(list_);
   }
 
  private:
@@ -243,28 +250,32 @@ class ListSource : public FileSource {
 
 class FolderSource : public FileSource {
  public:
-  explicit FolderSource(const std::string& folder) : folder_(folder) {
+  explicit FolderSource(const std::string& folder, SourceOptions options = {})
+      : FileSource(options), folder_(folder) {
     namespace fs = std::filesystem;
     std::error_code ec;
     if (!fs::is_directory(folder, ec)) {
-      protomem::detail::fail("image folder '", folder, "' is not a folder");
+      protomem::detail::fail("image folder ", protomem::detail::quoted_path(folder),
+                             " is not a folder");
     }
     std::vector<fs::path> identities;
-    for (const auto& entry : fs::directory_iterator(folder)) {
-      if (entry.is_directory()) identities.push_back(entry.path());
-    }
+    for_each_entry(folder, [&](const fs::directory_entry& entry, std::error_code& error) {
+      if (entry.is_directory(error)) identities.push_back(entry.path());
+    });
     std::sort(identities.begin(), identities.end());
     std::vector<label_t> labels;
     for (std::size_t label = 0; label < identities.size(); ++label) {
       std::vector<fs::path> files;
-      for (const auto& entry : fs::directory_iterator(identities[label])) {
+      for_each_entry(identities[label], [&](const fs::directory_entry& entry,
+                                            std::error_code& error) {
         std::string ext = entry.path().extension().string();
         std::transform(ext.begin(), ext.end(), ext.begin(),
                        [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-        if (entry.is_regular_file() && (ext == ".jpg" || ext == ".jpeg" || ext == ".png")) {
+        // Regular files only: a FIFO or device named x.jpg is not an image (and could block).
+        if ((ext == ".jpg" || ext == ".jpeg" || ext == ".png") && entry.is_regular_file(error)) {
           files.push_back(entry.path());
         }
-      }
+      });
       std::sort(files.begin(), files.end());
       for (const auto& f : files) {
         paths_.push_back(f.string());
@@ -272,7 +283,10 @@ class FolderSource : public FileSource {
       }
       identity_names_.push_back(identities[label].filename().string());
     }
-    if (paths_.empty()) protomem::detail::fail("image folder '", folder, "' holds no image");
+    if (paths_.empty()) {
+      protomem::detail::fail("image folder ", protomem::detail::quoted_path(folder),
+                             " holds no image");
+    }
     set_labels(std::move(labels));
   }
   /// The subfolder name of label `l`.
@@ -282,7 +296,31 @@ class FolderSource : public FileSource {
 
  protected:
   std::string describe_only(index_t sample) const override {
-    return "sample " + std::to_string(sample) + " of folder '" + folder_ + "'";
+    return "sample " + std::to_string(sample) + " of folder " +
+           protomem::detail::quoted_path(folder_);
+  }
+
+ private:
+  // Calls f(entry, error) for each entry of `folder`; a folder that cannot be listed, or an
+  // entry whose kind cannot be read, is an Error naming it (not a std::filesystem_error). A
+  // dangling symbolic link is no file and no folder: skipped, as before.
+  template <class F>
+  static void for_each_entry(const std::filesystem::path& folder, F&& f) {
+    std::error_code error;
+    std::filesystem::directory_iterator it(folder, error), end;
+    for (; !error && it != end; it.increment(error)) {
+      f(*it, error);
+      if (error == std::errc::no_such_file_or_directory) error.clear();
+      if (error) {
+        protomem::detail::fail("image folder: cannot read ",
+                               protomem::detail::quoted_path(it->path().string()), ": ",
+                               error.message());
+      }
+    }
+    if (error) {
+      protomem::detail::fail("image folder: cannot list ",
+                             protomem::detail::quoted_path(folder.string()), ": ", error.message());
+    }
   }
 
  private:
@@ -294,11 +332,11 @@ class FolderSource : public FileSource {
 inline std::unique_ptr<ImageSource> open_image_source(const std::string& path,
                                                       SourceOptions options = {}) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) return std::make_unique<FolderSource>(path);
+  if (std::filesystem::is_directory(path, ec)) return std::make_unique<FolderSource>(path, options);
   if (path.size() > 4 && path.compare(path.size() - 4, 4, ".rec") == 0) {
     return std::make_unique<RecordIOSource>(path, "", options);
   }
-  return std::make_unique<ListSource>(path);
+  return std::make_unique<ListSource>(path, options);
 }
 
 }  // namespace protomem::data

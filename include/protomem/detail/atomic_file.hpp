@@ -20,6 +20,11 @@
 //   - Each call writes its own temporary, `<path>.tmp.<pid>.<counter>.<random>`, created with
 //     O_CREAT | O_EXCL, so concurrent saves to one path never share a temporary; the last rename
 //     wins, and `path` is always one complete file.
+//   - A successful save removes the temporaries of `path` left by saves of processes that no longer
+//     exist (killed by SIGKILL, a crash, a power cut): names of the exact form above whose pid is
+//     not this process's and names no process (kill(pid, 0) fails with ESRCH). A live process's
+//     temporary, any other file and other paths' temporaries are left alone. Pids are this PID
+//     namespace's: a save to the same path from another machine or container is not seen.
 //   - The file is created with mode 0666 minus the umask, as std::ofstream creates files; a
 //     replaced file's mode, owner and links are not carried over (it is a new file), and a symbolic
 //     link at `path` is replaced by the file, not followed.
@@ -43,11 +48,14 @@
 #include <filesystem>
 #include <fstream>
 #else
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <vector>
 #endif
 
 namespace protomem::detail {
@@ -113,7 +121,58 @@ inline std::string temporary_name_for(const std::string& path) {
   return path + ".tmp." + std::to_string(pid) + "." + std::to_string(n) + "." + tag;
 }
 
+/// The pid in a temporary's file name `name` when it is `<base>.tmp.<pid>.<counter>.<6 hex>`
+/// (temporary_name_for() with `base` the target's file name), else -1.
+inline long long temporary_pid(const std::string& name, const std::string& base) {
+  const std::string prefix = base + ".tmp.";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return -1;
+  std::size_t i = prefix.size();
+  const auto digits = [&](std::size_t most, long long* value) {
+    const std::size_t from = i;
+    long long v = 0;
+    for (; i < name.size() && i - from < most && name[i] >= '0' && name[i] <= '9'; ++i) {
+      v = v * 10 + (name[i] - '0');
+    }
+    if (value) *value = v;
+    return i > from && (i == name.size() || name[i] == '.');
+  };
+  long long pid = 0;
+  if (!digits(10, &pid) || i == name.size() || pid <= 0 || pid > 0x7fffffff) return -1;
+  ++i;
+  if (!digits(20, nullptr) || i == name.size()) return -1;
+  ++i;
+  if (name.size() - i != 6) return -1;
+  for (; i < name.size(); ++i) {
+    if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f'))) return -1;
+  }
+  return pid;
+}
+
 #if !defined(_WIN32)
+
+/// Removes the temporaries of `path` whose process no longer exists (see the header comment).
+/// Best effort: never throws; what it cannot list or remove stays.
+inline void remove_stale_temporaries(const std::string& path) noexcept {
+  try {
+    const std::string directory = directory_of(path);
+    const std::size_t slash = path.find_last_of('/');
+    const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+    DIR* dir = ::opendir(directory.c_str());
+    if (dir == nullptr) return;
+    std::vector<std::string> stale;
+    const long long self = static_cast<long long>(::getpid());
+    while (const dirent* entry = ::readdir(dir)) {
+      const long long pid = temporary_pid(entry->d_name, base);
+      // ESRCH only: EPERM means a process of another user lives with that pid.
+      if (pid > 0 && pid != self && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+        stale.emplace_back(entry->d_name);
+      }
+    }
+    ::closedir(dir);
+    for (const std::string& name : stale) ::unlink((directory + "/" + name).c_str());
+  } catch (...) {  // std::bad_alloc: the cleanup is not worth failing a save for
+  }
+}
 
 /// The system's words for errno `code`.
 inline std::string system_reason(int code) { return std::generic_category().message(code); }
@@ -124,12 +183,12 @@ inline void AtomicFile::write(const char* data, std::size_t size) {
     if (n < 0) {
       if (errno == EINTR) continue;
       const int code = errno;
-      fail("save: writing '", temporary_, "' (the temporary of '", target_, "') failed after ",
-           written_, " bytes: ", system_reason(code));
+      fail("save: writing ", quoted_path(temporary_), " (the temporary of ", quoted_path(target_),
+           ") failed after ", written_, " bytes: ", system_reason(code));
     }
     if (n == 0) {
-      fail("save: writing '", temporary_, "' (the temporary of '", target_, "') made no progress",
-           " after ", written_, " bytes");
+      fail("save: writing ", quoted_path(temporary_), " (the temporary of ", quoted_path(target_),
+           ") made no progress", " after ", written_, " bytes");
     }
     data += n;
     size -= static_cast<std::size_t>(n);
@@ -142,7 +201,7 @@ inline void AtomicFile::write(const char* data, std::size_t size) {
 inline void write_file_atomically(const std::string& path,
                                   const std::function<void(AtomicFile&)>& writer) {
   if (path.empty()) fail("save: the path is empty");
-  if (path.back() == '/') fail("save: '", path, "' names a directory, not a file");
+  if (path.back() == '/') fail("save: ", quoted_path(path), " names a directory, not a file");
 
   // 1. A new temporary of our own (O_EXCL: never one another call is writing).
   std::string temporary;
@@ -152,8 +211,8 @@ inline void write_file_atomically(const std::string& path,
     fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0 && !(errno == EEXIST && attempt < 100) && errno != EINTR) {
       const int code = errno;
-      fail("save: cannot open a temporary file '", temporary, "' for '", path,
-           "': ", system_reason(code));
+      fail("save: cannot open a temporary file ", quoted_path(temporary), " for ",
+           quoted_path(path), ": ", system_reason(code));
     }
   }
   // 2. Content, flushed to the disk, closed, renamed into place; any failure removes the temporary.
@@ -164,24 +223,27 @@ inline void write_file_atomically(const std::string& path,
     while (::fsync(fd) != 0) {
       if (errno == EINTR) continue;
       const int code = errno;
-      fail("save: flushing '", temporary, "' (the temporary of '", path,
-           "') to the disk failed: ", system_reason(code));
+      fail("save: flushing ", quoted_path(temporary), " (the temporary of ", quoted_path(path),
+           ") to the disk failed: ", system_reason(code));
     }
     file.fd_ = -1;
     if (::close(std::exchange(fd, -1)) != 0 && errno != EINTR) {  // EINTR: closed anyway (Linux)
       const int code = errno;
-      fail("save: closing '", temporary, "' (the temporary of '", path,
-           "') failed: ", system_reason(code));
+      fail("save: closing ", quoted_path(temporary), " (the temporary of ", quoted_path(path),
+           ") failed: ", system_reason(code));
     }
     if (::rename(temporary.c_str(), path.c_str()) != 0) {
       const int code = errno;
-      fail("save: cannot rename '", temporary, "' to '", path, "': ", system_reason(code));
+      fail("save: cannot rename ", quoted_path(temporary), " to ", quoted_path(path), ": ",
+           system_reason(code));
     }
   } catch (...) {
     if (fd >= 0) ::close(fd);
     ::unlink(temporary.c_str());
     throw;
   }
+  // Before the directory's flush, which then makes the removals durable too.
+  remove_stale_temporaries(path);
 
   // 3. The rename is durable only once the directory is flushed too.
   const std::string directory = directory_of(path);
@@ -199,8 +261,9 @@ inline void write_file_atomically(const std::string& path,
     ::close(dir);
   }
   if (code != 0) {
-    fail("save: '", path, "' was written, but flushing its directory '", directory,
-         "' failed, so the new file may not survive a crash: ", system_reason(code));
+    fail("save: ", quoted_path(path), " was written, but flushing its directory ",
+         quoted_path(directory),
+         " failed, so the new file may not survive a crash: ", system_reason(code));
   }
 }
 
@@ -209,8 +272,8 @@ inline void write_file_atomically(const std::string& path,
 inline void AtomicFile::write(const char* data, std::size_t size) {
   out_.write(data, static_cast<std::streamsize>(size));
   if (!out_) {
-    fail("save: writing '", temporary_, "' (the temporary of '", target_, "') failed after ",
-         written_, " bytes");
+    fail("save: writing ", quoted_path(temporary_), " (the temporary of ", quoted_path(target_),
+         ") failed after ", written_, " bytes");
   }
   written_ += size;
 }
@@ -221,15 +284,17 @@ inline void write_file_atomically(const std::string& path,
   AtomicFile file(path, temporary_name_for(path));
   file.out_.open(file.temporary_, std::ios::binary | std::ios::trunc);
   if (!file.out_)
-    fail("save: cannot open a temporary file '", file.temporary_, "' for '", path, "'");
+    fail("save: cannot open a temporary file ", quoted_path(file.temporary_), " for ",
+         quoted_path(path), "");
   try {
     writer(file);
     file.out_.close();
-    if (!file.out_) fail("save: writing '", file.temporary_, "' failed");
+    if (!file.out_) fail("save: writing ", quoted_path(file.temporary_), " failed");
     std::error_code error;
     std::filesystem::rename(file.temporary_, path, error);
     if (error) {
-      fail("save: cannot rename '", file.temporary_, "' to '", path, "': ", error.message());
+      fail("save: cannot rename ", quoted_path(file.temporary_), " to ", quoted_path(path), ": ",
+           error.message());
     }
   } catch (...) {
     if (file.out_.is_open()) file.out_.close();

@@ -13,12 +13,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <istream>
 #include <iterator>
 #include <limits>
+#include <new>
 #include <ostream>
 #include <protomem/detail/bookkeeping.hpp>
+#include <protomem/detail/regular_file.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
@@ -68,13 +71,26 @@ inline void write_stream(std::ostream& out, const std::string& bytes) {
   if (!out) fail("save: writing the checkpoint to the stream failed");
 }
 
-/// The whole content of the file at `path`.
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("load: cannot open '", path, "'");
-  std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.bad()) fail("load: reading '", path, "' failed");
-  return bytes;
+/// The whole content of the file at `path`: a regular file, read up to the size stat() gives it
+/// (detail/regular_file.hpp), so a directory, /dev/zero or a FIFO is an Error at once.
+inline std::string read_file(const std::string& path) { return read_regular_file(path, "load"); }
+
+/// Runs `read` (which reads from a caller's stream) and turns whatever the stream throws - a
+/// std::ios_base::failure where the caller enabled exceptions, or its buffer's own exception -
+/// into an Error naming `source`. Error and std::bad_alloc pass through (the callers name them).
+template <class Read>
+auto reading_stream(const std::string& source, Read&& read) -> decltype(read()) {
+  try {
+    return read();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(source, ": reading the stream failed: ", escaped(e.what()));
+  } catch (...) {
+    fail(source, ": reading the stream failed (a non-standard exception)");
+  }
 }
 
 // ---- checkpoint format, version 2 (all integers little-endian) ----------------------------------
@@ -162,7 +178,8 @@ std::string write_checkpoint(index_t dim, index_t capacity, label_t num_classes,
 
 /// Reads one checkpoint's bytes, using its own length fields to stop at its end. Whatever is
 /// malformed is left for parse_checkpoint() to report; reading stops early where the stream ends.
-inline std::string read_checkpoint(std::istream& in, const std::string& source) {
+/// (read_checkpoint below turns a stream's exceptions into Error.)
+inline std::string read_checkpoint_bytes(std::istream& in, const std::string& source) {
   std::string bytes;
   auto take = [&](std::uint64_t n) {  // in chunks, so a corrupt length cannot allocate wildly
     while (n > 0 && in) {
@@ -210,6 +227,11 @@ inline std::string read_checkpoint(std::istream& in, const std::string& source) 
   take(n * record_bytes + 4);
   if (in.bad()) fail(source, ": reading failed");
   return bytes;
+}
+
+/// read_checkpoint_bytes(), with any exception of the stream turned into an Error naming `source`.
+inline std::string read_checkpoint(std::istream& in, const std::string& source) {
+  return reading_stream(source, [&] { return read_checkpoint_bytes(in, source); });
 }
 
 /// A checkpoint's header, once its structure and checksum hold.
@@ -315,11 +337,12 @@ template <class Scalar>
 constexpr double unit_norm_tolerance = sizeof(Scalar) == 4 ? 1e-2 : 1e-6;
 
 /// Reads and checks the records that follow a checkpoint's header (parse_checkpoint) for a memory
-/// of `capacity` slots: labels >= 0 and distinct, slots < n and distinct, steps <= the
-/// checkpoint's, finite unit prototypes.
+/// of `capacity` slots: labels >= 0, distinct and < num_classes when it is declared (> 0), as
+/// assign() requires; slots < n and distinct, steps <= the checkpoint's, finite unit prototypes.
 template <class Scalar>
 CheckpointRecords<Scalar> read_records(ByteReader& in, const CheckpointHeader& header,
-                                       index_t capacity, const std::string& source) {
+                                       index_t capacity, label_t num_classes,
+                                       const std::string& source) {
   const std::uint64_t n = header.records, dim = header.dim;
   const Stats& stats = header.stats;
   const double tolerance = unit_norm_tolerance<Scalar>;
@@ -334,6 +357,10 @@ CheckpointRecords<Scalar> read_records(ByteReader& in, const CheckpointHeader& h
     const auto slot = in.get<std::uint64_t>("a record's slot");
     const auto written = in.get<std::uint64_t>("a record's last_written");
     if (label < 0) fail(source, ": record ", r, " has negative label ", label);
+    if (num_classes > 0 && label >= num_classes) {
+      fail(source, ": record ", r, " has label ", label,
+           ", outside the memory's declared range [0, ", num_classes, ") (Config::num_classes)");
+    }
     if (slot >= n || book.slot_taken(static_cast<index_t>(slot))) {
       fail(source, ": record ", r, " (label ", label, ") has slot ", slot,
            ", which is out of range or taken twice");

@@ -16,6 +16,10 @@
 
 namespace protomem::detail {
 
+/// The most similar stored classes a step may be asked for per batch class (Config::similar_k;
+/// DoppelgangerMining::max_k is the same bound).
+inline constexpr index_t max_similar_k = index_t{1} << 16;
+
 /// A Config whose capacity x dim prototypes of Scalar are addressable, and whose other fields are
 /// in range.
 template <class Scalar, class Config>
@@ -35,7 +39,11 @@ const Config& checked_config(const Config& config) {
   if (config.num_classes < 0) {
     fail("Config::num_classes = ", config.num_classes, " must be >= 0 (0: undeclared)");
   }
-  if (config.similar_k < 0) fail("Config::similar_k = ", config.similar_k, " must be >= 0");
+  // A step keeps similar_k slots and cosines per batch class (a lane each): beyond 2^16, the
+  // mining policy's bound, that is gigabytes per step for no use.
+  if (config.similar_k < 0 || config.similar_k > max_similar_k) {
+    fail("Config::similar_k = ", config.similar_k, " must be in [0, ", max_similar_k, "]");
+  }
   if (config.workspace_bytes == 0) fail("Config::workspace_bytes must be > 0");
   return config;
 }

@@ -36,13 +36,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <protomem/detail/detect.hpp>
-#include <type_traits>
-#include <utility>
+#include <new>
 #include <protomem/detail/bookkeeping.hpp>
+#include <protomem/detail/detect.hpp>
 #include <protomem/detail/serialize.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace protomem {
@@ -81,13 +82,18 @@ class DoppelgangerMining {
   /// The table's default size: a class row for each of 2^16 classes (~6 MB at k = 8).
   static constexpr index_t default_table_capacity = index_t{1} << 16;
   /// k in [1, max_k] doppelgangers per class, in a table of at most `table_capacity` >= 1 classes.
-  explicit DoppelgangerMining(index_t k = 8, index_t table_capacity = default_table_capacity)
-      : k_(k),
-        capacity_(table_capacity),
-        table_(checked_capacity(table_capacity)),
-        count_(static_cast<std::size_t>(table_capacity), 0),
-        similar_(static_cast<std::size_t>(table_capacity * checked_k(k)), -1),
-        cosine_(static_cast<std::size_t>(table_capacity * k), 0.0f) {}
+  /// A table too large to allocate is an Error naming k, table_capacity and the bytes.
+  explicit DoppelgangerMining(index_t k = 8, index_t table_capacity = default_table_capacity) try
+      : k_(checked_k(k)),
+        capacity_(checked_capacity(table_capacity, k_)),
+        table_(capacity_),
+        count_(static_cast<std::size_t>(capacity_), 0),
+        similar_(static_cast<std::size_t>(capacity_ * k_), -1),
+        cosine_(static_cast<std::size_t>(capacity_ * k_), 0.0f) {
+  } catch (const std::bad_alloc&) {
+    detail::fail("DoppelgangerMining: cannot allocate a table of table_capacity x k = ",
+                 table_capacity, " x ", k, " (about ", table_bytes(table_capacity, k), " bytes)");
+  }
 
   index_t similar_k() const { return k_; }
   index_t k() const { return k_; }
@@ -204,9 +210,22 @@ class DoppelgangerMining {
     }
     return k;
   }
-  static index_t checked_capacity(index_t capacity) {
+  // Per row: k labels and cosines, a count, and about 64 bytes of the label table (map, queue).
+  static std::uint64_t table_bytes(index_t capacity, index_t k) {
+    return static_cast<std::uint64_t>(capacity) *
+           (static_cast<std::uint64_t>(k) * (sizeof(label_t) + sizeof(float)) + 72);
+  }
+  // k <= 2^16 (checked first) and capacity <= 2^40: table_bytes() cannot wrap. A table larger
+  // than x86-64's whole user address space (2^47 bytes) is refused before anything is allocated
+  // (allocating its first parts could take gigabytes and seconds); a smaller one that cannot be
+  // allocated fails as std::bad_alloc, which the constructor names.
+  static index_t checked_capacity(index_t capacity, index_t k) {
     if (capacity < 1 || capacity > (index_t{1} << 40)) {
       detail::fail("DoppelgangerMining: table_capacity = ", capacity, " must be in [1, 2^40]");
+    }
+    if (table_bytes(capacity, k) > (std::uint64_t{1} << 47)) {
+      detail::fail("DoppelgangerMining: table_capacity x k = ", capacity, " x ", k, " needs about ",
+                   table_bytes(capacity, k), " bytes, more than any address space (2^47)");
     }
     return capacity;
   }
