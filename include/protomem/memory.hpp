@@ -355,9 +355,9 @@ class PrototypeMemory {
   /// Reads the checkpoint file at `path`; the file must hold exactly one checkpoint.
   void load(const std::string& path) {
     try {
-      deserialize(detail::read_file(path), "'" + path + "'");
+      deserialize(detail::read_file(path), detail::quoted_path(path));
     } catch (const std::bad_alloc&) {
-      fail_allocation("load: '" + path + "'", config_);
+      fail_allocation("load: " + detail::quoted_path(path), config_);
     }
   }
 

@@ -253,7 +253,7 @@ class ShardedPrototypeMemory {
   /// A collective: every rank reads the checkpoint file at `path` (a shared file system, or a copy
   /// per machine).
   void load(const std::string& path) {
-    load_bytes([&] { return detail::read_file(path); }, "'" + path + "'");
+    load_bytes([&] { return detail::read_file(path); }, detail::quoted_path(path));
   }
 
  private:
