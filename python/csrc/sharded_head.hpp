@@ -1,0 +1,32 @@
+// The sharded heads over a torch.distributed process group: protomem::torch::ShardedPrototypeHead
+// with a protomem::C10dCommunicator (protomem/c10d.hpp) as AnyHead (head_impl.hpp). Included by
+// sharded_cpu.cpp and sharded_narrow.cpp, one TU per pair of Scalar x Device.
+//
+// Requires: the process group's collectives take CPU tensors (Gloo); every process builds the head
+// with the same configuration and policies (checked). Guarantees: as ShardedPrototypeMemory's -
+// loss and gradients equal the single-process head's on the concatenated batch; bad input on one
+// process raises the same protomem.Error, naming the rank, in every process, with nothing changed.
+#pragma once
+
+#include <protomem/c10d.hpp>
+
+#include "head_impl.hpp"
+
+namespace protomem {
+namespace python {
+
+template <class Scalar, class Device>
+std::unique_ptr<AnyHead> make_sharded(const void* group, const Config& config,
+                                      const Policies& policies) {
+  using Head = protomem::torch::ShardedPrototypeHead<Scalar, C10dCommunicator, Device>;
+  const c10::intrusive_ptr<c10d::ProcessGroup> g =
+      *static_cast<const c10::intrusive_ptr<c10d::ProcessGroup>*>(group);
+  auto make = [g](const Config& c, const Policies& p) {
+    return Head(C10dCommunicator(g), c, p.margin, p.generator, p.refresh, p.queue, p.mining,
+                p.aging);
+  };
+  return std::make_unique<HeadImpl<Head, true>>(make, config, policies);
+}
+
+}  // namespace python
+}  // namespace protomem
