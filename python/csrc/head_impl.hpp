@@ -39,8 +39,8 @@ template <class Head, bool Sharded>
 class HeadImpl final : public AnyHead {
  public:
   using Memory = typename Head::Memory;
-  using Scalar = typename Memory::scalar_type;
-  using Device = typename Memory::device_type;
+  using Scalar = typename Head::scalar_type;
+  using Device = typename Head::device_type;
   /// Builds a head of `config` and `policies` (for clone(); captures the group when sharded).
   using Maker = std::function<Head(const Config&, const Policies&)>;
 

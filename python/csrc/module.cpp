@@ -110,7 +110,7 @@ std::string tensor_bytes(const at::Tensor& t, const std::string& source) {
   if (!t.defined() || t.device().type() != c10::DeviceType::CPU || t.scalar_type() != at::kByte ||
       t.dim() != 1) {
     detail::fail(source, " must be a 1-D uint8 CPU tensor of checkpoint bytes; got a ",
-                 protomem::torch::detail::describe(t));
+                 t.scalar_type(), " tensor of shape ", t.sizes(), " on ", t.device());
   }
   const at::Tensor c = t.contiguous();
   return std::string(reinterpret_cast<const char*>(c.data_ptr<std::uint8_t>()),

@@ -211,6 +211,7 @@ def test_queue_keyword_decides_the_eviction_order():
 def test_setters_go_through_the_checked_cpp_setters(rng):
     h = head(aging=protomem.NoAging())
     train_step(h, *grouped_batch([1, 2, 3], 2, DIM, torch.float64, rng))
+    train_step(h, *grouped_batch([4, 6], 2, DIM, torch.float64, rng))  # 1, 2, 3 are 1 step old
     e, y = grouped_batch([2, 5], 2, DIM, torch.float64, rng)
     with torch.no_grad():
         before = h(e, y).item()
