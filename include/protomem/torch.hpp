@@ -294,6 +294,8 @@ template <class Scalar, class Device = cpu>
 class PrototypeHead {
  public:
   using Memory = PrototypeMemory<Scalar, Device>;
+  using scalar_type = Scalar;
+  using device_type = Device;
 
   /// A head over a memory of `config` with the given policies and Commit mode, in any order,
   /// e.g. PrototypeHead<float> head(config, ArcFace(64, 0.5), NoAging{}, Commit::manual).
@@ -352,6 +354,8 @@ template <class Scalar, class Comm = SingleProcess, class Device = cpu>
 class ShardedPrototypeHead {
  public:
   using Memory = ShardedPrototypeMemory<Scalar, Comm, Device>;
+  using scalar_type = Scalar;
+  using device_type = Device;
 
   template <class... Args>
   ShardedPrototypeHead(Comm comm, const Config& config, Args... args)
