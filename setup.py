@@ -44,12 +44,13 @@ def openblas():
     return None
 
 
-# One translation unit per pair of heads (python/csrc/head.hpp): the heads are compiled per
-# Scalar x Device only (float32 and float64 over cpu, float32 over cpu_bf16 and cpu_fp16, each
-# also sharded over a torch.distributed group); the policies are run-time values.
+# The heads are compiled per Scalar x Device only (python/csrc/head.hpp): float32 and float64 over
+# cpu, float32 over cpu_bf16 and cpu_fp16, each in one process and sharded over a
+# torch.distributed group, one translation unit per Scalar x Device (so that its backend compiles
+# once); the policies are run-time values.
 sources = [os.path.join("python", "csrc", name) for name in
-           ("module.cpp", "heads_cpu.cpp", "heads_narrow.cpp", "sharded_cpu.cpp",
-            "sharded_narrow.cpp")]
+           ("module.cpp", "heads_float.cpp", "heads_double.cpp", "heads_bf16.cpp",
+            "heads_fp16.cpp")]
 include_dirs = [os.path.join(ROOT, "include"), os.path.join(ROOT, "python", "csrc"),
                 eigen_include()]
 # -fvisibility=hidden: pybind11's advice for extension modules (its namespace is hidden; without it

@@ -106,19 +106,19 @@ class AnyHead {
   virtual bool sharded() const = 0;
 };
 
-/// The heads of one process (heads_cpu.cpp, heads_narrow.cpp).
-std::unique_ptr<AnyHead> make_head_cpu(bool double_precision, const Config& config,
-                                       const Policies& policies);
-std::unique_ptr<AnyHead> make_head_narrow(Storage storage, const Config& config,
+/// The heads of one Scalar x Device (heads_float.cpp, heads_double.cpp, heads_bf16.cpp,
+/// heads_fp16.cpp): a single-process head when `group` is null, else a head sharded over the
+/// torch.distributed process group `group` points to (a collective) - a
+/// c10::intrusive_ptr<c10d::ProcessGroup>, passed type-erased so that this header does not need
+/// c10d's.
+std::unique_ptr<AnyHead> make_head_float(const void* group, const Config& config,
+                                         const Policies& policies);
+std::unique_ptr<AnyHead> make_head_double(const void* group, const Config& config,
                                           const Policies& policies);
-
-/// The heads sharded over a torch.distributed process group (sharded_cpu.cpp,
-/// sharded_narrow.cpp); collectives. `group` is a c10::intrusive_ptr<c10d::ProcessGroup> passed
-/// type-erased, so that this header does not need c10d's.
-std::unique_ptr<AnyHead> make_sharded_head_cpu(const void* group, bool double_precision,
-                                               const Config& config, const Policies& policies);
-std::unique_ptr<AnyHead> make_sharded_head_narrow(const void* group, Storage storage,
-                                                  const Config& config, const Policies& policies);
+std::unique_ptr<AnyHead> make_head_bf16(const void* group, const Config& config,
+                                        const Policies& policies);
+std::unique_ptr<AnyHead> make_head_fp16(const void* group, const Config& config,
+                                        const Policies& policies);
 
 }  // namespace python
 }  // namespace protomem

@@ -216,14 +216,15 @@ Storage storage_of(const std::string& storage, bool double_precision) {
 std::unique_ptr<AnyHead> make_any_head(const void* group, bool double_precision,
                                        const std::string& storage_name, const Config& config,
                                        const Policies& policies) {
-  const Storage storage = storage_of(storage_name, double_precision);
-  if (group == nullptr) {
-    return storage == Storage::full ? make_head_cpu(double_precision, config, policies)
-                                    : make_head_narrow(storage, config, policies);
+  switch (storage_of(storage_name, double_precision)) {
+    case Storage::bfloat16:
+      return make_head_bf16(group, config, policies);
+    case Storage::float16:
+      return make_head_fp16(group, config, policies);
+    default:
+      return double_precision ? make_head_double(group, config, policies)
+                              : make_head_float(group, config, policies);
   }
-  return storage == Storage::full
-             ? make_sharded_head_cpu(group, double_precision, config, policies)
-             : make_sharded_head_narrow(group, storage, config, policies);
 }
 
 }  // namespace

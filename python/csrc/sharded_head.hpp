@@ -1,6 +1,6 @@
 // The sharded heads over a torch.distributed process group: protomem::torch::ShardedPrototypeHead
 // with a protomem::C10dCommunicator (protomem/c10d.hpp) as AnyHead (head_impl.hpp). Included by
-// sharded_cpu.cpp and sharded_narrow.cpp, one TU per pair of Scalar x Device.
+// heads_*.cpp, one translation unit per Scalar x Device.
 //
 // Requires: the process group's collectives take CPU tensors (Gloo); every process builds the head
 // with the same configuration and policies (checked). Guarantees: as ShardedPrototypeMemory's -
