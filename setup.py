@@ -77,6 +77,7 @@ if blas:
 setup(
     ext_modules=[CppExtension(
         "protomem._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-        libraries=libraries, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp", "-s"])],
+        libraries=libraries, extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp", "-s"])],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -289,6 +289,8 @@ using protomem::ArcFace;
 using protomem::CombinedMargin;
 using protomem::Config;
 using protomem::CosFace;
+using protomem::cpu_bf16;
+using protomem::cpu_fp16;
 using protomem::DoppelgangerMining;
 using protomem::Error;
 using protomem::ExemplarMean;
@@ -301,8 +303,6 @@ using protomem::NoAging;
 using protomem::NoMining;
 using protomem::Replace;
 using protomem::SingleProcess;
-using protomem::cpu_bf16;
-using protomem::cpu_fp16;
 
 TEST_CASE("torch adapter: policies are constructor objects, in any order, and reach the memory",
           "[torch][policies]") {
@@ -319,11 +319,9 @@ TEST_CASE("torch adapter: policies are constructor objects, in any order, and re
     CHECK(head.commit_mode() == protomem::torch::Commit::on_backward);
   }
   SECTION("every family, any order, a Commit among them") {
-    protomem::torch::PrototypeHead<double> head(config, AgeDecay(16, 100),
-                                                protomem::torch::Commit::manual,
-                                                DoppelgangerMining(3, 50), FirstInFirstOut{},
-                                                Momentum(0.25), LeaveOneOut{},
-                                                ArcFace(32, 0.4, true));
+    protomem::torch::PrototypeHead<double> head(
+        config, AgeDecay(16, 100), protomem::torch::Commit::manual, DoppelgangerMining(3, 50),
+        FirstInFirstOut{}, Momentum(0.25), LeaveOneOut{}, ArcFace(32, 0.4, true));
     const auto& m = head.memory();
     CHECK(m.margin().get<ArcFace>().easy_margin);
     CHECK(m.margin().get<ArcFace>().m == 0.4);
@@ -443,9 +441,9 @@ TEST_CASE("torch adapter: narrow storage (cpu_bf16, cpu_fp16) over float tensors
 
 TEST_CASE("torch adapter: the sharded head on one process equals the head", "[torch][sharded]") {
   protomem::torch::PrototypeHead<double> head(small_config<double>(), Momentum(0.5),
-                                    DoppelgangerMining(2, 16));
+                                              DoppelgangerMining(2, 16));
   protomem::torch::ShardedPrototypeHead<double> sharded(SingleProcess{}, small_config<double>(),
-                                              DoppelgangerMining(2, 16), Momentum(0.5));
+                                                        DoppelgangerMining(2, 16), Momentum(0.5));
   torch::manual_seed(6);
   for (int step = 0; step < 4; ++step) {
     const at::Tensor e = torch::randn({12, 8}, torch::dtype(torch::kDouble));

@@ -167,14 +167,12 @@ struct HeadArguments {
 
   template <class... Args>
   explicit HeadArguments(Args... args) {
-    static_assert(count_argument<AnyMargin, Args...>() <= 1 &&
-                      count_argument<AnyGenerator, Args...>() <= 1 &&
-                      count_argument<AnyRefresh, Args...>() <= 1 &&
-                      count_argument<AnyQueue, Args...>() <= 1 &&
-                      count_argument<AnyMining, Args...>() <= 1 &&
-                      count_argument<AnyAging, Args...>() <= 1 &&
-                      count_argument<Commit, Args...>() <= 1,
-                  "protomem: a head takes at most one policy of each family and one Commit");
+    static_assert(
+        count_argument<AnyMargin, Args...>() <= 1 && count_argument<AnyGenerator, Args...>() <= 1 &&
+            count_argument<AnyRefresh, Args...>() <= 1 &&
+            count_argument<AnyQueue, Args...>() <= 1 && count_argument<AnyMining, Args...>() <= 1 &&
+            count_argument<AnyAging, Args...>() <= 1 && count_argument<Commit, Args...>() <= 1,
+        "protomem: a head takes at most one policy of each family and one Commit");
     (take(std::move(args)), ...);
   }
 
@@ -232,8 +230,8 @@ inline void check_tensors(const std::string& head, at::ScalarType dtype, index_t
   }
   if (labels.dim() != 1) fail(head, ": labels must be rank 1; got a ", describe(labels));
   if (labels.size(0) != embeddings.size(0)) {
-    fail(head, ": labels has ", labels.size(0), " entries but embeddings have B = ",
-         embeddings.size(0), " rows");
+    fail(head, ": labels has ", labels.size(0),
+         " entries but embeddings have B = ", embeddings.size(0), " rows");
   }
 }
 
@@ -261,11 +259,11 @@ at::Tensor head_forward(const c10::intrusive_ptr<State>& state, const std::strin
 
   // A pending update's backward never ran (the step was not trained on): it is dropped, but
   // only once this forward has succeeded, so a forward that throws leaves it to its backward.
-  StepResult<Scalar> result = memory.forward_replacing(
-      matrix_view<const Scalar>(rows.data_ptr<Scalar>(), batch, dim,
-                                batch > 0 ? rows.stride(0) : dim),
-      label_view(y.data_ptr<std::int64_t>(), batch),
-      matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim));
+  StepResult<Scalar> result =
+      memory.forward_replacing(matrix_view<const Scalar>(rows.data_ptr<Scalar>(), batch, dim,
+                                                         batch > 0 ? rows.stride(0) : dim),
+                               label_view(y.data_ptr<std::int64_t>(), batch),
+                               matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim));
   const double loss = static_cast<double>(result.loss);
   state->last = std::move(result);
 
@@ -311,8 +309,8 @@ class PrototypeHead {
 
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
     const std::string name = detail::head_name<Scalar, Device>("PrototypeHead");
-    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(),
-                          embeddings, labels, /*allow_empty=*/false);
+    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(), embeddings,
+                          labels, /*allow_empty=*/false);
     return detail::head_forward(state_, name, embeddings, labels);
   }
 
@@ -337,10 +335,9 @@ class PrototypeHead {
   using State = detail::HeadState<Memory>;
 
   PrototypeHead(const Config& config, detail::HeadArguments a)
-      : state_(c10::make_intrusive<State>(a.mode, config, std::move(a.margin),
-                                          std::move(a.generator), std::move(a.refresh),
-                                          std::move(a.queue), std::move(a.mining),
-                                          std::move(a.aging))) {}
+      : state_(c10::make_intrusive<State>(
+            a.mode, config, std::move(a.margin), std::move(a.generator), std::move(a.refresh),
+            std::move(a.queue), std::move(a.mining), std::move(a.aging))) {}
 
   c10::intrusive_ptr<State> state_;
 };
@@ -367,8 +364,8 @@ class ShardedPrototypeHead {
 
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
     const std::string name = detail::head_name<Scalar, Device>("ShardedPrototypeHead");
-    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(),
-                          embeddings, labels, /*allow_empty=*/true);
+    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(), embeddings,
+                          labels, /*allow_empty=*/true);
     return detail::head_forward(state_, name, embeddings, labels);
   }
 
@@ -388,10 +385,9 @@ class ShardedPrototypeHead {
   using State = detail::HeadState<Memory, Comm>;
 
   ShardedPrototypeHead(Comm comm, const Config& config, detail::HeadArguments a)
-      : state_(c10::make_intrusive<State>(a.mode, std::move(comm), config, std::move(a.margin),
-                                          std::move(a.generator), std::move(a.refresh),
-                                          std::move(a.queue), std::move(a.mining),
-                                          std::move(a.aging))) {}
+      : state_(c10::make_intrusive<State>(
+            a.mode, std::move(comm), config, std::move(a.margin), std::move(a.generator),
+            std::move(a.refresh), std::move(a.queue), std::move(a.mining), std::move(a.aging))) {}
 
   c10::intrusive_ptr<State> state_;
 };

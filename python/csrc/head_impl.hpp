@@ -58,11 +58,11 @@ class HeadImpl final : public AnyHead {
     const index_t batch = embeddings.size(0), dim = embeddings.size(1);
     const index_t stride = batch > 0 ? embeddings.stride(0) : dim;
     const auto start = std::chrono::steady_clock::now();
-    const Scalar loss = memory.step(
-        matrix_view<const Scalar>(embeddings.data_ptr<Scalar>(), batch, dim, stride),
-        label_view(labels.data_ptr<std::int64_t>(), batch),
-        matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim,
-                            batch > 0 ? gradient.stride(0) : dim));
+    const Scalar loss =
+        memory.step(matrix_view<const Scalar>(embeddings.data_ptr<Scalar>(), batch, dim, stride),
+                    label_view(labels.data_ptr<std::int64_t>(), batch),
+                    matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim,
+                                        batch > 0 ? gradient.stride(0) : dim));
     if (seconds) {
       *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }

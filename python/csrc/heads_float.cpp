@@ -7,7 +7,7 @@ namespace protomem {
 namespace python {
 
 std::unique_ptr<AnyHead> make_head_float(const void* group, const Config& config,
-                                       const Policies& policies) {
+                                         const Policies& policies) {
   if (group == nullptr) {
     return make_single<protomem::torch::PrototypeHead<float, cpu>>(config, policies);
   }

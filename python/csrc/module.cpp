@@ -19,9 +19,8 @@
 #include <protomem/sampler.hpp>
 #include <sstream>
 #include <string>
-#include <vector>
-
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <vector>
 
 #include "head.hpp"
 
@@ -36,8 +35,7 @@ namespace {
 template <class Holder, class... Builtin>
 Holder holder_of(const py::object& object, const char* family) {
   std::optional<Holder> out;
-  ((!out && py::isinstance<Builtin>(object) ? (out.emplace(object.cast<Builtin>()), true)
-                                            : false),
+  ((!out && py::isinstance<Builtin>(object) ? (out.emplace(object.cast<Builtin>()), true) : false),
    ...);
   if (!out) {
     std::string names;
@@ -422,9 +420,8 @@ PYBIND11_MODULE(_C, m) {
       .def("policy_names",
            [](const AnyHead& h) {
              const Policies p = h.policies();
-             return std::vector<std::string>{p.margin.name(), p.generator.name(),
-                                             p.refresh.name(), p.queue.name(),
-                                             p.mining.name(),  p.aging.name()};
+             return std::vector<std::string>{p.margin.name(), p.generator.name(), p.refresh.name(),
+                                             p.queue.name(),  p.mining.name(),    p.aging.name()};
            })
       .def("policy_objects", [](const AnyHead& h) { return policy_objects(h.policies()); })
       .def("set_margin", [](AnyHead& h, const py::object& o) { h.set_margin(margin_of(o)); })

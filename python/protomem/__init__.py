@@ -24,8 +24,8 @@ __version__ = "0.1.0"
 # Name the bound classes by the package users import them from.
 for _name in ("Error", "UnsupportedError", "NoMargin", "CosFace", "ArcFace", "CombinedMargin",
               "ExemplarMean", "DetachedExemplarMean", "LeaveOneOut", "Replace", "Momentum",
-              "LeastRecentlyWritten", "FirstInFirstOut", "NoMining", "DoppelgangerMining", "NoAging",
-              "MaxAge", "AgeDecay"):
+              "LeastRecentlyWritten", "FirstInFirstOut", "NoMining", "DoppelgangerMining",
+              "NoAging", "MaxAge", "AgeDecay"):
     try:
         globals()[_name].__module__ = "protomem"
     except (AttributeError, TypeError):

@@ -156,7 +156,8 @@ class PrototypeMemory(torch.nn.Module):
             _DTYPES[dtype], storage_name, int(capacity), int(dim), int(num_classes),
             int(workspace_bytes), int(threads), int(similar_k),
             _policy(margin, _C.CosFace, "margin"), _policy(generator, _C.ExemplarMean, "generator"),
-            _policy(refresh, _C.Replace, "refresh"), _policy(queue, _C.LeastRecentlyWritten, "queue"),
+            _policy(refresh, _C.Replace, "refresh"),
+            _policy(queue, _C.LeastRecentlyWritten, "queue"),
             _policy(mining, _C.NoMining, "mining"), _policy(aging, default_aging, "aging"))
         if group is None:
             self._head = _C.make_head(*arguments)

@@ -113,7 +113,8 @@ WORKER = textwrap.dedent('''
             mine = e[lo:hi].clone().requires_grad_(True)
             loss = sharded(mine, labels[lo:hi])
             loss.backward()
-            assert close(loss.detach(), loss_ref.detach(), tol), (step, float(loss), float(loss_ref))
+            assert close(loss.detach(), loss_ref.detach(), tol), \
+                (step, float(loss), float(loss_ref))
             assert close(mine.grad, whole.grad[lo:hi], 10 * tol), step
         a, b = sharded.contents(), ref.contents()
         assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
