@@ -307,7 +307,8 @@ PYBIND11_MODULE(_C, m) {
   bind_policy<DoppelgangerMining>(m, "DoppelgangerMining",
                                   "Mining: each class's k most similar stored classes, in a table "
                                   "of at most table_capacity classes.")
-      .def(py::init<index_t, index_t>(), "k"_a, "table_capacity"_a)
+      .def(py::init<index_t, index_t>(), "k"_a = 8,
+           "table_capacity"_a = DoppelgangerMining::default_table_capacity)
       .def_property_readonly("k", &DoppelgangerMining::k)
       .def_property_readonly("table_capacity", &DoppelgangerMining::table_capacity)
       .def("__repr__", [](const DoppelgangerMining& p) {

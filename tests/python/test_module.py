@@ -183,6 +183,10 @@ def test_every_policy_keyword_reaches_its_cpp_policy():
     assert (c.margin.m1, c.margin.m2, c.margin.m3) == (1.1, 0.2, 0.1) and c.aging.max_age == 7
     assert isinstance(protomem.PrototypeMemory(8, 4, aging=protomem.NoAging).aging,
                       protomem.NoAging)
+    # C++'s defaults: DoppelgangerMining(k = 8, table_capacity = 2^16), AgeDecay(half_life = 64)
+    mined = protomem.PrototypeMemory(8, 4, mining=protomem.DoppelgangerMining).mining
+    assert (mined.k, mined.table_capacity) == (8, 1 << 16)
+    assert protomem.AgeDecay().half_life == 64.0 and protomem.MaxAge().max_age == 1024
     assert protomem.PrototypeMemory(8, 4, margin=protomem.NoMargin(5.0)).margin.s == 5.0
     assert isinstance(protomem.PrototypeMemory(8, 4, generator=protomem.DetachedExemplarMean)
                       .generator, protomem.DetachedExemplarMean)
