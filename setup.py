@@ -44,14 +44,20 @@ def openblas():
     return None
 
 
+# The heads are compiled per Scalar x Device only (python/csrc/head.hpp): float32 and float64 over
+# cpu, float32 over cpu_bf16 and cpu_fp16, each in one process and sharded over a
+# torch.distributed group, one translation unit per Scalar x Device (so that its backend compiles
+# once); the policies are run-time values.
 sources = [os.path.join("python", "csrc", name) for name in
-           ("module.cpp", "instances_float_1.cpp", "instances_float_2.cpp", "instances_double.cpp",
-            "sharded_float.cpp", "sharded_double.cpp")]
+           ("module.cpp", "heads_float.cpp", "heads_double.cpp", "heads_bf16.cpp",
+            "heads_fp16.cpp")]
 include_dirs = [os.path.join(ROOT, "include"), os.path.join(ROOT, "python", "csrc"),
-                os.path.join(ROOT, "examples", "train"), eigen_include()]
+                eigen_include()]
 # -fvisibility=hidden: pybind11's advice for extension modules (its namespace is hidden; without it
 # GCC warns "declared with greater visibility" for every bound class with torch 2.15's pybind11 3).
-cxx_flags = ["-O3", "-fopenmp", "-fvisibility=hidden"]
+# -g0 (after Python's own -g): no debug information, which made most of the compile time and of
+# the module's size (docs/python.md, "Install time and size"); -s at link time strips the rest.
+cxx_flags = ["-O3", "-fopenmp", "-fvisibility=hidden", "-g0"]
 # The C++ standard: the library needs C++17; torch's tooling adds its own default when none is
 # given: -std=c++14 up to torch 2.0 (too old for the library, so C++17 is passed there), c++17 from
 # 2.1, c++20 once torch's headers require C++20 (torch 2.15's refuse to compile as C++17). From
@@ -71,6 +77,7 @@ if blas:
 setup(
     ext_modules=[CppExtension(
         "protomem._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-        libraries=libraries, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])],
+        libraries=libraries, extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp", "-s"])],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -1,11 +1,14 @@
-// A LibTorch trainer on several processes with the c10d process group it already has: the encoder is
-// data-parallel (its gradients all-reduced over the group), the prototype memory is sharded over
-// the same group (protomem::ShardedPrototypeMemory over protomem::C10dCommunicator).
+// A LibTorch trainer on several processes with the c10d process group it already has: the encoder
+// is data-parallel (its gradients all-reduced over the group), the prototype memory is sharded over
+// the same group: protomem::torch::ShardedPrototypeHead (protomem/torch.hpp), a
+// ShardedPrototypeMemory over a protomem::C10dCommunicator, as a loss head whose backward commits
+// the step - the same autograd path as the single-process PrototypeHead and the Python package.
 //
 // Launch with torchrun (a TCPStore from RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
 //   torchrun --no_python --nproc_per_node=2 build/<dir>/examples/c10d_train
 // or by hand, with a FileStore every process can reach:
-//   c10d_train --rank 0 --world 2 --store /tmp/run1 & c10d_train --rank 1 --world 2 --store /tmp/run1
+//   c10d_train --rank 0 --world 2 --store /tmp/run1 &
+//   c10d_train --rank 1 --world 2 --store /tmp/run1
 // Options: --steps N (default 300), --dim D (64), --capacity M (512).
 //
 // The data: 2000 synthetic identities, each a random direction in R^32, observed with a strong
@@ -29,7 +32,7 @@
 #include <torch/torch.h>
 
 #include <protomem/comm/c10d.hpp>
-#include <protomem/sharded.hpp>
+#include <protomem/torch.hpp>
 
 namespace {
 
@@ -39,7 +42,8 @@ std::string env(const char* name) {
 }
 
 // The process group of this trainer: Gloo over a FileStore (--store) or torchrun's TCPStore.
-c10::intrusive_ptr<c10d::ProcessGroup> make_group(int rank, int world, const std::string& store_path) {
+c10::intrusive_ptr<c10d::ProcessGroup> make_group(int rank, int world,
+                                                  const std::string& store_path) {
   c10::intrusive_ptr<c10d::Store> store;
   if (!store_path.empty()) {
     store = c10::make_intrusive<c10d::FileStore>(store_path, world);
@@ -127,9 +131,11 @@ int main(int argc, char** argv) {
   }
   try {
     const c10::intrusive_ptr<c10d::ProcessGroup> group = make_group(rank, world, store_path);
-    protomem::C10dCommunicator comm(group);  // holds a reference to the group
-    protomem::ShardedPrototypeMemory<float, protomem::C10dCommunicator> memory(
-        comm, config, protomem::CosFace(16, 0.2));
+    // The head owns the communicator (which holds a reference to the group); policies are
+    // constructor objects, the omitted ones the memory's defaults.
+    protomem::torch::ShardedPrototypeHead<float, protomem::C10dCommunicator> head(
+        protomem::C10dCommunicator(group), config, protomem::CosFace(16, 0.2),
+        protomem::AgeDecay(8));
 
     // The same encoder on every rank (same seed), data-parallel from here on.
     torch::manual_seed(1);
@@ -157,30 +163,24 @@ int main(int argc, char** argv) {
       const at::Tensor all_x = observe(centers.index_select(0, all_labels), nuisance);
       const at::Tensor x = all_x.slice(0, lo, hi), y = all_labels.slice(0, lo, hi).contiguous();
 
-      const at::Tensor embeddings = encoder->forward(x);
-      const at::Tensor e = embeddings.detach().contiguous();
-      at::Tensor gradient = torch::empty_like(e);
-      const std::int64_t mine = hi - lo;
-      const float loss =
-          memory.forward(protomem::matrix_view<const float>(e.data_ptr<float>(), mine, config.dim),
-                         protomem::label_view(y.data_ptr<std::int64_t>(), mine),
-                         protomem::matrix_view(gradient.data_ptr<float>(), mine, config.dim))
-              .loss;
+      // The loss of the global batch (the same on every rank), from this rank's rows; its
+      // backward sends dL/dE of these rows into the encoder and commits the memory update.
+      const at::Tensor loss_tensor = head(encoder->forward(x), y);
+      const float loss = loss_tensor.item<float>();
       optimizer.zero_grad();
-      embeddings.backward(gradient);  // dL/dE of this rank's rows, of the global batch's loss
-      memory.commit();
+      loss_tensor.backward();
       all_reduce_gradients(*group, *encoder);  // sum: each rank's share of one global loss
       optimizer.step();
       if (rank == 0 && (step % 50 == 0 || step == 1)) {
         std::printf("step %4d  loss %.4f  memory %lld classes\n", step, double(loss),
-                    static_cast<long long>(memory.size()));
+                    static_cast<long long>(head.memory().size()));
       }
     }
     // Every rank's encoder must be the same: compare a checksum's maximum and minimum.
     double sum = 0;
     for (const at::Tensor& p : encoder->parameters()) sum += p.sum().item<double>();
     double extremes[2] = {sum, -sum};
-    comm.all_reduce(extremes, 2, protomem::ReduceOp::max);
+    head.communicator().all_reduce(extremes, 2, protomem::ReduceOp::max);
     const bool same = extremes[0] == -extremes[1];
     const double after = identification(encoder, nuisance, 500);
     if (rank == 0) {

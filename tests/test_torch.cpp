@@ -1,13 +1,19 @@
 // The LibTorch adapter (protomem/torch.hpp): loss and gradient equal the core's, zero-copy views,
-// when the memory is committed, and clear errors for wrong tensors. Plus a short seeded training
-// run of the main job (examples/train): the trained encoder must beat the untrained one on held-out
-// identities by a wide margin.
+// when the memory is committed, clear errors for wrong tensors, the policies as constructor
+// objects (each reaching the memory), narrow storage and the sharded head. Plus a short seeded
+// training run of the main job (examples/train): the trained encoder must beat the untrained one
+// on held-out identities by a wide margin (PROTOMEM_TORCH_ADAPTER_ONLY leaves it out, for a build
+// of the adapter's tests alone).
+#include <torch/torch.h>
+
 #include <limits>
 #include <protomem/torch.hpp>
 #include <sstream>
 #include <vector>
 
+#ifndef PROTOMEM_TORCH_ADAPTER_ONLY
 #include "../examples/train/trainer.hpp"
+#endif
 
 // LibTorch's headers bring glog, whose CHECK() would shadow Catch's: Catch comes last.
 #undef CHECK
@@ -185,9 +191,9 @@ TEST_CASE("torch adapter: when the memory is updated", "[torch]") {
     CHECK(e.grad().defined());
   }
   SECTION("Commit::manual leaves commit() to the caller") {
-    protomem::torch::PrototypeHead<float> manual(
-        small_config<float>(), protomem::CosFace{}, protomem::ExemplarMean{}, protomem::Replace{},
-        protomem::LeastRecentlyWritten{}, protomem::torch::Commit::manual);
+    protomem::torch::PrototypeHead<float> manual(small_config<float>(),
+                                                 protomem::torch::Commit::manual);
+    CHECK(manual.commit_mode() == protomem::torch::Commit::manual);
     manual(e, batch_labels(0)).backward();
     CHECK(manual.pending());
     CHECK_THROWS_WITH(manual(e, batch_labels(1)), Catch::Contains("commit() or discard()"));
@@ -225,14 +231,13 @@ TEST_CASE("torch adapter: a Mining policy, its table reached through the head", 
   // class 1's plus small noise. After the committed step 2, class 3's row must name class 1 first,
   // with the cosine between the two generated prototypes computed here independently (normalised
   // mean of the normalised exemplars, as docs/algorithm.md, "One step").
-  using Head = protomem::torch::PrototypeHead<double, protomem::CosFace, protomem::ExemplarMean,
-                                              protomem::Replace, protomem::LeastRecentlyWritten,
-                                              protomem::DoppelgangerMining>;
-  Head head(small_config<double>(), protomem::CosFace{}, protomem::ExemplarMean{},
-            protomem::Replace{}, protomem::LeastRecentlyWritten{},
-            protomem::DoppelgangerMining(/*k=*/2, /*table_capacity=*/16));
+  protomem::torch::PrototypeHead<double> head(
+      small_config<double>(), protomem::DoppelgangerMining(/*k=*/2, /*table_capacity=*/16));
   CHECK(&head.mining() == &head.memory().mining());
-  CHECK(head.mining().k() == 2);
+  const auto& table = [&]() -> const protomem::DoppelgangerMining& {
+    return head.mining().get<protomem::DoppelgangerMining>();
+  };
+  CHECK(table().k() == 2);
 
   torch::manual_seed(11);
   const auto opts = torch::dtype(torch::kDouble);
@@ -240,7 +245,7 @@ TEST_CASE("torch adapter: a Mining policy, its table reached through the head", 
   const at::Tensor y1 =
       torch::tensor(std::vector<std::int64_t>{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2});
   head(first.clone().requires_grad_(true), y1).backward();
-  CHECK(head.mining().size() == 0);  // an empty memory: step 1 found no stored class
+  CHECK(table().size() == 0);  // an empty memory: step 1 found no stored class
 
   at::Tensor second = torch::randn({12, 8}, opts);
   second.slice(0, 0, 4).copy_(first.slice(0, 4, 8) + 0.01 * torch::randn({4, 8}, opts));
@@ -253,13 +258,13 @@ TEST_CASE("torch adapter: a Mining policy, its table reached through the head", 
       head(second, y2);
     }
     head(second.clone().requires_grad_(true), y2);  // forward without backward: discarded
-    CHECK(head.mining().size() == 0);
+    CHECK(table().size() == 0);
   }
   SECTION("the committed step's row is the most similar stored class, with its cosine") {
     head(second.clone().requires_grad_(true), y2).backward();
-    REQUIRE(head.mining().contains(3));
-    const auto similar = head.mining().doppelgangers(3);
-    const auto cosines = head.mining().cosines(3);
+    REQUIRE(table().contains(3));
+    const auto similar = table().doppelgangers(3);
+    const auto cosines = table().cosines(3);
     REQUIRE(similar.size == 2);
     CHECK(similar[0] == 1);
     auto prototype = [](const at::Tensor& rows) {
@@ -272,10 +277,198 @@ TEST_CASE("torch adapter: a Mining policy, its table reached through the head", 
     CHECK(cosines[0] == Approx(expected).epsilon(1e-5));
     CHECK(cosines[0] >= cosines[1]);
     // Class 1's row is untouched: the relation is one-directional, written for batch classes only.
-    CHECK_FALSE(head.mining().contains(1));
+    CHECK_FALSE(table().contains(1));
   }
 }
 
+// The policies and types the tests below name.
+using protomem::AgeDecay;
+using protomem::AnyAging;
+using protomem::AnyMargin;
+using protomem::ArcFace;
+using protomem::CombinedMargin;
+using protomem::Config;
+using protomem::CosFace;
+using protomem::cpu_bf16;
+using protomem::cpu_fp16;
+using protomem::DoppelgangerMining;
+using protomem::Error;
+using protomem::ExemplarMean;
+using protomem::FirstInFirstOut;
+using protomem::LeastRecentlyWritten;
+using protomem::LeaveOneOut;
+using protomem::MaxAge;
+using protomem::Momentum;
+using protomem::NoAging;
+using protomem::NoMining;
+using protomem::Replace;
+using protomem::SingleProcess;
+
+TEST_CASE("torch adapter: policies are constructor objects, in any order, and reach the memory",
+          "[torch][policies]") {
+  const Config config = small_config<float>();
+  SECTION("omitted families take the memory's defaults (AgeDecay(8) among them)") {
+    protomem::torch::PrototypeHead<float> head(config);
+    CHECK(std::string(head.memory().margin().name()) == CosFace::name);
+    CHECK(head.memory().margin().get<CosFace>().s == 64.0);
+    CHECK(std::string(head.memory().generator().name()) == ExemplarMean::name);
+    CHECK(std::string(head.memory().refresh().name()) == Replace::name);
+    CHECK(std::string(head.memory().queue().name()) == LeastRecentlyWritten::name);
+    CHECK(std::string(head.memory().mining().name()) == NoMining::name);
+    CHECK(head.memory().aging().get<AgeDecay>().half_life == 8.0);
+    CHECK(head.commit_mode() == protomem::torch::Commit::on_backward);
+  }
+  SECTION("every family, any order, a Commit among them") {
+    protomem::torch::PrototypeHead<double> head(
+        config, AgeDecay(16, 100), protomem::torch::Commit::manual, DoppelgangerMining(3, 50),
+        FirstInFirstOut{}, Momentum(0.25), LeaveOneOut{}, ArcFace(32, 0.4, true));
+    const auto& m = head.memory();
+    CHECK(m.margin().get<ArcFace>().easy_margin);
+    CHECK(m.margin().get<ArcFace>().m == 0.4);
+    CHECK(m.generator().holds<LeaveOneOut>());
+    CHECK(m.refresh().get<Momentum>().a == 0.25);
+    CHECK(m.queue().holds<FirstInFirstOut>());
+    CHECK(m.mining().get<DoppelgangerMining>().table_capacity() == 50);
+    CHECK(m.aging().get<AgeDecay>().max_age == 100);
+    CHECK(head.commit_mode() == protomem::torch::Commit::manual);
+  }
+  SECTION("a holder passes through (a function taking AnyMargin)") {
+    auto make = [&](AnyMargin margin, AnyAging aging) {
+      return protomem::torch::PrototypeHead<float>(config, std::move(margin), std::move(aging));
+    };
+    auto head = make(CombinedMargin(30, 1.0, 0.2, 0.1), MaxAge(5));
+    CHECK(head.memory().margin().get<CombinedMargin>().m3 == 0.1);
+    CHECK(head.memory().aging().get<MaxAge>().max_age == 5);
+  }
+  SECTION("the memory's checked setters change a head's policy between steps") {
+    protomem::torch::PrototypeHead<float> head(config);
+    head.memory().set_margin(CosFace(16, 0.1));
+    CHECK(head.memory().margin().get<CosFace>().s == 16.0);
+    CosFace bad;
+    bad.m = 5;  // out of range through the public field
+    CHECK_THROWS_AS(head.memory().set_margin(bad), Error);
+    CHECK(head.memory().margin().get<CosFace>().m == Approx(0.1));
+  }
+}
+
+namespace {
+
+// Steps `head` on batches of 3 classes x 4 exemplars, classes (0,1,2), (0,3,4), (5,6,7), ...
+// where class 0 comes back in step 1: LRW refreshes move it to the back, FIFO does not.
+template <class Head>
+void eviction_steps(Head& head) {
+  torch::manual_seed(5);
+  const std::vector<std::vector<std::int64_t>> classes{{0, 1, 2}, {0, 3, 4}, {5, 6, 7}};
+  for (const auto& c : classes) {
+    std::vector<std::int64_t> y;
+    for (std::int64_t label : c) {
+      for (int k = 0; k < 4; ++k) y.push_back(label);
+    }
+    head(torch::randn({12, 8}, torch::requires_grad()), torch::tensor(y)).backward();
+  }
+}
+
+}  // namespace
+
+TEST_CASE("torch adapter: the queue policy decides which class is evicted", "[torch][policies]") {
+  Config config = small_config<float>();
+  config.capacity = 6;  // 5 classes after step 2; step 3 brings 3 new ones: 2 evictions
+  protomem::torch::PrototypeHead<float> lrw(config, LeastRecentlyWritten{});
+  protomem::torch::PrototypeHead<float> fifo(config, FirstInFirstOut{});
+  eviction_steps(lrw);
+  eviction_steps(fifo);
+  CHECK(lrw.memory().stats().evictions == 2);
+  CHECK(fifo.memory().stats().evictions == 2);
+  // LRW: class 0 was rewritten at step 2, so 1 and 2 go; FIFO: 0 (inserted first) and 1 go.
+  CHECK(lrw.memory().contains(0));
+  CHECK_FALSE(lrw.memory().contains(1));
+  CHECK_FALSE(lrw.memory().contains(2));
+  CHECK_FALSE(fifo.memory().contains(0));
+  CHECK_FALSE(fifo.memory().contains(1));
+  CHECK(fifo.memory().contains(2));
+}
+
+TEST_CASE("torch adapter: the aging policy changes the loss of stale columns",
+          "[torch][policies]") {
+  protomem::torch::PrototypeHead<double> none(small_config<double>(), NoAging{});
+  protomem::torch::PrototypeHead<double> decay(small_config<double>(), AgeDecay(1.0));
+  protomem::torch::PrototypeHead<double> by_default(small_config<double>());
+  torch::manual_seed(9);
+  double loss_none = 0, loss_decay = 0, loss_default = 0;
+  for (int step = 0; step < 3; ++step) {
+    const at::Tensor e = torch::randn({12, 8}, torch::dtype(torch::kDouble));
+    loss_none = none(e.clone().requires_grad_(true), batch_labels(step)).item<double>();
+    auto l = decay(e.clone().requires_grad_(true), batch_labels(step));
+    loss_decay = l.item<double>();
+    l.backward();
+    auto d = by_default(e.clone().requires_grad_(true), batch_labels(step));
+    loss_default = d.item<double>();
+    d.backward();
+    // `none` is stepped too (its backward), so that every head stores the same classes.
+    none(e.clone().requires_grad_(true), batch_labels(step)).backward();
+  }
+  // Stale columns weigh less under aging: a smaller loss, more so for the shorter half-life.
+  CHECK(loss_decay < loss_default);
+  CHECK(loss_default < loss_none);
+}
+
+TEST_CASE("torch adapter: narrow storage (cpu_bf16, cpu_fp16) over float tensors", "[torch]") {
+  protomem::torch::PrototypeHead<float> wide(small_config<float>());
+  protomem::torch::PrototypeHead<float, cpu_bf16> bf16(small_config<float>());
+  protomem::torch::PrototypeHead<float, cpu_fp16> fp16(small_config<float>());
+  torch::manual_seed(4);
+  for (int step = 0; step < 3; ++step) {
+    const at::Tensor e = torch::randn({12, 8});
+    const at::Tensor y = batch_labels(step);
+    const at::Tensor a = wide(e.clone().requires_grad_(true), y);
+    at::Tensor eb = e.clone().requires_grad_(true);
+    at::Tensor ef = e.clone().requires_grad_(true);
+    const at::Tensor b = bf16(eb, y);
+    const at::Tensor f = fp16(ef, y);
+    CHECK(b.scalar_type() == at::kFloat);
+    CHECK(b.item<double>() == Approx(a.item<double>()).epsilon(0.05));
+    CHECK(f.item<double>() == Approx(a.item<double>()).epsilon(0.01));
+    a.backward();
+    b.backward();
+    f.backward();
+    CHECK(eb.grad().defined());
+  }
+  CHECK(bf16.memory().size() == wide.memory().size());
+  CHECK(fp16.memory().step_count() == 3);
+  CHECK_THROWS_WITH(bf16(torch::randn({12, 8}, torch::kDouble), batch_labels(0)),
+                    Catch::Contains("PrototypeHead<float, cpu_bf16>"));
+}
+
+TEST_CASE("torch adapter: the sharded head on one process equals the head", "[torch][sharded]") {
+  protomem::torch::PrototypeHead<double> head(small_config<double>(), Momentum(0.5),
+                                              DoppelgangerMining(2, 16));
+  protomem::torch::ShardedPrototypeHead<double> sharded(SingleProcess{}, small_config<double>(),
+                                                        DoppelgangerMining(2, 16), Momentum(0.5));
+  torch::manual_seed(6);
+  for (int step = 0; step < 4; ++step) {
+    const at::Tensor e = torch::randn({12, 8}, torch::dtype(torch::kDouble));
+    at::Tensor a = e.clone().requires_grad_(true), b = e.clone().requires_grad_(true);
+    const at::Tensor la = head(a, batch_labels(step)), lb = sharded(b, batch_labels(step));
+    CHECK(la.item<double>() == Approx(lb.item<double>()).epsilon(1e-12));
+    CHECK(sharded.pending());
+    la.backward();
+    lb.backward();
+    CHECK_FALSE(sharded.pending());
+    CHECK((a.grad() - b.grad()).abs().max().item<double>() < 1e-12);
+  }
+  CHECK(sharded.memory().stats().steps == head.memory().stats().steps);
+  CHECK(sharded.memory().size() == head.memory().size());
+  CHECK(sharded.mining().get<DoppelgangerMining>().size() ==
+        head.mining().get<DoppelgangerMining>().size());
+  {
+    torch::NoGradGuard no_grad;  // evaluation: no update
+    sharded(torch::randn({12, 8}, torch::dtype(torch::kDouble)), batch_labels(9));
+  }
+  CHECK_FALSE(sharded.pending());
+  CHECK(sharded.memory().stats().steps == 4);
+}
+
+#ifndef PROTOMEM_TORCH_ADAPTER_ONLY
 TEST_CASE("main job: a short seeded run beats the untrained encoder on held-out identities",
           "[torch][train]") {
   train::Options o;
@@ -289,7 +482,7 @@ TEST_CASE("main job: a short seeded run beats the untrained encoder on held-out 
   o.eval_every = 150;
   o.progress = false;
   const train::RunResult r = train::run_method(o, {train::Kind::protomem, train::Sampler::grouped},
-                                               train::make_default_protomem_head);
+                                               train::make_protomem_head);
   INFO("untrained TAR@1e-3 " << r.untrained.tar_1e3 << " rank-1 " << r.untrained.rank1
                              << "; trained TAR@1e-3 " << r.final.tar_1e3 << " rank-1 "
                              << r.final.rank1);
@@ -298,3 +491,4 @@ TEST_CASE("main job: a short seeded run beats the untrained encoder on held-out 
   CHECK(r.final.rank1 > r.untrained.rank1 + 0.15);
   CHECK(r.staleness_cos > 0.8);  // memory prototypes match the current class means
 }
+#endif  // PROTOMEM_TORCH_ADAPTER_ONLY

@@ -51,6 +51,11 @@ def parse_args(argv=None):
     a("--capacity", type=int, default=4096, help="M memory slots")
     a("--scale", type=float, default=32.0)
     a("--margin", type=float, default=0.3, help="CosFace m")
+    a("--half-life", type=float, default=8.0,
+      help="aging: AgeDecay(half-life) of the stored prototypes, in steps (0: NoAging)")
+    a("--queue", default="lrw", choices=("lrw", "fifo"), help="eviction order of the memory")
+    a("--storage", default="float32", choices=("float32", "bfloat16", "float16"),
+      help="how the memory stores its prototypes (narrow: half the memory, float32 arithmetic)")
     a("--lr", type=float, default=0.1)
     a("--momentum", type=float, default=0.9)
     a("--weight-decay", type=float, default=5e-4)
@@ -298,9 +303,12 @@ def main(argv=None):
         classes, image_dim = args.identities, data.image_dim
     encoder = make_encoder(args, image_dim)
     mining = protomem.DoppelgangerMining(8, classes) if args.mining > 0 else None
+    aging = protomem.AgeDecay(args.half_life) if args.half_life > 0 else protomem.NoAging()
+    queue = protomem.FIFO() if args.queue == "fifo" else protomem.LRW()
     head = protomem.PrototypeMemory(args.capacity, args.dim,
                                     margin=protomem.CosFace(args.scale, args.margin),
-                                    mining=mining, num_classes=classes)
+                                    queue=queue, mining=mining, aging=aging, storage=args.storage,
+                                    num_classes=classes)
     sampler = protomem.GroupedBatchSampler(dataset.labels, args.batch // args.exemplars,
                                            args.exemplars, seed=args.seed,
                                            doppelganger_fraction=args.mining,

@@ -47,7 +47,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "synthetic.hpp"
+#include <protomem/data/synthetic.hpp>
 #ifdef PROTOMEM_TRAIN_IMAGES
 #include "image_data.hpp"
 #endif

@@ -2,15 +2,15 @@
 // training loop. The core never includes this header; link protomem::torch (CMake target, defined
 // when LibTorch is found) to use it.
 //
-//   protomem::torch::PrototypeHead<float> head({/*capacity=*/65536, /*dim=*/512});
+//   protomem::torch::PrototypeHead<float> head({/*capacity=*/65536, /*dim=*/512},
+//                                              protomem::CosFace(32, 0.3), protomem::AgeDecay(8));
 //   auto loss = head(encoder->forward(images), labels);   // embeddings B x D, labels int64 [B]
 //   loss.backward();        // dL/dE flows into the encoder; the memory update is committed here
 //   optimizer.step();
 //
 // When the memory is updated (Commit::on_backward, the default):
 //   - a forward with autograd recording (GradMode enabled and embeddings.requires_grad()) leaves
-//   the
-//     update of the step pending; the backward pass through the loss commits it. The memory
+//     the update of the step pending; the backward pass through the loss commits it. The memory
 //     therefore changes only for steps that are actually trained on.
 //   - a forward whose backward never ran (loss only logged, step skipped for a non-finite loss) is
 //     discarded by the next forward that succeeds: it never reaches the memory. A forward that
@@ -21,8 +21,22 @@
 // With Commit::manual the caller decides: commit() or discard() after each training forward (the
 // next training forward before either is an error).
 //
+// Policies: as PrototypeMemory's (memory.hpp, policies/any.hpp) - constructor objects in any
+// order, each family at most once, omitted ones take the memory's defaults (CosFace(64, 0.35),
+// ExemplarMean, Replace, LeastRecentlyWritten, NoMining, AgeDecay(8)); a Commit value may be among
+// them. head.memory().set_margin(...) etc. change them between steps (checked setters).
+// PrototypeHead<Scalar, Device> is compiled once per Scalar x Device: Device cpu, or cpu_bf16 /
+// cpu_fp16 (float arithmetic over bf16 / fp16 storage; the tensors stay float32).
+//
+// ShardedPrototypeHead<Scalar, Comm, Device>: the same head over a ShardedPrototypeMemory
+// (sharded.hpp) whose communicator it owns (e.g. protomem::C10dCommunicator over a gloo group,
+// c10d.hpp): each process passes its own rows (possibly none); the loss is the global batch's,
+// the gradient that of its rows. Both heads share one autograd path (detail::HeadState,
+// detail::PrototypeLoss, detail::head_forward) - the Python package's heads are these classes.
+//
 // Tensors: embeddings CPU, rank 2 (B x D, D = the memory's dim), of the head's Scalar (float32 for
-// PrototypeHead<float>, float64 for PrototypeHead<double>); labels CPU int64, rank 1, length B.
+// PrototypeHead<float, *>, float64 for PrototypeHead<double>); labels CPU int64, rank 1, length B
+// (B >= 1; the sharded head also takes B = 0).
 // They are read in place: any row stride works zero-copy as long as each row is contiguous
 // (stride(1) == 1); otherwise the embeddings are copied once with .contiguous(). Anything else
 // throws protomem::Error naming the tensor, what it is and what was expected, before any state
@@ -32,13 +46,18 @@
 
 #include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
 #include <cstdint>
+#include <protomem/device.hpp>
 #include <protomem/error.hpp>
 #include <protomem/memory.hpp>
+#include <protomem/sharded.hpp>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace protomem {
@@ -63,26 +82,42 @@ constexpr at::ScalarType scalar_type_of() {
   return std::is_same_v<Scalar, float> ? at::kFloat : at::kDouble;
 }
 
+/// "PrototypeHead<float>", "ShardedPrototypeHead<float, cpu_bf16>", ... for messages.
+template <class Scalar, class Device>
+std::string head_name(const char* kind) {
+  std::string name = std::string(kind) + (std::is_same_v<Scalar, float> ? "<float" : "<double");
+  if (std::is_same_v<Device, cpu_bf16>) name += ", cpu_bf16";
+  if (std::is_same_v<Device, cpu_fp16>) name += ", cpu_fp16";
+  return name + ">";
+}
+
+/// No communicator: the state of a single-process head.
+struct NoComm {};
+
 // The state a head shares with the autograd nodes of its pending step, so that a graph that
-// outlives its head (or a head that outlives its graph) never dangles.
-template <class Memory>
+// outlives its head (or a head that outlives its graph) never dangles. Memory is a PrototypeMemory
+// (Comm = NoComm) or a ShardedPrototypeMemory that borrows `comm`, owned here beside it.
+template <class Memory, class Comm = NoComm>
 struct HeadState : ::torch::CustomClassHolder {
-  template <class... Args>
+  using scalar_type = typename Memory::scalar_type;
+  template <class... Args, class C = Comm, std::enable_if_t<std::is_same_v<C, NoComm>, int> = 0>
   explicit HeadState(Commit mode_, Args&&... args)
       : memory(std::forward<Args>(args)...), mode(mode_) {}
+  template <class... Args, class C = Comm, std::enable_if_t<!std::is_same_v<C, NoComm>, int> = 0>
+  HeadState(Commit mode_, Comm comm_, Args&&... args)
+      : comm(std::move(comm_)), memory(comm, std::forward<Args>(args)...), mode(mode_) {}
+  Comm comm;  // declared before `memory`, which borrows it
   Memory memory;
   Commit mode;
   std::uint64_t generation = 0;  // id of the last training forward; its update is pending if
                                  // memory.pending()
-  StepResult<typename Memory::scalar_type> last;
+  StepResult<scalar_type> last;
 };
 
 // The loss as an autograd node: forward returns the loss the core computed; backward scales the
 // core's dL/dE (saved at forward) by the incoming gradient and commits the pending update.
-template <class Memory>
-struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<Memory>> {
-  using State = HeadState<Memory>;
-
+template <class State>
+struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<State>> {
   static at::Tensor forward(::torch::autograd::AutogradContext* ctx, const at::Tensor& embeddings,
                             const at::Tensor& gradient, double loss,
                             const c10::intrusive_ptr<State>& state, std::int64_t generation) {
@@ -108,6 +143,141 @@ struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<Memory>> {
   }
 };
 
+// The family a head constructor argument belongs to: a policy's holder, or Commit.
+template <class P>
+struct head_argument {
+  using type = protomem::detail::policy_holder_t<P>;
+};
+template <>
+struct head_argument<Commit> {
+  using type = Commit;
+};
+template <class Family, class... Args>
+constexpr int count_argument() {
+  return (0 + ... + int(std::is_same_v<typename head_argument<std::decay_t<Args>>::type, Family>));
+}
+
+/// A head's constructor arguments sorted into the six holders and the commit mode.
+struct HeadArguments {
+  AnyMargin margin;
+  AnyGenerator generator;
+  AnyRefresh refresh;
+  AnyQueue queue;
+  AnyMining mining;
+  AnyAging aging;
+  Commit mode = Commit::on_backward;
+
+  template <class... Args>
+  explicit HeadArguments(Args... args) {
+    static_assert(
+        count_argument<AnyMargin, Args...>() <= 1 && count_argument<AnyGenerator, Args...>() <= 1 &&
+            count_argument<AnyRefresh, Args...>() <= 1 &&
+            count_argument<AnyQueue, Args...>() <= 1 && count_argument<AnyMining, Args...>() <= 1 &&
+            count_argument<AnyAging, Args...>() <= 1 && count_argument<Commit, Args...>() <= 1,
+        "protomem: a head takes at most one policy of each family and one Commit");
+    (take(std::move(args)), ...);
+  }
+
+ private:
+  template <class P>
+  void take(P p) {
+    using Family = typename head_argument<P>::type;
+    if constexpr (std::is_same_v<Family, Commit>) {
+      mode = p;
+    } else if constexpr (std::is_same_v<Family, AnyMargin>) {
+      margin = AnyMargin(std::move(p));
+    } else if constexpr (std::is_same_v<Family, AnyGenerator>) {
+      generator = AnyGenerator(std::move(p));
+    } else if constexpr (std::is_same_v<Family, AnyRefresh>) {
+      refresh = AnyRefresh(std::move(p));
+    } else if constexpr (std::is_same_v<Family, AnyQueue>) {
+      queue = AnyQueue(std::move(p));
+    } else if constexpr (std::is_same_v<Family, AnyMining>) {
+      mining = AnyMining(std::move(p));
+    } else {
+      aging = AnyAging(std::move(p));
+    }
+  }
+};
+
+/// The tensor checks of both heads (header comment), before any state changes.
+inline void check_tensors(const std::string& head, at::ScalarType dtype, index_t memory_dim,
+                          const at::Tensor& embeddings, const at::Tensor& labels,
+                          bool allow_empty) {
+  using protomem::detail::fail;
+  if (!embeddings.defined()) fail(head, ": embeddings is an undefined tensor");
+  if (!labels.defined()) fail(head, ": labels is an undefined tensor");
+  if (embeddings.device().type() != c10::DeviceType::CPU || embeddings.is_sparse()) {
+    fail(head, ": embeddings must be a dense CPU tensor; got a ", describe(embeddings));
+  }
+  if (embeddings.scalar_type() != dtype) {
+    fail(head, ": embeddings must have dtype ", dtype, "; got a ", describe(embeddings),
+         " (use a head of the matching Scalar, or convert with .to())");
+  }
+  if (embeddings.dim() != 2) {
+    fail(head, ": embeddings must be rank 2 (B x D); got a ", describe(embeddings));
+  }
+  if (embeddings.size(1) != memory_dim) {
+    fail(head, ": embeddings have D = ", embeddings.size(1), " columns but the memory's dim is ",
+         memory_dim);
+  }
+  if (embeddings.size(0) < 1 && !allow_empty) {
+    fail(head, ": embeddings hold an empty batch (B = 0)");
+  }
+  if (labels.device().type() != c10::DeviceType::CPU || labels.is_sparse()) {
+    fail(head, ": labels must be a dense CPU tensor; got a ", describe(labels));
+  }
+  if (labels.scalar_type() != at::kLong) {
+    fail(head, ": labels must have dtype int64 (torch::kLong); got a ", describe(labels));
+  }
+  if (labels.dim() != 1) fail(head, ": labels must be rank 1; got a ", describe(labels));
+  if (labels.size(0) != embeddings.size(0)) {
+    fail(head, ": labels has ", labels.size(0),
+         " entries but embeddings have B = ", embeddings.size(0), " rows");
+  }
+}
+
+/// The one forward of both heads (checked tensors): the loss of the step, an autograd node that
+/// commits the update in its backward when autograd records, else the loss alone (no update).
+template <class State>
+at::Tensor head_forward(const c10::intrusive_ptr<State>& state, const std::string& head,
+                        const at::Tensor& embeddings, const at::Tensor& labels) {
+  using Scalar = typename State::scalar_type;
+  auto& memory = state->memory;
+  const bool training = ::torch::autograd::GradMode::is_enabled() && embeddings.requires_grad();
+  if (memory.pending() && state->mode == Commit::manual && training) {
+    protomem::detail::fail(head,
+                           " (Commit::manual): the previous training forward is neither "
+                           "committed nor discarded; call commit() or discard() first");
+  }
+
+  // Views over the caller's tensors: zero-copy whenever each row is contiguous.
+  const at::Tensor e = embeddings.detach();
+  const index_t batch = e.size(0), dim = e.size(1);
+  const at::Tensor rows =
+      (batch == 0 || (e.stride(1) == 1 && e.stride(0) >= dim)) ? e : e.contiguous();
+  const at::Tensor y = labels.is_contiguous() ? labels : labels.contiguous();
+  at::Tensor gradient = at::empty({batch, dim}, rows.options());
+
+  // A pending update's backward never ran (the step was not trained on): it is dropped, but
+  // only once this forward has succeeded, so a forward that throws leaves it to its backward.
+  StepResult<Scalar> result =
+      memory.forward_replacing(matrix_view<const Scalar>(rows.data_ptr<Scalar>(), batch, dim,
+                                                         batch > 0 ? rows.stride(0) : dim),
+                               label_view(y.data_ptr<std::int64_t>(), batch),
+                               matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim));
+  const double loss = static_cast<double>(result.loss);
+  state->last = std::move(result);
+
+  if (!training) {
+    memory.discard();  // evaluation: never an update
+    return at::scalar_tensor(loss, embeddings.options().requires_grad(false));
+  }
+  const std::uint64_t generation = ++state->generation;
+  return PrototypeLoss<State>::apply(embeddings, gradient, loss, state,
+                                     static_cast<std::int64_t>(generation));
+}
+
 }  // namespace detail
 
 /// A PrototypeMemory as a LibTorch loss head: head(embeddings, labels) -> loss.
@@ -119,33 +289,19 @@ struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<Memory>> {
 /// Mining: the memory's Mining policy (NoMining by default; DoppelgangerMining keeps the table a
 /// sampler draws look-alike classes from, see protomem/data/sampler.hpp). Its table is updated only by
 /// committed steps, like the memory: head.mining() after backward() reflects the trained steps.
-/// Aging: the memory's Aging policy (NoAging by default; policies/aging.hpp).
-template <class Scalar, class Margin = CosFace, class Generator = ExemplarMean,
-          class Refresh = Replace, class Queue = LeastRecentlyWritten, class Mining = NoMining,
-          class Aging = NoAging>
+/// Aging: the memory's Aging policy (AgeDecay(8) by default; NoAging for none; policies/aging.hpp).
+template <class Scalar, class Device = cpu>
 class PrototypeHead {
  public:
-  using Memory = PrototypeMemory<Scalar, cpu, Margin, Generator, Refresh, Queue, Mining, Aging>;
+  using Memory = PrototypeMemory<Scalar, Device>;
+  using scalar_type = Scalar;
+  using device_type = Device;
 
-  explicit PrototypeHead(const Config& config, Margin margin = Margin{},
-                         Generator generator = Generator{}, Refresh refresh = Refresh{},
-                         Queue queue = Queue{}, Commit mode = Commit::on_backward)
-      : PrototypeHead(config, std::move(margin), std::move(generator), std::move(refresh),
-                      std::move(queue), Mining{}, mode) {}
-
-  /// With a Mining policy object (e.g. DoppelgangerMining(k, table_capacity), which has no
-  /// default).
-  PrototypeHead(const Config& config, Margin margin, Generator generator, Refresh refresh,
-                Queue queue, Mining mining, Commit mode = Commit::on_backward)
-      : PrototypeHead(config, std::move(margin), std::move(generator), std::move(refresh),
-                      std::move(queue), std::move(mining), Aging{}, mode) {}
-
-  /// With a Mining and an Aging policy object (e.g. AgeDecay(half_life)).
-  PrototypeHead(const Config& config, Margin margin, Generator generator, Refresh refresh,
-                Queue queue, Mining mining, Aging aging, Commit mode = Commit::on_backward)
-      : state_(c10::make_intrusive<State>(mode, config, std::move(margin), std::move(generator),
-                                          std::move(refresh), std::move(queue), std::move(mining),
-                                          std::move(aging))) {}
+  /// A head over a memory of `config` with the given policies and Commit mode, in any order,
+  /// e.g. PrototypeHead<float> head(config, ArcFace(64, 0.5), NoAging{}, Commit::manual).
+  template <class... Args>
+  explicit PrototypeHead(const Config& config, Args... args)
+      : PrototypeHead(config, detail::HeadArguments(std::move(args)...)) {}
 
   /// The mean margin-softmax loss of the batch (0-dim tensor); differentiable w.r.t. the
   /// embeddings when autograd records.
@@ -154,38 +310,10 @@ class PrototypeHead {
   }
 
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
-    check(embeddings, labels);
-    Memory& memory = state_->memory;
-    const bool training = ::torch::GradMode::is_enabled() && embeddings.requires_grad();
-    if (memory.pending() && state_->mode == Commit::manual && training) {
-      protomem::detail::fail(
-          "PrototypeHead (Commit::manual): the previous training forward is "
-          "neither committed nor discarded; call commit() or discard() first");
-    }
-
-    // Views over the caller's tensors: zero-copy whenever each row is contiguous.
-    const at::Tensor e = embeddings.detach();
-    const at::Tensor rows = (e.stride(1) == 1 && e.stride(0) >= e.size(1)) ? e : e.contiguous();
-    const at::Tensor y = labels.is_contiguous() ? labels : labels.contiguous();
-    const index_t batch = rows.size(0), dim = rows.size(1);
-    at::Tensor gradient = at::empty({batch, dim}, rows.options());
-
-    // A pending update's backward never ran (the step was not trained on): it is dropped, but
-    // only once this forward has succeeded, so a forward that throws leaves it to its backward.
-    StepResult<Scalar> result = memory.forward_replacing(
-        matrix_view<const Scalar>(rows.data_ptr<Scalar>(), batch, dim, rows.stride(0)),
-        label_view(y.data_ptr<std::int64_t>(), batch),
-        matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim));
-    const double loss = static_cast<double>(result.loss);
-    state_->last = std::move(result);
-
-    if (!training) {
-      memory.discard();  // evaluation: never an update
-      return at::scalar_tensor(loss, embeddings.options().requires_grad(false));
-    }
-    const std::uint64_t generation = ++state_->generation;
-    return detail::PrototypeLoss<Memory>::apply(embeddings, gradient, loss, state_,
-                                                static_cast<std::int64_t>(generation));
+    const std::string name = detail::head_name<Scalar, Device>("PrototypeHead");
+    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(), embeddings,
+                          labels, /*allow_empty=*/false);
+    return detail::head_forward(state_, name, embeddings, labels);
   }
 
   /// Commit::manual: applies the pending update of the last training forward.
@@ -201,46 +329,67 @@ class PrototypeHead {
 
   Memory& memory() { return state_->memory; }
   const Memory& memory() const { return state_->memory; }
-  /// The memory's Mining policy (memory().mining()): the doppelganger table a sampler draws from.
-  const Mining& mining() const { return state_->memory.mining(); }
+  /// The memory's Mining policy (memory().mining()): the doppelganger table a sampler draws from,
+  /// e.g. head.mining().get<DoppelgangerMining>().
+  const AnyMining& mining() const { return state_->memory.mining(); }
 
  private:
   using State = detail::HeadState<Memory>;
 
-  void check(const at::Tensor& embeddings, const at::Tensor& labels) const {
-    using protomem::detail::fail;
-    const char* head =
-        std::is_same_v<Scalar, float> ? "PrototypeHead<float>" : "PrototypeHead<double>";
-    if (!embeddings.defined()) fail(head, ": embeddings is an undefined tensor");
-    if (!labels.defined()) fail(head, ": labels is an undefined tensor");
-    if (embeddings.device().type() != c10::DeviceType::CPU || embeddings.is_sparse()) {
-      fail(head, ": embeddings must be a dense CPU tensor; got a ", detail::describe(embeddings));
-    }
-    if (embeddings.scalar_type() != detail::scalar_type_of<Scalar>()) {
-      fail(head, ": embeddings must have dtype ", detail::scalar_type_of<Scalar>(), "; got a ",
-           detail::describe(embeddings),
-           " (use a head of the matching Scalar, or convert with .to())");
-    }
-    if (embeddings.dim() != 2) {
-      fail(head, ": embeddings must be rank 2 (B x D); got a ", detail::describe(embeddings));
-    }
-    if (embeddings.size(1) != state_->memory.dim()) {
-      fail(head, ": embeddings have D = ", embeddings.size(1), " columns but the memory's dim is ",
-           state_->memory.dim());
-    }
-    if (embeddings.size(0) < 1) fail(head, ": embeddings hold an empty batch (B = 0)");
-    if (labels.device().type() != c10::DeviceType::CPU || labels.is_sparse()) {
-      fail(head, ": labels must be a dense CPU tensor; got a ", detail::describe(labels));
-    }
-    if (labels.scalar_type() != at::kLong) {
-      fail(head, ": labels must have dtype int64 (torch::kLong); got a ", detail::describe(labels));
-    }
-    if (labels.dim() != 1) fail(head, ": labels must be rank 1; got a ", detail::describe(labels));
-    if (labels.size(0) != embeddings.size(0)) {
-      fail(head, ": labels has ", labels.size(0),
-           " entries but embeddings have B = ", embeddings.size(0), " rows");
-    }
+  PrototypeHead(const Config& config, detail::HeadArguments a)
+      : state_(c10::make_intrusive<State>(
+            a.mode, config, std::move(a.margin), std::move(a.generator), std::move(a.refresh),
+            std::move(a.queue), std::move(a.mining), std::move(a.aging))) {}
+
+  c10::intrusive_ptr<State> state_;
+};
+
+/// The head over a ShardedPrototypeMemory (sharded.hpp) spread over the processes of `comm`,
+/// which the head owns (moved in). Construction and forward are collectives: every process calls
+/// them, in the same order, with the same configuration and policies. Each process passes its own
+/// rows (B >= 0); the loss is that of the global batch (the same everywhere), the gradient that
+/// of its rows; the backward through the loss commits on each process (commit() is local).
+template <class Scalar, class Comm = SingleProcess, class Device = cpu>
+class ShardedPrototypeHead {
+ public:
+  using Memory = ShardedPrototypeMemory<Scalar, Comm, Device>;
+  using scalar_type = Scalar;
+  using device_type = Device;
+
+  template <class... Args>
+  ShardedPrototypeHead(Comm comm, const Config& config, Args... args)
+      : ShardedPrototypeHead(std::move(comm), config, detail::HeadArguments(std::move(args)...)) {}
+
+  at::Tensor operator()(const at::Tensor& embeddings, const at::Tensor& labels) {
+    return forward(embeddings, labels);
   }
+
+  at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
+    const std::string name = detail::head_name<Scalar, Device>("ShardedPrototypeHead");
+    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(), embeddings,
+                          labels, /*allow_empty=*/true);
+    return detail::head_forward(state_, name, embeddings, labels);
+  }
+
+  void commit() { state_->memory.commit(); }
+  void discard() { state_->memory.discard(); }
+  bool pending() const { return state_->memory.pending(); }
+  Commit commit_mode() const { return state_->mode; }
+  const StepResult<Scalar>& last_result() const { return state_->last; }
+
+  Memory& memory() { return state_->memory; }
+  const Memory& memory() const { return state_->memory; }
+  const AnyMining& mining() const { return state_->memory.mining(); }
+  Comm& communicator() { return state_->comm; }
+  const Comm& communicator() const { return state_->comm; }
+
+ private:
+  using State = detail::HeadState<Memory, Comm>;
+
+  ShardedPrototypeHead(Comm comm, const Config& config, detail::HeadArguments a)
+      : state_(c10::make_intrusive<State>(
+            a.mode, std::move(comm), config, std::move(a.margin), std::move(a.generator),
+            std::move(a.refresh), std::move(a.queue), std::move(a.mining), std::move(a.aging))) {}
 
   c10::intrusive_ptr<State> state_;
 };

@@ -1,9 +1,17 @@
-// HeadImpl: AnyHead over one PrototypeHead instantiation. Included only by instances_*.cpp, which
-// instantiate the supported combinations (make_head_for below; the set is documented in
-// docs/python.md and checked by module.cpp's make_head).
+// HeadImpl: AnyHead (head.hpp) over one protomem::torch head - PrototypeHead<Scalar, Device> or
+// ShardedPrototypeHead<Scalar, C10dCommunicator, Device> (protomem/torch.hpp). The autograd path
+// is the adapter's own (HeadState, PrototypeLoss, head_forward): this file adds only what the
+// Python layer reads and sets. Included by heads_*.cpp and sharded_*.cpp, one Scalar x Device each.
+//
+// The sharded head: every call that touches the memory's contents is a collective (forward,
+// clone, state, load_state, save, load, contents, prototype, contains), so every process of the
+// group makes it; a process's share of the batch may be empty.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
+#include <protomem/torch.hpp>
 #include <sstream>
 #include <type_traits>
 #include <utility>
@@ -13,16 +21,31 @@
 namespace protomem {
 namespace python {
 
-template <class Scalar, class Margin, class Generator, class Refresh, class Queue, class Mining>
+template <class Scalar>
+LastStep last_step_of(const StepResult<Scalar>& r) {
+  LastStep s;
+  s.loss = static_cast<double>(r.loss);
+  s.classes = r.classes;
+  s.similar_k = r.similar_k;
+  s.similar = r.similar;
+  s.similar_cosines.assign(r.similar_cosines.begin(), r.similar_cosines.end());
+  s.threads = r.threads;
+  s.tile_columns = r.tile_columns;
+  s.workspace_bytes = r.workspace_bytes;
+  return s;
+}
+
+template <class Head, bool Sharded>
 class HeadImpl final : public AnyHead {
  public:
-  using Head = protomem::torch::PrototypeHead<Scalar, Margin, Generator, Refresh, Queue, Mining>;
   using Memory = typename Head::Memory;
+  using Scalar = typename Head::scalar_type;
+  using Device = typename Head::device_type;
+  /// Builds a head of `config` and `policies` (for clone(); captures the group when sharded).
+  using Maker = std::function<Head(const Config&, const Policies&)>;
 
-  HeadImpl(const Config& config, Margin margin, Generator generator, Refresh refresh, Queue queue,
-           Mining mining)
-      : head_(config, std::move(margin), std::move(generator), std::move(refresh), std::move(queue),
-              std::move(mining)) {}
+  HeadImpl(Maker make, const Config& config, const Policies& policies)
+      : make_(std::move(make)), head_(make_(config, policies)) {}
 
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) override {
     return head_.forward(embeddings, labels);
@@ -33,45 +56,40 @@ class HeadImpl final : public AnyHead {
     Memory& memory = head_.memory();
     if (memory.pending()) memory.discard();  // as the head does before a forward
     const index_t batch = embeddings.size(0), dim = embeddings.size(1);
+    const index_t stride = batch > 0 ? embeddings.stride(0) : dim;
     const auto start = std::chrono::steady_clock::now();
-    const Scalar loss = memory.step(
-        matrix_view<const Scalar>(embeddings.data_ptr<Scalar>(), batch, dim, embeddings.stride(0)),
-        label_view(labels.data_ptr<std::int64_t>(), batch),
-        matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim, gradient.stride(0)));
+    const Scalar loss =
+        memory.step(matrix_view<const Scalar>(embeddings.data_ptr<Scalar>(), batch, dim, stride),
+                    label_view(labels.data_ptr<std::int64_t>(), batch),
+                    matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim,
+                                        batch > 0 ? gradient.stride(0) : dim));
     if (seconds) {
       *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     return static_cast<double>(loss);
   }
 
-  std::unique_ptr<AnyHead> clone() const override {
-    const Memory& m = head_.memory();
-    auto copy = std::make_unique<HeadImpl>(m.config(), m.margin(), m.generator(), m.refresh(),
-                                           m.queue(), m.mining());
+  std::unique_ptr<AnyHead> clone() const override {  // sharded: a collective
+    auto copy = std::make_unique<HeadImpl>(make_, head_.memory().config(), policies());
     copy->load_state(state(), "clone");
     return copy;
   }
 
-  std::string state() const override {
+  std::string state() const override {  // sharded: a collective, the single-process checkpoint
     std::ostringstream out(std::ios::binary);
     head_.memory().save(out);
     return std::move(out).str();
   }
 
   void load_state(const std::string& bytes, const std::string& source) override {
-    // Validate into a scratch memory first, so that trailing bytes (which PrototypeMemory::load
-    // leaves unread) are rejected before this memory changes.
-    const Memory& m = head_.memory();
-    Memory scratch(m.config(), m.margin(), m.generator(), m.refresh(), m.queue(), m.mining());
-    std::istringstream in(bytes, std::ios::binary);
-    scratch.load(in, source);
-    const auto used = static_cast<std::size_t>(in.tellg());
-    if (used != bytes.size()) {
-      protomem::detail::fail(source, " has ", bytes.size() - used,
-                             " unexpected bytes after its checkpoint (", used, " bytes)");
+    if constexpr (Sharded) {
+      // Exactly one checkpoint, nothing after it - agreed on by every process before the load.
+      protomem::detail::collective_check(head_.communicator(), [&] { check_one(bytes, source); });
+    } else {
+      check_one(bytes, source);
     }
-    std::istringstream again(bytes, std::ios::binary);
-    head_.memory().load(again, source);
+    std::istringstream in(bytes, std::ios::binary);
+    head_.memory().load(in, source);
   }
 
   void save(const std::string& path) const override { head_.memory().save(path); }
@@ -79,37 +97,60 @@ class HeadImpl final : public AnyHead {
 
   Contents contents() const override {
     const Memory& m = head_.memory();
-    const index_t n = m.size(), dim = m.dim();
+    const index_t dim = m.dim();
     Contents c;
-    c.labels = at::empty({n}, at::kLong);
-    c.prototypes = at::empty({n, dim}, protomem::torch::detail::scalar_type_of<Scalar>());
-    c.last_written = at::empty({n}, at::kLong);
-    auto* labels = c.labels.data_ptr<std::int64_t>();
-    auto* written = c.last_written.data_ptr<std::int64_t>();
-    Scalar* rows = c.prototypes.data_ptr<Scalar>();
-    index_t r = 0;
-    for (const auto& record : m) {
-      labels[r] = record.label;
-      written[r] = static_cast<std::int64_t>(record.last_written);
-      for (index_t k = 0; k < dim; ++k) rows[r * dim + k] = record.prototype[k];
-      ++r;
+    auto fill = [&](index_t n, auto&& records) {
+      c.labels = at::empty({n}, at::kLong);
+      c.prototypes = at::empty({n, dim}, protomem::torch::detail::scalar_type_of<Scalar>());
+      c.last_written = at::empty({n}, at::kLong);
+      auto* labels = c.labels.data_ptr<std::int64_t>();
+      auto* written = c.last_written.data_ptr<std::int64_t>();
+      Scalar* rows = c.prototypes.data_ptr<Scalar>();
+      index_t r = 0;
+      for (const auto& record : records) {
+        labels[r] = record.label;
+        written[r] = static_cast<std::int64_t>(record.last_written);
+        for (index_t k = 0; k < dim; ++k) rows[r * dim + k] = record.prototype[k];
+        ++r;
+      }
+    };
+    if constexpr (Sharded) {
+      const auto records = m.gather_records();  // a collective: the whole logical memory
+      fill(static_cast<index_t>(records.size()), records);
+    } else {
+      fill(m.size(), m);
     }
     return c;
   }
 
   at::Tensor prototype(label_t label) const override {
-    const Memory& m = head_.memory();
-    const auto p = m.prototype(label);  // throws protomem::Error naming the label
-    at::Tensor out = at::empty({m.dim()}, protomem::torch::detail::scalar_type_of<Scalar>());
-    for (index_t k = 0; k < m.dim(); ++k) out.data_ptr<Scalar>()[k] = p[k];
-    return out;
+    if constexpr (Sharded) {  // a collective (through contents())
+      const Contents c = contents();
+      const at::Tensor hits = c.labels.eq(label).nonzero();
+      if (hits.size(0) == 0) protomem::detail::fail("label ", label, " is not in the memory");
+      return c.prototypes[hits[0][0].template item<std::int64_t>()].clone();
+    } else {
+      const Memory& m = head_.memory();
+      const auto p = m.prototype(label);  // throws protomem::Error naming the label
+      at::Tensor out = at::empty({m.dim()}, protomem::torch::detail::scalar_type_of<Scalar>());
+      for (index_t k = 0; k < m.dim(); ++k) out.data_ptr<Scalar>()[k] = p[k];
+      return out;
+    }
   }
 
-  bool contains(label_t label) const override { return head_.memory().contains(label); }
+  bool contains(label_t label) const override {
+    if constexpr (Sharded) {  // a collective: stored on any rank
+      std::int64_t stored = head_.memory().stores(label) ? 1 : 0;
+      auto& comm = const_cast<Head&>(head_).communicator();
+      comm.all_reduce(&stored, 1, ReduceOp::max);
+      return stored > 0;
+    } else {
+      return head_.memory().contains(label);
+    }
+  }
+
   Stats stats() const override { return head_.memory().stats(); }
-
   LastStep last_step() const override { return last_step_of(head_.last_result()); }
-
   index_t size() const override { return head_.memory().size(); }
   index_t capacity() const override { return head_.memory().capacity(); }
   index_t dim() const override { return head_.memory().dim(); }
@@ -118,59 +159,55 @@ class HeadImpl final : public AnyHead {
   void clear() override { head_.memory().clear(); }
   const Config& config() const override { return head_.memory().config(); }
 
-  const DoppelgangerMining* mining_table() const override {
-    if constexpr (std::is_same_v<Mining, DoppelgangerMining>) {
-      return &head_.mining();
-    } else {
-      return nullptr;
-    }
+  Policies policies() const override {
+    const Memory& m = head_.memory();
+    return {m.margin(), m.generator(), m.refresh(), m.queue(), m.mining(), m.aging()};
   }
+  const AnyMining& mining() const override { return head_.mining(); }
+  void set_margin(AnyMargin p) override { head_.memory().set_margin(std::move(p)); }
+  void set_generator(AnyGenerator p) override { head_.memory().set_generator(std::move(p)); }
+  void set_refresh(AnyRefresh p) override { head_.memory().set_refresh(std::move(p)); }
+  void set_queue(AnyQueue p) override { head_.memory().set_queue(std::move(p)); }
+  void set_mining(AnyMining p) override { head_.memory().set_mining(std::move(p)); }
+  void set_aging(AnyAging p) override { head_.memory().set_aging(std::move(p)); }
 
   const char* dtype() const override {
     return std::is_same_v<Scalar, float> ? "float32" : "float64";
   }
-
-  std::vector<std::string> policy_names() const override {
-    return {Margin::name, Generator::name, Refresh::name, Queue::name, Mining::name};
+  const char* storage() const override {
+    if constexpr (std::is_same_v<Device, cpu_bf16>) return "bfloat16";
+    if constexpr (std::is_same_v<Device, cpu_fp16>) return "float16";
+    return dtype();
   }
+  bool sharded() const override { return Sharded; }
 
  private:
-  Head head_;
+  // Exactly one checkpoint in `bytes`, nothing after it (PrototypeMemory::load leaves trailing
+  // bytes unread): read without touching the memory.
+  static void check_one(const std::string& bytes, const std::string& source) {
+    std::istringstream in(bytes, std::ios::binary);
+    protomem::detail::read_checkpoint(in, source);
+    const auto used = static_cast<std::size_t>(in.tellg());
+    if (in && used != bytes.size()) {
+      protomem::detail::fail(source, " has ", bytes.size() - used,
+                             " unexpected bytes after its checkpoint (", used, " bytes)");
+    }
+  }
+
+  Maker make_;
+  mutable Head head_;  // a handle: copies share the state (the autograd nodes hold it too)
 };
 
-/// The heads of one (Scalar, Margin): every generator and refresh policy, the
-/// LeastRecentlyWritten queue, and NoMining (plus DoppelgangerMining when WithMining). The
-/// dispatcher (module.cpp, make_head) has rejected every other combination before this is called.
-template <class Scalar, class Margin, bool WithMining>
-std::unique_ptr<AnyHead> make_head_for(const Config& config, const Policies& p) {
-  const Margin& margin = std::get<Margin>(p.margin);
-  const LeastRecentlyWritten queue = std::get<LeastRecentlyWritten>(p.queue);
-  return std::visit(
-      [&](const auto& generator, const auto& refresh) -> std::unique_ptr<AnyHead> {
-        using G = std::decay_t<decltype(generator)>;
-        using R = std::decay_t<decltype(refresh)>;
-        if constexpr (WithMining) {
-          if (const auto* mining = std::get_if<DoppelgangerMining>(&p.mining)) {
-            return std::make_unique<
-                HeadImpl<Scalar, Margin, G, R, LeastRecentlyWritten, DoppelgangerMining>>(
-                config, margin, generator, refresh, queue, *mining);
-          }
-        }
-        return std::make_unique<HeadImpl<Scalar, Margin, G, R, LeastRecentlyWritten, NoMining>>(
-            config, margin, generator, refresh, queue, NoMining{});
-      },
-      p.generator, p.refresh);
+/// A head of `Head` built from the policies (any Head whose constructor takes config, policies).
+template <class Head>
+Head head_of(const Config& config, const Policies& p) {
+  return Head(config, p.margin, p.generator, p.refresh, p.queue, p.mining, p.aging);
+}
+
+template <class Head>
+std::unique_ptr<AnyHead> make_single(const Config& config, const Policies& policies) {
+  return std::make_unique<HeadImpl<Head, false>>(&head_of<Head>, config, policies);
 }
 
 }  // namespace python
 }  // namespace protomem
-
-#define PROTOMEM_PY_INSTANCE(scalar, margin, with_mining)                      \
-  namespace protomem {                                                         \
-  namespace python {                                                           \
-  std::unique_ptr<AnyHead> make_head_##scalar##_##margin(const Config& config, \
-                                                         const Policies& p) {  \
-    return make_head_for<scalar, margin, with_mining>(config, p);              \
-  }                                                                            \
-  }                                                                            \
-  }

@@ -1,25 +1,28 @@
 // protomem._C: the Python binding (pybind11, through torch's extension tooling). Thin: every call
-// goes to the library's public API (PrototypeHead, PrototypeMemory, the samplers, the synthetic
-// identity set of examples/train); the Python package (python/protomem/) adds the nn.Module, the
-// tensor checks and the DataLoader sampler on top.
+// goes to the library's public API (the LibTorch heads of protomem/torch.hpp, the samplers, the
+// synthetic identity set of protomem/data/synthetic.hpp); the Python package (python/protomem/)
+// adds the nn.Module, the tensor checks and the DataLoader sampler on top.
 //
-// Errors: protomem::Error -> protomem.Error (a RuntimeError) with the library's message;
-// Unsupported (a policy combination this build does not instantiate) -> protomem.UnsupportedError
-// (a protomem.Error).
+// The heads are compiled once per Scalar x Device (head.hpp); the policies are the C++ policy
+// objects themselves, bound as Python classes, and reach the head as run-time values (the holders
+// of policies/any.hpp): every built-in policy and parameter, in every head.
+//
+// Errors: protomem::Error -> protomem.Error (a RuntimeError) with the library's message.
 #include <torch/extension.h>
 
 #include <cstring>
 #include <istream>
+#include <limits>
+#include <optional>
+#include <protomem/data/synthetic.hpp>
 #include <protomem/data/dataset_index.hpp>
 #include <protomem/data/sampler.hpp>
 #include <sstream>
 #include <string>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <vector>
 
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
-
 #include "head.hpp"
-#include "synthetic.hpp"  // examples/train/synthetic.hpp: one source of truth for the data set
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -28,74 +31,71 @@ namespace protomem {
 namespace python {
 namespace {
 
-/// A policy combination this build does not instantiate.
-struct Unsupported : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-const char* const kSupported =
-    "this build instantiates: float32 with every margin (NoMargin, CosFace, ArcFace, "
-    "CombinedMargin), generator (ExemplarMean, DetachedExemplarMean, LeaveOneOut) and refresh "
-    "(Replace, Momentum), the LeastRecentlyWritten queue, and mining NoMining or "
-    "DoppelgangerMining; float64 with the same margins, generators and refreshes, the "
-    "LeastRecentlyWritten queue and NoMining (docs/python.md, 'Supported policies')";
-
-}  // namespace
-
-std::unique_ptr<AnyHead> make_head(bool double_precision, const Config& config,
-                                   const Policies& policies) {
-  if (!std::holds_alternative<LeastRecentlyWritten>(policies.queue)) {
-    throw Unsupported(std::string("protomem: queue FirstInFirstOut is not compiled into the Python "
-                                  "package; ") +
-                      kSupported);
-  }
-  if (double_precision && !std::holds_alternative<NoMining>(policies.mining)) {
-    throw Unsupported(std::string("protomem: DoppelgangerMining with float64 is not compiled into "
-                                  "the Python package; ") +
-                      kSupported);
-  }
-  const std::size_t margin = policies.margin.index();
-  if (double_precision) {
-    switch (margin) {
-      case 0:
-        return make_head_double_NoMargin(config, policies);
-      case 1:
-        return make_head_double_CosFace(config, policies);
-      case 2:
-        return make_head_double_ArcFace(config, policies);
-      default:
-        return make_head_double_CombinedMargin(config, policies);
-    }
-  }
-  switch (margin) {
-    case 0:
-      return make_head_float_NoMargin(config, policies);
-    case 1:
-      return make_head_float_CosFace(config, policies);
-    case 2:
-      return make_head_float_ArcFace(config, policies);
-    default:
-      return make_head_float_CombinedMargin(config, policies);
-  }
-}
-
-namespace {
-
-template <class... Alternatives>
-std::variant<Alternatives...> policy_of(const py::object& object, const char* family) {
-  std::variant<Alternatives...> out;
-  bool found = false;
-  ((!found && py::isinstance<Alternatives>(object)
-        ? (out = object.cast<Alternatives>(), found = true)
-        : false),
+/// The holder of a Python policy object of `family`: one of the built-in policies Builtin...
+template <class Holder, class... Builtin>
+Holder holder_of(const py::object& object, const char* family) {
+  std::optional<Holder> out;
+  ((!out && py::isinstance<Builtin>(object) ? (out.emplace(object.cast<Builtin>()), true) : false),
    ...);
-  if (!found) {
+  if (!out) {
     std::string names;
-    ((names += std::string(names.empty() ? "" : ", ") + Alternatives::name), ...);
+    ((names += std::string(names.empty() ? "" : ", ") + Builtin::name), ...);
     detail::fail("the ", family, " policy must be a protomem ", family, " policy object (", names,
                  "); got ", std::string(py::str(py::repr(object))));
   }
-  return out;
+  return std::move(*out);
+}
+
+/// The Python object of the policy a holder holds (a copy), or its name for a policy that is not
+/// a built-in one (none reaches the package: its heads are built from the bound policies).
+template <class... Builtin, class Holder>
+py::object object_of(const Holder& holder) {
+  py::object out;
+  ((!out && holder.template get_if<Builtin>() != nullptr
+        ? (out = py::cast(*holder.template get_if<Builtin>()), true)
+        : false),
+   ...);
+  return out ? out : py::str(holder.name());
+}
+
+AnyMargin margin_of(const py::object& o) {
+  return holder_of<AnyMargin, NoMargin, CosFace, ArcFace, CombinedMargin>(o, "margin");
+}
+AnyGenerator generator_of(const py::object& o) {
+  return holder_of<AnyGenerator, ExemplarMean, DetachedExemplarMean, LeaveOneOut>(o, "generator");
+}
+AnyRefresh refresh_of(const py::object& o) {
+  return holder_of<AnyRefresh, Replace, Momentum>(o, "refresh");
+}
+AnyQueue queue_of(const py::object& o) {
+  return holder_of<AnyQueue, LeastRecentlyWritten, FirstInFirstOut>(o, "queue");
+}
+AnyMining mining_of(const py::object& o) {
+  return holder_of<AnyMining, NoMining, DoppelgangerMining>(o, "mining");
+}
+AnyAging aging_of(const py::object& o) {
+  return holder_of<AnyAging, NoAging, MaxAge, AgeDecay>(o, "aging");
+}
+
+/// The policies of a head as Python objects: margin, generator, refresh, queue, mining, aging.
+py::tuple policy_objects(const Policies& p) {
+  return py::make_tuple(object_of<NoMargin, CosFace, ArcFace, CombinedMargin>(p.margin),
+                        object_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(p.generator),
+                        object_of<Replace, Momentum>(p.refresh),
+                        object_of<LeastRecentlyWritten, FirstInFirstOut>(p.queue),
+                        object_of<NoMining, DoppelgangerMining>(p.mining),
+                        object_of<NoAging, MaxAge, AgeDecay>(p.aging));
+}
+
+/// The doppelganger table of a head, or an Error naming what to do.
+const DoppelgangerMining& table_of(const AnyHead& head, const char* who) {
+  const DoppelgangerMining* table = head.mining().get_if<DoppelgangerMining>();
+  if (table == nullptr) {
+    detail::fail(who, ": the head keeps no doppelganger table (its mining policy is '",
+                 head.mining().name(),
+                 "'); construct it with mining=protomem.DoppelgangerMining(k, table_capacity)");
+  }
+  return *table;
 }
 
 at::Tensor bytes_tensor(const std::string& bytes) {
@@ -108,7 +108,7 @@ std::string tensor_bytes(const at::Tensor& t, const std::string& source) {
   if (!t.defined() || t.device().type() != c10::DeviceType::CPU || t.scalar_type() != at::kByte ||
       t.dim() != 1) {
     detail::fail(source, " must be a 1-D uint8 CPU tensor of checkpoint bytes; got a ",
-                 protomem::torch::detail::describe(t));
+                 t.scalar_type(), " tensor of shape ", t.sizes(), " on ", t.device());
   }
   const at::Tensor c = t.contiguous();
   return std::string(reinterpret_cast<const char*>(c.data_ptr<std::uint8_t>()),
@@ -130,15 +130,7 @@ class Sampler {
   Sampler& operator=(const Sampler&) = delete;
 
   Batch next(const AnyHead* head) {
-    if (head != nullptr) {
-      const DoppelgangerMining* table = head->mining_table();
-      if (table == nullptr) {
-        detail::fail(
-            "GroupedBatchSampler: the head has no doppelganger table; construct it with "
-            "mining=protomem.DoppelgangerMining(k, table_capacity)");
-      }
-      return sampler_.next(*table);
-    }
+    if (head != nullptr) return sampler_.next(table_of(*head, "GroupedBatchSampler"));
     return sampler_.next();
   }
   IterateAndSample& sampler() { return sampler_; }
@@ -197,13 +189,40 @@ Config config_of(index_t capacity, index_t dim, label_t num_classes, std::size_t
 }
 
 Policies policies_of(const py::object& margin, const py::object& generator,
-                     const py::object& refresh, const py::object& queue,
-                     const py::object& mining) {
-  return {policy_of<NoMargin, CosFace, ArcFace, CombinedMargin>(margin, "margin"),
-          policy_of<ExemplarMean, DetachedExemplarMean, LeaveOneOut>(generator, "generator"),
-          policy_of<Replace, Momentum>(refresh, "refresh"),
-          policy_of<LeastRecentlyWritten, FirstInFirstOut>(queue, "queue"),
-          policy_of<NoMining, DoppelgangerMining>(mining, "mining")};
+                     const py::object& refresh, const py::object& queue, const py::object& mining,
+                     const py::object& aging) {
+  return {margin_of(margin), generator_of(generator), refresh_of(refresh),
+          queue_of(queue),   mining_of(mining),       aging_of(aging)};
+}
+
+/// "float32" / "float64" (the dtype's own storage), "bfloat16" or "float16".
+Storage storage_of(const std::string& storage, bool double_precision) {
+  if (storage == "bfloat16" || storage == "float16") {
+    if (double_precision) {
+      detail::fail("storage='", storage, "' stores narrow prototypes for float32 arithmetic; ",
+                   "the head's dtype is float64 (use dtype=torch.float32, or storage=None)");
+    }
+    return storage == "bfloat16" ? Storage::bfloat16 : Storage::float16;
+  }
+  if (storage.empty() || storage == (double_precision ? "float64" : "float32")) {
+    return Storage::full;
+  }
+  detail::fail("storage must be 'float32' (float32 heads), 'float64' (float64 heads), 'bfloat16' ",
+               "or 'float16' (float32 heads); got '", storage, "'");
+}
+
+std::unique_ptr<AnyHead> make_any_head(const void* group, bool double_precision,
+                                       const std::string& storage_name, const Config& config,
+                                       const Policies& policies) {
+  switch (storage_of(storage_name, double_precision)) {
+    case Storage::bfloat16:
+      return make_head_bf16(group, config, policies);
+    case Storage::float16:
+      return make_head_fp16(group, config, policies);
+    default:
+      return double_precision ? make_head_double(group, config, policies)
+                              : make_head_float(group, config, policies);
+  }
 }
 
 }  // namespace
@@ -217,8 +236,7 @@ PYBIND11_MODULE(_C, m) {
 
   // register_exception: pybind11's own idiom in every version torch brings (2.10 in torch 1.13, 3.x
   // in torch 2.15), where calling a py::exception directly is deprecated from 2.12 on.
-  const py::exception<Error>& error = py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
-  py::register_exception<Unsupported>(m, "UnsupportedError", error);
+  py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
 
   // ---- policies (the C++ structs themselves; their constructors validate the parameters)
   bind_policy<NoMargin>(m, "NoMargin", "No margin (NormFace): z = s cos.")
@@ -289,12 +307,48 @@ PYBIND11_MODULE(_C, m) {
   bind_policy<DoppelgangerMining>(m, "DoppelgangerMining",
                                   "Mining: each class's k most similar stored classes, in a table "
                                   "of at most table_capacity classes.")
-      .def(py::init<index_t, index_t>(), "k"_a, "table_capacity"_a)
+      .def(py::init<index_t, index_t>(), "k"_a = 8,
+           "table_capacity"_a = DoppelgangerMining::default_table_capacity)
       .def_property_readonly("k", &DoppelgangerMining::k)
       .def_property_readonly("table_capacity", &DoppelgangerMining::table_capacity)
       .def("__repr__", [](const DoppelgangerMining& p) {
         return "protomem.DoppelgangerMining(k=" + std::to_string(p.k()) +
                ", table_capacity=" + std::to_string(p.table_capacity()) + ")";
+      });
+  bind_policy<NoAging>(m, "NoAging", "Aging: none; a stored prototype counts fully at any age.")
+      .def(py::init<>())
+      .def("__repr__", [](const NoAging&) { return "protomem.NoAging()"; });
+  bind_policy<MaxAge>(m, "MaxAge",
+                      "Aging: a stored prototype older than max_age committed steps is no column.")
+      .def(py::init<std::uint64_t>(), "max_age"_a = 1024)
+      .def_readonly("max_age", &MaxAge::max_age)
+      .def("__repr__", [](const MaxAge& p) {
+        return "protomem.MaxAge(max_age=" + std::to_string(p.max_age) + ")";
+      });
+  bind_policy<AgeDecay>(m, "AgeDecay",
+                        "Aging: a stored prototype's logit weight halves every half_life committed "
+                        "steps of age; older than max_age (None: no bound) it is no column.")
+      .def(py::init([](double half_life, const py::object& max_age) {
+             return AgeDecay(half_life,
+                             max_age.is_none() ? AgeDecay::never : max_age.cast<std::uint64_t>());
+           }),
+           "half_life"_a = 64.0, "max_age"_a = py::none())
+      .def_readonly("half_life", &AgeDecay::half_life)
+      .def_property_readonly("max_age",
+                             [](const AgeDecay& p) -> py::object {
+                               if (p.max_age == AgeDecay::never) return py::none();
+                               return py::int_(p.max_age);
+                             })
+      .def("__repr__", [](const AgeDecay& p) {
+        std::ostringstream out;
+        out << "protomem.AgeDecay(half_life=" << p.half_life << ", max_age=";
+        if (p.max_age == AgeDecay::never) {
+          out << "None";
+        } else {
+          out << p.max_age;
+        }
+        out << ")";
+        return out.str();
       });
 
   // ---- the head
@@ -357,19 +411,31 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("workspace_bytes",
                              [](const AnyHead& h) { return h.config().workspace_bytes; })
       .def_property_readonly("similar_k", [](const AnyHead& h) { return h.config().similar_k; })
-      .def_property_readonly("has_mining_table",
-                             [](const AnyHead& h) { return h.mining_table() != nullptr; })
+      .def_property_readonly("storage", &AnyHead::storage)
+      .def_property_readonly("sharded", &AnyHead::sharded)
+      .def_property_readonly(
+          "has_mining_table",
+          [](const AnyHead& h) { return h.mining().holds<DoppelgangerMining>(); })
       .def("discard", &AnyHead::discard)
       .def("clear", &AnyHead::clear)
-      .def("policy_names", &AnyHead::policy_names)
+      .def("policy_names",
+           [](const AnyHead& h) {
+             const Policies p = h.policies();
+             return std::vector<std::string>{p.margin.name(), p.generator.name(), p.refresh.name(),
+                                             p.queue.name(),  p.mining.name(),    p.aging.name()};
+           })
+      .def("policy_objects", [](const AnyHead& h) { return policy_objects(h.policies()); })
+      .def("set_margin", [](AnyHead& h, const py::object& o) { h.set_margin(margin_of(o)); })
+      .def("set_generator",
+           [](AnyHead& h, const py::object& o) { h.set_generator(generator_of(o)); })
+      .def("set_refresh", [](AnyHead& h, const py::object& o) { h.set_refresh(refresh_of(o)); })
+      .def("set_queue", [](AnyHead& h, const py::object& o) { h.set_queue(queue_of(o)); })
+      .def("set_mining", [](AnyHead& h, const py::object& o) { h.set_mining(mining_of(o)); })
+      .def("set_aging", [](AnyHead& h, const py::object& o) { h.set_aging(aging_of(o)); })
       .def("doppelgangers", [](const AnyHead& h, label_t label) {
-        const DoppelgangerMining* table = h.mining_table();
-        if (table == nullptr) {
-          protomem::detail::fail(
-              "this head keeps no doppelganger table (its mining policy is NoMining)");
-        }
-        const Span<const label_t> found = table->doppelgangers(label);
-        const Span<const float> cos = table->cosines(label);
+        const DoppelgangerMining& table = table_of(h, "doppelgangers");
+        const Span<const label_t> found = table.doppelgangers(label);
+        const Span<const float> cos = table.cosines(label);
         at::Tensor labels = at::empty({found.size}, at::kLong);
         at::Tensor cosines = at::empty({cos.size}, at::kFloat);
         for (index_t r = 0; r < found.size; ++r) labels.data_ptr<std::int64_t>()[r] = found[r];
@@ -379,44 +445,37 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "make_head",
-      [](bool double_precision, index_t capacity, index_t dim, label_t num_classes,
-         std::size_t workspace_bytes, int threads, index_t similar_k, const py::object& margin,
-         const py::object& generator, const py::object& refresh, const py::object& queue,
-         const py::object& mining) {
+      [](bool double_precision, const std::string& storage, index_t capacity, index_t dim,
+         label_t num_classes, std::size_t workspace_bytes, int threads, index_t similar_k,
+         const py::object& margin, const py::object& generator, const py::object& refresh,
+         const py::object& queue, const py::object& mining, const py::object& aging) {
         const Config config =
             config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k);
-        const Policies p = policies_of(margin, generator, refresh, queue, mining);
-        return make_head(double_precision, config, p);
+        const Policies p = policies_of(margin, generator, refresh, queue, mining, aging);
+        return make_any_head(nullptr, double_precision, storage, config, p);
       },
-      "double_precision"_a, "capacity"_a, "dim"_a, "num_classes"_a, "workspace_bytes"_a,
-      "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a, "queue"_a, "mining"_a);
+      "double_precision"_a, "storage"_a, "capacity"_a, "dim"_a, "num_classes"_a,
+      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a,
+      "queue"_a, "mining"_a, "aging"_a);
 
   // The sharded head: the memory spread over the processes of `group` (a collective: every
   // process of the group calls it with the same arguments).
   m.def(
       "make_sharded_head",
       [](const c10::intrusive_ptr<c10d::ProcessGroup>& group, bool double_precision,
-         index_t capacity, index_t dim, label_t num_classes, std::size_t workspace_bytes,
-         int threads, index_t similar_k, const py::object& margin, const py::object& generator,
-         const py::object& refresh, const py::object& queue, const py::object& mining) {
+         const std::string& storage, index_t capacity, index_t dim, label_t num_classes,
+         std::size_t workspace_bytes, int threads, index_t similar_k, const py::object& margin,
+         const py::object& generator, const py::object& refresh, const py::object& queue,
+         const py::object& mining, const py::object& aging) {
         const Config config =
             config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k);
-        const Policies p = policies_of(margin, generator, refresh, queue, mining);
-        if (!std::holds_alternative<LeastRecentlyWritten>(p.queue)) {
-          throw Unsupported("protomem: the sharded memory of the Python package uses the "
-                            "LeastRecentlyWritten queue only");
-        }
-        if (!std::holds_alternative<NoMining>(p.mining)) {
-          throw Unsupported("protomem: DoppelgangerMining is not compiled into the Python "
-                            "package's sharded memory (the C++ ShardedPrototypeMemory has it)");
-        }
+        const Policies p = policies_of(margin, generator, refresh, queue, mining, aging);
         py::gil_scoped_release release;  // the constructor is a collective
-        return double_precision ? make_sharded_head_double(&group, config, p)
-                                : make_sharded_head_float(&group, config, p);
+        return make_any_head(&group, double_precision, storage, config, p);
       },
-      "group"_a, "double_precision"_a, "capacity"_a, "dim"_a, "num_classes"_a,
+      "group"_a, "double_precision"_a, "storage"_a, "capacity"_a, "dim"_a, "num_classes"_a,
       "workspace_bytes"_a, "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a,
-      "queue"_a, "mining"_a);
+      "queue"_a, "mining"_a, "aging"_a);
 
   // ---- the sampler
   py::class_<Sampler>(m, "_Sampler")
@@ -470,8 +529,8 @@ PYBIND11_MODULE(_C, m) {
         s.load_state(tensor_bytes(t, source), source);
       });
 
-  // ---- the synthetic identity set of examples/train (docs/synthetic-data.md)
-  py::module_ syn = m.def_submodule("synthetic", "examples/train/synthetic.hpp");
+  // ---- the synthetic identity set (protomem/data/synthetic.hpp, docs/synthetic-data.md)
+  py::module_ syn = m.def_submodule("synthetic", "protomem/data/synthetic.hpp");
   py::class_<synthetic::Config>(syn, "Config")
       .def(py::init<>())
       .def_readwrite("seed", &synthetic::Config::seed)

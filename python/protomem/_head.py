@@ -4,11 +4,29 @@ import math
 import torch
 
 from . import _C
-from ._C import Error, UnsupportedError
+from ._C import Error
 
-__all__ = ["PrototypeMemory", "PartialFCCompatible", "margin_from_insightface"]
+__all__ = ["PrototypeMemory", "PartialFCCompatible", "margin_from_insightface", "UnsupportedError"]
 
 _DTYPES = {torch.float32: False, torch.float64: True}
+# storage=: narrow prototypes for a float32 head (float32 arithmetic), by name or torch dtype.
+_STORAGES = {None: "", "float32": "float32", "float64": "float64", "bfloat16": "bfloat16",
+             "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
+             torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+             torch.float16: "float16"}
+# The policy families in the order the C++ head keeps them (and checkpoints store them).
+_FAMILIES = ("margin", "generator", "refresh", "queue", "mining", "aging")
+
+
+class UnsupportedError(Error):
+    """What the package does not do (yet): CUDA tensors, a process group of another backend than
+    gloo, insightface options without a protomem equivalent. A protomem.Error."""
+
+
+def default_aging():
+    """The default aging policy, as C++'s default_aging(): AgeDecay(8) (docs/results.md,
+    'Staleness')."""
+    return _C.AgeDecay(8.0)
 
 
 def _policy(value, default, family):
@@ -85,17 +103,24 @@ class PrototypeMemory(torch.nn.Module):
     raises ``protomem.Error`` (a ``RuntimeError``) with the library's message and leaves the memory
     as it was.
 
-    Args:
+    Args (each policy is a protomem policy object, or its class for its default parameters; every
+    policy works with every dtype, storage and in the sharded memory):
         capacity: M, the number of prototype slots (independent of the number of identities).
         dim: D, the embedding dimension.
-        margin: ``protomem.CosFace(s, m)`` (default ``CosFace(64, 0.35)``), ``ArcFace``,
-            ``CombinedMargin`` or ``NoMargin``.
+        margin: ``protomem.CosFace(s=64, m=0.35)`` (default), ``ArcFace(s=64, m=0.5,
+            easy_margin=False)``, ``CombinedMargin(s=64, m1=1, m2=0, m3=0)`` or ``NoMargin(s=64)``.
         generator: ``ExemplarMean()`` (default), ``DetachedExemplarMean()`` or ``LeaveOneOut()``.
-        refresh: ``Replace()`` (default) or ``Momentum(a)``.
-        queue: ``LeastRecentlyWritten()`` (the one queue compiled into the package).
-        mining: ``NoMining()`` (default) or ``DoppelgangerMining(k, table_capacity)`` (float32):
-            the look-alike table ``GroupedBatchSampler(head=...)`` fills batches from.
+        refresh: ``Replace()`` (default) or ``Momentum(a=0.5)``.
+        queue: ``LeastRecentlyWritten()`` (default) or ``FirstInFirstOut()``.
+        mining: ``NoMining()`` (default) or ``DoppelgangerMining(k, table_capacity)``: the
+            look-alike table ``GroupedBatchSampler(head=...)`` fills batches from.
+        aging: ``AgeDecay(half_life=8)`` (default, as C++'s default_aging()),
+            ``AgeDecay(half_life, max_age)``, ``MaxAge(max_age=1024)`` or ``NoAging()``: how a
+            stored prototype counts by its age in committed steps.
         dtype: ``torch.float32`` (default) or ``torch.float64``.
+        storage: how prototypes are stored: the dtype (default, ``None``), or for a float32 head
+            ``"bfloat16"`` / ``"float16"`` (or ``torch.bfloat16`` / ``torch.float16``): half the
+            memory, float32 arithmetic.
         num_classes: labels must be < num_classes (0: undeclared).
         threads: threads of the step (0: OpenMP's default, which ``torch.set_num_threads`` sets).
         workspace_bytes: bound on the step's scratch memory (tiles of logits).
@@ -112,20 +137,28 @@ class PrototypeMemory(torch.nn.Module):
     """
 
     def __init__(self, capacity, dim, margin=None, generator=None, refresh=None, queue=None,
-                 mining=None, *, dtype=torch.float32, num_classes=0, threads=0,
-                 workspace_bytes=64 << 20, similar_k=0, process_group=None, per_process=False):
+                 mining=None, aging=None, *, dtype=torch.float32, storage=None, num_classes=0,
+                 threads=0, workspace_bytes=64 << 20, similar_k=0, process_group=None,
+                 per_process=False):
         super().__init__()
         if dtype not in _DTYPES:
             raise Error(f"protomem: dtype must be torch.float32 or torch.float64; got {dtype}")
+        try:
+            storage_name = _STORAGES[storage]
+        except (KeyError, TypeError):
+            raise Error(f"protomem: storage must be None, 'float32', 'float64', 'bfloat16' or "
+                        f"'float16' (or the torch dtype); got {storage!r}") from None
         group = sharding_group(process_group, per_process)
         self._process_group = group
         self._per_process = per_process
         self._dtype = dtype
         arguments = (
-            _DTYPES[dtype], int(capacity), int(dim), int(num_classes), int(workspace_bytes),
-            int(threads), int(similar_k), _policy(margin, _C.CosFace, "margin"),
-            _policy(generator, _C.ExemplarMean, "generator"), _policy(refresh, _C.Replace, "refresh"),
-            _policy(queue, _C.LeastRecentlyWritten, "queue"), _policy(mining, _C.NoMining, "mining"))
+            _DTYPES[dtype], storage_name, int(capacity), int(dim), int(num_classes),
+            int(workspace_bytes), int(threads), int(similar_k),
+            _policy(margin, _C.CosFace, "margin"), _policy(generator, _C.ExemplarMean, "generator"),
+            _policy(refresh, _C.Replace, "refresh"),
+            _policy(queue, _C.LeastRecentlyWritten, "queue"),
+            _policy(mining, _C.NoMining, "mining"), _policy(aging, default_aging, "aging"))
         if group is None:
             self._head = _C.make_head(*arguments)
         else:
@@ -261,9 +294,58 @@ class PrototypeMemory(torch.nn.Module):
         """Whether a training forward's update waits for its backward."""
         return self._head.pending
 
+    @property
+    def storage(self):
+        """How the prototypes are stored: "float32", "float64", "bfloat16" or "float16"."""
+        return self._head.storage
+
     def policies(self):
-        """Policy names as checkpoints store them: margin, generator, refresh, queue, mining."""
+        """Policy names as checkpoints store them: margin, generator, refresh, queue, mining,
+        aging."""
         return tuple(self._head.policy_names())
+
+    def policy_objects(self):
+        """The policies themselves (copies): a dict family -> policy object."""
+        return dict(zip(_FAMILIES, self._head.policy_objects()))
+
+    # The policies, one property per family (a copy: set it with set_<family>() or assignment).
+    # Setting one goes through the C++ memory's checked setter: a bad value raises protomem.Error
+    # and changes nothing; margin and generator take effect at the next forward, refresh, queue,
+    # mining and aging at the next commit (aging also at the next forward); a new mining policy
+    # starts an empty table. In the sharded memory every process sets the same policy.
+
+    def set_margin(self, margin):
+        """E.g. a margin schedule: head.set_margin(protomem.CosFace(64, m_at(step)))."""
+        self._head.set_margin(_policy(margin, _C.CosFace, "margin"))
+
+    def set_generator(self, generator):
+        self._head.set_generator(_policy(generator, _C.ExemplarMean, "generator"))
+
+    def set_refresh(self, refresh):
+        self._head.set_refresh(_policy(refresh, _C.Replace, "refresh"))
+
+    def set_queue(self, queue):
+        self._head.set_queue(_policy(queue, _C.LeastRecentlyWritten, "queue"))
+
+    def set_mining(self, mining):
+        self._head.set_mining(_policy(mining, _C.NoMining, "mining"))
+
+    def set_aging(self, aging):
+        """E.g. a half-life that follows the learning rate: head.set_aging(AgeDecay(h))."""
+        self._head.set_aging(_policy(aging, default_aging, "aging"))
+
+    margin = property(lambda self: self._head.policy_objects()[0],
+                      lambda self, p: self.set_margin(p), doc="The margin policy.")
+    generator = property(lambda self: self._head.policy_objects()[1],
+                         lambda self, p: self.set_generator(p), doc="The generator policy.")
+    refresh = property(lambda self: self._head.policy_objects()[2],
+                       lambda self, p: self.set_refresh(p), doc="The refresh policy.")
+    queue = property(lambda self: self._head.policy_objects()[3],
+                     lambda self, p: self.set_queue(p), doc="The queue policy.")
+    mining = property(lambda self: self._head.policy_objects()[4],
+                      lambda self, p: self.set_mining(p), doc="The mining policy.")
+    aging = property(lambda self: self._head.policy_objects()[5],
+                     lambda self, p: self.set_aging(p), doc="The aging policy.")
 
     def clear(self):
         """Empties the memory and resets its counters (the policies keep their parameters)."""
@@ -271,8 +353,10 @@ class PrototypeMemory(torch.nn.Module):
 
     def extra_repr(self):
         names = ", ".join(self.policies())
-        return (f"capacity={self.capacity}, dim={self.dim}, dtype={self._dtype}, policies=({names}), "
-                f"stored={self.size}")
+        storage = "" if self.storage == str(self._dtype).replace("torch.", "") else \
+            f", storage={self.storage}"
+        return (f"capacity={self.capacity}, dim={self.dim}, dtype={self._dtype}{storage}, "
+                f"policies=({names}), stored={self.size}")
 
     # ---- for tests and benchmarks -------------------------------------------------------------
 

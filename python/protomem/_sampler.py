@@ -3,7 +3,8 @@ batch sampler for torch.utils.data.DataLoader."""
 import torch
 
 from . import _C
-from ._C import Error, UnsupportedError
+from ._C import Error
+from ._head import UnsupportedError
 
 __all__ = ["GroupedBatchSampler"]
 

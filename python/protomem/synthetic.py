@@ -1,4 +1,4 @@
-"""The project's synthetic identity set (examples/train/synthetic.hpp, docs/synthetic-data.md),
+"""The project's synthetic identity set (protomem/data/synthetic.hpp, docs/synthetic-data.md),
 bound from the same C++ source the C++ trainer uses: any number of identities, every image a pure
 function of (seed, identity, image index).
 

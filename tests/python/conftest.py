@@ -51,10 +51,28 @@ def psi(margin, c):
     raise TypeError(margin)
 
 
-def reference_step(e, labels, stored_labels, stored_prototypes, margin, generator):
+def aging_log_weights(aging, ages):
+    """log pi(age) of each stored column under an aging policy (policies/aging.hpp): NoAging 0,
+    MaxAge -inf past max_age, AgeDecay -age ln2 / half_life (and -inf past max_age)."""
+    ages = torch.as_tensor(ages, dtype=torch.float64)
+    if aging is None or isinstance(aging, protomem.NoAging):
+        return torch.zeros_like(ages)
+    bound = aging.max_age
+    if isinstance(aging, protomem.AgeDecay):
+        w = -math.log(2.0) * ages / aging.half_life
+    else:
+        w = torch.zeros_like(ages)
+    if bound is not None:
+        w = torch.where(ages > bound, torch.full_like(w, -math.inf), w)
+    return w
+
+
+def reference_step(e, labels, stored_labels, stored_prototypes, margin, generator,
+                   stored_log_weights=None):
     """Loss and dL/dE of one step by autograd: every batch class's column is the normalised mean
     of its exemplars (detached for DetachedExemplarMean; for LeaveOneOut a sample's own target
-    omits the sample), every stored class not in the batch a constant column."""
+    omits the sample), every stored class not in the batch a constant column, whose logit gets
+    its aging log-weight (stored_log_weights; none: no aging) added; an expired one is no column."""
     e = e.detach().clone().requires_grad_(True)
     x = F.normalize(e, dim=1)
     classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
@@ -63,7 +81,11 @@ def reference_step(e, labels, stored_labels, stored_prototypes, margin, generato
     if isinstance(generator, protomem.DetachedExemplarMean):
         p = p.detach()
     keep = ~torch.isin(stored_labels, classes)
+    if stored_log_weights is None:
+        stored_log_weights = torch.zeros(len(stored_labels), dtype=torch.float64)
+    keep &= torch.isfinite(stored_log_weights)
     W = stored_prototypes[keep].to(x.dtype)
+    bias = stored_log_weights[keep].to(x.dtype)
     cos_batch = x @ p.t()
     if isinstance(generator, protomem.LeaveOneOut):
         q = F.normalize(sums[inverse] - x, dim=1)
@@ -75,7 +97,7 @@ def reference_step(e, labels, stored_labels, stored_prototypes, margin, generato
     others = s * cos_batch
     onehot = F.one_hot(inverse, len(classes)).bool()
     batch_logits = torch.where(onehot, target[:, None], others)
-    logits = torch.cat([s * (x @ W.t()), batch_logits], dim=1)
+    logits = torch.cat([s * (x @ W.t()) + bias, batch_logits], dim=1)
     targets = inverse + W.shape[0]
     loss = F.cross_entropy(logits, targets)
     loss.backward()

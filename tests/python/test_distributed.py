@@ -2,7 +2,9 @@
 process passes only its rows; the loss and its rows' gradients equal a single-process memory's on
 the concatenated batch (float64: 1e-9, float32: 1e-5), the stored contents equal it, state_dict()
 moves the memory to one process and back, and bad input in one process raises the same error,
-naming that process, in every process with nothing changed."""
+naming that process, in every process with nothing changed. Every policy keyword reaches the
+sharded memory: FirstInFirstOut, DoppelgangerMining (the same table in every process as in one),
+Momentum, AgeDecay with a bound, and bfloat16 storage."""
 import os
 import subprocess
 import sys
@@ -89,6 +91,43 @@ WORKER = textwrap.dedent('''
             assert f"rank {world - 1} of {world}: labels[1] = -4" in str(error), error
         after = sharded.contents()
         assert all(torch.equal(u, v) for u, v in zip(before, after)) and not sharded.pending
+
+    # Every policy keyword in the sharded memory, against one process's memory of the same.
+    for storage, tol in ((None, 1e-5), ("bfloat16", 2e-2)):
+        kw = dict(margin=protomem.CosFace(16, 0.3), refresh=protomem.Momentum(0.5),
+                  queue=protomem.FIFO(), mining=protomem.DoppelgangerMining(2, 100),
+                  aging=protomem.AgeDecay(4.0, max_age=12), storage=storage)
+        sharded = protomem.PrototypeMemory(16, 6, **kw)
+        ref = protomem.PrototypeMemory(16, 6, per_process=True, **kw)
+        assert sharded.sharded and sharded.policies() == ref.policies()
+        assert sharded.policies()[3:] == ("first_in_first_out", "doppelganger", "age_decay")
+        for step in range(20):
+            C = int(torch.randint(2, 6, (1,), generator=data))
+            classes = torch.randperm(40, generator=data)[:C]
+            labels = classes.repeat_interleave(2)[torch.randperm(2 * C, generator=data)]
+            e = torch.randn(2 * C, 6, generator=data)
+            lo, hi = share(2 * C, step)
+            whole = e.clone().requires_grad_(True)
+            loss_ref = ref(whole, labels)
+            loss_ref.backward()
+            mine = e[lo:hi].clone().requires_grad_(True)
+            loss = sharded(mine, labels[lo:hi])
+            loss.backward()
+            assert close(loss.detach(), loss_ref.detach(), tol), \
+                (step, float(loss), float(loss_ref))
+            assert close(mine.grad, whole.grad[lo:hi], 10 * tol), step
+        a, b = sharded.contents(), ref.contents()
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+        assert sharded.stats() == ref.stats() and sharded.stats()["evictions"] > 5
+        assert sharded.storage == ("bfloat16" if storage else "float32")
+        if storage is None:  # the doppelganger table: the same rows in every process as in one
+            rows = 0
+            for label in b[0].tolist():
+                x, y = sharded.doppelgangers(label), ref.doppelgangers(label)
+                assert torch.equal(x[0], y[0]), label
+                assert close(x[1], y[1], 1e-4), label
+                rows += int(x[0].numel() > 0)
+            assert rows > 0
     print("ok", rank)
 ''')
 

@@ -1,5 +1,6 @@
 """The nn.Module's behaviour: when the memory is updated, what it stores, input checks, C++ errors,
-unsupported combinations, distributed refusal, the Partial FC compatible constructor."""
+every policy keyword reaching its C++ policy, the policy setters, distributed refusal, the Partial
+FC compatible constructor."""
 import copy
 import math
 import os
@@ -87,7 +88,8 @@ def test_last_step_and_stats(rng):
     assert torch.equal(last["classes"], torch.tensor([3, 9]))
     assert last["similar"].shape == (2, 2) and set(last["similar"][1].tolist()) == {1, 2}
     assert h.stats() == {"steps": 2, "refreshes": 1, "insertions": 4, "evictions": 0}
-    assert h.policies() == ("cosface", "exemplar_mean", "replace", "least_recently_written", "none")
+    assert h.policies() == ("cosface", "exemplar_mean", "replace", "least_recently_written", "none",
+                            "age_decay")
     assert "capacity=32" in repr(h)
 
 
@@ -160,35 +162,111 @@ def test_policy_parameters_are_validated():
     assert protomem.PrototypeMemory(4, DIM, margin=protomem.ArcFace).policies()[0] == "arcface"
 
 
-def test_unsupported_combinations_name_what_is_supported():
-    with pytest.raises(protomem.UnsupportedError, match="FirstInFirstOut.*this build instantiates"):
-        protomem.PrototypeMemory(4, DIM, queue=protomem.FirstInFirstOut())
-    with pytest.raises(protomem.UnsupportedError, match="float64"):
-        protomem.PrototypeMemory(4, DIM, dtype=torch.float64,
-                                 mining=protomem.DoppelgangerMining(2, 8))
+def test_every_policy_keyword_reaches_its_cpp_policy():
+    # Each keyword, with non-default parameters, comes back from the C++ memory as it was given.
+    h = protomem.PrototypeMemory(
+        8, 4, margin=protomem.ArcFace(32.0, 0.4, easy_margin=True),
+        generator=protomem.LeaveOneOut(), refresh=protomem.Momentum(0.25),
+        queue=protomem.FirstInFirstOut(), mining=protomem.DoppelgangerMining(3, 50),
+        aging=protomem.AgeDecay(16.0, max_age=100), dtype=torch.float64)
+    assert h.policies() == ("arcface", "leave_one_out", "momentum", "first_in_first_out",
+                            "doppelganger", "age_decay")
+    assert h.margin.s == 32.0 and h.margin.m == 0.4 and h.margin.easy_margin
+    assert isinstance(h.generator, protomem.LeaveOneOut) and h.refresh.a == 0.25
+    assert isinstance(h.queue, protomem.FirstInFirstOut)
+    assert (h.mining.k, h.mining.table_capacity) == (3, 50)
+    assert (h.aging.half_life, h.aging.max_age) == (16.0, 100)
+    objects = h.policy_objects()
+    assert list(objects) == ["margin", "generator", "refresh", "queue", "mining", "aging"]
+    c = protomem.PrototypeMemory(8, 4, margin=protomem.CombinedMargin(30.0, 1.1, 0.2, 0.1),
+                                 aging=protomem.MaxAge(7))
+    assert (c.margin.m1, c.margin.m2, c.margin.m3) == (1.1, 0.2, 0.1) and c.aging.max_age == 7
+    assert isinstance(protomem.PrototypeMemory(8, 4, aging=protomem.NoAging).aging,
+                      protomem.NoAging)
+    # C++'s defaults: DoppelgangerMining(k = 8, table_capacity = 2^16), AgeDecay(half_life = 64)
+    mined = protomem.PrototypeMemory(8, 4, mining=protomem.DoppelgangerMining).mining
+    assert (mined.k, mined.table_capacity) == (8, 1 << 16)
+    assert protomem.AgeDecay().half_life == 64.0 and protomem.MaxAge().max_age == 1024
+    assert protomem.PrototypeMemory(8, 4, margin=protomem.NoMargin(5.0)).margin.s == 5.0
+    assert isinstance(protomem.PrototypeMemory(8, 4, generator=protomem.DetachedExemplarMean)
+                      .generator, protomem.DetachedExemplarMean)
     assert issubclass(protomem.UnsupportedError, protomem.Error)
     assert issubclass(protomem.Error, RuntimeError)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_every_supported_combination_constructs(dtype):
+def eviction_run(queue):
+    """Capacity 6; classes (0,1,2), then (0,3,4) - class 0 rewritten - then (5,6,7): two evicted."""
+    h = protomem.PrototypeMemory(6, 4, queue=queue)
+    g = torch.Generator().manual_seed(3)
+    for classes in ([0, 1, 2], [0, 3, 4], [5, 6, 7]):
+        train_step(h, *grouped_batch(classes, 2, 4, torch.float32, g))
+    return h
+
+
+def test_queue_keyword_decides_the_eviction_order():
+    lrw, fifo = eviction_run(protomem.LeastRecentlyWritten()), eviction_run(protomem.FIFO())
+    assert lrw.stats()["evictions"] == fifo.stats()["evictions"] == 2
+    # LRW: class 0 was rewritten at step 2 and stays; 1 and 2 go. FIFO: 0 and 1 (inserted first).
+    assert 0 in lrw and 1 not in lrw and 2 not in lrw
+    assert 0 not in fifo and 1 not in fifo and 2 in fifo
+    assert sorted(lrw.labels().tolist()) == [0, 3, 4, 5, 6, 7]
+
+
+def test_setters_go_through_the_checked_cpp_setters(rng):
+    h = head(aging=protomem.NoAging())
+    train_step(h, *grouped_batch([1, 2, 3], 2, DIM, torch.float64, rng))
+    train_step(h, *grouped_batch([4, 6], 2, DIM, torch.float64, rng))  # 1, 2, 3 are 1 step old
+    e, y = grouped_batch([2, 5], 2, DIM, torch.float64, rng)
+    with torch.no_grad():
+        before = h(e, y).item()
+    h.set_margin(protomem.CosFace(16.0, 0.1))  # a margin schedule
+    assert h.margin.m == 0.1
+    with torch.no_grad():
+        assert h(e, y).item() < before  # a smaller margin: a smaller loss
+    h.margin = protomem.CosFace(16.0, 0.3)  # the property goes through set_margin
+    with torch.no_grad():
+        assert h(e, y).item() == before
+    h.set_aging(protomem.AgeDecay(1.0))
+    with torch.no_grad():
+        assert h(e, y).item() != before
+    h.set_refresh(protomem.Momentum(0.5))
+    h.set_generator(protomem.LeaveOneOut)
+    h.set_queue(protomem.FirstInFirstOut())
+    h.set_mining(protomem.DoppelgangerMining(2, 8))
+    assert h.policies() == ("cosface", "leave_one_out", "momentum", "first_in_first_out",
+                            "doppelganger", "age_decay")
+    state = h.get_extra_state()
+    with pytest.raises(protomem.Error, match="margin policy must be"):
+        h.set_margin(protomem.Replace())
+    with pytest.raises(protomem.Error, match="aging policy must be"):
+        h.set_aging(protomem.CosFace())
+    assert torch.equal(h.get_extra_state(), state)
+    train_step(h, *grouped_batch([7, 8], 2, DIM, torch.float64, rng))
+    assert h.doppelgangers(7)[0].numel() > 0  # the new mining policy's table fills
+
+
+@pytest.mark.parametrize("dtype, storage", [(torch.float32, None), (torch.float64, None),
+                                            (torch.float32, "bfloat16"),
+                                            (torch.float32, "float16")])
+def test_every_policy_combination_constructs_and_trains(dtype, storage):
     margins = [protomem.NoMargin(), protomem.CosFace(), protomem.ArcFace(), protomem.CombinedMargin()]
     generators = [protomem.ExemplarMean(), protomem.DetachedExemplarMean(), protomem.LeaveOneOut()]
     refreshes = [protomem.Replace(), protomem.Momentum(0.5)]
-    minings = [protomem.NoMining()]
-    if dtype == torch.float32:
-        minings.append(protomem.DoppelgangerMining(2, 8))
+    queues = [protomem.LRW(), protomem.FIFO()]
+    minings = [protomem.NoMining(), protomem.DoppelgangerMining(2, 8)]
+    agings = [protomem.NoAging(), protomem.MaxAge(4), protomem.AgeDecay(8.0)]
     e = torch.randn(4, 4, dtype=dtype, requires_grad=True)
     y = torch.tensor([0, 0, 1, 1])
+    n = 0
     for m in margins:
         for g in generators:
             for r in refreshes:
-                for mi in minings:
-                    h = protomem.PrototypeMemory(4, 4, m, g, r, protomem.LRW(), mi, dtype=dtype)
-                    h(e, y).backward()
-                    assert h.policies() == (m.name, g.name, r.name, "least_recently_written",
-                                            mi.name)
-                    assert h.size == 2
+                q, mi, a = queues[n % 2], minings[(n // 2) % 2], agings[n % 3]
+                n += 1
+                h = protomem.PrototypeMemory(4, 4, m, g, r, q, mi, a, dtype=dtype, storage=storage)
+                h(e, y).backward()
+                assert h.policies() == (m.name, g.name, r.name, q.name, mi.name, a.name)
+                assert h.size == 2
 
 
 def test_module_plumbing(rng):

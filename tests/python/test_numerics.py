@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import protomem
-from conftest import grouped_batch, reference_step, relative_error, train_step
+from conftest import (aging_log_weights, grouped_batch, reference_step, relative_error,
+                      train_step)
 
 MARGINS = [
     protomem.NoMargin(16.0),
@@ -20,10 +21,10 @@ GENERATORS = [protomem.ExemplarMean(), protomem.DetachedExemplarMean(), protomem
 DIM = 8
 
 
-def warmed_head(margin, generator, dtype, rng, mining=None):
+def warmed_head(margin, generator, dtype, rng, mining=None, **kw):
     """A head whose memory holds earlier classes (some of which the test batch brings again)."""
     head = protomem.PrototypeMemory(40, DIM, margin=margin, generator=generator, dtype=dtype,
-                                    mining=mining)
+                                    mining=mining, **kw)
     for first in (0, 6, 12):
         e, y = grouped_batch(range(first, first + 6), 3, DIM, dtype, rng)
         train_step(head, e, y)
@@ -42,7 +43,8 @@ def the_batch(dtype, rng):
 @pytest.mark.parametrize("generator", GENERATORS, ids=repr)
 def test_double_matches_autograd_reference(margin, generator, rng):
     for case in range(3):
-        head = warmed_head(margin, generator, torch.float64, rng)
+        # The reference knows no aging: NoAging explicitly (the default is AgeDecay(8)).
+        head = warmed_head(margin, generator, torch.float64, rng, aging=protomem.NoAging())
         labels_before, prototypes_before, _ = head.contents()
         e, y = the_batch(torch.float64, rng)
         loss, grad = train_step(head, e, y)
@@ -109,3 +111,57 @@ def test_loss_scale_and_sum_follow_autograd(rng):
     b = e.clone().requires_grad_(True)
     twin(b, y).backward()
     assert torch.allclose(a.grad, 3.0 * b.grad, rtol=1e-15, atol=0)
+
+
+AGINGS = [protomem.NoAging(), protomem.AgeDecay(2.0), protomem.AgeDecay(8.0),
+          protomem.AgeDecay(4.0, 1), protomem.MaxAge(1), protomem.MaxAge(0)]
+
+
+@pytest.mark.parametrize("aging", AGINGS, ids=repr)
+def test_aging_keyword_matches_the_reference_with_log_weights(aging, rng):
+    # Stored classes of ages 0, 1 and 2 (three warm-up steps): each aging policy, passed by
+    # keyword, weighs their columns by its log pi(age) - the reference adds the same log-weights.
+    margin, generator = protomem.CosFace(16.0, 0.35), protomem.ExemplarMean()
+    head = warmed_head(margin, generator, torch.float64, rng, aging=aging)
+    assert head.aging.__class__ is aging.__class__ and head.policies()[5] == aging.name
+    labels_before, prototypes_before, _ = head.contents()
+    weights = aging_log_weights(aging, head.ages())
+    e, y = the_batch(torch.float64, rng)
+    loss, grad = train_step(head, e, y)
+    ref_loss, ref_grad = reference_step(e, y, labels_before, prototypes_before, margin, generator,
+                                        weights)
+    assert relative_error(loss, ref_loss) <= 1e-9, (float(loss), float(ref_loss))
+    assert relative_error(grad, ref_grad) <= 1e-9
+    if not isinstance(aging, protomem.NoAging):  # and it is not the loss without aging
+        no_aging, _ = reference_step(e, y, labels_before, prototypes_before, margin, generator)
+        assert abs(float(loss) - float(no_aging)) > 1e-6
+
+
+def test_default_aging_is_age_decay_8(rng):
+    head = protomem.PrototypeMemory(8, DIM)
+    assert isinstance(head.aging, protomem.AgeDecay) and head.aging.half_life == 8.0
+    assert head.aging.max_age is None and head.policies()[5] == "age_decay"
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16", torch.bfloat16])
+def test_narrow_storage_is_close_to_float32(storage, rng):
+    # float32 arithmetic over bf16 / fp16 prototypes: the loss within the storage's rounding of
+    # the float32 head's; the stored prototypes are the rounded float32 ones.
+    margin, generator = protomem.CosFace(16.0, 0.35), protomem.ExemplarMean()
+    seed = int(torch.randint(0, 1 << 30, (1,), generator=rng))
+    wide = warmed_head(margin, generator, torch.float32, torch.Generator().manual_seed(seed))
+    narrow = warmed_head(margin, generator, torch.float32, torch.Generator().manual_seed(seed),
+                         storage=storage)
+    name = storage if isinstance(storage, str) else "bfloat16"
+    assert narrow.storage == name and wide.storage == "float32" and narrow.dtype == torch.float32
+    rounding = torch.bfloat16 if name == "bfloat16" else torch.float16
+    assert torch.equal(narrow.prototypes(), wide.prototypes().to(rounding).float())
+    e, y = the_batch(torch.float32, rng)
+    a, ga = train_step(wide, e, y)
+    b, gb = train_step(narrow, e, y)
+    tol = 2e-2 if name == "bfloat16" else 2e-3
+    assert relative_error(b, a) <= tol and relative_error(gb, ga) <= 10 * tol
+    with pytest.raises(protomem.Error, match="float64"):
+        protomem.PrototypeMemory(8, DIM, dtype=torch.float64, storage="bfloat16")
+    with pytest.raises(protomem.Error, match="storage must be"):
+        protomem.PrototypeMemory(8, DIM, storage="int8")

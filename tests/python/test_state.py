@@ -1,5 +1,6 @@
 """state_dict / load_state_dict / torch.save / save / load: round trips continue bit-identically;
-corrupt or mismatched state is rejected with protomem.Error and the memory unchanged."""
+corrupt or mismatched state is rejected with protomem.Error and the memory unchanged; a checkpoint
+of other policies is adopted with its policies (as C++ load())."""
 import io
 
 import pytest
@@ -130,9 +131,6 @@ def test_corrupt_state_is_rejected_and_memory_unchanged(tmp_path):
 
 @pytest.mark.parametrize("other, message", [
     (lambda: make(dtype=torch.float64), "float32"),
-    (lambda: make(margin=protomem.CosFace(16.0, 0.4)), "arcface"),
-    (lambda: make(refresh=protomem.Replace()), "momentum"),
-    (lambda: make(mining=protomem.DoppelgangerMining(2, 10)), "mining"),
     (lambda: protomem.PrototypeMemory(20, DIM + 1, margin=protomem.ArcFace(16.0, 0.4),
                                       refresh=protomem.Momentum(0.3)), "dim"),
     (lambda: protomem.PrototypeMemory(3, DIM, margin=protomem.ArcFace(16.0, 0.4),
@@ -151,6 +149,34 @@ def test_mismatched_state_is_rejected(other, message):
     assert torch.equal(target.get_extra_state(), before)
 
 
+@pytest.mark.parametrize("other", [
+    lambda: make(margin=protomem.CosFace(16.0, 0.4)),
+    lambda: make(refresh=protomem.Replace(), queue=protomem.FIFO()),
+    lambda: make(mining=protomem.DoppelgangerMining(2, 100), aging=protomem.NoAging()),
+    lambda: make(storage="bfloat16"),
+], ids=["margin", "refresh-queue", "mining-aging", "bfloat16"])
+def test_checkpoint_of_other_policies_is_adopted_with_them(other):
+    head = make(mining=protomem.DoppelgangerMining(4, 100), aging=protomem.MaxAge(50))
+    run(head, batches(3, 8))
+    target = other()
+    target.load_state_dict(head.state_dict())
+    assert target.policies() == head.policies()
+    assert target.margin.m == 0.4 and target.refresh.a == 0.3 and target.aging.max_age == 50
+    # k and the rows come from the checkpoint; table_capacity is not stored in it (a bound of the
+    # table, not part of its state): a memory that held DoppelgangerMining keeps its own, one that
+    # held another mining policy gets DoppelgangerMining's default (2^16).
+    assert target.mining.k == 4 and target.mining.table_capacity in (100, 1 << 16)
+    for label in head.labels().tolist():
+        assert all(torch.equal(x, y) for x, y in zip(target.doppelgangers(label),
+                                                      head.doppelgangers(label)))
+    later = batches(3, 9)
+    if target.storage == "float32":  # the same memory: it continues bit-identically
+        assert torch.equal(target.get_extra_state(), head.get_extra_state())
+        assert_same_run(run(head, later), run(target, later))
+    else:  # bf16 storage rounds the prototypes it loads
+        assert torch.equal(target.labels(), head.labels())
+
+
 def test_handwritten_checkpoint_loads_exactly():
     # Written from the documented format, not by the library: labels, rows and ages come back.
     g = torch.Generator().manual_seed(10)
@@ -166,7 +192,9 @@ def test_handwritten_checkpoint_loads_exactly():
     assert 42 in head and 43 not in head
     assert head.stats() == {"steps": 9, "refreshes": 0, "insertions": 5, "evictions": 0}
     assert torch.equal(head.get_extra_state(), checkpoint_bytes(labels, rows, steps=9, capacity=8))
-    # The format before the aging policies (version 1) loads the same.
-    old = protomem.PrototypeMemory(8, DIM, margin=protomem.CosFace(64.0, 0.35))
+    # The format before the aging policies (version 1) loads the same (into a memory without
+    # aging: a version-1 checkpoint stores none, so the memory keeps its own).
+    old = protomem.PrototypeMemory(8, DIM, margin=protomem.CosFace(64.0, 0.35),
+                                   aging=protomem.NoAging())
     old.load_state_dict({"_extra_state": checkpoint_bytes(labels, rows, steps=9, version=1)})
     assert torch.equal(old.get_extra_state(), head.get_extra_state())

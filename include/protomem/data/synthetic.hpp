@@ -1,6 +1,8 @@
-// An embedded synthetic identity data set: no files, any number of identities (up to 2^62), every
-// identity and every image of it a pure function of (seed, identity, index). See
-// docs/synthetic-data.md for why it is a fair test of Prototype Memory and what it cannot tell.
+// protomem/data/synthetic.hpp - a data source beside the image reader (protomem/data.hpp): an
+// embedded synthetic identity data set, no files, any number of identities (up to 2^62), every
+// identity and every image of it a pure function of (seed, identity, index). Header-only, no
+// dependency beyond the core; used by examples/train and the Python package (protomem.synthetic).
+// See docs/synthetic-data.md for why it is a fair test of Prototype Memory and what it cannot tell.
 //
 // Generative model (all random numbers from a counter-based generator keyed by what they describe,
 // so nothing is stored and any image can be made in any order on any thread):
