@@ -114,25 +114,29 @@ TORCH_MODULE(SyncBatchNorm1d);
 /// commit. state_bytes() is this rank's share of the memory.
 class ShardedHead : public Head {
  public:
-  using Memory = protomem::ShardedPrototypeMemory<float, protomem::MpiCommunicator>;
-  ShardedHead(const Options& o, protomem::MpiCommunicator& comm)
-      : memory_(make_memory<Memory>(o, comm)), options_(o) {}
+  using Adapter = protomem::torch::ShardedPrototypeHead<float, protomem::MpiCommunicator>;
+  /// Every rank makes its head at the same point (the communicator is duplicated: a collective).
+  explicit ShardedHead(const Options& o)
+      : head_(protomem::MpiCommunicator(), memory_config(o), make_margin(o), make_generator(o),
+              make_refresh(o), make_queue(o), make_mining(o), make_aging(o, lr_at(o, 0)),
+              protomem::torch::Commit::manual),
+        options_(o) {}
 
   at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
-    return memory_loss(memory_, e, y);  // a collective: this rank's rows of the global batch
+    return head_(e, y);  // a collective: this rank's rows of the global batch
   }
   void update(double, std::int64_t step) override {
-    memory_.commit();
-    if (options_.age_clock == "lr") memory_.set_aging(make_aging(options_, lr_at(options_, step)));
+    head_.commit();
+    if (options_.age_clock == "lr") memory().set_aging(make_aging(options_, lr_at(options_, step)));
   }
   double state_bytes() const override {
-    return static_cast<double>(memory_.local_capacity()) * memory_.dim() * sizeof(float);
+    return static_cast<double>(memory().local_capacity()) * memory().dim() * sizeof(float);
   }
   /// A collective (the whole memory is gathered on every rank): the same sample as ProtomemHead's
   /// on the same memory, since gather_records() lists the classes in the single-process order.
   VectorSample sample_vectors(std::int64_t count, std::mt19937_64& rng,
                               std::int64_t) const override {
-    const auto records = memory_.gather_records();
+    const auto records = memory().gather_records();
     std::vector<std::int64_t> labels;
     for (const auto& record : records) labels.push_back(record.label);
     std::shuffle(labels.begin(), labels.end(), rng);
@@ -140,12 +144,12 @@ class ShardedHead : public Head {
     std::unordered_map<std::int64_t, std::size_t> where;
     for (std::size_t i = 0; i < records.size(); ++i) where[records[i].label] = i;
     VectorSample s;
-    s.vectors = at::empty({static_cast<std::int64_t>(labels.size()), memory_.dim()});
+    s.vectors = at::empty({static_cast<std::int64_t>(labels.size()), memory().dim()});
     for (std::size_t r = 0; r < labels.size(); ++r) {
       const auto& record = records[where.at(labels[r])];
       std::copy(record.prototype.begin(), record.prototype.end(),
-                s.vectors.data_ptr<float>() + r * memory_.dim());
-      s.ages.push_back(static_cast<std::int64_t>(memory_.step_count() - record.last_written));
+                s.vectors.data_ptr<float>() + r * memory().dim());
+      s.ages.push_back(static_cast<std::int64_t>(memory().step_count() - record.last_written));
       s.positive_ages.push_back(s.ages.back());
     }
     s.labels = std::move(labels);
@@ -153,11 +157,14 @@ class ShardedHead : public Head {
   }
   const protomem::DoppelgangerMining* mining_table() const override {
     // The same table on every rank; null under NoMining.
-    return memory_.mining().get_if<protomem::DoppelgangerMining>();
+    return memory().mining().get_if<protomem::DoppelgangerMining>();
   }
 
  private:
-  Memory memory_;
+  Adapter::Memory& memory() { return head_.memory(); }
+  const Adapter::Memory& memory() const { return head_.memory(); }
+
+  Adapter head_;
   Options options_;
 };
 

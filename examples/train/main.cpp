@@ -744,12 +744,12 @@ int run_parent(const Cli& cli, const char* self,
 // (run_parent with the training in process), the other ranks only train. The memory and the
 // encoder each have their own communicator.
 int run_distributed(const Cli& cli, const char* self) {
-  protomem::MpiCommunicator memory_comm, encoder_comm;
+  protomem::MpiCommunicator encoder_comm;
   const train::Parallel parallel = train::mpi_parallel(encoder_comm);
   train::Options o = cli.o;
   o.progress = o.progress && parallel.rank == 0;
-  auto factory = [&memory_comm](const train::Options& options) {
-    return std::make_unique<train::ShardedHead>(options, memory_comm);
+  auto factory = [](const train::Options& options) {
+    return std::make_unique<train::ShardedHead>(options);  // with its own communicator
   };
   auto train_method = [&](const train::Method& method) {
     return train::run_method(o, method, factory, parallel);

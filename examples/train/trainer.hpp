@@ -39,6 +39,7 @@
 #include <numeric>
 #include <protomem/data/dataset_index.hpp>
 #include <protomem/memory.hpp>
+#include <protomem/torch.hpp>
 #include <protomem/data/sampler.hpp>
 #include <random>
 #include <sstream>
@@ -248,92 +249,54 @@ inline std::string describe_aging(const protomem::AnyAging& aging) {
   return out.str();
 }
 
-/// The memory of `o`: PrototypeMemory<float> (`Comm`-less) or ShardedPrototypeMemory over `comm`
-/// (distributed.hpp), with the policies the flags name, for the step with learning rate `lr`.
-template <class Memory, class... Comm>
-Memory make_memory(const Options& o, Comm&... comm) {
-  return Memory(comm..., memory_config(o), make_margin(o), make_generator(o), make_refresh(o),
-                make_queue(o), make_mining(o), make_aging(o, lr_at(o, 0)));
-}
-
-namespace detail {
-
-// The loss the memory computed, as an autograd node whose backward hands the memory's dL/dE of the
-// embeddings to the encoder (scaled by the incoming gradient).
-struct GivenLoss : ::torch::autograd::Function<GivenLoss> {
-  static at::Tensor forward(::torch::autograd::AutogradContext* ctx, const at::Tensor& embeddings,
-                            const at::Tensor& gradient, double loss) {
-    ctx->saved_data["gradient"] = gradient;
-    return at::scalar_tensor(loss, embeddings.options().requires_grad(false));
-  }
-  static ::torch::autograd::variable_list backward(::torch::autograd::AutogradContext* ctx,
-                                                   ::torch::autograd::variable_list grad) {
-    return {ctx->saved_data["gradient"].toTensor() * grad[0], at::Tensor(), at::Tensor()};
-  }
-};
-
-}  // namespace detail
-
-/// The loss of `memory`'s forward over the embeddings `e` (rows) and labels `y`, differentiable
-/// w.r.t. `e`; the memory's update waits in it (pending) until the head's update() commits it.
-template <class Memory>
-at::Tensor memory_loss(Memory& memory, const at::Tensor& e, const at::Tensor& y) {
-  const at::Tensor rows = e.detach().contiguous();
-  const at::Tensor labels = y.contiguous();
-  at::Tensor gradient = at::empty_like(rows);
-  const std::int64_t b = rows.size(0), d = rows.size(1);
-  const float loss = memory
-                         .forward(protomem::matrix_view<const float>(rows.data_ptr<float>(), b, d),
-                                  protomem::label_view(labels.data_ptr<std::int64_t>(), b),
-                                  protomem::matrix_view<float>(gradient.data_ptr<float>(), b, d))
-                         .loss;
-  return detail::GivenLoss::apply(e, gradient, static_cast<double>(loss));
-}
-
-/// Prototype Memory in one process: loss() is the memory's forward, update() commits it (the
-/// encoder's backward and SGD step come between and do not read the memory) and, with
-/// --age-clock lr, sets the next step's aging.
+/// Prototype Memory in one process, through the LibTorch adapter (protomem/torch.hpp: the autograd
+/// path the Python package uses too): loss() is the head's forward, update() commits it
+/// (Commit::manual: the encoder's backward and SGD step come between and do not read the memory)
+/// and, with --age-clock lr, sets the next step's aging.
 class ProtomemHead : public Head {
  public:
-  using Memory = protomem::PrototypeMemory<float>;
-  explicit ProtomemHead(const Options& o) : memory_(make_memory<Memory>(o)), options_(o) {}
+  explicit ProtomemHead(const Options& o)
+      : head_(memory_config(o), make_margin(o), make_generator(o), make_refresh(o), make_queue(o),
+              make_mining(o), make_aging(o, lr_at(o, 0)), protomem::torch::Commit::manual),
+        options_(o) {}
 
-  at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override {
-    return memory_loss(memory_, e, y);
-  }
+  at::Tensor loss(const at::Tensor& e, const at::Tensor& y) override { return head_(e, y); }
   void update(double, std::int64_t step) override {
-    memory_.commit();
+    head_.commit();
     if (options_.age_clock == "lr") {  // `step` steps are done: the aging of the next one
-      memory_.set_aging(make_aging(options_, lr_at(options_, step)));
+      memory().set_aging(make_aging(options_, lr_at(options_, step)));
     }
   }
   double state_bytes() const override {
-    return static_cast<double>(memory_.capacity()) * memory_.dim() * sizeof(float);
+    return static_cast<double>(memory().capacity()) * memory().dim() * sizeof(float);
   }
   VectorSample sample_vectors(std::int64_t count, std::mt19937_64& rng,
                               std::int64_t) const override {
     std::vector<std::int64_t> labels;
-    for (const auto& record : memory_) labels.push_back(record.label);
+    for (const auto& record : memory()) labels.push_back(record.label);
     std::shuffle(labels.begin(), labels.end(), rng);
     if (static_cast<std::int64_t>(labels.size()) > count) labels.resize(count);
     VectorSample s;
-    s.vectors = at::empty({static_cast<std::int64_t>(labels.size()), memory_.dim()});
+    s.vectors = at::empty({static_cast<std::int64_t>(labels.size()), memory().dim()});
     for (std::size_t r = 0; r < labels.size(); ++r) {
-      const auto p = memory_.prototype(labels[r]);
-      std::copy(p.begin(), p.end(), s.vectors.data_ptr<float>() + r * memory_.dim());
+      const auto p = memory().prototype(labels[r]);
+      std::copy(p.begin(), p.end(), s.vectors.data_ptr<float>() + r * memory().dim());
       s.ages.push_back(
-          static_cast<std::int64_t>(memory_.step_count() - memory_.last_written(labels[r])));
+          static_cast<std::int64_t>(memory().step_count() - memory().last_written(labels[r])));
       s.positive_ages.push_back(s.ages.back());
     }
     s.labels = std::move(labels);
     return s;
   }
   const protomem::DoppelgangerMining* mining_table() const override {
-    return memory_.mining().get_if<protomem::DoppelgangerMining>();  // null under NoMining
+    return memory().mining().get_if<protomem::DoppelgangerMining>();  // null under NoMining
   }
 
  private:
-  Memory memory_;
+  protomem::PrototypeMemory<float>& memory() { return head_.memory(); }
+  const protomem::PrototypeMemory<float>& memory() const { return head_.memory(); }
+
+  protomem::torch::PrototypeHead<float> head_;
   Options options_;
 };
 
