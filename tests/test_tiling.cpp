@@ -263,6 +263,10 @@ TEMPLATE_TEST_CASE("narrow storage rounds each value and computes in float", "[t
   const std::string checkpoint = filled_checkpoint<float>(capacity, dim, 2000, rng);
   protomem::Config config{capacity, dim};
   config.workspace_bytes = 40 * 4 * (40 + dim) * 5;  // several tiles with the decoded prototypes
+  // Float GEMMs on decoded tiles (the build's BLAS where it has one); the bf16 kernel, which also
+  // rounds x and p, is checked against this in tests/test_gemm.cpp.
+  config.gemm = protomem::backend::gemm_built(protomem::Gemm::blas) ? protomem::Gemm::blas
+                                                                    : protomem::Gemm::eigen;
   protomem::PrototypeMemory<float> exact(config);
   Narrow narrow(config);
   load(exact, checkpoint);

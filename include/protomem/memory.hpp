@@ -74,6 +74,11 @@ struct Config {
   /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
   /// step computes max(similar_k, the Mining policy's similar_k()) of them.
   index_t similar_k = 0;
+  /// The GEMM of the CPU backend's memory pass: automatic (the faster of those the build has,
+  /// measured once per process and shape class at the first step; the bf16 kernel under cpu_bf16
+  /// on a CPU with avx512_bf16), or forced: eigen, or blas (only in a build with one, e.g.
+  /// protomem::blas). StepResult::gemm reports the choice (backend/cpu/gemm_choice.hpp).
+  Gemm gemm = Gemm::automatic;
 };
 
 /// What forward() returns besides the gradient.
@@ -90,6 +95,7 @@ struct StepResult {
   int threads = 1;                  ///< threads the memory pass ran on
   index_t tile_columns = 0;         ///< T: memory columns per tile
   std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
+  backend::GemmReport gemm;         ///< the GEMM the memory pass ran, and the calibration's times
   /// Bytes this rank exchanged with the other ranks during the step (ShardedPrototypeMemory,
   /// protomem/sharded.hpp; docs/distributed.md, "Traffic model"); all zero in one process.
   CommTraffic traffic;
@@ -224,7 +230,8 @@ class PrototypeMemory {
                                         config_.threads,
                                         std::max(config_.similar_k, mining_.similar_k()),
                                         {},
-                                        span_of(column_bias)};
+                                        span_of(column_bias),
+                                        config_.gemm};
     backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
     const backend::SimilarSlots<Scalar>& similar = out.similar;
     const backend::PassReport& pass = out.pass;
@@ -233,6 +240,7 @@ class PrototypeMemory {
     result.threads = pass.threads;
     result.tile_columns = pass.tile_columns;
     result.workspace_bytes = pass.workspace_bytes;
+    result.gemm = pass.gemm;
     result.classes = batch.labels;
     result.similar_k = similar.k;
     result.similar.reserve(similar.slots.size());

@@ -325,6 +325,7 @@ class ShardedPrototypeMemory {
                                   std::max(config_.similar_k, mining_.similar_k()),
                                   {},
                                   span_of(column_bias)};
+    in.gemm = config_.gemm;
     if (W > 1) in.merge_rows = {&ShardedPrototypeMemory::merge_rows, this};
     backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
 
@@ -333,6 +334,7 @@ class ShardedPrototypeMemory {
     result.threads = out.pass.threads;
     result.tile_columns = out.pass.tile_columns;
     result.workspace_bytes = out.pass.workspace_bytes;
+    result.gemm = out.pass.gemm;
     result.similar_k = out.similar.k;
     merge_similar(batch, out.similar, result);  // a collective when similar_k > 0
     result.classes = batch.labels;

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <protomem/backend/cpu/gemm.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/error.hpp>
 #include <protomem/view.hpp>
@@ -37,6 +38,7 @@ const Config& checked_config(const Config& config) {
   }
   if (config.similar_k < 0) fail("Config::similar_k = ", config.similar_k, " must be >= 0");
   if (config.workspace_bytes == 0) fail("Config::workspace_bytes must be > 0");
+  backend::check_gemm_request(config.gemm);  // a value, and blas only in a build with one
   return config;
 }
 
