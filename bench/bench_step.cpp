@@ -287,12 +287,9 @@ struct Bound {
   }
 };
 
-// "step=eigen (calibration: eigen 1.2 ms, blas 2.3 ms)"
+// "step=eigen (calibration ms: eigen 1.2, blas 2.3)"
 std::string describe_step(const protomem::backend::GemmReport& g) {
-  char text[160];
-  std::snprintf(text, sizeof text, "step=%s (calibration ms: eigen %.3g, blas %.3g, bf16 %.3g)",
-                protomem::gemm_name(g.used), g.eigen_ms, g.blas_ms, g.bf16_ms);
-  return text;
+  return "step=" + protomem::backend::describe(g);
 }
 
 // A float memory and a cpu_bf16 memory of the same prototypes (the latter rounded).

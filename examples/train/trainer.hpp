@@ -168,6 +168,8 @@ class Head {
                                       std::int64_t step) const = 0;
   /// The doppelganger table mined batches draw from (protomem with DoppelgangerMining only).
   virtual const protomem::DoppelgangerMining* mining_table() const { return nullptr; }
+  /// How the last step ran, for the log ("" for learned classifiers).
+  virtual std::string step_info() const { return ""; }
 };
 
 inline std::int64_t mining_table_capacity(const Options& o) {
@@ -248,6 +250,11 @@ class ProtomemHead : public Head {
     return s;
   }
   const Adapter& adapter() const { return head_; }
+  std::string step_info() const override {  // the memory pass's GEMM (measured), threads, tile
+    const auto& r = head_.last_result();
+    return "GEMM " + protomem::backend::describe(r.gemm) + ", " + std::to_string(r.threads) +
+           " thread(s), tile " + std::to_string(r.tile_columns) + " columns";
+  }
   const protomem::DoppelgangerMining* mining_table() const override {
     if constexpr (std::is_same_v<Mining, protomem::DoppelgangerMining>) {
       return &head_.mining();
@@ -905,6 +912,9 @@ RunResult train_on(const Options& o, const Data& data, const Method& method,
     }
   }
   progress.finish();
+  if (const std::string info = head->step_info(); !info.empty()) {  // stderr, as the progress
+    std::fprintf(stderr, "  %s step: %s\n", result.method.c_str(), info.c_str());
+  }
   if (parallel.check_replicas) parallel.check_replicas(encoder);
   result.final = result.curve.back().scores;
   result.staleness_cos = result.curve.back().staleness_cos;

@@ -40,6 +40,7 @@ struct LastStep {
   int threads = 0;
   index_t tile_columns = 0;
   std::size_t workspace_bytes = 0;
+  protomem::backend::GemmReport gemm;  // the memory pass's GEMM, chosen by the library
 };
 
 /// A StepResult as the Python layer sees it.
@@ -54,6 +55,7 @@ LastStep last_step_of(const StepResult<Scalar>& r) {
   s.threads = r.threads;
   s.tile_columns = r.tile_columns;
   s.workspace_bytes = r.workspace_bytes;
+  s.gemm = r.gemm;
   return s;
 }
 

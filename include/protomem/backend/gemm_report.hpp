@@ -3,6 +3,10 @@
 // choice by measurement is in backend/cpu/gemm_choice.hpp.
 #pragma once
 
+#include <cstdio>
+#include <string>
+#include <utility>
+
 namespace protomem {
 
 /// The GEMM of the CPU backend's memory pass (Config::gemm).
@@ -41,6 +45,22 @@ struct GemmReport {
   double blas_ms = 0;
   double bf16_ms = 0;
 };
+
+/// "eigen (calibration ms: eigen 0.88, blas 2.33)": the GEMM and the times that were measured.
+inline std::string describe(const GemmReport& report) {
+  std::string text = gemm_name(report.used);
+  const std::pair<const char*, double> times[] = {
+      {"eigen", report.eigen_ms}, {"blas", report.blas_ms}, {"bf16", report.bf16_ms}};
+  std::string measured;
+  for (const auto& [name, ms] : times) {
+    if (ms <= 0) continue;
+    char value[32];
+    std::snprintf(value, sizeof value, "%.3g", ms);
+    measured += std::string(measured.empty() ? "" : ", ") + name + " " + value;
+  }
+  if (!measured.empty()) text += " (calibration ms: " + measured + ")";
+  return text;
+}
 
 }  // namespace backend
 }  // namespace protomem
