@@ -189,7 +189,9 @@ std::vector<Candidate> loaded_blas() {
     }
     auto arch_id = reinterpret_cast<int (*)()>(dlsym(lib, "bli_arch_query_id"));
     auto arch_name = reinterpret_cast<const char* (*)(int)>(dlsym(lib, "bli_arch_string"));
-    if (arch_id != nullptr && arch_name != nullptr) c.name += std::string(" ") + arch_name(arch_id());
+    if (arch_id != nullptr && arch_name != nullptr) {
+      c.name += std::string(" ") + arch_name(arch_id());
+    }
     found.push_back(c);
   }
   return found;
@@ -276,6 +278,15 @@ struct Bound {
   double run(const float* w, int threads) {
     return run_with(candidates()[best / 2], best % 2 == 1, w, threads);
   }
+  // Counters: every candidate's time, "<first word of its name>[_split]_ms" (eigen_ms,
+  // openblas_split_ms, blis_ms, ...), so that a JSON result keeps them per repetition.
+  void add_counters(benchmark::State& state) const {
+    for (std::size_t k = 0; k < candidate_ms.size(); ++k) {
+      const std::string& full = candidates()[k / 2].name;
+      const std::string key = full.substr(0, full.find(' ')) + (k % 2 == 1 ? "_split" : "") + "_ms";
+      state.counters[key] = candidate_ms[k];
+    }
+  }
   // "bound=eigen split; eigen 183 ms, eigen split 150 ms, openblas Haswell 384 ms, ..."
   std::string describe() const {
     std::string text = "bound=" + name(best) + ";";
@@ -290,6 +301,13 @@ struct Bound {
 // "step=eigen (calibration ms: eigen 1.2, blas 2.3)"
 std::string describe_step(const protomem::backend::GemmReport& g) {
   return "step=" + protomem::backend::describe(g);
+}
+
+// The step's calibration (one tile's two GEMMs on one thread, 0: not measured) as counters.
+void add_calibration_counters(benchmark::State& state, const protomem::backend::GemmReport& g) {
+  state.counters["tile_eigen_ms"] = g.eigen_ms;
+  state.counters["tile_blas_ms"] = g.blas_ms;
+  state.counters["tile_bf16_ms"] = g.bf16_ms;
 }
 
 // A float memory and a cpu_bf16 memory of the same prototypes (the latter rounded).
@@ -340,6 +358,8 @@ void run_step(benchmark::State& state, index_t tile) {
   state.counters["tile"] = static_cast<double>(last.tile_columns);
   state.counters["gflops"] =
       4.0 * double(B) * double(D) * double(M) * iterations / step_total / 1e9;
+  bound.add_counters(state);
+  add_calibration_counters(state, last.gemm);
   state.SetLabel(describe_step(last.gemm) + "; " + bound.describe());
 }
 
@@ -381,6 +401,8 @@ void BM_Bf16VsFp32(benchmark::State& state) {
   state.counters["ratio"] = bf16_total / fp32_total;  // bf16 step / fp32 step
   state.counters["bf16_bound"] = bf16_total / bound_total;
   state.counters["fp32_bound"] = fp32_total / bound_total;
+  bound.add_counters(state);
+  add_calibration_counters(state, last_bf16.gemm);
   state.SetLabel("bf16 " + describe_step(last_bf16.gemm) + "; fp32 " +
                  describe_step(last_fp32.gemm) + "; " + bound.describe());
 }

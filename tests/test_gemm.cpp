@@ -26,6 +26,7 @@
 
 #include "support/batch.hpp"
 #include "support/naive.hpp"
+#include "support/steps.hpp"
 
 namespace {
 
@@ -40,57 +41,7 @@ constexpr bool kHasBlas =
     false;
 #endif
 
-template <class T>
-test_support::Batch<T> make_batch(label_t first, int classes, int exemplars, index_t dim,
-                                  std::mt19937_64& rng) {
-  return test_support::make_batch<T>(test_support::consecutive_labels(first, classes), exemplars,
-                                     dim, rng, {0.8});
-}
-
-template <class Memory, class T>
-protomem::StepResult<T> forward(Memory& memory, const test_support::Batch<T>& batch,
-                                std::vector<T>& gradient) {
-  gradient.assign(static_cast<std::size_t>(batch.rows() * batch.dim), T(0));
-  return memory.forward(batch.view(), batch.label_view(),
-                        protomem::matrix_view(gradient.data(), batch.rows(), batch.dim));
-}
-
-// A memory of `filled` classes (float or double), saved as a checkpoint the others load.
-template <class T>
-std::string filled_checkpoint(index_t capacity, index_t dim, label_t filled, std::mt19937_64& rng) {
-  protomem::PrototypeMemory<T> memory(protomem::Config{capacity, dim});
-  std::vector<T> gradient;
-  for (label_t first = 0; first < filled; first += 64) {
-    forward(memory, make_batch<T>(first, int(std::min<label_t>(64, filled - first)), 1, dim, rng),
-            gradient);
-    memory.commit();
-  }
-  std::ostringstream out;
-  memory.save(out);
-  return out.str();
-}
-
-template <class Memory>
-void load(Memory& memory, const std::string& checkpoint) {
-  std::istringstream in(checkpoint);
-  memory.load(in);
-}
-
-template <class T>
-double max_abs_diff(const std::vector<T>& a, const std::vector<T>& b) {
-  double worst = 0;
-  for (std::size_t k = 0; k < a.size(); ++k) {
-    worst = std::max(worst, std::abs(double(a[k]) - double(b[k])));
-  }
-  return worst;
-}
-
-template <class T>
-double max_abs(const std::vector<T>& a) {
-  double worst = 0;
-  for (T v : a) worst = std::max(worst, std::abs(double(v)));
-  return worst;
-}
+using namespace test_support;  // make_batch, forward, filled_checkpoint, load, max_abs(_diff)
 
 protomem::Config config_with(index_t capacity, index_t dim, Gemm gemm) {
   protomem::Config config{capacity, dim};
@@ -160,7 +111,8 @@ TEMPLATE_TEST_CASE("forced GEMMs agree with each other, with auto and with the n
   load(reference, checkpoint);
   const std::vector<double> e(batch.embeddings.begin(), batch.embeddings.end());
   const double naive_loss = naive::loss(e.data(), dim, batch.labels, dim,
-                                        naive::stored_classes(reference), reference.margin(), false);
+                                        naive::stored_classes(reference), reference.margin(),
+                                        false);
   const double tolerance = std::is_same_v<T, float> ? 1e-5 : 1e-12;
 
   std::vector<Gemm> choices = {Gemm::automatic, Gemm::eigen};
@@ -220,14 +172,20 @@ TEST_CASE("the bf16 kernel against a double reference on ragged shapes", "[gemm]
     buffers.resize(B, D, n);
     std::vector<float> tile(std::size_t(B * ldt), -7.0f), weighted(std::size_t(B * D), 0.5f);
     bf16::logits(packed_x.data(), B, D, stored.data(), n, buffers, tile.data(), ldt);
+    // got == start + sum_t a[t a_step] b[t b_step] up to float accumulation (the products are
+    // exact in float: bf16 x bf16).
+    auto agrees = [](float got, double start, const float* a, index_t a_step, const float* b,
+                     index_t b_step, index_t count) {
+      double want = start, scale = std::abs(start);
+      for (index_t t = 0; t < count; ++t) {
+        want += double(a[t * a_step]) * b[t * b_step];
+        scale += std::abs(double(a[t * a_step]) * b[t * b_step]);
+      }
+      return std::abs(got - want) <= 1e-6 * scale + 1e-30;
+    };
     for (index_t i = 0; i < B; ++i) {
       for (index_t j = 0; j < n; ++j) {
-        double want = 0, scale = 0;
-        for (index_t k = 0; k < D; ++k) {
-          want += double(x[i * D + k]) * w[j * D + k];
-          scale += std::abs(double(x[i * D + k]) * w[j * D + k]);
-        }
-        REQUIRE(std::abs(tile[i * ldt + j] - want) <= 1e-6 * scale + 1e-30);
+        REQUIRE(agrees(tile[i * ldt + j], 0.0, &x[i * D], 1, &w[j * D], 1, D));
       }
       for (index_t j = n; j < ldt; ++j) REQUIRE(tile[i * ldt + j] == -7.0f);  // untouched
       for (index_t j = 0; j < n; ++j) tile[i * ldt + j] = p[i * n + j];
@@ -235,12 +193,7 @@ TEST_CASE("the bf16 kernel against a double reference on ragged shapes", "[gemm]
     bf16::accumulate(tile.data(), B, ldt, stored.data(), n, D, buffers, weighted.data());
     for (index_t i = 0; i < B; ++i) {
       for (index_t k = 0; k < D; ++k) {
-        double want = 0.5, scale = 0.5;
-        for (index_t j = 0; j < n; ++j) {
-          want += double(p[i * n + j]) * w[j * D + k];
-          scale += std::abs(double(p[i * n + j]) * w[j * D + k]);
-        }
-        REQUIRE(std::abs(weighted[i * D + k] - want) <= 1e-6 * scale);
+        REQUIRE(agrees(weighted[i * D + k], 0.5, &p[i * n], 1, &w[k], D, n));
       }
     }
   }

@@ -149,7 +149,9 @@ PROTOMEM_BF16_TARGET void dot_rows(const std::uint32_t* a, index_t pairs, const 
       }
     }
     for (int r = 0; r < R; ++r) {
-      for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(c + r * ldc + j0 + 16 * v, mask[v], acc[r][v]);
+      for (int v = 0; v < V; ++v) {
+        _mm512_mask_storeu_ps(c + r * ldc + j0 + 16 * v, mask[v], acc[r][v]);
+      }
     }
   }
 }
@@ -164,9 +166,11 @@ inline void dot(const std::uint32_t* a, index_t rows, index_t pairs, const std::
   }
   using Kernel = void (*)(const std::uint32_t*, index_t, const std::uint32_t*, index_t, float*,
                           index_t, index_t, bool);
-  static constexpr Kernel tail[block] = {nullptr,     &dot_rows<1>, &dot_rows<2>,
+  static constexpr Kernel tail[block] = {nullptr,      &dot_rows<1>, &dot_rows<2>,
                                          &dot_rows<3>, &dot_rows<4>, &dot_rows<5>};
-  if (i < rows) tail[rows - i](a + i * pairs, pairs, b, stride, c + i * ldc, ldc, width, accumulate);
+  if (i < rows) {
+    tail[rows - i](a + i * pairs, pairs, b, stride, c + i * ldc, ldc, width, accumulate);
+  }
 }
 
 #endif  // PROTOMEM_HAS_BF16_KERNEL
