@@ -77,7 +77,8 @@ struct Config {
   /// The GEMM of the CPU backend's memory pass: automatic (the faster of those the build has,
   /// measured once per process and shape class at the first step; the bf16 kernel under cpu_bf16
   /// on a CPU with avx512_bf16), or forced: eigen, or blas (only in a build with one, e.g.
-  /// protomem::blas). StepResult::gemm reports the choice (backend/cpu/gemm_choice.hpp).
+  /// protomem::blas). StepResult::gemm reports the choice (backend/cpu/gemm_choice.hpp). The
+  /// choice is fixed per process and shape class; force one for the same rounding across processes.
   Gemm gemm = Gemm::automatic;
 };
 
