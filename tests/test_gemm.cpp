@@ -5,6 +5,7 @@
 //     for every memory of a shape class (the process-wide cache);
 //   - forced eigen and forced blas (where built) agree with each other, with auto and with the
 //     naive loop of tests/support/naive.hpp;
+//   - first steps in concurrent threads share the process-wide cache (ThreadSanitizer: preset tsan);
 //   - the bf16 kernel (bf16_kernel.hpp, only where the CPU has avx512_bf16) against a double
 //     reference on ragged shapes, and a cpu_bf16 step on it against the fp32 step on the same
 //     stored values, within bf16's tolerance.
@@ -18,6 +19,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -98,6 +100,42 @@ TEST_CASE("the reported GEMM is one the build has, the faster one measured", "[g
   CHECK(reports[0].used == reports[1].used);
   CHECK(reports[0].eigen_ms == reports[1].eigen_ms);
   CHECK(reports[0].blas_ms == reports[1].blas_ms);
+}
+
+TEST_CASE("first steps in concurrent threads calibrate a shape class once", "[gemm][threads]") {
+  // A class no other test uses (D = 72), for float and bf16 storage: with a BLAS or the bf16
+  // kernel there is something to measure, and every thread must see the same result.
+  std::mt19937_64 rng(25);
+  const index_t dim = 72, capacity = 900;
+  const std::string checkpoint = filled_checkpoint<float>(capacity, dim, 800, rng);
+  const auto batch = make_batch<float>(790, 8, 4, dim, rng);
+  constexpr int kThreads = 4;
+  std::vector<protomem::backend::GemmReport> fp32(kThreads), bf16(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      protomem::Config config{capacity, dim};
+      config.threads = 1;
+      protomem::PrototypeMemory<float> plain(config);
+      protomem::PrototypeMemory<float, protomem::cpu_bf16> narrow(config);
+      load(plain, checkpoint);
+      load(narrow, checkpoint);
+      std::vector<float> gradient;
+      fp32[std::size_t(t)] = forward(plain, batch, gradient).gemm;
+      bf16[std::size_t(t)] = forward(narrow, batch, gradient).gemm;
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 1; t < kThreads; ++t) {
+    for (const auto* reports : {&fp32, &bf16}) {
+      const auto& first = (*reports)[0];
+      const auto& other = (*reports)[std::size_t(t)];
+      CHECK(other.used == first.used);
+      CHECK(other.eigen_ms == first.eigen_ms);
+      CHECK(other.blas_ms == first.blas_ms);
+      CHECK(other.bf16_ms == first.bf16_ms);
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("forced GEMMs agree with each other, with auto and with the naive loop",
