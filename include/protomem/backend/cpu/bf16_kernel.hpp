@@ -22,8 +22,10 @@
 
 #include <protomem/view.hpp>
 
+// Not under nvcc (its front end need not parse GCC's AVX-512 BF16 intrinsics): a CPU step compiled
+// in a .cu file runs the float path. PROTOMEM_NO_BF16_KERNEL leaves the kernel out anywhere.
 #if (defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))) && \
-    !defined(PROTOMEM_NO_BF16_KERNEL)
+    !defined(__CUDACC__) && !defined(PROTOMEM_NO_BF16_KERNEL)
 #define PROTOMEM_HAS_BF16_KERNEL 1
 #include <cpuid.h>
 #include <immintrin.h>
