@@ -3,7 +3,14 @@
 Environment (all optional):
   PROTOMEM_EIGEN_INCLUDE  directory holding Eigen/ (default: /usr/include/eigen3, or $EIGEN3_INCLUDE_DIR)
   PROTOMEM_NATIVE=0       do not compile with -march=native (for a build that runs on other CPUs)
-  PROTOMEM_BLAS=0         use Eigen's GEMM instead of OpenBLAS even where OpenBLAS is found
+  PROTOMEM_BLAS=0         leave OpenBLAS out even where it is found (Eigen's GEMM only)
+
+The step's GEMM is the library's choice at run time (Config::gemm = auto, docs/performance.md):
+each process measures Eigen's GEMM (compiled with -march=native unless PROTOMEM_NATIVE=0) against
+OpenBLAS where it is linked, and runs the faster; under bf16 storage on a CPU with avx512_bf16 it
+also measures the bf16 kernel, which is compiled in whatever the -march. So the build does not need
+OpenBLAS to be fast: linking it only adds a candidate (useful for a PROTOMEM_NATIVE=0 build, whose
+Eigen is compiled for baseline x86-64 while OpenBLAS picks its kernels at run time).
   MAX_JOBS                parallel compile jobs (torch's tooling; ninja is used when installed)
 """
 import ctypes.util

@@ -23,6 +23,7 @@
 
 #include "support/batch.hpp"
 #include "support/naive.hpp"
+#include "support/steps.hpp"
 
 namespace {
 
@@ -32,60 +33,12 @@ using protomem::label_t;
 template <class T>
 using Batch = test_support::Batch<T>;
 
-// `classes` classes of `exemplars` each, labels from `first`, around random class directions.
-template <class T>
-Batch<T> make_batch(label_t first, int classes, int exemplars, index_t dim, std::mt19937_64& rng) {
-  return test_support::make_batch<T>(test_support::consecutive_labels(first, classes), exemplars,
-                                     dim, rng, {0.8});
-}
-
-template <class Memory, class T>
-protomem::StepResult<T> forward(Memory& memory, const Batch<T>& batch, std::vector<T>& gradient) {
-  gradient.assign(static_cast<std::size_t>(batch.rows() * batch.dim), T(0));
-  return memory.forward(protomem::matrix_view(batch.embeddings.data(), batch.rows(), batch.dim),
-                        protomem::label_view(batch.labels.data(), batch.rows()),
-                        protomem::matrix_view(gradient.data(), batch.rows(), batch.dim));
-}
-
-// A memory holding `filled` classes, saved as a checkpoint that other configurations load. No
-// aging: the naive loss (the oracle below) counts every stored column fully, and a memory that
-// loads the checkpoint adopts its policies.
-template <class T>
-std::string filled_checkpoint(index_t capacity, index_t dim, label_t filled, std::mt19937_64& rng) {
-  protomem::Config config{capacity, dim};
-  protomem::PrototypeMemory<T> memory(config, protomem::NoAging{});
-  std::vector<T> gradient;
-  for (label_t first = 0; first < filled; first += 64) {
-    const auto batch =
-        make_batch<T>(first, int(std::min<label_t>(64, filled - first)), 1, dim, rng);
-    forward(memory, batch, gradient);
-    memory.commit();
-  }
-  std::ostringstream out;
-  memory.save(out);
-  return out.str();
-}
-
-template <class Memory>
-void load(Memory& memory, const std::string& checkpoint) {
-  std::istringstream in(checkpoint);
-  memory.load(in);
-}
-
-template <class T>
-double max_abs_diff(const std::vector<T>& a, const std::vector<T>& b) {
-  double worst = 0;
-  for (std::size_t k = 0; k < a.size(); ++k)
-    worst = std::max(worst, std::abs(double(a[k]) - double(b[k])));
-  return worst;
-}
-
-template <class T>
-double max_abs(const std::vector<T>& a) {
-  double worst = 0;
-  for (T v : a) worst = std::max(worst, std::abs(double(v)));
-  return worst;
-}
+using test_support::filled_checkpoint;
+using test_support::forward;
+using test_support::load;
+using test_support::make_batch;
+using test_support::max_abs;
+using test_support::max_abs_diff;
 
 }  // namespace
 
@@ -265,6 +218,10 @@ TEMPLATE_TEST_CASE("narrow storage rounds each value and computes in float", "[t
   const std::string checkpoint = filled_checkpoint<float>(capacity, dim, 2000, rng);
   protomem::Config config{capacity, dim};
   config.workspace_bytes = 40 * 4 * (40 + dim) * 5;  // several tiles with the decoded prototypes
+  // Float GEMMs on decoded tiles (the build's BLAS where it has one); the bf16 kernel, which also
+  // rounds x and p, is checked against this in tests/test_gemm.cpp.
+  config.gemm = protomem::backend::gemm_built(protomem::Gemm::blas) ? protomem::Gemm::blas
+                                                                    : protomem::Gemm::eigen;
   protomem::PrototypeMemory<float> exact(config);
   Narrow narrow(config);
   load(exact, checkpoint);

@@ -172,6 +172,8 @@ class Head {
                                       std::int64_t step) const = 0;
   /// The doppelganger table mined batches draw from (protomem with DoppelgangerMining only).
   virtual const protomem::DoppelgangerMining* mining_table() const { return nullptr; }
+  /// How the last step ran, for the log ("" for learned classifiers).
+  virtual std::string step_info() const { return ""; }
 };
 
 inline std::int64_t mining_table_capacity(const Options& o) {
@@ -287,6 +289,11 @@ class ProtomemHead : public Head {
     }
     s.labels = std::move(labels);
     return s;
+  }
+  std::string step_info() const override {  // the memory pass's GEMM (measured), threads, tile
+    const auto& r = head_.last_result();
+    return "GEMM " + protomem::backend::describe(r.gemm) + ", " + std::to_string(r.threads) +
+           " thread(s), tile " + std::to_string(r.tile_columns) + " columns";
   }
   const protomem::DoppelgangerMining* mining_table() const override {
     return memory().mining().get_if<protomem::DoppelgangerMining>();  // null under NoMining
@@ -944,6 +951,9 @@ RunResult train_on(const Options& o, const Data& data, const Method& method,
     }
   }
   progress.finish();
+  if (const std::string info = head->step_info(); !info.empty()) {  // stderr, as the progress
+    std::fprintf(stderr, "  %s step: %s\n", result.method.c_str(), info.c_str());
+  }
   if (parallel.check_replicas) parallel.check_replicas(encoder);
   result.final = result.curve.back().scores;
   result.staleness_cos = result.curve.back().staleness_cos;

@@ -162,7 +162,8 @@ class PrototypeMemory {
                                         config_.threads,
                                         std::max(config_.similar_k, mining_.similar_k()),
                                         {},
-                                        span_of(column_bias)};
+                                        span_of(column_bias),
+                                        config_.gemm};
     backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
     const backend::SimilarSlots<Scalar>& similar = out.similar;
     const backend::PassReport& pass = out.pass;
@@ -171,6 +172,7 @@ class PrototypeMemory {
     result.threads = pass.threads;
     result.tile_columns = pass.tile_columns;
     result.workspace_bytes = pass.workspace_bytes;
+    result.gemm = pass.gemm;
     result.classes = batch.labels;
     result.similar_k = similar.k;
     result.similar.reserve(similar.slots.size());
@@ -417,6 +419,7 @@ class PrototypeMemory {
   }
 
   static const Config& checked(const Config& config) {
+    backend::check_gemm_request(config.gemm);  // a value, and blas only in a build with one
     return detail::checked_config<Scalar>(config);
   }
 

@@ -273,6 +273,7 @@ class ShardedPrototypeMemory {
   // This rank's share, or a protomem::Error for collective_check.
   static Shard build(Comm& comm, const Config& config, AnyMargin margin, AnyGenerator generator,
                      AnyRefresh refresh, AnyQueue queue, AnyMining mining, AnyAging aging) {
+    backend::check_gemm_request(config.gemm);  // a value, and blas only in a build with one
     const Config& checked = detail::checked_config<Scalar>(config);
     try {
       detail::ShardBook book(checked.capacity, comm.rank(), comm.world_size());
@@ -390,6 +391,7 @@ class ShardedPrototypeMemory {
                                   std::max(config_.similar_k, mining_.similar_k()),
                                   {},
                                   span_of(column_bias)};
+    in.gemm = config_.gemm;
     if (W > 1) in.merge_rows = {&ShardedPrototypeMemory::merge_rows, this};
     backend::StepOutput<Scalar> out = backend_.forward(in, margin_, generator_);
 
@@ -398,6 +400,7 @@ class ShardedPrototypeMemory {
     result.threads = out.pass.threads;
     result.tile_columns = out.pass.tile_columns;
     result.workspace_bytes = out.pass.workspace_bytes;
+    result.gemm = out.pass.gemm;
     result.similar_k = out.similar.k;
     merge_similar(batch, out.similar, result);  // a collective when similar_k > 0
     result.classes = batch.labels;

@@ -1,6 +1,6 @@
-// The public value types: what a memory is configured with (Config), what a step returns
-// (StepResult, with the bytes a rank exchanged: CommTraffic), what iteration yields (Record), and
-// the counters (Stats). Apart from the memory so that a caller, an adapter or a communicator can
+// The public value types: what a memory is configured with (Config, with the GEMM it asks for:
+// Gemm), what a step returns (StepResult, with the GEMM it ran: backend::GemmReport, and the bytes
+// a rank exchanged: CommTraffic), what iteration yields (Record), and the counters (Stats). Apart from the memory so that a caller, an adapter or a communicator can
 // name them without the step's machinery.
 #pragma once
 
@@ -8,11 +8,69 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <protomem/view.hpp>
 
 namespace protomem {
+
+/// The GEMM of the CPU backend's memory pass (Config::gemm).
+///   automatic  the faster of those the build has, measured once per process and shape class
+///              (backend/cpu/gemm_choice.hpp); under cpu_bf16 storage, on a CPU with
+///              avx512_bf16, the bf16 dot-product kernel (backend/cpu/bf16_kernel.hpp)
+///   eigen      Eigen's product, compiled for the target of the consumer's build
+///   blas       the linked CBLAS (protomem::blas); a Config asking for it in a build without one
+///              is rejected
+///   bf16       only reported: the avx512_bf16 kernel ran (not a Config value)
+enum class Gemm { automatic, eigen, blas, bf16 };
+
+/// "auto", "eigen", "blas", "bf16" (for reports and error messages).
+inline const char* gemm_name(Gemm gemm) {
+  switch (gemm) {
+    case Gemm::automatic:
+      return "auto";
+    case Gemm::eigen:
+      return "eigen";
+    case Gemm::blas:
+      return "blas";
+    case Gemm::bf16:
+      return "bf16";
+  }
+  return "unknown";
+}
+
+namespace backend {
+
+/// The GEMM a step ran and, when the choice was measured (Config::gemm = automatic in a build
+/// with a BLAS), the calibration's times in milliseconds of one tile's two GEMMs with each
+/// (0: not measured). `used` stays automatic where a backend reports no CPU GEMM (CUDA).
+struct GemmReport {
+  Gemm used = Gemm::automatic;
+  double eigen_ms = 0;
+  double blas_ms = 0;
+  double bf16_ms = 0;
+};
+
+/// "eigen (calibration ms: eigen 0.88, blas 2.33)": the GEMM and the times that were measured.
+inline std::string describe(const GemmReport& report) {
+  std::string text = gemm_name(report.used);
+  const std::pair<const char*, double> times[] = {
+      {"eigen", report.eigen_ms}, {"blas", report.blas_ms}, {"bf16", report.bf16_ms}};
+  std::string measured;
+  for (const auto& [name, ms] : times) {
+    if (ms <= 0) continue;
+    char value[32];
+    std::snprintf(value, sizeof value, "%.3g", ms);
+    measured += std::string(measured.empty() ? "" : ", ") + name + " " + value;
+  }
+  if (!measured.empty()) text += " (calibration ms: " + measured + ")";
+  return text;
+}
+
+}  // namespace backend
 
 /// Counters since construction (or the last clear()), saved in checkpoints.
 struct Stats {
@@ -58,6 +116,12 @@ struct Config {
   /// similarities come from cosines the step computes anyway (the hard-example-mining seam). A
   /// step computes max(similar_k, the Mining policy's similar_k()) of them.
   index_t similar_k = 0;
+  /// The GEMM of the CPU backend's memory pass: automatic (the faster of those the build has,
+  /// measured once per process and shape class at the first step; the bf16 kernel under cpu_bf16
+  /// on a CPU with avx512_bf16), or forced: eigen, or blas (only in a build with one, e.g.
+  /// protomem::blas). StepResult::gemm reports the choice (backend/cpu/gemm_choice.hpp). The
+  /// choice is fixed per process and shape class; force one for the same rounding across processes.
+  Gemm gemm = Gemm::automatic;
 };
 
 /// What forward() returns besides the gradient.
@@ -74,6 +138,7 @@ struct StepResult {
   int threads = 1;                  ///< threads the memory pass ran on
   index_t tile_columns = 0;         ///< T: memory columns per tile
   std::size_t workspace_bytes = 0;  ///< bytes of tiles held (<= Config::workspace_bytes, above)
+  backend::GemmReport gemm;         ///< the GEMM the memory pass ran, and the calibration's times
   /// Bytes this rank exchanged with the other ranks during the step (ShardedPrototypeMemory,
   /// protomem/sharded.hpp; docs/distributed.md, "Traffic model"); all zero in one process.
   CommTraffic traffic;

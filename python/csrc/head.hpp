@@ -45,6 +45,7 @@ struct LastStep {
   int threads = 0;
   index_t tile_columns = 0;
   std::size_t workspace_bytes = 0;
+  protomem::backend::GemmReport gemm;  // the memory pass's GEMM, chosen by the library
 };
 
 /// What is stored, in eviction order (the next to be evicted first).

@@ -399,7 +399,11 @@ PYBIND11_MODULE(_C, m) {
                              "similar"_a = long_tensor(s.similar).view({c, s.similar_k}),
                              "similar_cosines"_a = cos.view({c, s.similar_k}),
                              "threads"_a = s.threads, "tile_columns"_a = s.tile_columns,
-                             "workspace_bytes"_a = s.workspace_bytes);
+                             "workspace_bytes"_a = s.workspace_bytes,
+                             "gemm"_a = protomem::gemm_name(s.gemm.used),
+                             "gemm_calibration_ms"_a =
+                                 py::dict("eigen"_a = s.gemm.eigen_ms, "blas"_a = s.gemm.blas_ms,
+                                          "bf16"_a = s.gemm.bf16_ms));
            })
       .def_property_readonly("size", &AnyHead::size)
       .def_property_readonly("capacity", &AnyHead::capacity)

@@ -265,7 +265,9 @@ class PrototypeMemory(torch.nn.Module):
     @property
     def last_step(self):
         """The last forward's result: loss, classes, similar / similar_cosines (C x k), threads,
-        tile_columns, workspace_bytes."""
+        tile_columns, workspace_bytes, gemm (the memory pass's GEMM: "eigen", "blas" or "bf16",
+        chosen by the library at run time) and gemm_calibration_ms (its measured candidates, 0 for
+        those not measured)."""
         return self._head.last_step()
 
     def doppelgangers(self, label):

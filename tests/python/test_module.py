@@ -87,6 +87,8 @@ def test_last_step_and_stats(rng):
     assert last["loss"] == loss.item()
     assert torch.equal(last["classes"], torch.tensor([3, 9]))
     assert last["similar"].shape == (2, 2) and set(last["similar"][1].tolist()) == {1, 2}
+    assert last["gemm"] in ("eigen", "blas")  # the library's run-time choice (float64: no bf16)
+    assert set(last["gemm_calibration_ms"]) == {"eigen", "blas", "bf16"}
     assert h.stats() == {"steps": 2, "refreshes": 1, "insertions": 4, "evictions": 0}
     assert h.policies() == ("cosface", "exemplar_mean", "replace", "least_recently_written", "none",
                             "age_decay")

@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstddef>
+#include <protomem/types.hpp>
 #include <protomem/detail/batch.hpp>
 #include <protomem/detail/bookkeeping.hpp>
 #include <protomem/detail/detect.hpp>
@@ -86,6 +87,7 @@ struct StepInput {
   /// Per slot [0, used): log pi_j, added to the column's logit (policies/aging.hpp), finite and
   /// <= 0 for every active slot; empty: 0 for every slot.
   Span<const Scalar> column_bias;
+  Gemm gemm = Gemm::automatic;  ///< Config::gemm (the CPU backend's; others ignore it)
 };
 
 /// For each batch class, its most similar stored prototypes: `slots` and `cosines`, k per class,
@@ -101,11 +103,13 @@ struct SimilarSlots {
 /// How a step's memory pass ran: its threads ("lanes"), the tile width T, and the bytes of
 /// workspace that grow with T (all lanes' logits tiles, plus decoded tiles under narrow storage
 /// and a row of class sums when mining). `workspace_bytes` <= the budget unless one column alone
-/// exceeds it (a step always takes at least one column per lane).
+/// exceeds it (a step always takes at least one column per lane). `gemm`: the GEMM it ran and
+/// the calibration's times (types.hpp).
 struct PassReport {
   int threads = 1;
   index_t tile_columns = 0;
   std::size_t workspace_bytes = 0;
+  GemmReport gemm;
 };
 
 /// What a step's forward returns.

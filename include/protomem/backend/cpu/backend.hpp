@@ -38,7 +38,9 @@
 
 #include <Eigen/Core>
 
+#include <protomem/backend/cpu/bf16_kernel.hpp>
 #include <protomem/backend/cpu/gemm.hpp>
+#include <protomem/backend/cpu/gemm_choice.hpp>
 #include <protomem/backend/cpu/generator_rows.hpp>
 #include <protomem/backend/cpu/storage.hpp>
 #include <protomem/backend/row_math.hpp>
@@ -66,6 +68,7 @@ class CpuBackend {
   using Resources = CpuResources;
   using StoreMatrix = Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   static constexpr bool narrow = !std::is_same_v<Storage, Scalar>;
+  static constexpr bool bf16_storage = std::is_same_v<Storage, Eigen::bfloat16>;
   static_assert(!narrow || (std::is_same_v<Scalar, float> && is_narrow_storage_v<Storage>),
                 "narrow storage is bfloat16 or half under float arithmetic");
   /// What prototype_view() returns: a view into the store, or a decoded copy of a narrow one.
@@ -146,7 +149,7 @@ class CpuBackend {
                                grad_fresh_, others_,     inv_others_norm_, grad_others_};
     generator.targets(rows);
     memory_pass(batch, in.used, in.excluded, in.column_bias, Scalar(margin.scale()),
-                in.workspace_bytes, wanted, &out.similar, &out.pass);
+                in.workspace_bytes, wanted, in.gemm, &out.similar, &out.pass);
     if (in.merge_rows) {  // e.g. the other ranks' slots of a sharded memory
       in.merge_rows(RowStatistics<Scalar>{x_.rows(), x_.cols(), run_max_.data(), run_sum_.data(),
                                           weighted_.data()});
@@ -246,19 +249,28 @@ class CpuBackend {
   //    deterministic for a given Config.
   void memory_pass(const detail::BatchClasses& batch, index_t used, Span<const index_t> excluded,
                    Span<const Scalar> column_bias, Scalar s, std::size_t workspace_bytes,
-                   int threads, SimilarSlots<Scalar>* similar, PassReport* report) {
+                   int threads, Gemm requested, SimilarSlots<Scalar>* similar,
+                   PassReport* report) {
     // `threads` is resolved (step_threads); forward() has set the GEMMs to run on one thread, the
     // lanes are the parallelism.
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
     const bool mine = similar != nullptr && similar->k > 0;
     const index_t k_best = mine ? similar->k : 0;
-    const index_t extra_rows = (narrow ? D : 0) + (mine ? 1 : 0);
+    // Under bf16 storage on a CPU with avx512_bf16 the bf16 kernel may run: its per-column
+    // workspace is the two packed copies of the tile (as many bytes as a decoded one) plus the
+    // tile's weights as bf16 (B / 2 values), so the plan counts that.
+    const bool may_bf16 = bf16_storage && requested == Gemm::automatic &&
+                          bf16::cpu_has_avx512_bf16();
+    const index_t extra_rows = (narrow ? D : 0) + (mine ? 1 : 0) + (may_bf16 ? (B + 1) / 2 : 0);
     const std::pair<int, index_t> plan =
         plan_tiles(B, D, used, extra_rows, workspace_bytes, threads);
     const int lanes = plan.first;
     const index_t T = plan.second;
+    const GemmReport gemm_report = choose_gemm<Scalar, Storage>(requested, B, D, T);
+    gemm_ = gemm_report.used;
     if (report != nullptr) {
+      report->gemm = gemm_report;
       report->threads = lanes;
       report->tile_columns = T;
       report->workspace_bytes = static_cast<std::size_t>(lanes) * static_cast<std::size_t>(T) *
@@ -272,13 +284,22 @@ class CpuBackend {
     }
 
     // Every allocation happens here, before the parallel region (which must not throw).
+    if constexpr (bf16_storage) {
+      if (gemm_ == Gemm::bf16) {  // the rows as bf16 pairs, once a step
+        x_bf16_.resize(static_cast<std::size_t>(B * ((D + 1) / 2)));
+        bf16::pack_rows(x_.data(), B, D, D, x_bf16_.data(), (D + 1) / 2);
+      }
+    }
     lanes_.resize(static_cast<std::size_t>(lanes));
     for (Lane& lane : lanes_) {
       lane.tile.resize(B, T);
       lane.weighted.setZero(B, D);
       lane.max.setConstant(B, neg_inf);
       lane.sum.setZero(B);
-      if constexpr (narrow) lane.decoded.resize(T, D);
+      if constexpr (narrow) lane.decoded.resize(gemm_ == Gemm::bf16 ? 0 : T, D);
+      if constexpr (bf16_storage) {
+        if (gemm_ == Gemm::bf16) lane.bf16.resize(B, D, T);
+      }
       lane.class_sum.resize(mine ? T : 0);
       lane.best.resize(static_cast<std::size_t>(mine ? C : 0));
       for (auto& heap : lane.best) {
@@ -370,8 +391,15 @@ class CpuBackend {
     Vector sum;          // B: l
     RowMatrix decoded;   // T x D: the tile's prototypes in Scalar (narrow storage only)
     Vector class_sum;    // T: sum of a class's cosines to the tile (mining only)
+    bf16::Buffers bf16;  // packed tiles and weights (the bf16 kernel only)
     std::vector<std::vector<Candidate>> best;  // per class: a min-heap of the k best (mining)
   };
+
+  // The stored bits of slot j's row (bf16 storage), as the bf16 kernel reads them.
+  const std::uint16_t* stored_bits(index_t slot) const {
+    static_assert(sizeof(Storage) == sizeof(std::uint16_t), "bf16 is 2 bytes");
+    return reinterpret_cast<const std::uint16_t*>(prototype(slot));
+  }
 
   // Slots [lo, hi) in tiles of T columns. Allocates nothing itself (Eigen's GEMM may).
   void process_lane(Lane& lane, const detail::BatchClasses& batch, index_t lo, index_t hi,
@@ -379,21 +407,30 @@ class CpuBackend {
     const index_t B = x_.rows(), D = x_.cols(), C = batch.size();
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
     Scalar* tile = lane.tile.data();
+    const bool on_bf16 = gemm_ == Gemm::bf16;
     for (index_t j0 = lo; j0 < hi; j0 += T) {
       const index_t n = std::min(T, hi - j0);
-      const Scalar* w;
-      if constexpr (narrow) {
-        decode(prototype(j0), lane.decoded.data(), n * D);
-        w = lane.decoded.data();
-      } else {
-        w = prototype(j0);
-      }
       // Stale copies of the batch's classes in this tile.
       const auto first = std::lower_bound(excluded_.begin(), excluded_.end(), j0);
       const auto last = std::lower_bound(first, excluded_.end(), j0 + n);
       if (last - first == n) continue;  // nothing active in this tile
 
-      gemm<Scalar>(true, B, n, D, Scalar(1), x_.data(), D, w, D, Scalar(0), tile, T);  // cosines
+      const Scalar* w = nullptr;  // the tile's prototypes in Scalar (not for the bf16 kernel)
+      if constexpr (narrow) {
+        if (!on_bf16) {
+          decode(prototype(j0), lane.decoded.data(), n * D);
+          w = lane.decoded.data();
+        }
+      } else {
+        w = prototype(j0);
+      }
+      if (on_bf16) {  // cosines
+        if constexpr (bf16_storage) {
+          bf16::logits(x_bf16_.data(), B, D, stored_bits(j0), n, lane.bf16, tile, T);
+        }
+      } else {
+        gemm<Scalar>(gemm_, true, B, n, D, Scalar(1), x_.data(), D, w, D, Scalar(0), tile, T);
+      }
       for (auto e = first; e != last; ++e) {
         for (index_t i = 0; i < B; ++i) tile[i * T + (*e - j0)] = neg_inf;
       }
@@ -447,7 +484,14 @@ class CpuBackend {
       for (auto e = first; e != last; ++e) {  // exp(-inf) is 0; make it exact
         for (index_t i = 0; i < B; ++i) tile[i * T + (*e - j0)] = Scalar(0);
       }
-      gemm<Scalar>(false, B, D, n, Scalar(1), tile, T, w, D, Scalar(1), lane.weighted.data(), D);
+      if (on_bf16) {
+        if constexpr (bf16_storage) {
+          bf16::accumulate(tile, B, T, stored_bits(j0), n, D, lane.bf16, lane.weighted.data());
+        }
+      } else {
+        gemm<Scalar>(gemm_, false, B, D, n, Scalar(1), tile, T, w, D, Scalar(1),
+                     lane.weighted.data(), D);
+      }
     }
   }
   // 4. Logits against the batch's own prototypes, the margin on the target, and the softmax
@@ -520,6 +564,8 @@ class CpuBackend {
       memory_weight_;
   std::vector<Lane> lanes_;
   std::vector<index_t> excluded_;  // sorted
+  Gemm gemm_ = Gemm::eigen;        // the GEMM of the current memory pass
+  std::vector<std::uint32_t> x_bf16_;  // B x ceil(D / 2): the rows as bf16 pairs (bf16 kernel)
   Vector column_shift_;            // per slot: log pi_j / s (empty: no aging)
 };
 
