@@ -343,8 +343,8 @@ TEST_CASE("load(path) of a directory, a device or a FIFO is an Error at once, na
   ScratchDirectory scratch("reliability_paths");
   const fs::path fifo = scratch.path / "fifo";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
-  protomem::IterateAndSample sampler(
-      protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 0, 1, 1}), {2, 1, 3});
+  const auto index = protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 0, 1, 1});
+  protomem::IterateAndSample sampler(index, {2, 1, 3});
   const std::pair<std::string, const char*> cases[] = {
       {scratch.path.string(), "is a directory, not a regular file"},
       {"/dev/zero", "'/dev/zero' is a character device, not a regular file"},
@@ -406,8 +406,8 @@ TEST_CASE("load(stream) turns a stream's exceptions into an Error") {
                     Contains("the stream: reading the stream failed: the disk went away"));
   std::istream sampler_in(&buffer);
   sampler_in.exceptions(std::ios::badbit);
-  protomem::IterateAndSample sampler(
-      protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 1}), {1, 1, 3});
+  const auto index = protomem::DatasetIndex::from_labels(std::vector<label_t>{0, 1});
+  protomem::IterateAndSample sampler(index, {1, 1, 3});
   CHECK_THROWS_WITH(sampler.load(sampler_in), Contains("the disk went away"));
   std::istringstream empty;
   empty.exceptions(std::ios::failbit | std::ios::eofbit);
