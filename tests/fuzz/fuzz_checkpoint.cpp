@@ -1,5 +1,5 @@
-// Fuzz target: the checkpoint loader of a memory without a mining policy (ArcFace margin and
-// Momentum refresh, and the default AgeDecay(8): three policies carry state). See checkpoint_target.hpp.
+// Fuzz target: the checkpoint loader of a memory without a mining policy (ArcFace margin, Momentum
+// refresh and the default AgeDecay(8): three policies carry state). See checkpoint_target.hpp.
 #include "checkpoint_target.hpp"
 
 namespace {
