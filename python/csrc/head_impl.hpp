@@ -32,6 +32,7 @@ LastStep last_step_of(const StepResult<Scalar>& r) {
   s.threads = r.threads;
   s.tile_columns = r.tile_columns;
   s.workspace_bytes = r.workspace_bytes;
+  s.gemm = r.gemm;
   return s;
 }
 
