@@ -146,7 +146,7 @@ class PrototypeMemory {
                                   MatrixView<Scalar> gradient) {
     detail::check_batch(embeddings, labels, gradient, config_.dim, config_.num_classes);
     detail::BatchClasses batch = detail::group_by_class(labels);
-    detail::check_classes(batch, config_.capacity, generator_.min_exemplars(), generator_.name());
+    detail::check_classes(batch, config_, generator_.min_exemplars(), generator_.name());
 
     // Stale copies of this batch's classes are no columns of the memory pass, nor are expired
     // prototypes; the others count by their age (policies/aging.hpp).
@@ -174,6 +174,7 @@ class PrototypeMemory {
     result.workspace_bytes = pass.workspace_bytes;
     result.gemm = pass.gemm;
     result.classes = batch.labels;
+    result.single_exemplar_classes = detail::single_exemplar_classes(batch);
     result.similar_k = similar.k;
     result.similar.reserve(similar.slots.size());
     for (index_t slot : similar.slots) result.similar.push_back(slot < 0 ? -1 : book_.label[slot]);

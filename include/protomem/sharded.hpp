@@ -134,6 +134,18 @@ class ShardedPrototypeMemory {
     return forward_step(embeddings, labels, gradient, true);
   }
 
+  /// For a rank that cannot take part in a step because its input failed a check before it could
+  /// be passed (an adapter's tensor checks: dtype, device, shape): the forward() the other ranks
+  /// are in fails on every rank with `reason`, naming this rank, and nothing changes anywhere.
+  /// Call it in place of forward() (a collective, the same calls as forward()'s first phase);
+  /// it always throws.
+  [[noreturn]] void fail_forward(std::string reason) {
+    const std::string prefix = "protomem: ";
+    if (reason.compare(0, prefix.size(), prefix) == 0) reason.erase(0, prefix.size());
+    agree_on_step([&] { detail::fail(reason); });
+    detail::fail(reason);  // not reached: collective_check threw on every rank
+  }
+
   /// Writes the fresh prototypes of the last forward() that land on this rank's slots and applies
   /// the step's bookkeeping. Local: no collective, nothing allocated, cannot throw once written;
   /// every rank must commit (or discard) the same forwards.
@@ -330,20 +342,11 @@ class ShardedPrototypeMemory {
     const CommTraffic before = comm_->traffic();
     const int W = world_size(), r = rank();
 
-    // 1. Validation of this rank's share, then agreement (the policies may have been changed by
-    //    set_*(): they must be the same on every rank, compared through their checksum).
-    const std::int64_t policies = policies_checksum();
-    std::int64_t policy_sum[2] = {policies, -policies};
-    comm_->all_reduce(policy_sum, 2, ReduceOp::max);
-    detail::collective_check(*comm_, [&] {
+    // 1. Validation of this rank's share, agreed across the ranks.
+    agree_on_step([&] {
       if (pending_ && !replacing) {
         detail::fail("forward() called while the previous forward's update is pending; call "
                      "commit() or discard() first");
-      }
-      if (policy_sum[0] != -policy_sum[1]) {
-        detail::fail("the policies (margin ", margin_.name(), " s = ", margin_.scale(),
-                     ", aging ", aging_.name(), ", ...) differ between the ranks; change them on "
-                     "every rank alike");
       }
       check_share(embeddings, labels, gradient);
     });
@@ -366,7 +369,7 @@ class ShardedPrototypeMemory {
 
     detail::BatchClasses batch = detail::group_by_class(label_view(all_labels.data(), B));
     // The same global batch on every rank: these throw on every rank alike.
-    detail::check_classes(batch, config_.capacity, generator_.min_exemplars(), generator_.name());
+    detail::check_classes(batch, config_, generator_.min_exemplars(), generator_.name());
     detail::ShardPlan plan =
         detail::plan_shard_writes(book_, span_of(batch.labels), refresh_moves_to_back(), *comm_);
 
@@ -404,6 +407,7 @@ class ShardedPrototypeMemory {
     result.similar_k = out.similar.k;
     merge_similar(batch, out.similar, result);  // a collective when similar_k > 0
     result.classes = batch.labels;
+    result.single_exemplar_classes = detail::single_exemplar_classes(batch);
 
     // This rank's rows of dL/dE, and the pending update: nothing below throws but allocation.
     std::vector<detail::SlotWrite> writes;
@@ -429,6 +433,24 @@ class ShardedPrototypeMemory {
     pending_ = true;
     result.traffic = comm_->traffic() - before;
     return result;
+  }
+
+  // A step's first phase (forward_step, fail_forward): this rank's `check`, agreed by every rank -
+  // any failure is the same Error everywhere. The policies, which set_*() may change, must be the
+  // same on every rank: compared through their checksum.
+  template <class Check>
+  void agree_on_step(Check&& check) {
+    const std::int64_t policies = policies_checksum();
+    std::int64_t policy_sum[2] = {policies, -policies};
+    comm_->all_reduce(policy_sum, 2, ReduceOp::max);
+    detail::collective_check(*comm_, [&] {
+      if (policy_sum[0] != -policy_sum[1]) {
+        detail::fail("the policies (margin ", margin_.name(), " s = ", margin_.scale(),
+                     ", aging ", aging_.name(), ", ...) differ between the ranks; change them on "
+                     "every rank alike");
+      }
+      check();
+    });
   }
 
   // This rank's rows: shapes and labels as PrototypeMemory checks them (an empty share is valid),
@@ -558,6 +580,7 @@ class ShardedPrototypeMemory {
     out.put<std::int64_t>(config_.dim);
     out.put<std::int64_t>(config_.num_classes);
     out.put<std::int64_t>(config_.similar_k);
+    out.put<std::int64_t>(static_cast<std::int64_t>(config_.single_exemplar));  // checked globally
     out.put<std::int64_t>(policies_checksum());
     return detail::crc32(out.bytes().data(), out.bytes().size());
   }
@@ -572,6 +595,8 @@ class ShardedPrototypeMemory {
         detail::fail("ShardedPrototypeMemory: the ranks were built with different Configs "
                      "(capacity = ", config_.capacity, ", dim = ", config_.dim, ", num_classes = ",
                      config_.num_classes, ", similar_k = ", config_.similar_k,
+                     ", single_exemplar = ",
+                     config_.single_exemplar == SingleExemplar::allow ? "allow" : "refuse",
                      " here) or policies (margin ", margin_.name(), " s = ", margin_.scale(),
                      "); every rank must build the same memory");
       }

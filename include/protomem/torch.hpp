@@ -50,6 +50,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <cmath>
 #include <cstdint>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
@@ -67,6 +68,16 @@ namespace torch {
 enum class Commit {
   on_backward,  ///< in the backward pass through the loss (default)
   manual,       ///< by the caller: PrototypeHead::commit() or discard()
+};
+
+/// What the gradient a head returns is multiplied by (a head constructor argument; 1 by default).
+/// The loss is the mean over the (global) batch and its exact gradient is what a head returns by
+/// default: summing the encoder's gradients over the ranks gives one process's gradient. A trainer
+/// that averages them instead (PyTorch's DistributedDataParallel) passes GradientScale{W} for W
+/// ranks - what insightface's PartialFC_V2 does inside its all-gather - so that the averaged encoder
+/// gradient is again one process's. The Python package does this by default (docs/python.md).
+struct GradientScale {
+  double factor = 1;
 };
 
 namespace detail {
@@ -112,6 +123,9 @@ struct HeadState : ::torch::CustomClassHolder {
   std::uint64_t generation = 0;  // id of the last training forward; its update is pending if
                                  // memory.pending()
   StepResult<scalar_type> last;
+  double gradient_scale = 1;     // GradientScale
+  std::uint64_t dropped = 0;     // training updates dropped before their backward ran
+  bool warn_dropped = true;      // warn (TORCH_WARN) at the first drop; the Python layer warns itself
 };
 
 // The loss as an autograd node: forward returns the loss the core computed; backward scales the
@@ -139,6 +153,7 @@ struct PrototypeLoss : ::torch::autograd::Function<PrototypeLoss<State>> {
       state->memory.commit();
     }
     at::Tensor grad_embeddings = gradient * grad_outputs[0];
+    if (state->gradient_scale != 1) grad_embeddings.mul_(state->gradient_scale);
     return {grad_embeddings, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -152,12 +167,17 @@ template <>
 struct head_argument<Commit> {
   using type = Commit;
 };
+template <>
+struct head_argument<GradientScale> {
+  using type = GradientScale;
+};
 template <class Family, class... Args>
 constexpr int count_argument() {
   return (0 + ... + int(std::is_same_v<typename head_argument<std::decay_t<Args>>::type, Family>));
 }
 
-/// A head's constructor arguments sorted into the six holders and the commit mode.
+/// A head's constructor arguments sorted into the six holders, the commit mode and the gradient
+/// scale.
 struct HeadArguments {
   AnyMargin margin;
   AnyGenerator generator;
@@ -166,6 +186,7 @@ struct HeadArguments {
   AnyMining mining;
   AnyAging aging;
   Commit mode = Commit::on_backward;
+  GradientScale scale;
 
   template <class... Args>
   explicit HeadArguments(Args... args) {
@@ -173,8 +194,10 @@ struct HeadArguments {
         count_argument<AnyMargin, Args...>() <= 1 && count_argument<AnyGenerator, Args...>() <= 1 &&
             count_argument<AnyRefresh, Args...>() <= 1 &&
             count_argument<AnyQueue, Args...>() <= 1 && count_argument<AnyMining, Args...>() <= 1 &&
-            count_argument<AnyAging, Args...>() <= 1 && count_argument<Commit, Args...>() <= 1,
-        "protomem: a head takes at most one policy of each family and one Commit");
+            count_argument<AnyAging, Args...>() <= 1 && count_argument<Commit, Args...>() <= 1 &&
+            count_argument<GradientScale, Args...>() <= 1,
+        "protomem: a head takes at most one policy of each family, one Commit and one "
+        "GradientScale");
     (take(std::move(args)), ...);
   }
 
@@ -184,6 +207,8 @@ struct HeadArguments {
     using Family = typename head_argument<P>::type;
     if constexpr (std::is_same_v<Family, Commit>) {
       mode = p;
+    } else if constexpr (std::is_same_v<Family, GradientScale>) {
+      scale = p;
     } else if constexpr (std::is_same_v<Family, AnyMargin>) {
       margin = AnyMargin(std::move(p));
     } else if constexpr (std::is_same_v<Family, AnyGenerator>) {
@@ -237,6 +262,15 @@ inline void check_tensors(const std::string& head, at::ScalarType dtype, index_t
   }
 }
 
+/// A GradientScale's factor: finite and > 0.
+inline double checked_scale(const std::string& head, GradientScale scale) {
+  if (!(std::isfinite(scale.factor) && scale.factor > 0)) {
+    protomem::detail::fail(head, ": GradientScale factor = ", scale.factor,
+                           " must be finite and > 0");
+  }
+  return scale.factor;
+}
+
 /// The one forward of both heads (checked tensors): the loss of the step, an autograd node that
 /// commits the update in its backward when autograd records, else the loss alone (no update).
 template <class State>
@@ -261,6 +295,7 @@ at::Tensor head_forward(const c10::intrusive_ptr<State>& state, const std::strin
 
   // A pending update's backward never ran (the step was not trained on): it is dropped, but
   // only once this forward has succeeded, so a forward that throws leaves it to its backward.
+  const bool drops = memory.pending() && state->mode == Commit::on_backward;
   StepResult<Scalar> result =
       memory.forward_replacing(matrix_view<const Scalar>(rows.data_ptr<Scalar>(), batch, dim,
                                                          batch > 0 ? rows.stride(0) : dim),
@@ -268,6 +303,16 @@ at::Tensor head_forward(const c10::intrusive_ptr<State>& state, const std::strin
                                matrix_view<Scalar>(gradient.data_ptr<Scalar>(), batch, dim));
   const double loss = static_cast<double>(result.loss);
   state->last = std::move(result);
+  if (drops) {
+    ++state->dropped;
+    if (state->warn_dropped) {
+      state->warn_dropped = false;
+      TORCH_WARN(head, ": the memory update of the previous training forward was dropped: its "
+                 "backward had not run when this forward came (two forwards before one backward "
+                 "keep only the last; with gradient accumulation, run backward after each "
+                 "forward). Warned once per head; dropped_updates() counts them.");
+    }
+  }
 
   if (!training) {
     memory.discard();  // evaluation: never an update
@@ -310,10 +355,9 @@ class PrototypeHead {
   }
 
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
-    const std::string name = detail::head_name<Scalar, Device>("PrototypeHead");
-    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(), embeddings,
-                          labels, /*allow_empty=*/false);
-    return detail::head_forward(state_, name, embeddings, labels);
+    detail::check_tensors(name(), detail::scalar_type_of<Scalar>(), state_->memory.dim(),
+                          embeddings, labels, /*allow_empty=*/false);
+    return detail::head_forward(state_, name(), embeddings, labels);
   }
 
   /// Commit::manual: applies the pending update of the last training forward.
@@ -323,6 +367,17 @@ class PrototypeHead {
   /// Whether a training forward's update waits for its backward (or commit()).
   bool pending() const { return state_->memory.pending(); }
   Commit commit_mode() const { return state_->mode; }
+
+  /// What the returned gradient is multiplied by (GradientScale); a factor that is not finite
+  /// and > 0 throws and changes nothing.
+  double gradient_scale() const { return state_->gradient_scale; }
+  void set_gradient_scale(double factor) {
+    state_->gradient_scale = detail::checked_scale(name(), GradientScale{factor});
+  }
+  /// Training updates dropped because their backward had not run when the next forward came
+  /// (warned once per head through TORCH_WARN, unless set_drop_warning(false)).
+  std::uint64_t dropped_updates() const { return state_->dropped; }
+  void set_drop_warning(bool warn) { state_->warn_dropped = warn; }
 
   /// The last forward's result (loss, batch classes, most similar stored classes).
   const StepResult<Scalar>& last_result() const { return state_->last; }
@@ -339,7 +394,10 @@ class PrototypeHead {
   PrototypeHead(const Config& config, detail::HeadArguments a)
       : state_(c10::make_intrusive<State>(
             a.mode, config, std::move(a.margin), std::move(a.generator), std::move(a.refresh),
-            std::move(a.queue), std::move(a.mining), std::move(a.aging))) {}
+            std::move(a.queue), std::move(a.mining), std::move(a.aging))) {
+    set_gradient_scale(a.scale.factor);
+  }
+  static std::string name() { return detail::head_name<Scalar, Device>("PrototypeHead"); }
 
   c10::intrusive_ptr<State> state_;
 };
@@ -364,17 +422,29 @@ class ShardedPrototypeHead {
     return forward(embeddings, labels);
   }
 
+  /// A collective. Tensors that fail the checks on one process fail the forward on every process
+  /// alike (ShardedPrototypeMemory::fail_forward): the same Error everywhere, nothing changed,
+  /// the processes still in step.
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
-    const std::string name = detail::head_name<Scalar, Device>("ShardedPrototypeHead");
-    detail::check_tensors(name, detail::scalar_type_of<Scalar>(), state_->memory.dim(), embeddings,
-                          labels, /*allow_empty=*/true);
-    return detail::head_forward(state_, name, embeddings, labels);
+    try {
+      detail::check_tensors(name(), detail::scalar_type_of<Scalar>(), state_->memory.dim(),
+                            embeddings, labels, /*allow_empty=*/true);
+    } catch (const Error& e) {
+      state_->memory.fail_forward(e.what());
+    }
+    return detail::head_forward(state_, name(), embeddings, labels);
   }
 
   void commit() { state_->memory.commit(); }
   void discard() { state_->memory.discard(); }
   bool pending() const { return state_->memory.pending(); }
   Commit commit_mode() const { return state_->mode; }
+  double gradient_scale() const { return state_->gradient_scale; }
+  void set_gradient_scale(double factor) {
+    state_->gradient_scale = detail::checked_scale(name(), GradientScale{factor});
+  }
+  std::uint64_t dropped_updates() const { return state_->dropped; }
+  void set_drop_warning(bool warn) { state_->warn_dropped = warn; }
   const StepResult<Scalar>& last_result() const { return state_->last; }
 
   Memory& memory() { return state_->memory; }
@@ -389,7 +459,12 @@ class ShardedPrototypeHead {
   ShardedPrototypeHead(Comm comm, const Config& config, detail::HeadArguments a)
       : state_(c10::make_intrusive<State>(
             a.mode, std::move(comm), config, std::move(a.margin), std::move(a.generator),
-            std::move(a.refresh), std::move(a.queue), std::move(a.mining), std::move(a.aging))) {}
+            std::move(a.refresh), std::move(a.queue), std::move(a.mining), std::move(a.aging))) {
+    // A bad factor throws on every rank alike (the memory, built above, is a collective).
+    protomem::detail::collective_check(state_->comm,
+                                       [&] { set_gradient_scale(a.scale.factor); });
+  }
+  static std::string name() { return detail::head_name<Scalar, Device>("ShardedPrototypeHead"); }
 
   c10::intrusive_ptr<State> state_;
 };

@@ -27,6 +27,9 @@ namespace protomem {
 ///   bf16       only reported: the avx512_bf16 kernel ran (not a Config value)
 enum class Gemm { automatic, eigen, blas, bf16 };
 
+/// What a step does with a batch of mostly one exemplar per class (Config::single_exemplar).
+enum class SingleExemplar { refuse, allow };
+
 /// "auto", "eigen", "blas", "bf16" (for reports and error messages).
 inline const char* gemm_name(Gemm gemm) {
   switch (gemm) {
@@ -122,6 +125,14 @@ struct Config {
   /// protomem::blas). StepResult::gemm reports the choice (backend/cpu/gemm_choice.hpp). The
   /// choice is fixed per process and shape class; force one for the same rounding across processes.
   Gemm gemm = Gemm::automatic;
+  /// A batch in which more than half of the distinct classes have a single exemplar (the global
+  /// batch, in the sharded memory): such a class's prototype is its one embedding, whose target
+  /// cosine is 1 whatever the encoder does, so the step teaches little and reports a small,
+  /// misleading loss - the mark of a sampler that is not class-grouped (e.g. a plain
+  /// DistributedSampler: TAR@1e-3 0.726 against 0.885 with class-grouped batches, docs/python.md).
+  /// refuse (default): protomem::Error naming the counts, nothing changes; allow: the step runs.
+  /// StepResult::single_exemplar_classes reports the count either way.
+  SingleExemplar single_exemplar = SingleExemplar::refuse;
 };
 
 /// What forward() returns besides the gradient.
@@ -129,6 +140,7 @@ template <class Scalar>
 struct StepResult {
   Scalar loss = 0;                    ///< mean margin-softmax cross-entropy over the batch
   std::vector<label_t> classes;       ///< the batch's distinct labels, ascending (C)
+  index_t single_exemplar_classes = 0;  ///< of those, classes with one exemplar in the batch
   /// k: max(Config::similar_k, the Mining policy's similar_k()).
   index_t similar_k = 0;
   /// similar[c * k + r]: the r-th most similar stored class to classes[c] (-1 where the memory

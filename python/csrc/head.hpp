@@ -39,6 +39,7 @@ enum class Storage { full, bfloat16, float16 };
 struct LastStep {
   double loss = 0;
   std::vector<label_t> classes;
+  index_t single_exemplar_classes = 0;
   index_t similar_k = 0;
   std::vector<label_t> similar;
   std::vector<double> similar_cosines;
@@ -61,6 +62,15 @@ class AnyHead {
 
   /// The head's forward (protomem/torch.hpp): the loss, differentiable when autograd records.
   virtual at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) = 0;
+  /// For a process whose input failed the Python layer's checks: the sharded head's forward fails
+  /// on every process with `reason` (ShardedPrototypeMemory::fail_forward, a collective); a
+  /// single-process head throws it.
+  [[noreturn]] virtual void fail_forward(const std::string& reason) = 0;
+  /// The factor the returned gradient is multiplied by (protomem::torch::GradientScale).
+  virtual double gradient_scale() const = 0;
+  virtual void set_gradient_scale(double factor) = 0;
+  /// Training updates dropped before their backward ran; the Python layer warns, not the head.
+  virtual std::uint64_t dropped_updates() const = 0;
   /// The memory's step() on raw pointers (no autograd): writes dL/dE into `gradient` (B x D,
   /// contiguous, the head's dtype) and commits. Returns the loss; `seconds` gets the time the
   /// core's step() took (steady clock).

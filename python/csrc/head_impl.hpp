@@ -26,6 +26,7 @@ LastStep last_step_of(const StepResult<Scalar>& r) {
   LastStep s;
   s.loss = static_cast<double>(r.loss);
   s.classes = r.classes;
+  s.single_exemplar_classes = r.single_exemplar_classes;
   s.similar_k = r.similar_k;
   s.similar = r.similar;
   s.similar_cosines.assign(r.similar_cosines.begin(), r.similar_cosines.end());
@@ -46,11 +47,26 @@ class HeadImpl final : public AnyHead {
   using Maker = std::function<Head(const Config&, const Policies&)>;
 
   HeadImpl(Maker make, const Config& config, const Policies& policies)
-      : make_(std::move(make)), head_(make_(config, policies)) {}
+      : make_(std::move(make)), head_(make_(config, policies)) {
+    head_.set_drop_warning(false);  // the Python layer warns (warnings.warn), once per module
+  }
 
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) override {
     return head_.forward(embeddings, labels);
   }
+
+  [[noreturn]] void fail_forward(const std::string& reason) override {
+    if constexpr (Sharded) {
+      head_.memory().fail_forward(reason);
+    } else {
+      const std::string prefix = "protomem: ";
+      throw Error(reason.compare(0, prefix.size(), prefix) == 0 ? reason.substr(prefix.size())
+                                                                : reason);
+    }
+  }
+  double gradient_scale() const override { return head_.gradient_scale(); }
+  void set_gradient_scale(double factor) override { head_.set_gradient_scale(factor); }
+  std::uint64_t dropped_updates() const override { return head_.dropped_updates(); }
 
   double core_step(const at::Tensor& embeddings, const at::Tensor& labels, at::Tensor& gradient,
                    double* seconds) override {
@@ -73,6 +89,7 @@ class HeadImpl final : public AnyHead {
   std::unique_ptr<AnyHead> clone() const override {  // sharded: a collective
     auto copy = std::make_unique<HeadImpl>(make_, head_.memory().config(), policies());
     copy->load_state(state(), "clone");
+    copy->set_gradient_scale(gradient_scale());
     return copy;
   }
 

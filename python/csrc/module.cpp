@@ -177,8 +177,10 @@ namespace {
 
 // The Config and policies of make_head / make_sharded_head's arguments.
 Config config_of(index_t capacity, index_t dim, label_t num_classes, std::size_t workspace_bytes,
-                 int threads, index_t similar_k) {
+                 int threads, index_t similar_k, bool allow_single_exemplar) {
   Config config;
+  config.single_exemplar =
+      allow_single_exemplar ? SingleExemplar::allow : SingleExemplar::refuse;
   config.capacity = capacity;
   config.dim = dim;
   config.num_classes = num_classes;
@@ -354,6 +356,9 @@ PYBIND11_MODULE(_C, m) {
   // ---- the head
   py::class_<AnyHead>(m, "_Head")
       .def("forward", &AnyHead::forward, py::call_guard<py::gil_scoped_release>())
+      .def("fail_forward", &AnyHead::fail_forward, py::call_guard<py::gil_scoped_release>())
+      .def_property("gradient_scale", &AnyHead::gradient_scale, &AnyHead::set_gradient_scale)
+      .def_property_readonly("dropped_updates", &AnyHead::dropped_updates)
       .def("core_step",
            [](AnyHead& h, const at::Tensor& e, const at::Tensor& y, at::Tensor& g) {
              double seconds = 0;
@@ -396,6 +401,7 @@ PYBIND11_MODULE(_C, m) {
              }
              const auto c = static_cast<std::int64_t>(s.classes.size());
              return py::dict("loss"_a = s.loss, "classes"_a = long_tensor(s.classes),
+                             "single_exemplar_classes"_a = s.single_exemplar_classes,
                              "similar"_a = long_tensor(s.similar).view({c, s.similar_k}),
                              "similar_cosines"_a = cos.view({c, s.similar_k}),
                              "threads"_a = s.threads, "tile_columns"_a = s.tile_columns,
@@ -415,6 +421,10 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("workspace_bytes",
                              [](const AnyHead& h) { return h.config().workspace_bytes; })
       .def_property_readonly("similar_k", [](const AnyHead& h) { return h.config().similar_k; })
+      .def_property_readonly("allow_single_exemplar",
+                             [](const AnyHead& h) {
+                               return h.config().single_exemplar == SingleExemplar::allow;
+                             })
       .def_property_readonly("storage", &AnyHead::storage)
       .def_property_readonly("sharded", &AnyHead::sharded)
       .def_property_readonly(
@@ -451,16 +461,18 @@ PYBIND11_MODULE(_C, m) {
       "make_head",
       [](bool double_precision, const std::string& storage, index_t capacity, index_t dim,
          label_t num_classes, std::size_t workspace_bytes, int threads, index_t similar_k,
-         const py::object& margin, const py::object& generator, const py::object& refresh,
-         const py::object& queue, const py::object& mining, const py::object& aging) {
+         bool allow_single_exemplar, const py::object& margin, const py::object& generator,
+         const py::object& refresh, const py::object& queue, const py::object& mining,
+         const py::object& aging) {
         const Config config =
-            config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k);
+            config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k,
+                      allow_single_exemplar);
         const Policies p = policies_of(margin, generator, refresh, queue, mining, aging);
         return make_any_head(nullptr, double_precision, storage, config, p);
       },
       "double_precision"_a, "storage"_a, "capacity"_a, "dim"_a, "num_classes"_a,
-      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a,
-      "queue"_a, "mining"_a, "aging"_a);
+      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "allow_single_exemplar"_a, "margin"_a,
+      "generator"_a, "refresh"_a, "queue"_a, "mining"_a, "aging"_a);
 
   // The sharded head: the memory spread over the processes of `group` (a collective: every
   // process of the group calls it with the same arguments).
@@ -468,18 +480,19 @@ PYBIND11_MODULE(_C, m) {
       "make_sharded_head",
       [](const c10::intrusive_ptr<c10d::ProcessGroup>& group, bool double_precision,
          const std::string& storage, index_t capacity, index_t dim, label_t num_classes,
-         std::size_t workspace_bytes, int threads, index_t similar_k, const py::object& margin,
-         const py::object& generator, const py::object& refresh, const py::object& queue,
-         const py::object& mining, const py::object& aging) {
+         std::size_t workspace_bytes, int threads, index_t similar_k, bool allow_single_exemplar,
+         const py::object& margin, const py::object& generator, const py::object& refresh,
+         const py::object& queue, const py::object& mining, const py::object& aging) {
         const Config config =
-            config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k);
+            config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k,
+                      allow_single_exemplar);
         const Policies p = policies_of(margin, generator, refresh, queue, mining, aging);
         py::gil_scoped_release release;  // the constructor is a collective
         return make_any_head(&group, double_precision, storage, config, p);
       },
       "group"_a, "double_precision"_a, "storage"_a, "capacity"_a, "dim"_a, "num_classes"_a,
-      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "margin"_a, "generator"_a, "refresh"_a,
-      "queue"_a, "mining"_a, "aging"_a);
+      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "allow_single_exemplar"_a, "margin"_a,
+      "generator"_a, "refresh"_a, "queue"_a, "mining"_a, "aging"_a);
 
   // ---- the sampler
   py::class_<Sampler>(m, "_Sampler")

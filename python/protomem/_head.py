@@ -1,5 +1,6 @@
 """protomem.PrototypeMemory: the C++ PrototypeHead (protomem/torch.hpp) as a torch.nn.Module."""
 import math
+import warnings
 
 import torch
 
@@ -134,13 +135,32 @@ class PrototypeMemory(torch.nn.Module):
             and the views of the contents are then collectives: every process calls them.
         per_process: keep one independent memory in each process instead (not the sharded
             memory).
+        gradient_scale: what the gradient returned to the encoder is multiplied by. ``"ddp"``
+            (default): the number of processes the memory is sharded over (1 for a memory of one
+            process), so that after DistributedDataParallel averages the encoder's gradients over
+            the processes, the encoder gets the gradient of the global batch's mean loss - what
+            insightface's PartialFC_V2 gives it (its all-gather multiplies by the world size in
+            backward), and what one process training on the whole batch gets. A number: that
+            factor (1.0: the exact gradient of the returned loss, for a trainer that sums
+            gradients over the processes instead of averaging them). The loss itself is never
+            scaled. Settable later: ``head.gradient_scale = ...``.
+        single_exemplar: what a batch in which more than half of the classes have a single
+            exemplar does (the global batch when sharded). Such a class's prototype is its own
+            embedding, which it matches whatever the encoder does: the step teaches little and
+            the loss is small and misleading - the mark of a sampler that is not class-grouped
+            (a plain DistributedSampler). ``"error"`` (default): protomem.Error naming
+            GroupedBatchSampler, nothing changes; ``"warn"``: the step runs, a warning once;
+            ``"allow"``: the step runs.
     """
 
     def __init__(self, capacity, dim, margin=None, generator=None, refresh=None, queue=None,
                  mining=None, aging=None, *, dtype=torch.float32, storage=None, num_classes=0,
                  threads=0, workspace_bytes=64 << 20, similar_k=0, process_group=None,
-                 per_process=False):
+                 per_process=False, gradient_scale="ddp", single_exemplar="error"):
         super().__init__()
+        if single_exemplar not in ("error", "warn", "allow"):
+            raise Error(f"protomem: single_exemplar must be 'error', 'warn' or 'allow'; got "
+                        f"{single_exemplar!r}")
         if dtype not in _DTYPES:
             raise Error(f"protomem: dtype must be torch.float32 or torch.float64; got {dtype}")
         try:
@@ -154,7 +174,7 @@ class PrototypeMemory(torch.nn.Module):
         self._dtype = dtype
         arguments = (
             _DTYPES[dtype], storage_name, int(capacity), int(dim), int(num_classes),
-            int(workspace_bytes), int(threads), int(similar_k),
+            int(workspace_bytes), int(threads), int(similar_k), single_exemplar != "error",
             _policy(margin, _C.CosFace, "margin"), _policy(generator, _C.ExemplarMean, "generator"),
             _policy(refresh, _C.Replace, "refresh"),
             _policy(queue, _C.LeastRecentlyWritten, "queue"),
@@ -163,6 +183,29 @@ class PrototypeMemory(torch.nn.Module):
             self._head = _C.make_head(*arguments)
         else:
             self._head = _C.make_sharded_head(group, *arguments)
+        self._single_exemplar = single_exemplar
+        self._warned = set()  # the warnings this module gave (each at most once)
+        self.gradient_scale = gradient_scale
+
+    @property
+    def gradient_scale(self):
+        """What the gradient returned to the encoder is multiplied by (see the constructor)."""
+        return self._head.gradient_scale
+
+    @gradient_scale.setter
+    def gradient_scale(self, value):
+        if isinstance(value, str):
+            if value != "ddp":
+                raise Error(f"protomem: gradient_scale must be 'ddp' or a number > 0; got {value!r}")
+            group = self._process_group
+            value = 1 if group is None else torch.distributed.get_world_size(group)
+        self._head.gradient_scale = float(value)
+
+    @property
+    def world_size(self):
+        """The number of processes the memory is sharded over (1 for a memory of one process)."""
+        group = self._process_group
+        return 1 if group is None else torch.distributed.get_world_size(group)
 
     @property
     def sharded(self):
@@ -172,12 +215,46 @@ class PrototypeMemory(torch.nn.Module):
     # ---- the step ---------------------------------------------------------------------------
 
     def forward(self, embeddings, labels):
-        """The mean margin-softmax loss of the batch (a 0-dim tensor of the head's dtype)."""
-        self._check(embeddings, labels)
+        """The mean margin-softmax loss of the batch (a 0-dim tensor of the head's dtype).
+
+        Sharded: a collective. Input that fails a check in one process fails the forward in
+        every process with the same protomem.Error (naming that process), nothing changed, so a
+        trainer that catches it and skips the batch keeps the processes in step."""
+        try:
+            self._check(embeddings, labels)
+        except Error as error:
+            if not self.sharded:
+                raise
+            self._head.fail_forward(str(error))  # raises the same Error in every process
         check_distributed(self._process_group, self._per_process, "PrototypeMemory")
         if not self.training:
             embeddings = embeddings.detach()  # evaluation: the loss only, never an update
-        return self._head.forward(embeddings, labels)
+        elif torch.is_grad_enabled() and not embeddings.requires_grad:
+            self._warn_once("no_grad", "protomem: PrototypeMemory in training mode got embeddings "
+                            "that do not require grad: the loss is computed but the memory is not "
+                            "updated (it is updated by the backward of a training forward). Pass "
+                            "the encoder's output, or call head.eval() for evaluation.")
+        dropped = self._head.dropped_updates
+        loss = self._head.forward(embeddings, labels)
+        if self._head.dropped_updates != dropped:
+            self._warn_once("dropped", "protomem: the memory update of the previous training "
+                            "forward was dropped: its backward had not run when this forward came. "
+                            "Two forwards before one backward keep only the last update; with "
+                            "gradient accumulation, run backward after each forward.")
+        if self._single_exemplar == "warn":
+            step = self._head.last_step()
+            singles, classes = step["single_exemplar_classes"], len(step["classes"])
+            if 2 * singles > classes:
+                self._warn_once("single_exemplar", f"protomem: {singles} of the batch's {classes} "
+                                "classes have a single exemplar: such a class's prototype is its "
+                                "own embedding, so the step teaches little and the loss misleads; "
+                                "use protomem.GroupedBatchSampler (K >= 2 exemplars per class).")
+        return loss
+
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)  # the caller of head(...)
 
     def _check(self, embeddings, labels):
         name = "PrototypeMemory"
@@ -382,6 +459,8 @@ class PrototypeMemory(torch.nn.Module):
         twin._process_group = self._process_group
         twin._per_process = self._per_process
         twin._dtype = self._dtype
+        twin._single_exemplar = self._single_exemplar
+        twin._warned = set()
         twin._head = self._head.clone()
         twin.train(self.training)
         return twin

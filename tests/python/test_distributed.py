@@ -38,8 +38,11 @@ WORKER = textwrap.dedent('''
         return lo, lo + rows[rank]
 
     def make(dtype, **kw):
+        # gradient_scale=1: the exact gradient of the global loss (the default multiplies by the
+        # world size for DDP, test_ddp.py)
         return protomem.PrototypeMemory(24, 6, margin=protomem.ArcFace(16, 0.3),
-                                        generator=protomem.LeaveOneOut(), dtype=dtype, **kw)
+                                        generator=protomem.LeaveOneOut(), dtype=dtype,
+                                        gradient_scale=1.0, **kw)
 
     data = torch.Generator().manual_seed(7)  # the same global batches in every process
     for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
@@ -96,7 +99,7 @@ WORKER = textwrap.dedent('''
     for storage, tol in ((None, 1e-5), ("bfloat16", 2e-2)):
         kw = dict(margin=protomem.CosFace(16, 0.3), refresh=protomem.Momentum(0.5),
                   queue=protomem.FIFO(), mining=protomem.DoppelgangerMining(2, 100),
-                  aging=protomem.AgeDecay(4.0, max_age=12), storage=storage)
+                  aging=protomem.AgeDecay(4.0, max_age=12), storage=storage, gradient_scale=1.0)
         sharded = protomem.PrototypeMemory(16, 6, **kw)
         ref = protomem.PrototypeMemory(16, 6, per_process=True, **kw)
         assert sharded.sharded and sharded.policies() == ref.policies()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -51,17 +52,21 @@ def test_no_update_without_training(rng):
     loss = h(e, y)
     assert loss.grad_fn is None
     h.train()
-    loss = h(e.detach(), y)  # embeddings that do not require grad
+    with pytest.warns(UserWarning, match="do not require grad: .* the memory is not updated"):
+        loss = h(e.detach(), y)  # embeddings that do not require grad, in training mode
     assert loss.grad_fn is None
     assert torch.equal(h.get_extra_state(), state)
-    # a training forward whose backward never runs is discarded by the next forward
+    # a training forward whose backward never runs is discarded by the next forward (warned)
     h(e, y)
     assert h.pending
-    h(e.detach(), y)
+    with pytest.warns(UserWarning, match="update of the previous training forward was dropped"):
+        h(e.detach(), y)
     assert not h.pending and torch.equal(h.get_extra_state(), state)
     # a late backward of a discarded step commits nothing; a retained graph commits once
     stale = h(e, y)
-    h(e.detach(), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each warning is given once per module
+        h(e.detach(), y)
     stale.backward()
     assert torch.equal(h.get_extra_state(), state)
     loss = h(e, y)

@@ -11,6 +11,7 @@
 #include <limits>
 #include <protomem/detail/batch.hpp>
 #include <protomem/error.hpp>
+#include <protomem/types.hpp>
 #include <protomem/view.hpp>
 #include <string>
 
@@ -85,12 +86,20 @@ void check_batch(MatrixView<const Scalar> e, LabelView y, MatrixView<Scalar> g, 
   }
 }
 
-/// At most `capacity` classes, each with the generator's minimum of exemplars.
-inline void check_classes(const BatchClasses& batch, index_t capacity, index_t min_exemplars,
+/// The batch's classes that hold a single exemplar.
+inline index_t single_exemplar_classes(const BatchClasses& batch) {
+  index_t singles = 0;
+  for (index_t c = 0; c < batch.size(); ++c) singles += batch.count(c) == 1 ? 1 : 0;
+  return singles;
+}
+
+/// At most `capacity` classes, each with the generator's minimum of exemplars, and not mostly
+/// single exemplars unless the Config allows it (Config::single_exemplar says why).
+inline void check_classes(const BatchClasses& batch, const Config& config, index_t min_exemplars,
                           const char* generator) {
-  if (batch.size() > capacity) {
+  if (batch.size() > config.capacity) {
     fail("the batch has ", batch.size(), " distinct classes but the memory's capacity is ",
-         capacity);
+         config.capacity);
   }
   for (index_t c = 0; c < batch.size(); ++c) {
     if (batch.count(c) < min_exemplars) {
@@ -98,6 +107,15 @@ inline void check_classes(const BatchClasses& batch, index_t capacity, index_t m
            " exemplar(s) in the batch", " but the ", generator, " generator needs at least ",
            min_exemplars);
     }
+  }
+  const index_t singles = single_exemplar_classes(batch);
+  if (config.single_exemplar == SingleExemplar::refuse && 2 * singles > batch.size()) {
+    fail(singles, " of the batch's ", batch.size(), " classes have a single exemplar (B = ",
+         batch.samples(), "): a prototype made of one embedding matches it whatever the encoder "
+         "does, so such batches train little with a small, misleading loss. Feed class-grouped "
+         "batches (K >= 2 exemplars per class: protomem.GroupedBatchSampler in Python, "
+         "protomem::BatchSampler in C++), or allow them on purpose (Config::single_exemplar = "
+         "SingleExemplar::allow; Python: single_exemplar=\"allow\")");
   }
 }
 
