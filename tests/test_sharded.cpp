@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <protomem/sharded.hpp>
@@ -399,4 +400,79 @@ TEST_CASE("a communicator failure at any collective of a step throws and changes
   CHECK(joined(errors) == "");
   for (const Expect& e : expects) CHECK(e.report() == "");
   CHECK(collectives[0] >= 10);  // validation, gathers, plan, merge, similar classes
+}
+
+TEST_CASE("a rank whose input failed before the step fails the forward on every rank",
+          "[sharded]") {
+  // fail_forward: what an adapter calls when its own checks (dtype, device, shape) fail on one
+  // rank: the others, in forward(), get the same Error naming that rank, and the ranks stay in
+  // step - the next forward works on all of them.
+  const int W = 3;
+  std::vector<std::string> messages(W);
+  std::vector<double> losses(W, 0.0);
+  std::vector<int> pending(W, 0);
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    const protomem::Config config = protomem::test::sharded_test_config();
+    protomem::test::Sharded<double, ThreadComm> memory(comm, config);
+    const index_t D = config.dim;
+    std::vector<double> e(static_cast<std::size_t>(2 * D)), g(e.size());
+    for (std::size_t k = 0; k < e.size(); ++k) e[k] = std::sin(1.0 + double(k) + comm.rank());
+    const label_t labels[2] = {7, 7};  // every rank: two exemplars of class 7
+    auto forward = [&] {
+      return memory.forward(protomem::matrix_view<const double>(e.data(), 2, D),
+                            protomem::label_view(labels, 2), protomem::matrix_view(g.data(), 2, D));
+    };
+    try {
+      if (comm.rank() == 1) memory.fail_forward("protomem: embeddings must have dtype float64");
+      forward();
+    } catch (const protomem::Error& error) {
+      messages[static_cast<std::size_t>(comm.rank())] = error.what();
+    }
+    pending[static_cast<std::size_t>(comm.rank())] = memory.pending() ? 1 : 0;
+    losses[static_cast<std::size_t>(comm.rank())] = static_cast<double>(forward().loss);
+    memory.commit();
+  });
+  CHECK(joined(errors) == "");
+  CHECK(pending == std::vector<int>(W, 0));
+  for (const std::string& m : messages) {
+    CHECK(m == "protomem: rank 1 of 3: embeddings must have dtype float64");
+  }
+  CHECK(losses[0] == losses[1]);
+  CHECK(losses[1] == losses[2]);
+}
+
+TEST_CASE("single-exemplar batches are judged on the global batch, alike on every rank",
+          "[sharded]") {
+  // Each rank holds one exemplar of each class; together two: a class-grouped global batch,
+  // accepted under SingleExemplar::refuse. Classes apart on every rank: refused on every rank.
+  const int W = 2;
+  std::vector<std::string> messages(W);
+  std::vector<index_t> singles(W, -1);
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    protomem::Config config = protomem::test::sharded_test_config();
+    config.single_exemplar = protomem::SingleExemplar::refuse;
+    protomem::test::Sharded<double, ThreadComm> memory(comm, config);
+    const index_t D = config.dim;
+    std::vector<double> e(static_cast<std::size_t>(3 * D)), g(e.size());
+    for (std::size_t k = 0; k < e.size(); ++k) e[k] = std::cos(0.5 + double(k) * (comm.rank() + 1));
+    const label_t together[3] = {1, 2, 3};
+    const label_t apart[3] = {10 + 3 * comm.rank(), 11 + 3 * comm.rank(), 12 + 3 * comm.rank()};
+    singles[static_cast<std::size_t>(comm.rank())] =
+        memory
+            .forward(protomem::matrix_view<const double>(e.data(), 3, D),
+                     protomem::label_view(together, 3), protomem::matrix_view(g.data(), 3, D))
+            .single_exemplar_classes;
+    memory.commit();
+    try {
+      memory.forward(protomem::matrix_view<const double>(e.data(), 3, D),
+                     protomem::label_view(apart, 3), protomem::matrix_view(g.data(), 3, D));
+    } catch (const protomem::Error& error) {
+      messages[static_cast<std::size_t>(comm.rank())] = error.what();
+    }
+  });
+  CHECK(joined(errors) == "");
+  CHECK(singles == std::vector<index_t>(W, 0));
+  for (const std::string& m : messages) {
+    CHECK(m.find("6 of the batch's 6 classes have a single exemplar (B = 6)") != std::string::npos);
+  }
 }

@@ -202,6 +202,48 @@ TEST_CASE("torch adapter: when the memory is updated", "[torch]") {
   }
 }
 
+TEST_CASE("torch adapter: GradientScale multiplies the returned gradient, not the loss",
+          "[torch]") {
+  const at::Tensor x = torch::randn({12, 8}, torch::kDouble);
+  auto gradient_of = [&](auto& head) {
+    at::Tensor e = x.clone().requires_grad_(true);
+    at::Tensor loss = head(e, batch_labels(0));
+    loss.backward();
+    return std::make_pair(loss.item<double>(), e.grad());
+  };
+  protomem::torch::PrototypeHead<double> exact(small_config<double>());
+  protomem::torch::PrototypeHead<double> scaled(small_config<double>(),
+                                                protomem::torch::GradientScale{2.5});
+  CHECK(exact.gradient_scale() == 1.0);
+  CHECK(scaled.gradient_scale() == 2.5);
+  const auto [loss1, g1] = gradient_of(exact);
+  const auto [loss2, g2] = gradient_of(scaled);
+  CHECK(loss1 == loss2);
+  CHECK(g2.sub(g1.mul(2.5)).abs().max().item<double>() <= 1e-15);
+  for (double bad : {0.0, -1.0, std::numeric_limits<double>::quiet_NaN()}) {
+    CHECK_THROWS_WITH(scaled.set_gradient_scale(bad),
+                      Catch::Contains("GradientScale factor = ") &&
+                          Catch::Contains("must be finite and > 0"));
+  }
+  CHECK(scaled.gradient_scale() == 2.5);
+  CHECK_THROWS_WITH(protomem::torch::PrototypeHead<double>(small_config<double>(),
+                                                           protomem::torch::GradientScale{-2}),
+                    Catch::Contains("GradientScale factor = -2"));
+}
+
+TEST_CASE("torch adapter: a training update dropped before its backward is counted", "[torch]") {
+  protomem::torch::PrototypeHead<float> head(small_config<float>());
+  head.set_drop_warning(false);  // counted, not printed (the Python layer warns this way)
+  at::Tensor e = torch::randn({12, 8}, torch::requires_grad());
+  at::Tensor first = head(e, batch_labels(0));
+  at::Tensor second = head(e, batch_labels(1));  // the first's update is dropped
+  CHECK(head.dropped_updates() == 1);
+  (first + second).backward();
+  CHECK(head.memory().step_count() == 1);
+  head(e, batch_labels(2)).backward();  // forward, backward: nothing dropped
+  CHECK(head.dropped_updates() == 1);
+}
+
 TEST_CASE("torch adapter: wrong tensors get clear errors and change nothing", "[torch]") {
   protomem::torch::PrototypeHead<float> head(small_config<float>());
   const at::Tensor y = batch_labels(0);

@@ -129,10 +129,11 @@ struct Config {
   /// batch, in the sharded memory): such a class's prototype is its one embedding, whose target
   /// cosine is 1 whatever the encoder does, so the step teaches little and reports a small,
   /// misleading loss - the mark of a sampler that is not class-grouped (e.g. a plain
-  /// DistributedSampler: TAR@1e-3 0.726 against 0.885 with class-grouped batches, docs/python.md).
-  /// refuse (default): protomem::Error naming the counts, nothing changes; allow: the step runs.
-  /// StepResult::single_exemplar_classes reports the count either way.
-  SingleExemplar single_exemplar = SingleExemplar::refuse;
+  /// DistributedSampler). refuse: protomem::Error naming the counts, nothing changes; allow: the
+  /// step runs. StepResult::single_exemplar_classes reports the count either way. The core allows
+  /// by default (it is also driven by references, benchmarks and tests with arbitrary batches); a
+  /// trainer sets refuse, as the Python package does by default (docs/python.md).
+  SingleExemplar single_exemplar = SingleExemplar::allow;
 };
 
 /// What forward() returns besides the gradient.
