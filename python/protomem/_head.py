@@ -461,8 +461,8 @@ def margin_from_insightface(margin_loss, straight_through=False):
                            "the margin returned, CosFace(s, m3) (for cos(m1 theta + m2) - m3 "
                            "pass protomem.CombinedMargin(s, m1, m2, m3))")
             return _C.CosFace(s, m3)
-        raise Error(f"protomem: arcface_torch's CombinedMarginLoss raises for m1 = {m1}, m2 = {m2}, "
-                    f"m3 = {m3}: it computes m1 = 1 with m3 = 0 (ArcFace) or m3 > 0 (CosFace) only "
+        raise Error(f"protomem: arcface_torch's CombinedMarginLoss raises for m1 = {m1}, "
+                    f"m2 = {m2}, m3 = {m3}: it computes m1 = 1 with m3 = 0 (ArcFace) or m3 > 0 (CosFace) only "
                     "(for cos(m1 theta + m2) - m3 pass protomem.CombinedMargin(s, m1, m2, m3))")
     name = type(margin_loss).__name__.lower()
     if "arc" in name and get("margin") is not None:

@@ -326,8 +326,9 @@ def test_default_arcface_is_the_exact_gradient_not_arcface_torchs(easy_margin):
 
 
 def test_exact_arcface_takes_the_fallback_where_arcface_torch_rises():
-    # Past theta = pi - m the default ArcFace's target is cos - m sin m (monotone, as arcface_torch's
-    # earlier branch), arcface_torch's current one cos(theta + m): the losses differ there.
+    # Past theta = pi - m the default ArcFace's target is cos - m sin m (monotone, as in
+    # arcface_torch's earlier branch), arcface_torch's current one cos(theta + m): the losses
+    # differ there.
     s, m = 32.0, 0.5
     rng = torch.Generator().manual_seed(9)
     head, stored_labels, stored = head_and_state(protomem.ArcFace(s, m), 13)
