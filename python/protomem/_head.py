@@ -434,7 +434,7 @@ def margin_from_insightface(margin_loss, straight_through=False):
         return margin_loss
     get = lambda name: getattr(margin_loss, name, None)  # noqa: E731
     threshold = get("interclass_filtering_threshold")
-    if threshold:
+    if threshold is not None and threshold > 0:  # arcface_torch filters only for a threshold > 0
         raise UnsupportedError(f"protomem: interclass_filtering_threshold = {threshold} has no "
                                "protomem equivalent; use 0")
     s = get("s") if get("s") is not None else get("scale")

@@ -366,6 +366,9 @@ def test_margin_from_insightface_every_configuration():
             protomem.margin_from_insightface(CombinedMarginLoss(64, m1, m2, m3))
     with pytest.raises(protomem.UnsupportedError, match="interclass_filtering_threshold = 0.1"):
         protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.5, 0.0, 0.1))
+    # arcface_torch filters only above a threshold > 0: 0 and below are no filter
+    arc, said = mapped(CombinedMarginLoss(64, 1.0, 0.5, 0.0, -1.0))
+    assert isinstance(arc, protomem.ArcFace) and not said
     # Values protomem's margins refuse are refused by them, naming the value.
     with pytest.raises(protomem.Error, match="margin m = 2"):
         protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 2.0, 0.0))
