@@ -225,6 +225,32 @@ TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", 
     unknown[at + 6] = 'x';  // "arcfacx"
     rejects(with_valid_crc(unknown), "its margin policy 'arcfacx' is not a built-in one");
   }
+  SECTION("the ArcFace flags word: bit 0 easy_margin, bit 1 straight_through, no other bit") {
+    // The margin's state is s, m (doubles) and a u32 of flags, after the name and its u64 length.
+    // Checkpoints written before straight_through existed hold 0 or 1 there and load unchanged.
+    const std::size_t name_at = good.find("arcface");
+    REQUIRE(name_at != std::string::npos);
+    const std::size_t flags_at = name_at + 7 + 8 + 16;
+    auto with_flags = [&](std::uint32_t flags) {
+      std::string bytes = good;
+      for (int i = 0; i < 4; ++i) bytes[flags_at + i] = static_cast<char>(flags >> (8 * i));
+      return with_valid_crc(bytes);
+    };
+    REQUIRE(with_flags(0) == good);  // the offset is right: the source's flags are 0
+    for (std::uint32_t flags : {0U, 1U, 2U, 3U}) {
+      Memory loaded = make_memory();
+      load_bytes(loaded, with_flags(flags));
+      const auto& arc = loaded.margin().get<protomem::ArcFace>();
+      CHECK(arc.s == 32.0);
+      CHECK(arc.m == 0.4);
+      CHECK(arc.easy_margin == ((flags & 1U) != 0U));
+      CHECK(arc.straight_through == ((flags & 2U) != 0U));
+      CHECK(bytes_of(loaded) == with_flags(flags));  // and saves the same word back
+    }
+    rejects(with_flags(4), "arcface: flags = 4 in checkpoint has bits other than 1");
+    rejects(with_flags(7), "arcface: flags = 7 in checkpoint");
+    rejects(with_flags(0x80000000U), "arcface: flags = 2147483648 in checkpoint");
+  }
   SECTION("more records than the capacity") {
     Memory small({3, kDim}, protomem::ArcFace(32.0, 0.4), protomem::ExemplarMean(),
                  protomem::Momentum(0.3));

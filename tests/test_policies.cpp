@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <protomem/policies/generator.hpp>
@@ -90,6 +91,79 @@ TEST_CASE("ArcFace easy margin applies only where cos > 0", "[policies][margin]"
     CHECK(easy.target(c) == Approx(expected).margin(1e-14));
   }
   check_derivative(easy, {0.0});
+}
+
+TEST_CASE("ArcFace straight-through: arcface_torch's target, derivative 1", "[policies][margin]") {
+  // arcface_torch's CombinedMarginLoss adds m to the angle under torch.no_grad(): the target is
+  // cos(theta + m) at every angle (no fallback) and autograd sees the plain cosine.
+  const double m = 0.5;
+  const protomem::ArcFace exact(64.0, m);
+  const protomem::ArcFace straight(64.0, m, false, true);
+  const protomem::ArcFace easy_straight(64.0, m, true, true);
+  const protomem::ArcFace easy(64.0, m, true);
+  CHECK_FALSE(exact.straight_through);
+  CHECK(straight.straight_through);
+  CHECK_FALSE(straight.easy_margin);
+  int past_threshold = 0;
+  for (double c : grid()) {
+    const double theta = std::acos(c);
+    CHECK(straight.target(c) == Approx(std::cos(theta + m)).margin(1e-14));
+    CHECK(straight.derivative(c) == 1.0);
+    CHECK(straight.derivative(static_cast<float>(c)) == 1.0f);
+    CHECK(easy_straight.target(c) == easy.target(c));
+    CHECK(easy_straight.derivative(c) == 1.0);
+    if (c > std::cos(pi - m)) {
+      CHECK(straight.target(c) == exact.target(c));
+      CHECK(exact.derivative(c) != 1.0);  // the exact derivative is not 1 there
+    } else {
+      ++past_threshold;  // no fallback: theta + m passes pi and the target rises again
+      CHECK(straight.target(c) > exact.target(c));
+    }
+  }
+  CHECK(past_threshold > 0);
+  CHECK(straight.derivative(1.0) == 1.0);
+  CHECK(straight.derivative(-1.0) == 1.0);
+  CHECK(straight.target(-1.0) == Approx(-std::cos(m)).margin(1e-15));
+  CHECK(std::isfinite(straight.target(1.0000001)));
+  // Both pass the memory's check in float and double (finite target and derivative times s).
+  CHECK_NOTHROW(protomem::detail::check_margin_in<float>(straight));
+  CHECK_NOTHROW(protomem::detail::check_margin_in<double>(easy_straight));
+}
+
+TEST_CASE("ArcFace state: s, m and the flags word round trip; other flags are refused",
+          "[policies][margin]") {
+  for (bool easy : {false, true}) {
+    for (bool straight : {false, true}) {
+      const protomem::ArcFace arc(16.0, 0.3, easy, straight);
+      protomem::detail::ByteWriter out;
+      arc.save(out);
+      REQUIRE(out.bytes().size() == 20U);
+      const auto flags = static_cast<std::uint32_t>(static_cast<unsigned char>(out.bytes()[16]));
+      CHECK(flags == (easy ? 1U : 0U) + (straight ? 2U : 0U));
+      protomem::detail::ByteReader in(out.bytes().data(), out.bytes().size(), "test");
+      protomem::ArcFace back;
+      back.load(in);
+      CHECK(back.s == 16.0);
+      CHECK(back.m == 0.3);
+      CHECK(back.easy_margin == easy);
+      CHECK(back.straight_through == straight);
+    }
+  }
+  for (std::uint32_t flags : {4U, 5U, 8U, 0xFFFFFFFFU}) {
+    protomem::detail::ByteWriter out;
+    out.put(16.0);
+    out.put(0.3);
+    out.put<std::uint32_t>(flags);
+    protomem::detail::ByteReader in(out.bytes().data(), out.bytes().size(), "test");
+    protomem::ArcFace back(32.0, 0.1, true, true);
+    INFO("flags " << flags);
+    CHECK_THROWS_WITH(back.load(in), Catch::Matchers::Contains(
+                                         "arcface: flags = " + std::to_string(flags) +
+                                         " in checkpoint has bits other than 1 (easy_margin)"));
+    CHECK(back.s == 32.0);  // unchanged
+    CHECK(back.easy_margin);
+    CHECK(back.straight_through);
+  }
 }
 
 TEST_CASE("Combined margin is cos(m1 theta + m2) - m3 with a continuous fallback", "[policies][margin]") {

@@ -253,14 +253,21 @@ PYBIND11_MODULE(_C, m) {
       .def("__repr__", [](const CosFace& p) {
         return "protomem.CosFace(s=" + std::to_string(p.s) + ", m=" + std::to_string(p.m) + ")";
       });
-  bind_policy<ArcFace>(m, "ArcFace", "ArcFace: target logit s cos(theta + m).")
-      .def(py::init<double, double, bool>(), "s"_a = 64.0, "m"_a = 0.5, "easy_margin"_a = false)
+  bind_policy<ArcFace>(m, "ArcFace",
+                       "ArcFace: target logit s cos(theta + m). straight_through=True: "
+                       "arcface_torch's CombinedMarginLoss rule (the margin added under "
+                       "torch.no_grad(): no fallback past theta = pi - m, d psi / d cos = 1); "
+                       "the default is the exact gradient.")
+      .def(py::init<double, double, bool, bool>(), "s"_a = 64.0, "m"_a = 0.5,
+           "easy_margin"_a = false, "straight_through"_a = false)
       .def_readonly("s", &ArcFace::s)
       .def_readonly("m", &ArcFace::m)
       .def_readonly("easy_margin", &ArcFace::easy_margin)
+      .def_readonly("straight_through", &ArcFace::straight_through)
       .def("__repr__", [](const ArcFace& p) {
         return "protomem.ArcFace(s=" + std::to_string(p.s) + ", m=" + std::to_string(p.m) +
-               ", easy_margin=" + (p.easy_margin ? "True" : "False") + ")";
+               ", easy_margin=" + (p.easy_margin ? "True" : "False") +
+               ", straight_through=" + (p.straight_through ? "True" : "False") + ")";
       });
   bind_policy<CombinedMargin>(m, "CombinedMargin",
                               "insightface's combined margin: s (cos(m1 theta + m2) - m3).")

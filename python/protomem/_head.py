@@ -109,7 +109,8 @@ class PrototypeMemory(torch.nn.Module):
         capacity: M, the number of prototype slots (independent of the number of identities).
         dim: D, the embedding dimension.
         margin: ``protomem.CosFace(s=64, m=0.35)`` (default), ``ArcFace(s=64, m=0.5,
-            easy_margin=False)``, ``CombinedMargin(s=64, m1=1, m2=0, m3=0)`` or ``NoMargin(s=64)``.
+            easy_margin=False, straight_through=False)``, ``CombinedMargin(s=64, m1=1, m2=0,
+            m3=0)`` or ``NoMargin(s=64)``.
         generator: ``ExemplarMean()`` (default), ``DetachedExemplarMean()`` or ``LeaveOneOut()``.
         refresh: ``Replace()`` (default) or ``Momentum(a=0.5)``.
         queue: ``LeastRecentlyWritten()`` (default) or ``FirstInFirstOut()``.
@@ -469,34 +470,84 @@ class PrototypeMemory(torch.nn.Module):
         return self._clone()
 
 
-def margin_from_insightface(margin_loss):
-    """A protomem margin from an insightface arcface_torch margin object: ``CombinedMarginLoss(s,
-    m1, m2, m3)`` (attributes s, m1, m2, m3), ``ArcFace(s, margin)`` or ``CosFace(s, m)``; a
-    protomem margin is returned as is."""
+_warned = set()  # the messages margin_from_insightface has warned with (each is given once)
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def margin_from_insightface(margin_loss, straight_through=False):
+    """A protomem margin computing what an insightface arcface_torch margin object computes:
+    ``losses.CombinedMarginLoss(s, m1, m2, m3, interclass_filtering_threshold)`` (attributes s, m1,
+    m2, m3), ``losses.ArcFace(s, margin)`` or ``losses.CosFace(s, m)``; a protomem margin is
+    returned as is.
+
+    arcface_torch's CombinedMarginLoss (recognition/arcface_torch/losses.py) has two branches:
+
+    - ``m1 == 1 and m3 == 0``: the angle gets ``+ m2`` inside ``torch.no_grad()``: the target is
+      cos(theta + m2) at every angle and autograd sees the plain cosine (the gradient with respect
+      to the target cosine is s, as if psi' = 1). Mapped to ``NoMargin(s)`` for m2 = 0, else to
+      ``ArcFace(s, m2, straight_through=straight_through)``: with ``straight_through=True`` the
+      same function and gradient as arcface_torch; with the default ``False`` the exact gradient
+      of psi (and insightface's classic fallback cos - m2 sin m2 where theta + m2 > pi, where
+      arcface_torch's target rises again). arcface_torch never reads its ``easy_margin``
+      attribute on this branch: one set to True is ignored, with a warning.
+    - otherwise, ``m3 > 0``: CosFace, target cos - m3 through autograd, whatever m1 and m2 are
+      (arcface_torch ignores them: a warning names the ignored ones). Mapped to ``CosFace(s, m3)``.
+    - otherwise arcface_torch raises (a bare ``raise``); so does this, with protomem.Error.
+
+    ``interclass_filtering_threshold > 0`` has no protomem equivalent: UnsupportedError. Each
+    warning is given once per process (the same message is not repeated)."""
+    if not isinstance(straight_through, bool):
+        raise Error(f"protomem: straight_through must be True or False; got {straight_through!r}")
     if isinstance(margin_loss, (_C.NoMargin, _C.CosFace, _C.ArcFace, _C.CombinedMargin)):
+        if straight_through and not (isinstance(margin_loss, _C.ArcFace) and
+                                     margin_loss.straight_through):
+            raise Error(f"protomem: straight_through=True applies to insightface margin objects; "
+                        f"the protomem margin {margin_loss!r} is used as is (for arcface_torch's "
+                        "gradient pass protomem.ArcFace(s, m, straight_through=True))")
         return margin_loss
     get = lambda name: getattr(margin_loss, name, None)  # noqa: E731
-    if get("interclass_filtering_threshold"):
-        raise UnsupportedError("protomem: interclass_filtering_threshold > 0 has no protomem "
-                               "equivalent; use 0")
+    threshold = get("interclass_filtering_threshold")
+    if threshold is not None and threshold > 0:  # arcface_torch filters only for a threshold > 0
+        raise UnsupportedError(f"protomem: interclass_filtering_threshold = {threshold} has no "
+                               "protomem equivalent; use 0")
     s = get("s") if get("s") is not None else get("scale")
     if s is None:
         raise Error(f"protomem: cannot read a scale s from the margin {margin_loss!r}; pass a "
                     "protomem margin (protomem.CosFace(s, m), protomem.ArcFace(s, m), ...)")
+    s = float(s)
     if get("m1") is not None:
         m1, m2, m3 = float(get("m1")), float(get("m2")), float(get("m3"))
-        if m1 == 1.0 and m3 == 0.0 and m2 == 0.0:
-            return _C.NoMargin(float(s))
         if m1 == 1.0 and m3 == 0.0:
-            return _C.ArcFace(float(s), m2)
-        if m1 == 1.0 and m2 == 0.0:
-            return _C.CosFace(float(s), m3)
-        return _C.CombinedMargin(float(s), m1, m2, m3)
+            if get("easy_margin"):
+                _warn_once("protomem: arcface_torch's CombinedMarginLoss ignores easy_margin = "
+                           f"{get('easy_margin')!r} (its m1 = 1, m3 = 0 branch never reads it); "
+                           "so does the margin returned")
+            if m2 == 0.0:
+                return _C.NoMargin(s)
+            return _C.ArcFace(s, m2, False, straight_through)
+        if m3 > 0.0:
+            ignored = [f"{name} = {value}" for name, value, neutral in
+                       (("m1", m1, 1.0), ("m2", m2, 0.0)) if value != neutral]
+            if ignored:
+                _warn_once(f"protomem: arcface_torch's CombinedMarginLoss with m3 = {m3} > 0 "
+                           f"computes CosFace(s, m3) and ignores {' and '.join(ignored)}; so does "
+                           "the margin returned, CosFace(s, m3) (for cos(m1 theta + m2) - m3 "
+                           "pass protomem.CombinedMargin(s, m1, m2, m3))")
+            return _C.CosFace(s, m3)
+        raise Error(f"protomem: arcface_torch's CombinedMarginLoss raises for m1 = {m1}, "
+                    f"m2 = {m2}, m3 = {m3}: it computes m1 = 1 with m3 = 0 (ArcFace) or m3 > 0 (CosFace) only "
+                    "(for cos(m1 theta + m2) - m3 pass protomem.CombinedMargin(s, m1, m2, m3))")
     name = type(margin_loss).__name__.lower()
     if "arc" in name and get("margin") is not None:
-        return _C.ArcFace(float(s), float(get("margin")))
+        # losses.ArcFace(s, margin): the same no_grad rule as CombinedMarginLoss's ArcFace branch.
+        return _C.ArcFace(s, float(get("margin")), False, straight_through)
     if "cos" in name and get("m") is not None:
-        return _C.CosFace(float(s), float(get("m")))
+        return _C.CosFace(s, float(get("m")))
     raise Error(f"protomem: cannot map the margin {margin_loss!r} (expected insightface's "
                 "CombinedMarginLoss, ArcFace or CosFace, or a protomem margin)")
 
@@ -510,18 +561,21 @@ class PartialFCCompatible(PrototypeMemory):
     ``num_classes`` -> the label range; ``sample_rate`` -> capacity = int(sample_rate *
     num_classes), the number of class centres Partial FC scores per step (or pass capacity=...);
     ``fp16`` is accepted and ignored (the step runs in float32; half embeddings are converted).
+    ``straight_through`` goes to margin_from_insightface: False (default) takes the exact
+    gradient of ArcFace's target, True arcface_torch's (the margin added under no_grad).
     Keyword arguments go to PrototypeMemory. Unlike PartialFC_V2 it has no parameters: nothing
     to give the optimizer (an empty param group is fine), the memory travels in state_dict().
     """
 
     def __init__(self, margin_loss, embedding_size, num_classes, sample_rate=1.0, fp16=False,
-                 capacity=None, **kwargs):
+                 capacity=None, straight_through=False, **kwargs):
         if not (0.0 < sample_rate <= 1.0):
             raise Error(f"protomem: sample_rate = {sample_rate} must be in (0, 1]")
         if capacity is None:
             capacity = max(1, int(sample_rate * num_classes))
-        super().__init__(capacity, embedding_size, margin=margin_from_insightface(margin_loss),
-                         num_classes=num_classes, **kwargs)
+        margin = margin_from_insightface(margin_loss, straight_through=straight_through)
+        super().__init__(capacity, embedding_size, margin=margin, num_classes=num_classes,
+                         **kwargs)
         self.sample_rate = sample_rate
         self.fp16 = fp16
         self.embedding_size = embedding_size

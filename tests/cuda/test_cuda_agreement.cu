@@ -189,6 +189,15 @@ TEST_CASE("CUDA = CPU: ArcFace easy margin, exemplar mean, momentum, least recen
                                                   protomem::Momentum(0.25));
 }
 
+TEST_CASE("CUDA = CPU: ArcFace straight-through (arcface_torch's rule), exemplar mean, replace",
+          "[cuda][agreement]") {
+  Run run = base_run(36, 48);
+  run.seed = 7;
+  check_agreement<protomem::ArcFace, protomem::ExemplarMean, protomem::Replace,
+                  protomem::LeastRecentlyWritten>(
+      run, protomem::ArcFace(64.0, 0.5, /*easy=*/false, /*straight_through=*/true));
+}
+
 TEST_CASE("CUDA = CPU: combined margin, leave-one-out, momentum, least recently written",
           "[cuda][agreement]") {
   Run run = base_run(32, 64);

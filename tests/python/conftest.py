@@ -38,6 +38,14 @@ def psi(margin, c):
     if isinstance(margin, protomem.ArcFace):
         m = margin.m
         c = c.clamp(-1, 1)
+        if margin.straight_through:
+            # cos(theta + m) at every angle (no fallback) or the easy margin, and the gradient of
+            # the plain cosine: the margin is an offset autograd does not see.
+            with torch.no_grad():
+                theta = torch.acos(c)
+                shifted = torch.cos(theta + m)
+                value = torch.where(c > 0, shifted, c) if margin.easy_margin else shifted
+            return c + (value - c).detach()
         applies = c > 0 if margin.easy_margin else c > -math.cos(m)
         inside = c * math.cos(m) - torch.sqrt(1 - c * c) * math.sin(m)
         outside = c if margin.easy_margin else c - m * math.sin(m)

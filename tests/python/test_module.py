@@ -302,19 +302,118 @@ class CombinedMarginLoss:
         self.interclass_filtering_threshold = interclass_filtering_threshold
 
 
-def test_partial_fc_compatible(rng):
-    arc = protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.5, 0.0))
-    assert isinstance(arc, protomem.ArcFace) and arc.s == 64 and arc.m == 0.5
-    cos = protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.0, 0.4))
-    assert isinstance(cos, protomem.CosFace) and cos.m == 0.4
-    comb = protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.3, 0.2))
-    assert isinstance(comb, protomem.CombinedMargin) and (comb.m2, comb.m3) == (0.3, 0.2)
-    with pytest.raises(protomem.UnsupportedError):
-        protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.5, 0.0, 0.1))
+class ArcFace:
+    """The attributes of arcface_torch's losses.ArcFace(s, margin)."""
 
+    def __init__(self, s=64.0, margin=0.5):
+        self.s, self.margin = s, margin
+
+
+class CosFace:
+    """The attributes of arcface_torch's losses.CosFace(s, m)."""
+
+    def __init__(self, s=64.0, m=0.4):
+        self.s, self.m = s, m
+
+
+def mapped(margin_loss, straight_through=False):
+    """margin_from_insightface's margin and the messages of the warnings it gave (each once)."""
+    import protomem._head as head_module
+    head_module._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        margin = protomem.margin_from_insightface(margin_loss, straight_through=straight_through)
+    return margin, [str(w.message) for w in caught]
+
+
+def test_margin_from_insightface_every_configuration():
+    # arcface_torch's CombinedMarginLoss: m1 = 1, m3 = 0 -> the no_grad ArcFace branch (m2 = 0:
+    # the plain cosine); m3 > 0 -> CosFace(m3), m1 and m2 ignored; anything else raises.
+    for straight in (False, True):
+        arc, said = mapped(CombinedMarginLoss(64, 1.0, 0.5, 0.0), straight)
+        assert isinstance(arc, protomem.ArcFace) and (arc.s, arc.m) == (64.0, 0.5) and not said
+        assert arc.straight_through is straight and not arc.easy_margin
+        none, said = mapped(CombinedMarginLoss(30, 1.0, 0.0, 0.0), straight)
+        assert isinstance(none, protomem.NoMargin) and none.s == 30.0 and not said
+        cos, said = mapped(CombinedMarginLoss(64, 1.0, 0.0, 0.4), straight)
+        assert isinstance(cos, protomem.CosFace) and (cos.s, cos.m) == (64.0, 0.4) and not said
+        arc, said = mapped(ArcFace(32.0, 0.3), straight)  # losses.ArcFace: the same no_grad rule
+        assert isinstance(arc, protomem.ArcFace) and (arc.s, arc.m) == (32.0, 0.3)
+        assert arc.straight_through is straight and not said
+        cos, said = mapped(CosFace(32.0, 0.25), straight)
+        assert isinstance(cos, protomem.CosFace) and (cos.s, cos.m) == (32.0, 0.25) and not said
+    # The CosFace branch ignores m2 and m1: CosFace(m3), with one warning naming what is ignored.
+    cos, said = mapped(CombinedMarginLoss(64, 1.0, 0.3, 0.2))
+    assert isinstance(cos, protomem.CosFace) and cos.m == 0.2
+    assert len(said) == 1 and "ignores m2 = 0.3;" in said[0]
+    cos, said = mapped(CombinedMarginLoss(64, 1.35, 0.0, 0.2))
+    assert isinstance(cos, protomem.CosFace) and cos.m == 0.2
+    assert len(said) == 1 and "ignores m1 = 1.35" in said[0]
+    cos, said = mapped(CombinedMarginLoss(64, 1.35, 0.3, 0.2))
+    assert isinstance(cos, protomem.CosFace) and "ignores m1 = 1.35 and m2 = 0.3" in said[0]
+    # once: the same message is not given again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        protomem.margin_from_insightface(CombinedMarginLoss(64, 1.35, 0.3, 0.2))
+        protomem.PartialFCCompatible(CombinedMarginLoss(64, 1.35, 0.3, 0.2), 4, 10)
+    assert not caught
+    # easy_margin is never read by the ArcFace branch: ignored, with a warning.
+    loss = CombinedMarginLoss(64, 1.0, 0.5, 0.0)
+    loss.easy_margin = True
+    arc, said = mapped(loss)
+    assert not arc.easy_margin and len(said) == 1 and "ignores easy_margin = True" in said[0]
+    loss.easy_margin = False  # as arcface_torch sets it: no warning
+    assert mapped(loss)[1] == []
+    # Where arcface_torch raises, so does this.
+    for m1, m2, m3 in ((1.35, 0.5, 0.0), (1.35, 0.0, 0.0), (1.0, 0.5, -0.1), (2.0, 0.0, -0.2)):
+        with pytest.raises(protomem.Error, match=f"raises for m1 = {m1}, m2 = {m2}, m3 = {m3}"):
+            protomem.margin_from_insightface(CombinedMarginLoss(64, m1, m2, m3))
+    with pytest.raises(protomem.UnsupportedError, match="interclass_filtering_threshold = 0.1"):
+        protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.5, 0.0, 0.1))
+    # arcface_torch filters only above a threshold > 0: 0 and below are no filter
+    arc, said = mapped(CombinedMarginLoss(64, 1.0, 0.5, 0.0, -1.0))
+    assert isinstance(arc, protomem.ArcFace) and not said
+    # Values protomem's margins refuse are refused by them, naming the value.
+    with pytest.raises(protomem.Error, match="margin m = 2"):
+        protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 2.0, 0.0))
+    with pytest.raises(protomem.Error, match="margin m = 1.5"):
+        protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.0, 1.5))
+    # A protomem margin is used as is; straight_through=True does not silently rewrite it.
+    own = protomem.ArcFace(16.0, 0.4)
+    assert protomem.margin_from_insightface(own) is own
+    with pytest.raises(protomem.Error, match="straight_through=True applies to insightface"):
+        protomem.margin_from_insightface(own, straight_through=True)
+    st = protomem.ArcFace(16.0, 0.4, straight_through=True)
+    assert protomem.margin_from_insightface(st, straight_through=True) is st
+    with pytest.raises(protomem.Error, match="straight_through must be True or False; got 1"):
+        protomem.margin_from_insightface(CombinedMarginLoss(64, 1.0, 0.5, 0.0), straight_through=1)
+
+
+def test_arcface_straight_through_keyword():
+    arc = protomem.ArcFace(32.0, 0.4, straight_through=True)
+    assert arc.straight_through and not arc.easy_margin
+    assert not protomem.ArcFace().straight_through  # the exact gradient is the default
+    both = protomem.ArcFace(32.0, 0.4, True, True)
+    assert both.easy_margin and both.straight_through
+    assert "straight_through=True" in repr(arc) and "straight_through=False" in repr(
+        protomem.ArcFace())
+    h = protomem.PrototypeMemory(8, 4, margin=both, dtype=torch.float64)
+    assert h.margin.straight_through and h.margin.easy_margin
+    train_step(h, *grouped_batch([1, 2], 2, 4, torch.float64))
+    twin = protomem.PrototypeMemory(8, 4, dtype=torch.float64)  # CosFace: adopts the checkpoint's
+    twin.set_extra_state(h.get_extra_state())
+    assert isinstance(twin.margin, protomem.ArcFace) and twin.margin.straight_through
+    assert twin.margin.easy_margin and torch.equal(twin.get_extra_state(), h.get_extra_state())
+
+
+def test_partial_fc_compatible(rng):
     module = protomem.PartialFCCompatible(CombinedMarginLoss(64, 1.0, 0.5, 0.0), 16, 1000, 0.1,
                                           False)
     assert module.capacity == 100 and module.dim == 16 and module.policies()[0] == "arcface"
+    assert not module.margin.straight_through
+    st = protomem.PartialFCCompatible(CombinedMarginLoss(64, 1.0, 0.5, 0.0), 16, 1000, 0.1, False,
+                                      straight_through=True)
+    assert st.margin.straight_through and st.margin.m == 0.5
     e = torch.randn(8, 16, generator=rng, requires_grad=True)
     y = torch.tensor([[1], [1], [5], [5], [9], [9], [999], [999]])  # arcface_torch's [B, 1]
     module(e, y).backward()

@@ -24,11 +24,13 @@
 //   NoMargin       psi = cos                                            (NormFace)
 //   CosFace        psi = cos - m                                        (default: s = 64, m = 0.35)
 //   ArcFace        psi = cos(theta + m), falling back to cos - m sin(m) once theta + m > pi
-//                  (insightface's classic rule), or the easy-margin variant
+//                  (insightface's classic rule), or the easy-margin variant; straight_through:
+//                  arcface_torch's rule (no fallback, d psi / d cos taken as 1)
 //   CombinedMargin psi = cos(m1 theta + m2) - m3, with a monotone fallback once m1 theta + m2 > pi
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include <protomem/detail/config.hpp>
@@ -148,21 +150,39 @@ struct CosFace {
 /// 0 <= m < pi/2. Where theta + m would pass pi (cos <= cos(pi - m)) the target falls back to
 /// cos - m sin(m), as in insightface, so the target keeps decreasing with theta. With
 /// `easy_margin` the margin applies only where cos > 0 and the target is plain cos elsewhere.
+///
+/// `straight_through` reproduces insightface arcface_torch's CombinedMarginLoss (m1 = 1, m3 = 0),
+/// which adds m to the angle inside torch.no_grad(): its target is cos(theta + m) for every theta
+/// (no fallback: arcface_torch has none on that path, so past theta = pi - m the target rises
+/// again), and its gradient is that of the plain cosine, d psi / d cos = 1 (the margin shifts the
+/// logit but is invisible to autograd). With easy_margin as well, the target is the easy-margin
+/// one (cos(theta + m) where cos > 0, else cos) and the derivative is still 1. The default is the
+/// exact gradient of psi.
+///
+/// Checkpoint state: s, m (doubles) and a u32 of flags, bit 0 easy_margin, bit 1
+/// straight_through; checkpoints written before straight_through existed hold 0 or 1 and load
+/// unchanged. load() rejects any other bit.
 struct ArcFace {
   static constexpr const char* name = "arcface";
+  static constexpr std::uint32_t easy_margin_bit = 1U;
+  static constexpr std::uint32_t straight_through_bit = 2U;
   double s = 64.0;
   double m = 0.5;
   bool easy_margin = false;
+  bool straight_through = false;
 
-  explicit ArcFace(double scale = 64.0, double margin = 0.5, bool easy = false)
-      : s(scale), m(margin), easy_margin(easy) {
+  explicit ArcFace(double scale = 64.0, double margin = 0.5, bool easy = false,
+                   bool straight = false)
+      : s(scale), m(margin), easy_margin(easy), straight_through(straight) {
     detail::check_scale(s, name);
     detail::check_range(m, 0.0, 1.5707963267948966 - 1e-9, "margin m", name);
   }
   double scale() const { return s; }
+  /// Whether cos(theta + m) is the target at cosine c (else the fallback, or plain cos).
   template <class T>
   PROTOMEM_HOST_DEVICE bool applies(T c) const {
-    return easy_margin ? c > T(0) : c > T(-std::cos(m));  // cos(pi - m) = -cos(m)
+    if (easy_margin) return c > T(0);
+    return straight_through || c > T(-std::cos(m));  // cos(pi - m) = -cos(m)
   }
   template <class T>
   PROTOMEM_HOST_DEVICE T target(T cos) const {
@@ -175,21 +195,29 @@ struct ArcFace {
   }
   template <class T>
   PROTOMEM_HOST_DEVICE T derivative(T cos) const {
+    if (straight_through) return T(1);
     const T c = detail::clamp_cos(cos);
     if (applies(c)) return T(std::cos(m)) + T(std::sin(m)) * c / detail::sin_theta(c);
     return T(1);
   }
+  std::uint32_t flags() const {
+    return (easy_margin ? easy_margin_bit : 0U) | (straight_through ? straight_through_bit : 0U);
+  }
   void save(detail::ByteWriter& out) const {
     out.put(s);
     out.put(m);
-    out.put<std::uint32_t>(easy_margin ? 1U : 0U);
+    out.put<std::uint32_t>(flags());
   }
   void load(detail::ByteReader& in) {
     const double scale = in.get<double>("margin s");
     const double margin = in.get<double>("margin m");
-    const auto easy = in.get<std::uint32_t>("margin easy_margin");
-    if (easy > 1) detail::fail(name, ": easy_margin flag = ", easy, " in checkpoint is not 0 or 1");
-    *this = ArcFace(scale, margin, easy == 1);
+    const auto flags = in.get<std::uint32_t>("margin flags");
+    if ((flags & ~(easy_margin_bit | straight_through_bit)) != 0U) {
+      detail::fail(name, ": flags = ", flags, " in checkpoint has bits other than 1 (easy_margin) ",
+                   "and 2 (straight_through); it must be 0, 1, 2 or 3");
+    }
+    *this = ArcFace(scale, margin, (flags & easy_margin_bit) != 0U,
+                    (flags & straight_through_bit) != 0U);
   }
 };
 
