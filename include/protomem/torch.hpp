@@ -19,7 +19,11 @@
 //     returns the loss and never updates the memory.
 //   - a second backward through the same graph (retain_graph) does not commit twice.
 // With Commit::manual the caller decides: commit() or discard() after each training forward (the
-// next training forward before either is an error).
+// next training forward before either is an error). A training update dropped because the next
+// forward came before its backward is counted (dropped_updates()) and warned once per head.
+//
+// The gradient: the exact dL/dE of the returned loss times GradientScale (1 by default; W for a
+// data-parallel trainer that averages gradients over W ranks, as DistributedDataParallel does).
 //
 // Policies: as PrototypeMemory's (memory.hpp, policies/any.hpp) - constructor objects in any
 // order, each family at most once, omitted ones take the memory's defaults (CosFace(64, 0.35),
@@ -31,7 +35,8 @@
 // ShardedPrototypeHead<Scalar, Comm, Device>: the same head over a ShardedPrototypeMemory
 // (sharded.hpp) whose communicator it owns (e.g. protomem::C10dCommunicator over a gloo group,
 // c10d.hpp): each process passes its own rows (possibly none); the loss is the global batch's,
-// the gradient that of its rows. Both heads share one autograd path (detail::HeadState,
+// the gradient that of its rows. Tensors that fail the checks on one process fail the forward on
+// every process alike (ShardedPrototypeMemory::fail_forward), so the processes stay in step. Both heads share one autograd path (detail::HeadState,
 // detail::PrototypeLoss, detail::head_forward) - the Python package's heads are these classes.
 //
 // Tensors: embeddings CPU, rank 2 (B x D, D = the memory's dim), of the head's Scalar (float32 for
