@@ -83,12 +83,18 @@ class GroupedBatchSampler:
         self.classes_per_batch = C
         self.exemplars_per_class = int(K)
         self.head = head
-        args = (C * world_size, int(K), int(seed), float(fraction))
-        if list_file is not None:
-            self._sampler = _C._Sampler.from_list_file(list_file, *args)
-        else:
-            self._sampler = _C._Sampler(_labels_tensor(labels), *args)
+        self._fraction = float(fraction)
+        self._list_file = list_file
+        self._labels = None if list_file is not None else _labels_tensor(labels)
+        self._sampler = self._make(C * world_size, int(seed))
         self.last_batch = None
+
+    def _make(self, global_classes, seed):
+        """A C++ sampler over this data set with `global_classes` classes a (global) batch."""
+        args = (int(global_classes), self.exemplars_per_class, int(seed), self._fraction)
+        if self._list_file is not None:
+            return _C._Sampler.from_list_file(self._list_file, *args)
+        return _C._Sampler(self._labels, *args)
 
     # ---- the batches ----------------------------------------------------------------------
 
@@ -154,19 +160,40 @@ class GroupedBatchSampler:
         """The sampler state (the library's format, as a uint8 tensor). `position` records another
         next-batch number than the batches drawn, e.g. the steps trained when a DataLoader with
         workers has drawn batches ahead."""
+        global_classes = self.classes_per_batch * self.world_size
         if position is None:
-            return {"sampler": self._sampler.state()}
+            return {"sampler": self._sampler.state(), "global_classes_per_batch": global_classes}
         saved = self._sampler.position
         self._sampler.seek(int(position))
         try:
-            return {"sampler": self._sampler.state()}
+            return {"sampler": self._sampler.state(), "global_classes_per_batch": global_classes}
         finally:
             self._sampler.seek(saved)
 
     def load_state_dict(self, state):
         """Restores state_dict(); raises protomem.Error, sampler unchanged, when it is corrupt or
-        was saved with another C (x world size), K, doppelganger fraction or data set."""
+        was saved with another K, doppelganger fraction or data set.
+
+        Saved with another number of classes per global batch (classes_per_batch x world_size:
+        a run resumed on another number of processes): the run goes on from the same epoch and
+        the same place in that epoch's class order (which depends on the seed and the epoch
+        only), rounded down to a whole batch of the new size - no class of the epoch is skipped,
+        at most one batch's worth is visited again."""
         if not isinstance(state, dict) or "sampler" not in state:
             raise Error("protomem: GroupedBatchSampler.load_state_dict expects the dict state_dict() "
                         "returns")
-        self._sampler.load_state(state["sampler"], "GroupedBatchSampler state")
+        source = "GroupedBatchSampler state"
+        saved_classes = int(state.get("global_classes_per_batch", 0))
+        current = self.classes_per_batch * self.world_size
+        if saved_classes in (0, current):
+            self._sampler.load_state(state["sampler"], source)
+            return
+        if saved_classes < 0:
+            raise Error(f"protomem: {source}: global_classes_per_batch = {saved_classes} is negative")
+        old = self._make(saved_classes, 0)
+        old.load_state(state["sampler"], source)  # checks K, the fraction and the data set
+        epoch, done = divmod(old.position, old.batches_per_epoch)
+        classes_done = done * old.base_per_batch
+        new = self._make(current, old.seed)
+        new.seek(epoch * new.batches_per_epoch + classes_done // new.base_per_batch)
+        self._sampler = new

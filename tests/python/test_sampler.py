@@ -142,3 +142,37 @@ def test_doppelganger_fill_reads_the_heads_table():
     s.head = plain
     with pytest.raises(protomem.Error, match="no doppelganger table"):
         s.next_batch()
+
+
+def test_state_reloads_on_another_number_of_processes():
+    # Saved by one process drawing 8 classes a batch; resumed by 4 processes of 4 classes each (16
+    # a global batch): the epoch goes on where it was - every class of the epoch is visited, at
+    # most one new batch's worth twice - and the seed carries over to the next epochs.
+    labels = torch.arange(64).repeat_interleave(3)
+    old = protomem.GroupedBatchSampler(labels, 8, 2, seed=5)
+    seen = set()
+    for _ in range(3):
+        old.next_batch()
+        seen.update(old.last_batch["classes"])
+    state = old.state_dict()
+    assert state["global_classes_per_batch"] == 8
+    later, first_of_next_epoch = set(), []
+    for rank in range(4):
+        s = protomem.GroupedBatchSampler(labels, 4, 2, seed=99, rank=rank, world_size=4)
+        s.load_state_dict(state)
+        assert s.epoch == 0 and s.position == 1  # 24 classes done: one whole batch of 16
+        for _ in s:
+            later.update(s.last_batch["classes"])
+        s.next_batch()  # epoch 1
+        first_of_next_epoch += list(s.last_batch["classes"])
+    assert seen | later == set(range(64))
+    assert len(seen & later) <= 15
+    fresh = protomem.GroupedBatchSampler(labels, 16, 2, seed=5)
+    fresh.set_epoch(1)
+    fresh.next_batch()
+    assert first_of_next_epoch == list(fresh.last_batch["classes"])
+    # Another K or data set is still refused, the sampler unchanged.
+    other_k = protomem.GroupedBatchSampler(labels, 4, 3, seed=1, rank=0, world_size=4)
+    with pytest.raises(protomem.Error):
+        other_k.load_state_dict(state)
+    assert other_k.position == 0
