@@ -40,22 +40,6 @@ class CombinedMarginLoss(torch.nn.Module):
         self.interclass_filtering_threshold = interclass_filtering_threshold
 
 
-class Faces(torch.utils.data.Dataset):
-    """Image i % n of identity i // n, labelled with the identity (protomem.synthetic)."""
-
-    def __init__(self, identities, images_per_identity, seed):
-        self.data = protomem.synthetic.IdentitySet(seed=seed)
-        self.n = images_per_identity
-        self.labels = torch.arange(identities).repeat_interleave(images_per_identity)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        identity, image = divmod(int(index), self.n)
-        return self.data.image(identity, image), identity
-
-
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
@@ -92,7 +76,8 @@ def main():
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.output, exist_ok=True)
 
-    dataset = Faces(cfg.num_classes, cfg.images_per_class, seed=7)
+    dataset = protomem.synthetic.Faces(protomem.synthetic.IdentitySet(seed=7), cfg.num_classes,
+                                       cfg.images_per_class)
     # train_v2: get_dataloader(...) with a DistributedSampler. protomem: class-grouped batches,
     # every process a different share of the same global batch.
     sampler = protomem.GroupedBatchSampler(dataset.labels, cfg.batch_size // cfg.exemplars,

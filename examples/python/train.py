@@ -86,21 +86,6 @@ def parse_args(argv=None):
 
 # ---- data ------------------------------------------------------------------------------------
 
-class SyntheticFaces(torch.utils.data.Dataset):
-    """Sample s is image s % n of identity s // n (n images per identity), label the identity."""
-
-    def __init__(self, data, identities, images_per_identity):
-        self.data, self.n = data, images_per_identity
-        self.labels = torch.arange(identities).repeat_interleave(images_per_identity)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        identity, image = divmod(int(index), self.n)
-        return self.data.image(identity, image), identity
-
-
 def default_heldout(train):
     """heldout.<ext> beside train.<ext> (examples/train's rule); None for other names."""
     folder, name = os.path.split(train.rstrip("/"))
@@ -299,7 +284,7 @@ def main(argv=None):
         image_dim = args.channels * args.image_size ** 2
     else:
         data = protomem.synthetic.IdentitySet(seed=args.data_seed)
-        dataset = SyntheticFaces(data, args.identities, args.images_per_identity)
+        dataset = protomem.synthetic.Faces(data, args.identities, args.images_per_identity)
         classes, image_dim = args.identities, data.image_dim
     encoder = make_encoder(args, image_dim)
     mining = protomem.DoppelgangerMining(8, classes) if args.mining > 0 else None

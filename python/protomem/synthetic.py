@@ -4,12 +4,13 @@ function of (seed, identity, image index).
 
     data = protomem.synthetic.IdentitySet(seed=1)           # the defaults of examples/train
     x = data.images(identities, indices)                     # float32 n x data.image_dim
+    dataset = protomem.synthetic.Faces(data, identities=1000, images_per_identity=8)  # a Dataset
 """
 import torch
 
 from . import _C
 
-__all__ = ["Config", "IdentitySet"]
+__all__ = ["Config", "IdentitySet", "Faces"]
 
 Config = _C.synthetic.Config
 
@@ -53,3 +54,20 @@ class IdentitySet:
 
     def family_of(self, identity):
         return self._set.family_of(int(identity))
+
+
+class Faces(torch.utils.data.Dataset):
+    """Identities [0, identities) of an IdentitySet as a torch Dataset: sample s is image s % n of
+    identity s // n (n = images_per_identity), labelled with the identity; ``labels`` holds every
+    sample's label (what GroupedBatchSampler takes)."""
+
+    def __init__(self, data, identities, images_per_identity):
+        self.data, self.n = data, int(images_per_identity)
+        self.labels = torch.arange(int(identities)).repeat_interleave(self.n)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        identity, image = divmod(int(index), self.n)
+        return self.data.image(identity, image), identity

@@ -3,6 +3,7 @@ the Prototype Memory step (normalise, mean prototypes, margin softmax) written f
 docs/algorithm.md, not from the C++ code."""
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -150,6 +151,35 @@ def checkpoint_bytes(labels, prototypes, dtype=torch.float32, steps=None, capaci
         out += struct.pack(fmt, *prototypes[r].tolist())
     out += struct.pack("<I", zlib.crc32(bytes(out)) & 0xFFFFFFFF)
     return torch.frombuffer(bytearray(out), dtype=torch.uint8).clone()
+
+
+def run_ranks(world, command, cwd=None, timeout=300):
+    """Runs `command(rank)` (an argv) for every rank of `world` as processes at once, with one
+    OpenMP thread each; returns each one's (returncode, stdout, stderr). A process still running
+    after `timeout` seconds is killed, so a collective left waiting fails the test, never hangs."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(command(r), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=cwd) for r in range(world)]
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
+def run_worker(tmp_path, source, world):
+    """Writes the worker script `source` into tmp_path and runs it on `world` ranks (argv: rank,
+    world, a FileStore path for torch.distributed); asserts each exits 0 and prints "ok <rank>"."""
+    path = tmp_path / "worker.py"
+    path.write_text(source)
+    store = str(tmp_path / "store")
+    results = run_ranks(world, lambda r: [sys.executable, str(path), str(r), str(world), store],
+                        cwd=str(tmp_path))
+    for r, (code, out, err) in enumerate(results):
+        assert code == 0, out + err
+        assert f"ok {r}" in out, out + err
 
 
 @pytest.fixture

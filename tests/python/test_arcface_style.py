@@ -4,35 +4,24 @@ one checkpoint per rank. A run stopped at step 12 and resumed from its per-rank 
 exactly where a straight run ends (losses, backbone, memory), with and without autocast."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_ranks
 
 SCRIPT = os.path.join(ROOT, "examples", "python", "arcface_torch_style.py")
 
 
 def run(tmp_path, output, *args, world=2):
     store = tmp_path / f"store-{output.name}-{len(list(tmp_path.iterdir()))}"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, SCRIPT, "--rank", str(r), "--world-size", str(world),
-                               "--store", str(store), "--output", str(output), *args],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for r in range(world)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    results = []
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
+    results = run_ranks(world, lambda r: [sys.executable, SCRIPT, "--rank", str(r), "--world-size",
+                                          str(world), "--store", str(store), "--output",
+                                          str(output), *args])
+    for code, out, err in results:
+        assert code == 0, err
+    return [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
 
 
 @pytest.mark.parametrize("fp16", [False, True])

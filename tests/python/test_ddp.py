@@ -7,12 +7,11 @@
 - collective checks: a dtype error in one process raises the same protomem.Error, naming that
   process, in every process; nothing changes, and the next step runs in step on all of them;
 - single-exemplar batches are judged on the global batch, alike in every process."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from conftest import run_worker
 
 WORKER = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
@@ -105,20 +104,4 @@ WORKER = textwrap.dedent('''
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_ddp_gradient_parity_and_agreed_checks(tmp_path, world):
-    path = tmp_path / "worker.py"
-    path.write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    store = str(tmp_path / "store")
-    procs = [subprocess.Popen([sys.executable, str(path), str(r), str(world), store],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              cwd=str(tmp_path))
-             for r in range(world)]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, out
-        assert f"ok {r}" in out, out
+    run_worker(tmp_path, WORKER, world)

@@ -5,12 +5,11 @@ moves the memory to one process and back, and bad input in one process raises th
 naming that process, in every process with nothing changed. Every policy keyword reaches the
 sharded memory: FirstInFirstOut, DoppelgangerMining (the same table in every process as in one),
 Momentum, AgeDecay with a bound, and bfloat16 storage."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from conftest import run_worker
 
 WORKER = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
@@ -137,20 +136,4 @@ WORKER = textwrap.dedent('''
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_memory_matches_one_process(tmp_path, world):
-    path = tmp_path / "worker.py"
-    path.write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    store = str(tmp_path / "store")
-    procs = [subprocess.Popen([sys.executable, str(path), str(r), str(world), store],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              cwd=str(tmp_path))
-             for r in range(world)]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, out
-        assert f"ok {r}" in out, out
+    run_worker(tmp_path, WORKER, world)
