@@ -10,6 +10,8 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <protomem/sharded.hpp>
 #include <sstream>
 #include <string>
@@ -399,4 +401,226 @@ TEST_CASE("a communicator failure at any collective of a step throws and changes
   CHECK(joined(errors) == "");
   for (const Expect& e : expects) CHECK(e.report() == "");
   CHECK(collectives[0] >= 10);  // validation, gathers, plan, merge, similar classes
+}
+
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void spill(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// The logical memory of gather_records() / a PrototypeMemory as comparable values.
+struct Logical {
+  std::vector<label_t> labels;
+  std::vector<std::uint64_t> written;
+  std::vector<double> prototypes;
+  std::vector<index_t> slots;
+  protomem::Stats stats{};
+  bool operator==(const Logical& o) const {
+    return labels == o.labels && written == o.written && prototypes == o.prototypes &&
+           slots == o.slots && stats.steps == o.stats.steps &&
+           stats.refreshes == o.stats.refreshes && stats.insertions == o.stats.insertions &&
+           stats.evictions == o.stats.evictions;
+  }
+};
+
+template <class Memory>
+Logical logical_of_sharded(const Memory& m) {
+  Logical l;
+  for (const auto& r : m.gather_records()) {
+    l.labels.push_back(r.label);
+    l.written.push_back(r.last_written);
+    l.prototypes.insert(l.prototypes.end(), r.prototype.begin(), r.prototype.end());
+  }
+  l.slots = m.gather_slots();
+  l.stats = m.stats();
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 ranks and into "
+          "one process with the same logical memory and identical continuation",
+          "[sharded][shards]") {
+  char pattern[] = "/tmp/protomem_shards_XXXXXX";
+  REQUIRE(mkdtemp(pattern) != nullptr);
+  const std::string dir = pattern, path = dir + "/memory", path2 = dir + "/later";
+  const protomem::Config config = protomem::test::sharded_test_config();
+  Batches stream(41, config.capacity, config.dim, 1);
+  const std::vector<Global> first = draw(stream, 40), second = draw(stream, 20);
+  protomem::test::ReferenceMemory<double> reference(config);
+  for (const Global& b : first) {
+    std::vector<double> g(b.embeddings.size());
+    const auto B = static_cast<index_t>(b.labels.size());
+    reference.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
+                   protomem::label_view(b.labels.data(), B),
+                   protomem::matrix_view(g.data(), B, config.dim));
+  }
+
+  // 2 ranks: each writes its shard; a second save after 3 more steps to `path2`.
+  Logical saved;
+  std::vector<Expect> expects(2);
+  auto errors = run_ranks(2, [&](ThreadComm& comm) {
+    Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    protomem::test::ReferenceMemory<double> mine(config);
+    for (const Global& b : first) protomem::test::step_both(sharded, mine, resplit(b, 2), 1e-10, expect);
+    sharded.save_shard(protomem::shard_path(path, comm.rank(), 2));
+    const Logical l = logical_of_sharded(sharded);
+    if (comm.rank() == 0) saved = l;
+    for (int t = 0; t < 3; ++t) protomem::test::step_both(sharded, mine, resplit(second[t], 2), 1e-10, expect);
+    sharded.save_shard(protomem::shard_path(path2, comm.rank(), 2));
+  });
+  REQUIRE(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  REQUIRE(saved.labels.size() == static_cast<std::size_t>(config.capacity));
+  CHECK(reference.stats().evictions > 20);
+  const std::vector<std::string> paths = protomem::shard_paths(path, 2);
+  // Each file holds its rank's records only: together they are the whole memory's file plus one
+  // more header and 8 bytes (the ticket) a record.
+  {
+    std::ostringstream whole;
+    reference.save(whole);
+    const std::size_t one = slurp(paths[0]).size(), other = slurp(paths[1]).size();
+    const std::size_t n = saved.labels.size(), record = 32 + 8 * static_cast<std::size_t>(config.dim);
+    CHECK(one - other == (n + 1) / 2 * record - n / 2 * record);
+    CHECK(one + other < whole.str().size() + n * 8 + 1024);
+    CHECK(one < whole.str().size() * 6 / 10 + 1024);
+  }
+
+  // Into W' = 1, 2, 3 ranks, the files given in either order: the same logical memory, and the
+  // next steps equal the reference's.
+  for (int W : {1, 2, 3}) {
+    expects.assign(static_cast<std::size_t>(W), Expect{});
+    errors = run_ranks(W, [&](ThreadComm& comm) {
+      Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+      expect.context = "W' = " + std::to_string(W) + ", rank " + std::to_string(comm.rank());
+      protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+      sharded.load_shards(W == 3 ? std::vector<std::string>{paths[1], paths[0]} : paths);
+      expect(logical_of_sharded(sharded) == saved, "the loaded logical memory differs");
+      expect(sharded.local_size() == protomem::detail::ShardLayout{config.capacity, comm.rank(), W}
+                                         .local_count(sharded.size()),
+             "this rank does not hold exactly its slots");
+      protomem::test::ReferenceMemory<double> mine = reference;
+      for (const Global& b : second) protomem::test::step_both(sharded, mine, resplit(b, W), 1e-10, expect);
+      protomem::test::expect_same_memory<double>(sharded, mine, 1e-10, expect);
+    });
+    INFO("W' = " << W);
+    CHECK(joined(errors) == "");
+    for (const Expect& e : expects) CHECK(e.report() == "");
+  }
+
+  // Into one plain PrototypeMemory (2 -> 1 without a communicator).
+  {
+    protomem::test::ReferenceMemory<double> one(config);
+    one.load_shards(paths);
+    Logical l;
+    for (const auto& r : one) {
+      l.labels.push_back(r.label);
+      l.written.push_back(r.last_written);
+      l.prototypes.insert(l.prototypes.end(), &r.prototype[0], &r.prototype[0] + config.dim);
+    }
+    l.slots = saved.slots;  // the plain memory does not expose slots; its continuation checks them
+    l.stats = one.stats();
+    CHECK(l == saved);
+    // Continuation: the plain memory and the never-checkpointed reference step alike.
+    protomem::SingleProcess single;
+    protomem::test::Sharded<double, protomem::SingleProcess> sharded1(single, config);
+    sharded1.load_shards(paths);
+    Expect expect;
+    protomem::test::ReferenceMemory<double> mine = reference;
+    for (const Global& b : second) {
+      protomem::test::step_both(sharded1, mine, resplit(b, 1), 1e-10, expect);
+      std::vector<double> g(b.embeddings.size());
+      const auto B = static_cast<index_t>(b.labels.size());
+      one.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
+               protomem::label_view(b.labels.data(), B),
+               protomem::matrix_view(g.data(), B, config.dim));
+    }
+    protomem::test::expect_same_memory<double>(sharded1, one, 1e-10, expect);
+    protomem::test::expect_same_memory<double>(sharded1, mine, 1e-10, expect);
+    CHECK(expect.report() == "");
+    // A shard given to load() says what it is.
+    std::string message;
+    try {
+      one.load(paths[0]);
+    } catch (const protomem::Error& e) {
+      message = e.what();
+    }
+    CHECK(message.find("is one shard of a sharded checkpoint") != std::string::npos);
+    CHECK(message.find("load_shards") != std::string::npos);
+  }
+
+  // Bad sets: every rank throws the same Error naming the file and the value; nothing changes.
+  const std::string corrupt = dir + "/corrupt.rank1-of-2", whole = dir + "/whole.ckpt";
+  {
+    std::string bytes = slurp(paths[1]);
+    bytes[bytes.size() - 12] ^= 0x01;  // the lowest byte of the last prototype value
+    spill(corrupt, bytes);
+    std::ostringstream out;
+    reference.save(out);
+    spill(whole, out.str());
+  }
+  const std::vector<std::string> later = protomem::shard_paths(path2, 2);
+  struct Bad {
+    std::vector<std::string> paths;
+    std::string says;
+  };
+  const std::vector<Bad> bads = {
+      {{paths[0], dir + "/missing.rank1-of-2"}, "missing.rank1-of-2' does not exist"},
+      {{paths[0]}, "shard 0 of a save by 2 ranks, but 1 files were given"},
+      {{paths[0], later[1]}, "later.rank1-of-2' is of another save"},
+      {{paths[0], corrupt}, "corrupt.rank1-of-2' is corrupt: CRC-32"},
+      {{paths[0], paths[0]}, "memory.rank0-of-2' is shard 0 of 2, which another file"},
+      {{whole, paths[1]}, "whole.ckpt' is a single-process checkpoint (format version 2)"},
+      {{}, "no shard files given"}};
+  for (int W : {1, 2, 3}) {
+    std::vector<std::vector<std::string>> messages(static_cast<std::size_t>(W));
+    expects.assign(static_cast<std::size_t>(W), Expect{});
+    errors = run_ranks(W, [&](ThreadComm& comm) {
+      Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+      protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+      sharded.load_shards(later);
+      const Logical before = logical_of_sharded(sharded);
+      for (const Bad& bad : bads) {
+        std::string message = "no error";
+        try {
+          sharded.load_shards(bad.paths);
+        } catch (const protomem::Error& e) {
+          message = e.what();
+        }
+        expect(message.find(bad.says) != std::string::npos,
+               "'" + message + "' does not say '" + bad.says + "'");
+        messages[static_cast<std::size_t>(comm.rank())].push_back(message);
+        expect(logical_of_sharded(sharded) == before, "a failed load changed the memory");
+      }
+    });
+    INFO("W' = " << W);
+    CHECK(joined(errors) == "");
+    for (const Expect& e : expects) CHECK(e.report() == "");
+    for (const auto& m : messages) CHECK(m == messages[0]);  // the same error on every rank
+  }
+  {
+    protomem::test::ReferenceMemory<double> one(config);
+    for (const Bad& bad : bads) {
+      std::string message = "no error";
+      try {
+        one.load_shards(bad.paths);
+      } catch (const protomem::Error& e) {
+        message = e.what();
+      }
+      CHECK(message.find(bad.says) != std::string::npos);
+      CHECK(one.size() == 0);
+    }
+  }
+  for (const std::string& p : {paths[0], paths[1], later[0], later[1], corrupt, whole}) {
+    std::remove(p.c_str());
+  }
+  rmdir(pattern);
 }

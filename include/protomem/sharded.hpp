@@ -26,15 +26,17 @@
 // Requires: every rank constructs the memory with the same Config and policies (checked at
 // construction, before anything one rank alone could throw on, and at every step for the policies,
 // which set_*() may change) and calls forward(), step(),
-// save(), load() and gather_records() in the same order (they are collectives); commit(),
+// save(), load(), save_shard(), load_shards() and gather_records() in the same order (they are collectives); commit(),
 // discard(), clear() and the queries are local, but every rank must make the same commits, discards
 // and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
 // detail/shard_plan.hpp). Device: the CPU backends (cpu, cpu_bf16, cpu_fp16).
 // Guarantees: loss, gradients and the logical memory (labels, global slots, last-written steps,
 // eviction order, counters) equal those of one PrototypeMemory stepped on the concatenated batches,
-// the prototypes and gradients to rounding (the memory pass sums in another order); a checkpoint is
-// in the single-process format, so N ranks' checkpoint loads into M ranks or into a plain
-// PrototypeMemory, and the other way round. Every failure caused by input throws on every rank alike
+// the prototypes and gradients to rounding (the memory pass sums in another order); save() writes
+// the single-process format, so N ranks' checkpoint loads into M ranks or into a plain
+// PrototypeMemory, and the other way round; save_shard() writes only this rank's shard (format
+// version 3), and load_shards() reads the W shard files of one save into any number of ranks
+// (PrototypeMemory::load_shards into one process), each rank holding only its own prototypes. Every failure caused by input throws on every rank alike
 // and leaves every shard as it was. A communicator error surfaces as protomem::Error where its
 // engine reports it (docs/distributed.md, "Failure"); a rank that runs out of memory inside its own
 // memory pass cannot tell the others, which then wait in the merge until the engine gives up.
@@ -43,6 +45,7 @@
 #include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -60,6 +63,22 @@
 #include <protomem/memory.hpp>
 
 namespace protomem {
+
+/// The file name of rank `rank`'s shard of a save to `path` by `world_size` ranks:
+/// "<path>.rank<r>-of-<W>" (so the W files of one save sit side by side and say how many there are).
+inline std::string shard_path(const std::string& path, int rank, int world_size) {
+  if (world_size < 1 || rank < 0 || rank >= world_size) {
+    detail::fail("shard_path: rank ", rank, " of world size ", world_size, " is not a rank");
+  }
+  return path + ".rank" + std::to_string(rank) + "-of-" + std::to_string(world_size);
+}
+
+/// The W file names shard_path() gives a save to `path` by `world_size` ranks, rank 0 first.
+inline std::vector<std::string> shard_paths(const std::string& path, int world_size) {
+  std::vector<std::string> paths;
+  for (int r = 0; r < world_size; ++r) paths.push_back(shard_path(path, r, world_size));
+  return paths;
+}
 
 /// Scalar and Device as PrototypeMemory's; Comm the communicator type (communicator.hpp). The
 /// policies are constructor objects, in any order, as PrototypeMemory's (policies/any.hpp).
@@ -254,6 +273,74 @@ class ShardedPrototypeMemory {
   /// per machine).
   void load(const std::string& path) {
     load_bytes([&] { return detail::read_file(path); }, detail::quoted_path(path));
+  }
+
+  // ---- checkpoints: one shard per rank (docs/distributed.md, "Checkpoints") -------------------
+  // save() holds the whole memory on every rank; a shard holds the replicated state and only this
+  // rank's records, so W ranks write W files of M / W prototypes each, and a load holds one rank's
+  // prototypes at a time. The files load into any world size.
+
+  /// A collective: writes this rank's shard (checkpoint format version 3) to `out`: the replicated
+  /// state, rank, world size, an id common to the shards of this save, and this rank's records.
+  /// A failed write on any rank throws on every rank.
+  void save_shard(std::ostream& out) const {
+    const std::string bytes = serialize_shard();
+    detail::collective_check(*comm_, [&] { detail::write_stream(out, bytes); });
+  }
+
+  /// A collective: every rank writes its shard to its own `path` crash-safely (use
+  /// shard_path(path, rank(), world_size()) for the conventional names); a failed write throws on
+  /// every rank and leaves that rank's file as it was.
+  void save_shard(const std::string& path) const {
+    const std::string bytes = serialize_shard();
+    detail::collective_check(*comm_, [&] { detail::write_file_atomically(path, bytes); });
+  }
+
+  /// A collective: every rank streams all the shard files of one save (`paths`: the W files
+  /// written by W ranks, any W, in any order; every rank passes the same set) and keeps the
+  /// records on its own slots under this memory's world size. Peak memory: this rank's shard plus
+  /// O(stored classes) integers. Throws the same protomem::Error on every rank, naming the file and
+  /// the value, and changes nothing, when a file is missing, corrupt or truncated, of another save
+  /// or memory, or the number of files is not the world size that wrote them. Discards a pending
+  /// forward.
+  void load_shards(const std::vector<std::string>& paths) {
+    std::vector<Loaded> loaded;  // 0 or 1
+    std::uint64_t save_id = 0;
+    detail::collective_check(*comm_, [&] {
+      const detail::ShardLayout layout{config_.capacity, rank(), world_size()};
+      Backend backend(layout.local_capacity(), config_.dim, backend_.resources());
+      detail::ShardSet set = detail::read_shard_set<Scalar>(
+          paths, config_.dim, config_.capacity, config_.num_classes,
+          [&](const detail::ShardHeader&, const detail::ShardFileRecord& r, const Scalar* p) {
+            const auto global = static_cast<index_t>(r.slot);
+            if (layout.owner(global) == layout.rank) backend.set_prototype(layout.local(global), p);
+          });
+      save_id = set.header.save_id;
+      const std::string source = "load_shards: " + detail::quoted_path(paths.front());
+      std::vector<detail::ShardRecord> records;
+      records.reserve(set.records.size());
+      for (const detail::ShardFileRecord& r : set.records) {
+        records.push_back({r.label, r.last_written, static_cast<index_t>(r.slot), r.ticket});
+      }
+      const Stats& st = set.header.stats;
+      detail::ShardBook book = detail::ShardBook::from_records(
+          config_.capacity, rank(), world_size(), records,
+          {st.steps, st.refreshes, st.insertions, st.evictions});
+      loaded.push_back(loaded_state(set.header.policies, std::move(book), std::move(backend),
+                                    source));
+    });
+    // Every rank read a valid set; they must have read the same save.
+    const auto id = static_cast<std::int64_t>(save_id);
+    std::int64_t extremes[2] = {id, -id};
+    comm_->all_reduce(extremes, 2, ReduceOp::max);
+    detail::collective_check(*comm_, [&] {
+      if (extremes[0] != -extremes[1]) {
+        detail::fail("load_shards: the ranks read different saves (", detail::quoted_path(paths.front()),
+                     " on rank ", rank(), " has save id ", save_id,
+                     "); every rank must load the same shard files, and none was changed");
+      }
+    });
+    install(loaded.front());
   }
 
  private:
@@ -640,6 +727,40 @@ class ShardedPrototypeMemory {
         margin_, generator_, refresh_, queue_, mining_, aging_);
   }
 
+  // This rank's shard file (format version 3). A collective: the save id is agreed (the largest
+  // of the ranks' clock-and-address values), so the shards of one save share it.
+  std::string serialize_shard() const {
+    std::uint64_t id = static_cast<std::uint64_t>(
+        std::chrono::system_clock::now().time_since_epoch().count());
+    id ^= static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(this)) * 0x9E3779B97F4A7C15ULL;
+    id ^= static_cast<std::uint64_t>(
+              std::chrono::steady_clock::now().time_since_epoch().count()) << 17;
+    comm_->all_reduce(&id, 1, ReduceOp::max);
+    detail::ShardHeader h;
+    h.dim = static_cast<std::uint64_t>(config_.dim);
+    h.capacity = static_cast<std::uint64_t>(config_.capacity);
+    h.num_classes = config_.num_classes;
+    h.stats = stats();
+    h.save_id = id;
+    h.rank = static_cast<std::uint32_t>(rank());
+    h.world_size = static_cast<std::uint32_t>(world_size());
+    h.used = static_cast<std::uint64_t>(book_.used());
+    h.next_ticket = book_.next_ticket();
+    const std::vector<detail::ShardRecord> mine = book_.local_records();  // ascending ticket
+    std::vector<detail::ShardFileRecord> records;
+    records.reserve(mine.size());
+    for (const detail::ShardRecord& r : mine) {
+      records.push_back({r.label, static_cast<std::uint64_t>(r.slot), r.last_written, r.ticket});
+    }
+    return detail::write_shard_checkpoint<Scalar>(
+        h, records,
+        [&](detail::ByteWriter& out, std::size_t i) {
+          const prototype_type p = backend_.prototype_view(book_.layout().local(mine[i].slot));
+          for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
+        },
+        margin_, generator_, refresh_, queue_, mining_, aging_);
+  }
+
   // The state a checkpoint holds for this rank, built aside.
   struct Loaded {
     detail::ShardBook book;
@@ -663,14 +784,6 @@ class ShardedPrototypeMemory {
       // The checkpoint's own CRC-32 (its last 4 bytes; a CRC over them too would be a constant).
       read_checksum = detail::crc32(bytes.data(), bytes.size() - 4);
       detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
-      const auto& stored = header.policies;
-      AnyMargin margin = checked_policy(detail::load_policy(stored[0], "margin", margin_, source));
-      AnyGenerator generator = detail::load_policy(stored[1], "generator", generator_, source);
-      AnyRefresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
-      AnyQueue queue =
-          checked_sharded_queue(detail::load_policy(stored[3], "queue", queue_, source));
-      AnyMining mining = detail::load_policy(stored[4], "mining", mining_, source);
-      AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
       detail::CheckpointRecords<Scalar> records =
           detail::read_records<Scalar>(in, header, config_.capacity, config_.num_classes, source);
       // The records in eviction order with their global slots (the queue of the parsed book).
@@ -694,9 +807,7 @@ class ShardedPrototypeMemory {
         backend.set_prototype(book.layout().local(r.slot),
                               records.prototypes.data() + i * static_cast<std::size_t>(config_.dim));
       }
-      loaded.push_back({std::move(book), std::move(backend), std::move(margin),
-                        std::move(generator), std::move(refresh), std::move(queue),
-                        std::move(mining), std::move(aging)});
+      loaded.push_back(loaded_state(header.policies, std::move(book), std::move(backend), source));
     });
     // Every rank read a valid checkpoint; they must have read the same one (a different file per
     // rank would leave a memory made of halves of two).
@@ -709,7 +820,24 @@ class ShardedPrototypeMemory {
                      "none was changed");
       }
     });
-    Loaded& l = loaded.front();  // every rank succeeded
+    install(loaded.front());  // every rank succeeded
+  }
+
+  // The state of a load, built aside from the stored policies (checked as this memory's).
+  Loaded loaded_state(const detail::StoredPolicy (&stored)[detail::checkpoint_policies],
+                      detail::ShardBook book, Backend backend, const std::string& source) const {
+    AnyMargin margin = checked_policy(detail::load_policy(stored[0], "margin", margin_, source));
+    AnyGenerator generator = detail::load_policy(stored[1], "generator", generator_, source);
+    AnyRefresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
+    AnyQueue queue = checked_sharded_queue(detail::load_policy(stored[3], "queue", queue_, source));
+    AnyMining mining = detail::load_policy(stored[4], "mining", mining_, source);
+    AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
+    return {std::move(book),      std::move(backend), std::move(margin), std::move(generator),
+            std::move(refresh),   std::move(queue),   std::move(mining), std::move(aging)};
+  }
+
+  // Swaps a load's state in (nothing here throws).
+  void install(Loaded& l) {
     book_ = std::move(l.book);
     backend_ = std::move(l.backend);
     margin_ = std::move(l.margin);
