@@ -624,3 +624,49 @@ TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 r
   }
   rmdir(pattern);
 }
+
+TEST_CASE("a shard stream loads back into its own rank at the same world size, and only there",
+          "[sharded][shards]") {
+  const int W = 3;
+  const protomem::Config config = protomem::test::sharded_test_config();
+  std::vector<std::string> shards(W);
+  std::vector<Expect> expects(W);
+  std::vector<std::string> messages(W);
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    const auto me = static_cast<std::size_t>(comm.rank());
+    Expect& expect = expects[me];
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    protomem::test::ReferenceMemory<double> reference(config);
+    Batches batches(17, config.capacity, config.dim, W);
+    for (int t = 0; t < 30; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    std::ostringstream out;
+    sharded.save_shard(out);
+    shards[me] = out.str();
+    const Logical saved = logical_of_sharded(sharded);
+    protomem::test::ReferenceMemory<double> at_save = reference;
+    for (int t = 0; t < 5; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    const Logical moved_on = logical_of_sharded(sharded);
+    // Another rank's shard: the same error on every rank, nothing changed.
+    {
+      std::istringstream in(shards[(me + 1) % W]);
+      try {
+        sharded.load_shard(in, "shard of rank " + std::to_string((me + 1) % W));
+      } catch (const protomem::Error& e) {
+        messages[me] = e.what();
+      }
+      expect(logical_of_sharded(sharded) == moved_on, "a failed load_shard changed the memory");
+    }
+    // Its own shard: the memory at the save, and the same continuation.
+    std::istringstream in(shards[me]);
+    sharded.load_shard(in);
+    expect(logical_of_sharded(sharded) == saved, "load_shard did not restore the saved memory");
+    for (int t = 0; t < 10; ++t) protomem::test::step_both(sharded, at_save, batches.next(), 1e-10, expect);
+    protomem::test::expect_same_memory<double>(sharded, at_save, 1e-10, expect);
+  });
+  CHECK(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  for (const std::string& m : messages) CHECK(m == messages[0]);
+  CHECK(messages[0].find("rank 0 of 3: shard of rank 1 is shard 1 of a save by 3 ranks, but it is "
+                         "loaded on rank 0 of 3") != std::string::npos);
+  CHECK(messages[0].find("load_shards()") != std::string::npos);
+}

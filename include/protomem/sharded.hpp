@@ -329,17 +329,55 @@ class ShardedPrototypeMemory {
       loaded.push_back(loaded_state(set.header.policies, std::move(book), std::move(backend),
                                     source));
     });
-    // Every rank read a valid set; they must have read the same save.
-    const auto id = static_cast<std::int64_t>(save_id);
-    std::int64_t extremes[2] = {id, -id};
-    comm_->all_reduce(extremes, 2, ReduceOp::max);
+    agree_on_save(save_id, "load_shards: " + detail::quoted_path(paths.front()));
+    install(loaded.front());
+  }
+
+  /// A collective: every rank reads its own shard, as save_shard(std::ostream&) wrote it, from its
+  /// own `in` (the state_dict idiom: rank r saves and loads its own bytes); the save must have been
+  /// made by this world size, and every rank must load its shard of the same save. Throws the same
+  /// protomem::Error on every rank, changing nothing, otherwise - to move to another world size,
+  /// load the set of shard files with load_shards(). Reads exactly one shard from `in`, which may
+  /// hold more data after it. Discards a pending forward.
+  void load_shard(std::istream& in, const std::string& source = "shard stream") {
+    std::vector<Loaded> loaded;  // 0 or 1
+    std::uint64_t save_id = 0;
     detail::collective_check(*comm_, [&] {
-      if (extremes[0] != -extremes[1]) {
-        detail::fail("load_shards: the ranks read different saves (", detail::quoted_path(paths.front()),
-                     " on rank ", rank(), " has save id ", save_id,
-                     "); every rank must load the same shard files, and none was changed");
-      }
+      detail::ShardReader reader(in, source);
+      detail::reading_stream(source, [&] {
+        const detail::ShardHeader h = detail::read_shard_header(reader);
+        detail::check_shard_compatible<Scalar>(h, config_.dim, config_.capacity, source);
+        if (h.world_size != static_cast<std::uint32_t>(world_size()) ||
+            h.rank != static_cast<std::uint32_t>(rank())) {
+          detail::fail(source, " is shard ", h.rank, " of a save by ", h.world_size,
+                       " ranks, but it is loaded on rank ", rank(), " of ", world_size(),
+                       ": a shard alone loads only into its own rank at the same world size; ",
+                       "to change the world size, load the set of shard files with "
+                       "load_shards() (Python: save(path) and load(path))");
+        }
+        save_id = h.save_id;
+        const detail::ShardLayout& layout = book_.layout();
+        Backend backend(layout.local_capacity(), config_.dim, backend_.resources());
+        std::vector<Scalar> prototype(static_cast<std::size_t>(config_.dim));
+        std::vector<detail::ShardRecord> records;
+        records.reserve(static_cast<std::size_t>(h.records));
+        for (std::uint64_t r = 0; r < h.records; ++r) {
+          const detail::ShardFileRecord f = detail::read_shard_record<Scalar>(
+              reader, h, prototype.data(), r, config_.num_classes);
+          const auto global = static_cast<index_t>(f.slot);  // this rank's: checked above
+          backend.set_prototype(layout.local(global), prototype.data());
+          records.push_back({f.label, f.last_written, global, f.ticket});
+        }
+        reader.finish(false);
+        const Stats& st = h.stats;
+        detail::ShardBook book = detail::ShardBook::from_shard(
+            config_.capacity, rank(), world_size(), records, static_cast<index_t>(h.used),
+            h.next_ticket, {st.steps, st.refreshes, st.insertions, st.evictions});
+        loaded.push_back(loaded_state(h.policies, std::move(book), std::move(backend), source));
+        return 0;
+      });
     });
+    agree_on_save(save_id, source);
     install(loaded.front());
   }
 
@@ -834,6 +872,20 @@ class ShardedPrototypeMemory {
     AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
     return {std::move(book),      std::move(backend), std::move(margin), std::move(generator),
             std::move(refresh),   std::move(queue),   std::move(mining), std::move(aging)};
+  }
+
+  // Every rank read a valid shard or set of shards; they must have read the same save (the
+  // replicated state of two saves would not form one memory). A collective.
+  void agree_on_save(std::uint64_t save_id, const std::string& source) {
+    std::uint64_t extremes[2] = {save_id, ~save_id};  // max and ~min
+    comm_->all_reduce(extremes, 2, ReduceOp::max);
+    detail::collective_check(*comm_, [&] {
+      if (extremes[0] != ~extremes[1]) {
+        detail::fail("load: the ranks read shards of different saves (", source, " on rank ",
+                     rank(), " has save id ", save_id,
+                     "); every rank must load the same save, and none was changed");
+      }
+    });
   }
 
   // Swaps a load's state in (nothing here throws).

@@ -268,7 +268,7 @@ inline CheckpointHeader parse_checkpoint(const std::string& bytes, ByteReader& i
   const auto version = in.get<std::uint32_t>("the format version");
   if (version == shard_checkpoint_version) {
     fail(source, " is one shard of a sharded checkpoint (format version ", version,
-         "): load the whole set of shard files with load_shards()");
+         "): load the whole set of shard files with load_shards() (Python: load(path))");
   }
   if (version != checkpoint_version && version != checkpoint_version_without_aging) {
     fail(source, " has checkpoint format version ", version, "; this build of protomem reads ",
@@ -578,14 +578,18 @@ class ShardReader {
     return s;
   }
 
-  /// Reads the stored CRC-32 and checks it against the bytes read, then that nothing follows.
-  void finish() {
+  /// Bytes read so far.
+  std::uint64_t offset() const { return offset_; }
+
+  /// Reads the stored CRC-32 and checks it against the bytes read, then (`whole`: a file) that
+  /// nothing follows; a stream may hold more after the shard, as after a checkpoint.
+  void finish(bool whole = true) {
     const std::uint32_t computed = crc_;
     const auto stored = get<std::uint32_t>("the checksum");
     if (computed != stored) {
       fail(source_, " is corrupt: CRC-32 is ", computed, " but the file says ", stored);
     }
-    if (in_->peek() != std::char_traits<char>::eof()) {
+    if (whole && in_->peek() != std::char_traits<char>::eof()) {
       fail(source_, " has unexpected bytes past its end (byte ", offset_, ")");
     }
   }
@@ -654,6 +658,22 @@ inline ShardHeader read_shard_header(ShardReader& in) {
          " records, but ", expected, " of the ", h.used, " stored classes live on it");
   }
   return h;
+}
+
+/// A shard's compatibility with a memory of Scalar, `dim` and `capacity`.
+template <class Scalar>
+void check_shard_compatible(const ShardHeader& h, index_t dim, index_t capacity,
+                            const std::string& source) {
+  if (h.scalar_bytes != sizeof(Scalar)) {
+    fail(source, " stores ", h.scalar_bytes == 4 ? "float32" : "float64",
+         " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
+  }
+  if (h.dim != static_cast<std::uint64_t>(dim)) {
+    fail(source, " has dim ", h.dim, "; this memory has dim ", dim);
+  }
+  if (h.used > static_cast<std::uint64_t>(capacity)) {
+    fail(source, " holds ", h.used, " classes; this memory's capacity is ", capacity);
+  }
 }
 
 /// Reads one record of shard `h` into `prototype` (dim scalars) and checks it: the global slot is
@@ -744,16 +764,7 @@ ShardSet read_shard_set(const std::vector<std::string>& paths, index_t dim, inde
     ShardReader reader(in, source);
     reading_stream(source, [&] {
       const ShardHeader h = read_shard_header(reader);
-      if (h.scalar_bytes != sizeof(Scalar)) {
-        fail(source, " stores ", h.scalar_bytes == 4 ? "float32" : "float64",
-             " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
-      }
-      if (h.dim != static_cast<std::uint64_t>(dim)) {
-        fail(source, " has dim ", h.dim, "; this memory has dim ", dim);
-      }
-      if (h.used > static_cast<std::uint64_t>(capacity)) {
-        fail(source, " holds ", h.used, " classes; this memory's capacity is ", capacity);
-      }
+      check_shard_compatible<Scalar>(h, dim, capacity, source);
       if (f == 0) {
         set.header = h;
         if (paths.size() != h.world_size) {
