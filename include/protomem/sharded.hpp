@@ -26,7 +26,7 @@
 // Requires: every rank constructs the memory with the same Config and policies (checked at
 // construction, before anything one rank alone could throw on, and at every step for the policies,
 // which set_*() may change) and calls forward(), step(),
-// save(), load(), save_shard(), load_shards() and gather_records() in the same order (they are collectives); commit(),
+// save(), load(), save_shard(), load_shards(), load_shard() and gather_records() in the same order (they are collectives); commit(),
 // discard(), clear() and the queries are local, but every rank must make the same commits, discards
 // and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
 // detail/shard_plan.hpp). Device: the CPU backends (cpu, cpu_bf16, cpu_fp16).
