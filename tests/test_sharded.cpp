@@ -445,9 +445,10 @@ Logical logical_of_sharded(const Memory& m) {
 
 }  // namespace
 
-TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 ranks and into "
-          "one process with the same logical memory and identical continuation",
-          "[sharded][shards]") {
+TEST_CASE(
+    "shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 ranks and into "
+    "one process with the same logical memory and identical continuation",
+    "[sharded][shards]") {
   char pattern[] = "/tmp/protomem_shards_XXXXXX";
   REQUIRE(mkdtemp(pattern) != nullptr);
   const std::string dir = pattern, path = dir + "/memory", path2 = dir + "/later";
@@ -470,11 +471,13 @@ TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 r
     Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
     protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
     protomem::test::ReferenceMemory<double> mine(config);
-    for (const Global& b : first) protomem::test::step_both(sharded, mine, resplit(b, 2), 1e-10, expect);
+    for (const Global& b : first)
+      protomem::test::step_both(sharded, mine, resplit(b, 2), 1e-10, expect);
     sharded.save_shard(protomem::shard_path(path, comm.rank(), 2));
     const Logical l = logical_of_sharded(sharded);
     if (comm.rank() == 0) saved = l;
-    for (int t = 0; t < 3; ++t) protomem::test::step_both(sharded, mine, resplit(second[t], 2), 1e-10, expect);
+    for (int t = 0; t < 3; ++t)
+      protomem::test::step_both(sharded, mine, resplit(second[t], 2), 1e-10, expect);
     sharded.save_shard(protomem::shard_path(path2, comm.rank(), 2));
   });
   REQUIRE(joined(errors) == "");
@@ -488,7 +491,8 @@ TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 r
     std::ostringstream whole;
     reference.save(whole);
     const std::size_t one = slurp(paths[0]).size(), other = slurp(paths[1]).size();
-    const std::size_t n = saved.labels.size(), record = 32 + 8 * static_cast<std::size_t>(config.dim);
+    const std::size_t n = saved.labels.size(),
+                      record = 32 + 8 * static_cast<std::size_t>(config.dim);
     CHECK(one - other == (n + 1) / 2 * record - n / 2 * record);
     CHECK(one + other < whole.str().size() + n * 8 + 1024);
     CHECK(one < whole.str().size() * 6 / 10 + 1024);
@@ -504,11 +508,13 @@ TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 r
       protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
       sharded.load_shards(W == 3 ? std::vector<std::string>{paths[1], paths[0]} : paths);
       expect(logical_of_sharded(sharded) == saved, "the loaded logical memory differs");
-      expect(sharded.local_size() == protomem::detail::ShardLayout{config.capacity, comm.rank(), W}
-                                         .local_count(sharded.size()),
+      expect(sharded.local_size() ==
+                 protomem::detail::ShardLayout{config.capacity, comm.rank(), W}.local_count(
+                     sharded.size()),
              "this rank does not hold exactly its slots");
       protomem::test::ReferenceMemory<double> mine = reference;
-      for (const Global& b : second) protomem::test::step_both(sharded, mine, resplit(b, W), 1e-10, expect);
+      for (const Global& b : second)
+        protomem::test::step_both(sharded, mine, resplit(b, W), 1e-10, expect);
       protomem::test::expect_same_memory<double>(sharded, mine, 1e-10, expect);
     });
     INFO("W' = " << W);
@@ -559,8 +565,10 @@ TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 r
 
   // Bad sets: every rank throws the same Error naming the file and the value; nothing changes.
   const std::string corrupt = dir + "/corrupt.rank1-of-2", whole = dir + "/whole.ckpt";
+  const std::string truncated = dir + "/truncated.rank1-of-2";
   {
     std::string bytes = slurp(paths[1]);
+    spill(truncated, bytes.substr(0, bytes.size() - 30));
     bytes[bytes.size() - 12] ^= 0x01;  // the lowest byte of the last prototype value
     spill(corrupt, bytes);
     std::ostringstream out;
@@ -577,6 +585,7 @@ TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 r
       {{paths[0]}, "shard 0 of a save by 2 ranks, but 1 files were given"},
       {{paths[0], later[1]}, "later.rank1-of-2' is of another save"},
       {{paths[0], corrupt}, "corrupt.rank1-of-2' is corrupt: CRC-32"},
+      {{paths[0], truncated}, "truncated.rank1-of-2' is truncated: it ends at byte"},
       {{paths[0], paths[0]}, "memory.rank0-of-2' is shard 0 of 2, which another file"},
       {{whole, paths[1]}, "whole.ckpt' is a single-process checkpoint (format version 2)"},
       {{}, "no shard files given"}};
@@ -619,7 +628,7 @@ TEST_CASE("shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 r
       CHECK(one.size() == 0);
     }
   }
-  for (const std::string& p : {paths[0], paths[1], later[0], later[1], corrupt, whole}) {
+  for (const std::string& p : {paths[0], paths[1], later[0], later[1], corrupt, truncated, whole}) {
     std::remove(p.c_str());
   }
   rmdir(pattern);
@@ -638,13 +647,15 @@ TEST_CASE("a shard stream loads back into its own rank at the same world size, a
     protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
     protomem::test::ReferenceMemory<double> reference(config);
     Batches batches(17, config.capacity, config.dim, W);
-    for (int t = 0; t < 30; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    for (int t = 0; t < 30; ++t)
+      protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
     std::ostringstream out;
     sharded.save_shard(out);
     shards[me] = out.str();
     const Logical saved = logical_of_sharded(sharded);
     protomem::test::ReferenceMemory<double> at_save = reference;
-    for (int t = 0; t < 5; ++t) protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    for (int t = 0; t < 5; ++t)
+      protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
     const Logical moved_on = logical_of_sharded(sharded);
     // Another rank's shard: the same error on every rank, nothing changed.
     {
@@ -660,7 +671,8 @@ TEST_CASE("a shard stream loads back into its own rank at the same world size, a
     std::istringstream in(shards[me]);
     sharded.load_shard(in);
     expect(logical_of_sharded(sharded) == saved, "load_shard did not restore the saved memory");
-    for (int t = 0; t < 10; ++t) protomem::test::step_both(sharded, at_save, batches.next(), 1e-10, expect);
+    for (int t = 0; t < 10; ++t)
+      protomem::test::step_both(sharded, at_save, batches.next(), 1e-10, expect);
     protomem::test::expect_same_memory<double>(sharded, at_save, 1e-10, expect);
   });
   CHECK(joined(errors) == "");

@@ -25,21 +25,22 @@
 //
 // Requires: every rank constructs the memory with the same Config and policies (checked at
 // construction, before anything one rank alone could throw on, and at every step for the policies,
-// which set_*() may change) and calls forward(), step(),
-// save(), load(), save_shard(), load_shards(), load_shard() and gather_records() in the same order (they are collectives); commit(),
-// discard(), clear() and the queries are local, but every rank must make the same commits, discards
-// and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
-// detail/shard_plan.hpp). Device: the CPU backends (cpu, cpu_bf16, cpu_fp16).
+// which set_*() may change) and calls forward(), step(), save(), load(), save_shard(),
+// load_shards(), load_shard() and gather_records() in the same order (they are collectives);
+// commit(), discard(), clear() and the queries are local, but every rank must make the same
+// commits, discards and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs
+// its sharded form in detail/shard_plan.hpp). Device: the CPU backends (cpu, cpu_bf16, cpu_fp16).
 // Guarantees: loss, gradients and the logical memory (labels, global slots, last-written steps,
 // eviction order, counters) equal those of one PrototypeMemory stepped on the concatenated batches,
 // the prototypes and gradients to rounding (the memory pass sums in another order); save() writes
 // the single-process format, so N ranks' checkpoint loads into M ranks or into a plain
 // PrototypeMemory, and the other way round; save_shard() writes only this rank's shard (format
 // version 3), and load_shards() reads the W shard files of one save into any number of ranks
-// (PrototypeMemory::load_shards into one process), each rank holding only its own prototypes. Every failure caused by input throws on every rank alike
-// and leaves every shard as it was. A communicator error surfaces as protomem::Error where its
-// engine reports it (docs/distributed.md, "Failure"); a rank that runs out of memory inside its own
-// memory pass cannot tell the others, which then wait in the merge until the engine gives up.
+// (PrototypeMemory::load_shards into one process), each rank holding only its own prototypes.
+// Every failure caused by input throws on every rank alike and leaves every shard as it was. A
+// communicator error surfaces as protomem::Error where its engine reports it (docs/distributed.md,
+// "Failure"); a rank that runs out of memory inside its own memory pass cannot tell the others,
+// which then wait in the merge until the engine gives up.
 #pragma once
 
 #include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
@@ -65,7 +66,7 @@
 namespace protomem {
 
 /// The file name of rank `rank`'s shard of a save to `path` by `world_size` ranks:
-/// "<path>.rank<r>-of-<W>" (so the W files of one save sit side by side and say how many there are).
+/// "<path>.rank<r>-of-<W>" (the W files of one save sit side by side and say how many they are).
 inline std::string shard_path(const std::string& path, int rank, int world_size) {
   if (world_size < 1 || rank < 0 || rank >= world_size) {
     detail::fail("shard_path: rank ", rank, " of world size ", world_size, " is not a rank");
@@ -770,7 +771,8 @@ class ShardedPrototypeMemory {
   std::string serialize_shard() const {
     std::uint64_t id = static_cast<std::uint64_t>(
         std::chrono::system_clock::now().time_since_epoch().count());
-    id ^= static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(this)) * 0x9E3779B97F4A7C15ULL;
+    id ^= static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(this)) *
+          0x9E3779B97F4A7C15ULL;
     id ^= static_cast<std::uint64_t>(
               std::chrono::steady_clock::now().time_since_epoch().count()) << 17;
     comm_->all_reduce(&id, 1, ReduceOp::max);

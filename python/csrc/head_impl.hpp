@@ -4,8 +4,9 @@
 // Python layer reads and sets. Included by heads_*.cpp and sharded_*.cpp, one Scalar x Device each.
 //
 // The sharded head: every call that touches the memory's contents is a collective (forward,
-// clone, state, full_state, load_state, save, load, contents, prototype, contains), so every process of the
-// group makes it; a process's share of the batch may be empty.
+// clone, state, full_state, load_state, save, load, contents, prototype, contains), so every
+// process of the group makes it; a process's share of the batch may be empty. Its state() is this
+// process's shard (format version 3); save() writes it to protomem::shard_path(path, rank, W).
 #pragma once
 
 #include <algorithm>
@@ -271,8 +272,9 @@ class HeadImpl final : public AnyHead {
 
   // Whether `bytes` begin as a shard (checkpoint format version 3) does.
   static bool is_shard(const std::string& bytes) {
-    return bytes.size() >= 12 && protomem::detail::has_magic(bytes, protomem::detail::checkpoint_magic) &&
-           static_cast<unsigned char>(bytes[8]) == protomem::detail::shard_checkpoint_version &&
+    namespace d = protomem::detail;
+    return bytes.size() >= 12 && d::has_magic(bytes, d::checkpoint_magic) &&
+           static_cast<unsigned char>(bytes[8]) == d::shard_checkpoint_version &&
            bytes[9] == 0 && bytes[10] == 0 && bytes[11] == 0;
   }
 

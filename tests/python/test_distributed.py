@@ -4,8 +4,8 @@ the concatenated batch (float64: 1e-9, float32: 1e-5), the stored contents equal
 holds this process's shard and loads back at the same world size, full_state() moves the memory to
 one process and a one-process state_dict back, save(path) / load(path) move shard files between
 world sizes (2 -> 3, 2 -> 1, 1 -> 2) with a rank's peak memory at load well below the whole
-memory, a missing shard raises the same error everywhere, and bad input in one process raises the same error,
-naming that process, in every process with nothing changed. Every policy keyword reaches the
+memory, a missing shard raises the same error everywhere, and bad input in one process raises the
+same error, naming that process, in every process with nothing changed. Every policy keyword reaches the
 sharded memory: FirstInFirstOut, DoppelgangerMining (the same table in every process as in one),
 Momentum, AgeDecay with a bound, and bfloat16 storage."""
 import os
@@ -78,7 +78,7 @@ WORKER = textwrap.dedent('''
         c = back.contents()
         assert torch.equal(c[0], a[0]) and torch.equal(c[1], a[1]) and torch.equal(c[2], a[2])
         assert back.stats() == sharded.stats()
-        # Another rank's shard, or a shard into one process: protomem.Error pointing to the file API.
+        # Another rank's shard, or a shard into one process: protomem.Error naming the file API.
         other = torch.load(f"softmax_fc_{dtype}_{(rank + 1) % world}.pt")
         try:
             back.load_state_dict(other)
@@ -182,7 +182,7 @@ def test_sharded_memory_matches_one_process(tmp_path, world):
         assert f"ok {r}" in out, out
 
 
-# ---- checkpoints as shard files: save(path) / load(path) across world sizes ------------------------
+# ---- checkpoints as shard files: save(path) / load(path) across world sizes ---------------------
 
 SHARDS_WORKER = textwrap.dedent('''
     import os, resource, sys, torch, torch.distributed as dist

@@ -467,7 +467,7 @@ Book book_from_records(Span<const label_t> labels, MatrixView<const Scalar> prot
   return book;
 }
 
-// ---- shard checkpoint, version 3: one rank's shard of a sharded memory ----------------------------
+// ---- shard checkpoint, version 3: one rank's shard of a sharded memory ---------------------
 //   "PROTOMEM" | u32 version 3 | the version-2 fields up to the policies (scalar bytes, dim,
 //   capacity, num_classes, steps, refreshes, insertions, evictions, 6 x policy)
 //   | u64 save id (the same in every shard of one save) | u32 rank r | u32 world size W
@@ -736,12 +736,13 @@ inline std::string describe_paths(const std::vector<std::string>& paths) {
 }
 
 /// Streams the shard files of one save (`paths`, any order, one per rank of the world size that
-/// wrote them) for a memory of Scalar, `dim`, `capacity` and `num_classes`: `keep(record,
-/// prototype)` is called for each checked record, with the file's header (it keeps what it needs: one rank keeps the
-/// prototypes of its slots), one file at a time. Throws protomem::Error naming the file and the
-/// value for a missing, unreadable, truncated or corrupt file, a file of another save, world size
-/// or memory, a rank twice or the wrong number of files, labels or slots twice. Memory: one
-/// record's prototype plus O(n) integers; each file's CRC-32 is checked as it streams.
+/// wrote them) for a memory of Scalar, `dim`, `capacity` and `num_classes`: `keep(header, record,
+/// prototype)` is called for each checked record, one file at a time (it keeps what it needs: one
+/// rank keeps the prototypes of its slots). Throws protomem::Error naming the file and the value
+/// for a missing, unreadable, truncated or corrupt file, a file of another save, world size or
+/// memory, a rank twice or the wrong number of files, labels or slots twice. Memory: one record's
+/// prototype plus O(n) integers; each file's CRC-32 is checked as it streams, so a corrupt file
+/// fails on the first check its bytes break (a record's, or at the end the checksum).
 template <class Scalar, class Keep>
 ShardSet read_shard_set(const std::vector<std::string>& paths, index_t dim, index_t capacity,
                         label_t num_classes, Keep keep) {
