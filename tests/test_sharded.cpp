@@ -682,3 +682,71 @@ TEST_CASE("a shard stream loads back into its own rank at the same world size, a
                          "loaded on rank 0 of 3") != std::string::npos);
   CHECK(messages[0].find("load_shards()") != std::string::npos);
 }
+
+TEST_CASE("every truncation and every flipped byte of a shard file fails its load, nothing changes",
+          "[sharded][shards]") {
+  // ~2,800 small files are written: in memory (/dev/shm) where there is one.
+  char in_memory[] = "/dev/shm/protomem_shard_bytes_XXXXXX";
+  char on_disk[] = "/tmp/protomem_shard_bytes_XXXXXX";
+  char* pattern = mkdtemp(in_memory) != nullptr ? in_memory : on_disk;
+  REQUIRE((pattern == in_memory || mkdtemp(on_disk) != nullptr));
+  const std::string dir = pattern, path = dir + "/memory", bad = dir + "/bad";
+  const protomem::Config config = protomem::test::sharded_test_config();
+  const auto errors = run_ranks(2, [&](ThreadComm& comm) {
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    Batches batches(23, config.capacity, config.dim, 2);
+    for (int t = 0; t < 25; ++t) {
+      const Global b = batches.next();
+      std::vector<double> g(static_cast<std::size_t>(b.rows[static_cast<std::size_t>(comm.rank())] *
+                                                     config.dim));
+      const auto mine = static_cast<index_t>(b.rows[static_cast<std::size_t>(comm.rank())]);
+      const auto at = static_cast<std::size_t>(b.offset(comm.rank()));
+      sharded.step(protomem::matrix_view<const double>(b.embeddings.data() + at * config.dim, mine,
+                                                       config.dim),
+                   protomem::label_view(b.labels.data() + at, mine),
+                   protomem::matrix_view(g.data(), mine, config.dim));
+    }
+    sharded.save_shard(protomem::shard_path(path, comm.rank(), 2));
+  });
+  REQUIRE(joined(errors) == "");
+  const std::vector<std::string> paths = protomem::shard_paths(path, 2);
+  protomem::test::ReferenceMemory<double> memory(config);
+  memory.load_shards(paths);
+  REQUIRE(memory.size() == config.capacity);
+  std::ostringstream before;
+  memory.save(before);
+  int loads = 0, failures = 0;
+  for (int which = 0; which < 2; ++which) {
+    const std::string good = slurp(paths[static_cast<std::size_t>(which)]);
+    std::vector<std::string> set = paths;
+    set[static_cast<std::size_t>(which)] = bad;
+    auto fails = [&](const std::string& bytes) {
+      spill(bad, bytes);
+      ++loads;
+      try {
+        memory.load_shards(set);
+      } catch (const protomem::Error& e) {
+        ++failures;
+        return std::string(e.what()).find("'" + bad + "'") != std::string::npos;  // names it
+      }
+      return false;
+    };
+    for (std::size_t n = 0; n < good.size(); ++n) {
+      INFO("file " << which << " truncated to " << n << " bytes");
+      CHECK(fails(good.substr(0, n)));
+    }
+    for (std::size_t i = 0; i < good.size(); ++i) {
+      std::string flipped = good;
+      flipped[i] = static_cast<char>(flipped[i] ^ 0x10);
+      INFO("file " << which << ", byte " << i << " flipped");
+      CHECK(fails(flipped));
+    }
+    CHECK(fails(good + "x"));  // a byte past the end
+  }
+  CHECK(failures == loads);
+  std::ostringstream after;
+  memory.save(after);
+  CHECK(after.str() == before.str());
+  for (const std::string& p : {paths[0], paths[1], bad}) std::remove(p.c_str());
+  rmdir(pattern);
+}

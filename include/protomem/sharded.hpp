@@ -323,6 +323,7 @@ class ShardedPrototypeMemory {
       for (const detail::ShardFileRecord& r : set.records) {
         records.push_back({r.label, r.last_written, static_cast<index_t>(r.slot), r.ticket});
       }
+      std::vector<detail::ShardFileRecord>().swap(set.records);  // one copy at a time
       const Stats& st = set.header.stats;
       detail::ShardBook book = detail::ShardBook::from_records(
           config_.capacity, rank(), world_size(), records,
