@@ -285,16 +285,17 @@ class ShardedPrototypeMemory {
   /// state, rank, world size, an id common to the shards of this save, and this rank's records.
   /// A failed write on any rank throws on every rank.
   void save_shard(std::ostream& out) const {
-    const std::string bytes = serialize_shard();
-    detail::collective_check(*comm_, [&] { detail::write_stream(out, bytes); });
+    const std::uint64_t id = agree_on_save_id();
+    detail::collective_check(*comm_, [&] { detail::write_stream(out, serialize_shard(id)); });
   }
 
   /// A collective: every rank writes its shard to its own `path` crash-safely (use
   /// shard_path(path, rank(), world_size()) for the conventional names); a failed write throws on
   /// every rank and leaves that rank's file as it was.
   void save_shard(const std::string& path) const {
-    const std::string bytes = serialize_shard();
-    detail::collective_check(*comm_, [&] { detail::write_file_atomically(path, bytes); });
+    const std::uint64_t id = agree_on_save_id();
+    detail::collective_check(*comm_,
+                             [&] { detail::write_file_atomically(path, serialize_shard(id)); });
   }
 
   /// A collective: every rank streams all the shard files of one save (`paths`: the W files
@@ -767,9 +768,9 @@ class ShardedPrototypeMemory {
         margin_, generator_, refresh_, queue_, mining_, aging_);
   }
 
-  // This rank's shard file (format version 3). A collective: the save id is agreed (the largest
-  // of the ranks' clock-and-address values), so the shards of one save share it.
-  std::string serialize_shard() const {
+  // The id of a save, the same on every rank (the largest of the ranks' clock-and-address values),
+  // so that the shards of one save share it and those of two saves differ. A collective.
+  std::uint64_t agree_on_save_id() const {
     std::uint64_t id = static_cast<std::uint64_t>(
         std::chrono::system_clock::now().time_since_epoch().count());
     id ^= static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(this)) *
@@ -777,6 +778,12 @@ class ShardedPrototypeMemory {
     id ^= static_cast<std::uint64_t>(
               std::chrono::steady_clock::now().time_since_epoch().count()) << 17;
     comm_->all_reduce(&id, 1, ReduceOp::max);
+    return id;
+  }
+
+  // This rank's shard file (format version 3) of the save `id`; local (may throw: the callers
+  // build it inside their agreement).
+  std::string serialize_shard(std::uint64_t id) const {
     detail::ShardHeader h;
     h.dim = static_cast<std::uint64_t>(config_.dim);
     h.capacity = static_cast<std::uint64_t>(config_.capacity);
