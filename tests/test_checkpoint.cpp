@@ -186,9 +186,15 @@ TEST_CASE("a damaged or mismatched checkpoint is rejected and changes nothing", 
   }
   SECTION("another format version") {
     std::string bad = good;
-    bad[8] = 3;
+    bad[8] = 4;
     rejects(with_valid_crc(bad),
-            "has checkpoint format version 3; this build of protomem reads versions 1 and 2");
+            "has checkpoint format version 4; this build of protomem reads versions 1 and 2");
+  }
+  SECTION("a shard (format version 3) is refused by load(), pointing to load_shards()") {
+    std::string bad = good;
+    bad[8] = 3;
+    rejects(with_valid_crc(bad), "is one shard of a sharded checkpoint (format version 3): load "
+                                 "the whole set of shard files with load_shards()");
   }
   SECTION("another dimension") {
     protomem::PrototypeMemory<float> wide({12, kDim + 1}, protomem::ArcFace(32.0, 0.4),

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <protomem/sharded.hpp>
 #include <sstream>
 #include <string>
@@ -475,4 +477,350 @@ TEST_CASE("single-exemplar batches are judged on the global batch, alike on ever
   for (const std::string& m : messages) {
     CHECK(m.find("6 of the batch's 6 classes have a single exemplar (B = 6)") != std::string::npos);
   }
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void spill(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// The logical memory of gather_records() / a PrototypeMemory as comparable values.
+struct Logical {
+  std::vector<label_t> labels;
+  std::vector<std::uint64_t> written;
+  std::vector<double> prototypes;
+  std::vector<index_t> slots;
+  protomem::Stats stats{};
+  bool operator==(const Logical& o) const {
+    return labels == o.labels && written == o.written && prototypes == o.prototypes &&
+           slots == o.slots && stats.steps == o.stats.steps &&
+           stats.refreshes == o.stats.refreshes && stats.insertions == o.stats.insertions &&
+           stats.evictions == o.stats.evictions;
+  }
+};
+
+template <class Memory>
+Logical logical_of_sharded(const Memory& m) {
+  Logical l;
+  for (const auto& r : m.gather_records()) {
+    l.labels.push_back(r.label);
+    l.written.push_back(r.last_written);
+    l.prototypes.insert(l.prototypes.end(), r.prototype.begin(), r.prototype.end());
+  }
+  l.slots = m.gather_slots();
+  l.stats = m.stats();
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "shard checkpoints: 2 ranks save a shard each; it loads into 1, 2, 3 ranks and into "
+    "one process with the same logical memory and identical continuation",
+    "[sharded][shards]") {
+  char pattern[] = "/tmp/protomem_shards_XXXXXX";
+  REQUIRE(mkdtemp(pattern) != nullptr);
+  const std::string dir = pattern, path = dir + "/memory", path2 = dir + "/later";
+  const protomem::Config config = protomem::test::sharded_test_config();
+  Batches stream(41, config.capacity, config.dim, 1);
+  const std::vector<Global> first = draw(stream, 40), second = draw(stream, 20);
+  protomem::test::ReferenceMemory<double> reference(config);
+  for (const Global& b : first) {
+    std::vector<double> g(b.embeddings.size());
+    const auto B = static_cast<index_t>(b.labels.size());
+    reference.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
+                   protomem::label_view(b.labels.data(), B),
+                   protomem::matrix_view(g.data(), B, config.dim));
+  }
+
+  // 2 ranks: each writes its shard; a second save after 3 more steps to `path2`.
+  Logical saved;
+  std::vector<Expect> expects(2);
+  auto errors = run_ranks(2, [&](ThreadComm& comm) {
+    Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    protomem::test::ReferenceMemory<double> mine(config);
+    for (const Global& b : first)
+      protomem::test::step_both(sharded, mine, resplit(b, 2), 1e-10, expect);
+    sharded.save_shard(protomem::shard_path(path, comm.rank(), 2));
+    const Logical l = logical_of_sharded(sharded);
+    if (comm.rank() == 0) saved = l;
+    for (int t = 0; t < 3; ++t)
+      protomem::test::step_both(sharded, mine, resplit(second[t], 2), 1e-10, expect);
+    sharded.save_shard(protomem::shard_path(path2, comm.rank(), 2));
+  });
+  REQUIRE(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  REQUIRE(saved.labels.size() == static_cast<std::size_t>(config.capacity));
+  CHECK(reference.stats().evictions > 20);
+  const std::vector<std::string> paths = protomem::shard_paths(path, 2);
+  // Each file holds its rank's records only: together they are the whole memory's file plus one
+  // more header and 8 bytes (the ticket) a record.
+  {
+    std::ostringstream whole;
+    reference.save(whole);
+    const std::size_t one = slurp(paths[0]).size(), other = slurp(paths[1]).size();
+    const std::size_t n = saved.labels.size(),
+                      record = 32 + 8 * static_cast<std::size_t>(config.dim);
+    CHECK(one - other == (n + 1) / 2 * record - n / 2 * record);
+    CHECK(one + other < whole.str().size() + n * 8 + 1024);
+    CHECK(one < whole.str().size() * 6 / 10 + 1024);
+  }
+
+  // Into W' = 1, 2, 3 ranks, the files given in either order: the same logical memory, and the
+  // next steps equal the reference's.
+  for (int W : {1, 2, 3}) {
+    expects.assign(static_cast<std::size_t>(W), Expect{});
+    errors = run_ranks(W, [&](ThreadComm& comm) {
+      Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+      expect.context = "W' = " + std::to_string(W) + ", rank " + std::to_string(comm.rank());
+      protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+      sharded.load_shards(W == 3 ? std::vector<std::string>{paths[1], paths[0]} : paths);
+      expect(logical_of_sharded(sharded) == saved, "the loaded logical memory differs");
+      expect(sharded.local_size() ==
+                 protomem::detail::ShardLayout{config.capacity, comm.rank(), W}.local_count(
+                     sharded.size()),
+             "this rank does not hold exactly its slots");
+      protomem::test::ReferenceMemory<double> mine = reference;
+      for (const Global& b : second)
+        protomem::test::step_both(sharded, mine, resplit(b, W), 1e-10, expect);
+      protomem::test::expect_same_memory<double>(sharded, mine, 1e-10, expect);
+    });
+    INFO("W' = " << W);
+    CHECK(joined(errors) == "");
+    for (const Expect& e : expects) CHECK(e.report() == "");
+  }
+
+  // Into one plain PrototypeMemory (2 -> 1 without a communicator).
+  {
+    protomem::test::ReferenceMemory<double> one(config);
+    one.load_shards(paths);
+    Logical l;
+    for (const auto& r : one) {
+      l.labels.push_back(r.label);
+      l.written.push_back(r.last_written);
+      l.prototypes.insert(l.prototypes.end(), &r.prototype[0], &r.prototype[0] + config.dim);
+    }
+    l.slots = saved.slots;  // the plain memory does not expose slots; its continuation checks them
+    l.stats = one.stats();
+    CHECK(l == saved);
+    // Continuation: the plain memory and the never-checkpointed reference step alike.
+    protomem::SingleProcess single;
+    protomem::test::Sharded<double, protomem::SingleProcess> sharded1(single, config);
+    sharded1.load_shards(paths);
+    Expect expect;
+    protomem::test::ReferenceMemory<double> mine = reference;
+    for (const Global& b : second) {
+      protomem::test::step_both(sharded1, mine, resplit(b, 1), 1e-10, expect);
+      std::vector<double> g(b.embeddings.size());
+      const auto B = static_cast<index_t>(b.labels.size());
+      one.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
+               protomem::label_view(b.labels.data(), B),
+               protomem::matrix_view(g.data(), B, config.dim));
+    }
+    protomem::test::expect_same_memory<double>(sharded1, one, 1e-10, expect);
+    protomem::test::expect_same_memory<double>(sharded1, mine, 1e-10, expect);
+    CHECK(expect.report() == "");
+    // A shard given to load() says what it is.
+    std::string message;
+    try {
+      one.load(paths[0]);
+    } catch (const protomem::Error& e) {
+      message = e.what();
+    }
+    CHECK(message.find("is one shard of a sharded checkpoint") != std::string::npos);
+    CHECK(message.find("load_shards") != std::string::npos);
+  }
+
+  // Bad sets: every rank throws the same Error naming the file and the value; nothing changes.
+  const std::string corrupt = dir + "/corrupt.rank1-of-2", whole = dir + "/whole.ckpt";
+  const std::string truncated = dir + "/truncated.rank1-of-2";
+  {
+    std::string bytes = slurp(paths[1]);
+    spill(truncated, bytes.substr(0, bytes.size() - 30));
+    bytes[bytes.size() - 12] ^= 0x01;  // the lowest byte of the last prototype value
+    spill(corrupt, bytes);
+    std::ostringstream out;
+    reference.save(out);
+    spill(whole, out.str());
+  }
+  const std::vector<std::string> later = protomem::shard_paths(path2, 2);
+  struct Bad {
+    std::vector<std::string> paths;
+    std::string says;
+  };
+  const std::vector<Bad> bads = {
+      {{paths[0], dir + "/missing.rank1-of-2"}, "missing.rank1-of-2' does not exist"},
+      {{paths[0]}, "shard 0 of a save by 2 ranks, but 1 files were given"},
+      {{paths[0], later[1]}, "later.rank1-of-2' is of another save"},
+      {{paths[0], corrupt}, "corrupt.rank1-of-2' is corrupt: CRC-32"},
+      {{paths[0], truncated}, "truncated.rank1-of-2' is truncated: it ends at byte"},
+      {{paths[0], paths[0]}, "memory.rank0-of-2' is shard 0 of 2, which another file"},
+      {{whole, paths[1]}, "whole.ckpt' is a single-process checkpoint (format version 2)"},
+      {{}, "no shard files given"}};
+  for (int W : {1, 2, 3}) {
+    std::vector<std::vector<std::string>> messages(static_cast<std::size_t>(W));
+    expects.assign(static_cast<std::size_t>(W), Expect{});
+    errors = run_ranks(W, [&](ThreadComm& comm) {
+      Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+      protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+      sharded.load_shards(later);
+      const Logical before = logical_of_sharded(sharded);
+      for (const Bad& bad : bads) {
+        std::string message = "no error";
+        try {
+          sharded.load_shards(bad.paths);
+        } catch (const protomem::Error& e) {
+          message = e.what();
+        }
+        expect(message.find(bad.says) != std::string::npos,
+               "'" + message + "' does not say '" + bad.says + "'");
+        messages[static_cast<std::size_t>(comm.rank())].push_back(message);
+        expect(logical_of_sharded(sharded) == before, "a failed load changed the memory");
+      }
+    });
+    INFO("W' = " << W);
+    CHECK(joined(errors) == "");
+    for (const Expect& e : expects) CHECK(e.report() == "");
+    for (const auto& m : messages) CHECK(m == messages[0]);  // the same error on every rank
+  }
+  {
+    protomem::test::ReferenceMemory<double> one(config);
+    for (const Bad& bad : bads) {
+      std::string message = "no error";
+      try {
+        one.load_shards(bad.paths);
+      } catch (const protomem::Error& e) {
+        message = e.what();
+      }
+      CHECK(message.find(bad.says) != std::string::npos);
+      CHECK(one.size() == 0);
+    }
+  }
+  for (const std::string& p : {paths[0], paths[1], later[0], later[1], corrupt, truncated, whole}) {
+    std::remove(p.c_str());
+  }
+  rmdir(pattern);
+}
+
+TEST_CASE("a shard stream loads back into its own rank at the same world size, and only there",
+          "[sharded][shards]") {
+  const int W = 3;
+  const protomem::Config config = protomem::test::sharded_test_config();
+  std::vector<std::string> shards(W);
+  std::vector<Expect> expects(W);
+  std::vector<std::string> messages(W);
+  const auto errors = run_ranks(W, [&](ThreadComm& comm) {
+    const auto me = static_cast<std::size_t>(comm.rank());
+    Expect& expect = expects[me];
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    protomem::test::ReferenceMemory<double> reference(config);
+    Batches batches(17, config.capacity, config.dim, W);
+    for (int t = 0; t < 30; ++t)
+      protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    std::ostringstream out;
+    sharded.save_shard(out);
+    shards[me] = out.str();
+    const Logical saved = logical_of_sharded(sharded);
+    protomem::test::ReferenceMemory<double> at_save = reference;
+    for (int t = 0; t < 5; ++t)
+      protomem::test::step_both(sharded, reference, batches.next(), 1e-10, expect);
+    const Logical moved_on = logical_of_sharded(sharded);
+    // Another rank's shard: the same error on every rank, nothing changed.
+    {
+      std::istringstream in(shards[(me + 1) % W]);
+      try {
+        sharded.load_shard(in, "shard of rank " + std::to_string((me + 1) % W));
+      } catch (const protomem::Error& e) {
+        messages[me] = e.what();
+      }
+      expect(logical_of_sharded(sharded) == moved_on, "a failed load_shard changed the memory");
+    }
+    // Its own shard: the memory at the save, and the same continuation.
+    std::istringstream in(shards[me]);
+    sharded.load_shard(in);
+    expect(logical_of_sharded(sharded) == saved, "load_shard did not restore the saved memory");
+    for (int t = 0; t < 10; ++t)
+      protomem::test::step_both(sharded, at_save, batches.next(), 1e-10, expect);
+    protomem::test::expect_same_memory<double>(sharded, at_save, 1e-10, expect);
+  });
+  CHECK(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
+  for (const std::string& m : messages) CHECK(m == messages[0]);
+  CHECK(messages[0].find("rank 0 of 3: shard of rank 1 is shard 1 of a save by 3 ranks, but it is "
+                         "loaded on rank 0 of 3") != std::string::npos);
+  CHECK(messages[0].find("load_shards()") != std::string::npos);
+}
+
+TEST_CASE("every truncation and every flipped byte of a shard file fails its load, nothing changes",
+          "[sharded][shards]") {
+  // ~2,800 small files are written: in memory (/dev/shm) where there is one.
+  char in_memory[] = "/dev/shm/protomem_shard_bytes_XXXXXX";
+  char on_disk[] = "/tmp/protomem_shard_bytes_XXXXXX";
+  char* pattern = mkdtemp(in_memory) != nullptr ? in_memory : on_disk;
+  REQUIRE((pattern == in_memory || mkdtemp(on_disk) != nullptr));
+  const std::string dir = pattern, path = dir + "/memory", bad = dir + "/bad";
+  const protomem::Config config = protomem::test::sharded_test_config();
+  const auto errors = run_ranks(2, [&](ThreadComm& comm) {
+    protomem::test::Sharded<double, ThreadComm> sharded(comm, config);
+    Batches batches(23, config.capacity, config.dim, 2);
+    for (int t = 0; t < 25; ++t) {
+      const Global b = batches.next();
+      std::vector<double> g(static_cast<std::size_t>(b.rows[static_cast<std::size_t>(comm.rank())] *
+                                                     config.dim));
+      const auto mine = static_cast<index_t>(b.rows[static_cast<std::size_t>(comm.rank())]);
+      const auto at = static_cast<std::size_t>(b.offset(comm.rank()));
+      sharded.step(protomem::matrix_view<const double>(b.embeddings.data() + at * config.dim, mine,
+                                                       config.dim),
+                   protomem::label_view(b.labels.data() + at, mine),
+                   protomem::matrix_view(g.data(), mine, config.dim));
+    }
+    sharded.save_shard(protomem::shard_path(path, comm.rank(), 2));
+  });
+  REQUIRE(joined(errors) == "");
+  const std::vector<std::string> paths = protomem::shard_paths(path, 2);
+  protomem::test::ReferenceMemory<double> memory(config);
+  memory.load_shards(paths);
+  REQUIRE(memory.size() == config.capacity);
+  std::ostringstream before;
+  memory.save(before);
+  int loads = 0, failures = 0;
+  for (int which = 0; which < 2; ++which) {
+    const std::string good = slurp(paths[static_cast<std::size_t>(which)]);
+    std::vector<std::string> set = paths;
+    set[static_cast<std::size_t>(which)] = bad;
+    auto fails = [&](const std::string& bytes) {
+      spill(bad, bytes);
+      ++loads;
+      try {
+        memory.load_shards(set);
+      } catch (const protomem::Error& e) {
+        ++failures;
+        return std::string(e.what()).find("'" + bad + "'") != std::string::npos;  // names it
+      }
+      return false;
+    };
+    for (std::size_t n = 0; n < good.size(); ++n) {
+      INFO("file " << which << " truncated to " << n << " bytes");
+      CHECK(fails(good.substr(0, n)));
+    }
+    for (std::size_t i = 0; i < good.size(); ++i) {
+      std::string flipped = good;
+      flipped[i] = static_cast<char>(flipped[i] ^ 0x10);
+      INFO("file " << which << ", byte " << i << " flipped");
+      CHECK(fails(flipped));
+    }
+    CHECK(fails(good + "x"));  // a byte past the end
+  }
+  CHECK(failures == loads);
+  std::ostringstream after;
+  memory.save(after);
+  CHECK(after.str() == before.str());
+  for (const std::string& p : {paths[0], paths[1], bad}) std::remove(p.c_str());
+  rmdir(pattern);
 }

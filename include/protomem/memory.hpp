@@ -364,6 +364,45 @@ class PrototypeMemory {
     }
   }
 
+  /// Replaces the state by that of a sharded memory's shard files (ShardedPrototypeMemory::
+  /// save_shard, checkpoint format version 3): `paths` are the W files of one save, in any order.
+  /// This is how a checkpoint of W ranks moves to one process without ever being gathered into one
+  /// file. Each file is streamed and its CRC-32 checked; throws protomem::Error naming the file and
+  /// the value, leaving the memory untouched, for a missing or corrupt file, a file of another
+  /// save, the wrong number of files, or what load() rejects. Discards a pending forward.
+  void load_shards(const std::vector<std::string>& paths) {
+    try {
+      std::vector<Scalar> prototypes;  // by global slot
+      const detail::ShardSet set = detail::read_shard_set<Scalar>(
+          paths, config_.dim, config_.capacity, config_.num_classes,
+          [&](const detail::ShardHeader& h, const detail::ShardFileRecord& r, const Scalar* p) {
+            const auto D = static_cast<std::size_t>(config_.dim);
+            prototypes.resize(static_cast<std::size_t>(h.used) * D);
+            std::copy_n(p, D, prototypes.data() + static_cast<std::size_t>(r.slot) * D);
+          });
+      const std::string source = "load_shards: " + detail::quoted_path(paths.front());
+      const auto& stored = set.header.policies;
+      Policies policies{detail::load_policy(stored[0], "margin", margin_, source),
+                        detail::load_policy(stored[1], "generator", generator_, source),
+                        detail::load_policy(stored[2], "refresh", refresh_, source),
+                        detail::load_policy(stored[3], "queue", queue_, source),
+                        detail::load_policy(stored[4], "mining", mining_, source),
+                        detail::load_policy(stored[5], "aging", aging_, source)};
+      policies.margin = checked_policy(std::move(policies.margin));
+      Book book(config_.capacity);
+      book.stats = set.header.stats;
+      book.used = static_cast<index_t>(set.records.size());
+      for (const detail::ShardFileRecord& r : set.records) {  // ascending ticket: eviction order
+        book.add_record(r.label, static_cast<index_t>(r.slot), r.last_written);
+      }
+      replace_state(std::move(book), std::move(policies), [&](index_t slot) {
+        return std::pair<index_t, const Scalar*>{slot, prototypes.data() + slot * config_.dim};
+      });
+    } catch (const std::bad_alloc&) {
+      fail_allocation("load_shards", config_);
+    }
+  }
+
   /// Replaces the stored classes by `labels.size` = n records given in eviction order (record 0 is
   /// the next to be evicted), record r being labels[r] with prototype row r of `prototypes` (host
   /// memory, n x dim, any row stride >= dim) written at step last_written[r]; step_count() becomes

@@ -25,24 +25,28 @@
 //
 // Requires: every rank constructs the memory with the same Config and policies (checked at
 // construction, before anything one rank alone could throw on, and at every step for the policies,
-// which set_*() may change) and calls forward(), step(),
-// save(), load() and gather_records() in the same order (they are collectives); commit(),
-// discard(), clear() and the queries are local, but every rank must make the same commits, discards
-// and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
-// detail/shard_plan.hpp). Device: the CPU backends (cpu, cpu_bf16, cpu_fp16).
+// which set_*() may change) and calls forward(), step(), save(), load(), save_shard(),
+// load_shards(), load_shard() and gather_records() in the same order (they are collectives);
+// commit(), discard(), clear() and the queries are local, but every rank must make the same
+// commits, discards and clears. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs
+// its sharded form in detail/shard_plan.hpp). Device: the CPU backends (cpu, cpu_bf16, cpu_fp16).
 // Guarantees: loss, gradients and the logical memory (labels, global slots, last-written steps,
 // eviction order, counters) equal those of one PrototypeMemory stepped on the concatenated batches,
-// the prototypes and gradients to rounding (the memory pass sums in another order); a checkpoint is
-// in the single-process format, so N ranks' checkpoint loads into M ranks or into a plain
-// PrototypeMemory, and the other way round. Every failure caused by input throws on every rank alike
-// and leaves every shard as it was. A communicator error surfaces as protomem::Error where its
-// engine reports it (docs/distributed.md, "Failure"); a rank that runs out of memory inside its own
-// memory pass cannot tell the others, which then wait in the merge until the engine gives up.
+// the prototypes and gradients to rounding (the memory pass sums in another order); save() writes
+// the single-process format, so N ranks' checkpoint loads into M ranks or into a plain
+// PrototypeMemory, and the other way round; save_shard() writes only this rank's shard (format
+// version 3), and load_shards() reads the W shard files of one save into any number of ranks
+// (PrototypeMemory::load_shards into one process), each rank holding only its own prototypes.
+// Every failure caused by input throws on every rank alike and leaves every shard as it was. A
+// communicator error surfaces as protomem::Error where its engine reports it (docs/distributed.md,
+// "Failure"); a rank that runs out of memory inside its own memory pass cannot tell the others,
+// which then wait in the merge until the engine gives up.
 #pragma once
 
 #include <protomem/detail/language.hpp>  // first: C++17 is checked before anything else
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -60,6 +64,22 @@
 #include <protomem/memory.hpp>
 
 namespace protomem {
+
+/// The file name of rank `rank`'s shard of a save to `path` by `world_size` ranks:
+/// "<path>.rank<r>-of-<W>" (the W files of one save sit side by side and say how many they are).
+inline std::string shard_path(const std::string& path, int rank, int world_size) {
+  if (world_size < 1 || rank < 0 || rank >= world_size) {
+    detail::fail("shard_path: rank ", rank, " of world size ", world_size, " is not a rank");
+  }
+  return path + ".rank" + std::to_string(rank) + "-of-" + std::to_string(world_size);
+}
+
+/// The W file names shard_path() gives a save to `path` by `world_size` ranks, rank 0 first.
+inline std::vector<std::string> shard_paths(const std::string& path, int world_size) {
+  std::vector<std::string> paths;
+  for (int r = 0; r < world_size; ++r) paths.push_back(shard_path(path, r, world_size));
+  return paths;
+}
 
 /// Scalar and Device as PrototypeMemory's; Comm the communicator type (communicator.hpp). The
 /// policies are constructor objects, in any order, as PrototypeMemory's (policies/any.hpp).
@@ -266,6 +286,114 @@ class ShardedPrototypeMemory {
   /// per machine).
   void load(const std::string& path) {
     load_bytes([&] { return detail::read_file(path); }, detail::quoted_path(path));
+  }
+
+  // ---- checkpoints: one shard per rank (docs/distributed.md, "Checkpoints") -------------------
+  // save() holds the whole memory on every rank; a shard holds the replicated state and only this
+  // rank's records, so W ranks write W files of M / W prototypes each, and a load holds one rank's
+  // prototypes at a time. The files load into any world size.
+
+  /// A collective: writes this rank's shard (checkpoint format version 3) to `out`: the replicated
+  /// state, rank, world size, an id common to the shards of this save, and this rank's records.
+  /// A failed write on any rank throws on every rank.
+  void save_shard(std::ostream& out) const {
+    const std::uint64_t id = agree_on_save_id();
+    detail::collective_check(*comm_, [&] { detail::write_stream(out, serialize_shard(id)); });
+  }
+
+  /// A collective: every rank writes its shard to its own `path` crash-safely (use
+  /// shard_path(path, rank(), world_size()) for the conventional names); a failed write throws on
+  /// every rank and leaves that rank's file as it was.
+  void save_shard(const std::string& path) const {
+    const std::uint64_t id = agree_on_save_id();
+    detail::collective_check(*comm_,
+                             [&] { detail::write_file_atomically(path, serialize_shard(id)); });
+  }
+
+  /// A collective: every rank streams all the shard files of one save (`paths`: the W files
+  /// written by W ranks, any W, in any order; every rank passes the same set) and keeps the
+  /// records on its own slots under this memory's world size. Peak memory: this rank's shard plus
+  /// O(stored classes) integers. Throws the same protomem::Error on every rank, naming the file and
+  /// the value, and changes nothing, when a file is missing, corrupt or truncated, of another save
+  /// or memory, or the number of files is not the world size that wrote them. Discards a pending
+  /// forward.
+  void load_shards(const std::vector<std::string>& paths) {
+    std::vector<Loaded> loaded;  // 0 or 1
+    std::uint64_t save_id = 0;
+    detail::collective_check(*comm_, [&] {
+      const detail::ShardLayout layout{config_.capacity, rank(), world_size()};
+      Backend backend(layout.local_capacity(), config_.dim, backend_.resources());
+      detail::ShardSet set = detail::read_shard_set<Scalar>(
+          paths, config_.dim, config_.capacity, config_.num_classes,
+          [&](const detail::ShardHeader&, const detail::ShardFileRecord& r, const Scalar* p) {
+            const auto global = static_cast<index_t>(r.slot);
+            if (layout.owner(global) == layout.rank) backend.set_prototype(layout.local(global), p);
+          });
+      save_id = set.header.save_id;
+      const std::string source = "load_shards: " + detail::quoted_path(paths.front());
+      std::vector<detail::ShardRecord> records;
+      records.reserve(set.records.size());
+      for (const detail::ShardFileRecord& r : set.records) {
+        records.push_back({r.label, r.last_written, static_cast<index_t>(r.slot), r.ticket});
+      }
+      std::vector<detail::ShardFileRecord>().swap(set.records);  // one copy at a time
+      const Stats& st = set.header.stats;
+      detail::ShardBook book = detail::ShardBook::from_records(
+          config_.capacity, rank(), world_size(), records,
+          {st.steps, st.refreshes, st.insertions, st.evictions});
+      loaded.push_back(loaded_state(set.header.policies, std::move(book), std::move(backend),
+                                    source));
+    });
+    agree_on_save(save_id, "load_shards: " + detail::quoted_path(paths.front()));
+    install(loaded.front());
+  }
+
+  /// A collective: every rank reads its own shard, as save_shard(std::ostream&) wrote it, from its
+  /// own `in` (the state_dict idiom: rank r saves and loads its own bytes); the save must have been
+  /// made by this world size, and every rank must load its shard of the same save. Throws the same
+  /// protomem::Error on every rank, changing nothing, otherwise - to move to another world size,
+  /// load the set of shard files with load_shards(). Reads exactly one shard from `in`, which may
+  /// hold more data after it. Discards a pending forward.
+  void load_shard(std::istream& in, const std::string& source = "shard stream") {
+    std::vector<Loaded> loaded;  // 0 or 1
+    std::uint64_t save_id = 0;
+    detail::collective_check(*comm_, [&] {
+      detail::ShardReader reader(in, source);
+      detail::reading_stream(source, [&] {
+        const detail::ShardHeader h = detail::read_shard_header(reader);
+        detail::check_shard_compatible<Scalar>(h, config_.dim, config_.capacity, source);
+        if (h.world_size != static_cast<std::uint32_t>(world_size()) ||
+            h.rank != static_cast<std::uint32_t>(rank())) {
+          detail::fail(source, " is shard ", h.rank, " of a save by ", h.world_size,
+                       " ranks, but it is loaded on rank ", rank(), " of ", world_size(),
+                       ": a shard alone loads only into its own rank at the same world size; ",
+                       "to change the world size, load the set of shard files with "
+                       "load_shards() (Python: save(path) and load(path))");
+        }
+        save_id = h.save_id;
+        const detail::ShardLayout& layout = book_.layout();
+        Backend backend(layout.local_capacity(), config_.dim, backend_.resources());
+        std::vector<Scalar> prototype(static_cast<std::size_t>(config_.dim));
+        std::vector<detail::ShardRecord> records;
+        records.reserve(static_cast<std::size_t>(h.records));
+        for (std::uint64_t r = 0; r < h.records; ++r) {
+          const detail::ShardFileRecord f = detail::read_shard_record<Scalar>(
+              reader, h, prototype.data(), r, config_.num_classes);
+          const auto global = static_cast<index_t>(f.slot);  // this rank's: checked above
+          backend.set_prototype(layout.local(global), prototype.data());
+          records.push_back({f.label, f.last_written, global, f.ticket});
+        }
+        reader.finish(false);
+        const Stats& st = h.stats;
+        detail::ShardBook book = detail::ShardBook::from_shard(
+            config_.capacity, rank(), world_size(), records, static_cast<index_t>(h.used),
+            h.next_ticket, {st.steps, st.refreshes, st.insertions, st.evictions});
+        loaded.push_back(loaded_state(h.policies, std::move(book), std::move(backend), source));
+        return 0;
+      });
+    });
+    agree_on_save(save_id, source);
+    install(loaded.front());
   }
 
  private:
@@ -665,6 +793,47 @@ class ShardedPrototypeMemory {
         margin_, generator_, refresh_, queue_, mining_, aging_);
   }
 
+  // The id of a save, the same on every rank (the largest of the ranks' clock-and-address values),
+  // so that the shards of one save share it and those of two saves differ. A collective.
+  std::uint64_t agree_on_save_id() const {
+    std::uint64_t id = static_cast<std::uint64_t>(
+        std::chrono::system_clock::now().time_since_epoch().count());
+    id ^= static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(this)) *
+          0x9E3779B97F4A7C15ULL;
+    id ^= static_cast<std::uint64_t>(
+              std::chrono::steady_clock::now().time_since_epoch().count()) << 17;
+    comm_->all_reduce(&id, 1, ReduceOp::max);
+    return id;
+  }
+
+  // This rank's shard file (format version 3) of the save `id`; local (may throw: the callers
+  // build it inside their agreement).
+  std::string serialize_shard(std::uint64_t id) const {
+    detail::ShardHeader h;
+    h.dim = static_cast<std::uint64_t>(config_.dim);
+    h.capacity = static_cast<std::uint64_t>(config_.capacity);
+    h.num_classes = config_.num_classes;
+    h.stats = stats();
+    h.save_id = id;
+    h.rank = static_cast<std::uint32_t>(rank());
+    h.world_size = static_cast<std::uint32_t>(world_size());
+    h.used = static_cast<std::uint64_t>(book_.used());
+    h.next_ticket = book_.next_ticket();
+    const std::vector<detail::ShardRecord> mine = book_.local_records();  // ascending ticket
+    std::vector<detail::ShardFileRecord> records;
+    records.reserve(mine.size());
+    for (const detail::ShardRecord& r : mine) {
+      records.push_back({r.label, static_cast<std::uint64_t>(r.slot), r.last_written, r.ticket});
+    }
+    return detail::write_shard_checkpoint<Scalar>(
+        h, records,
+        [&](detail::ByteWriter& out, std::size_t i) {
+          const prototype_type p = backend_.prototype_view(book_.layout().local(mine[i].slot));
+          for (index_t k = 0; k < config_.dim; ++k) out.put<Scalar>(p[k]);
+        },
+        margin_, generator_, refresh_, queue_, mining_, aging_);
+  }
+
   // The state a checkpoint holds for this rank, built aside.
   struct Loaded {
     detail::ShardBook book;
@@ -688,14 +857,6 @@ class ShardedPrototypeMemory {
       // The checkpoint's own CRC-32 (its last 4 bytes; a CRC over them too would be a constant).
       read_checksum = detail::crc32(bytes.data(), bytes.size() - 4);
       detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
-      const auto& stored = header.policies;
-      AnyMargin margin = checked_policy(detail::load_policy(stored[0], "margin", margin_, source));
-      AnyGenerator generator = detail::load_policy(stored[1], "generator", generator_, source);
-      AnyRefresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
-      AnyQueue queue =
-          checked_sharded_queue(detail::load_policy(stored[3], "queue", queue_, source));
-      AnyMining mining = detail::load_policy(stored[4], "mining", mining_, source);
-      AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
       detail::CheckpointRecords<Scalar> records =
           detail::read_records<Scalar>(in, header, config_.capacity, config_.num_classes, source);
       // The records in eviction order with their global slots (the queue of the parsed book).
@@ -719,9 +880,7 @@ class ShardedPrototypeMemory {
         backend.set_prototype(book.layout().local(r.slot),
                               records.prototypes.data() + i * static_cast<std::size_t>(config_.dim));
       }
-      loaded.push_back({std::move(book), std::move(backend), std::move(margin),
-                        std::move(generator), std::move(refresh), std::move(queue),
-                        std::move(mining), std::move(aging)});
+      loaded.push_back(loaded_state(header.policies, std::move(book), std::move(backend), source));
     });
     // Every rank read a valid checkpoint; they must have read the same one (a different file per
     // rank would leave a memory made of halves of two).
@@ -734,7 +893,38 @@ class ShardedPrototypeMemory {
                      "none was changed");
       }
     });
-    Loaded& l = loaded.front();  // every rank succeeded
+    install(loaded.front());  // every rank succeeded
+  }
+
+  // The state of a load, built aside from the stored policies (checked as this memory's).
+  Loaded loaded_state(const detail::StoredPolicy (&stored)[detail::checkpoint_policies],
+                      detail::ShardBook book, Backend backend, const std::string& source) const {
+    AnyMargin margin = checked_policy(detail::load_policy(stored[0], "margin", margin_, source));
+    AnyGenerator generator = detail::load_policy(stored[1], "generator", generator_, source);
+    AnyRefresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
+    AnyQueue queue = checked_sharded_queue(detail::load_policy(stored[3], "queue", queue_, source));
+    AnyMining mining = detail::load_policy(stored[4], "mining", mining_, source);
+    AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
+    return {std::move(book),      std::move(backend), std::move(margin), std::move(generator),
+            std::move(refresh),   std::move(queue),   std::move(mining), std::move(aging)};
+  }
+
+  // Every rank read a valid shard or set of shards; they must have read the same save (the
+  // replicated state of two saves would not form one memory). A collective.
+  void agree_on_save(std::uint64_t save_id, const std::string& source) {
+    std::uint64_t extremes[2] = {save_id, ~save_id};  // max and ~min
+    comm_->all_reduce(extremes, 2, ReduceOp::max);
+    detail::collective_check(*comm_, [&] {
+      if (extremes[0] != ~extremes[1]) {
+        detail::fail("load: the ranks read shards of different saves (", source, " on rank ",
+                     rank(), " has save id ", save_id,
+                     "); every rank must load the same save, and none was changed");
+      }
+    });
+  }
+
+  // Swaps a load's state in (nothing here throws).
+  void install(Loaded& l) {
     book_ = std::move(l.book);
     backend_ = std::move(l.backend);
     margin_ = std::move(l.margin);

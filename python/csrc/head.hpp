@@ -81,11 +81,20 @@ class AnyHead {
   virtual std::unique_ptr<AnyHead> clone() const = 0;
 
   /// The checkpoint bytes (save) and their strict inverse: exactly one checkpoint, nothing after
-  /// it; the memory is unchanged on failure. A load adopts the checkpoint's policies.
+  /// it; the memory is unchanged on failure. A load adopts the checkpoint's policies. A sharded
+  /// head's state() is this rank's shard (format version 3) and its load_state() takes this rank's
+  /// shard of a save at the same world size, or a whole single-process checkpoint.
   virtual std::string state() const = 0;
   virtual void load_state(const std::string& bytes, const std::string& source) = 0;
-  virtual void save(const std::string& path) const = 0;
-  virtual void load(const std::string& path) = 0;
+  /// The whole memory as one single-process checkpoint (sharded: a collective that gathers it).
+  virtual std::string full_state() const = 0;
+  /// Writes the checkpoint file(s) and returns the path written: a sharded head writes this rank's
+  /// shard to protomem::shard_path(path, rank, W), or with `gather` the whole memory to `path`
+  /// (rank 0 writes); a single-process head writes `path`.
+  virtual std::string save(const std::string& path, bool gather) const = 0;
+  /// Reads the single-process checkpoint at `path` when `shards` is empty, else the shard files
+  /// `shards` of one save (any world size); `path` names the checkpoint in messages.
+  virtual void load(const std::string& path, const std::vector<std::string>& shards) = 0;
 
   virtual Contents contents() const = 0;
   virtual at::Tensor prototype(label_t label) const = 0;

@@ -4,14 +4,17 @@
 // Python layer reads and sets. Included by heads_*.cpp and sharded_*.cpp, one Scalar x Device each.
 //
 // The sharded head: every call that touches the memory's contents is a collective (forward,
-// clone, state, load_state, save, load, contents, prototype, contains), so every process of the
-// group makes it; a process's share of the batch may be empty.
+// clone, state, full_state, load_state, save, load, contents, prototype, contains), so every
+// process of the group makes it; a process's share of the batch may be empty. Its state() is this
+// process's shard (format version 3); save() writes it to protomem::shard_path(path, rank, W).
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <functional>
 #include <protomem/torch.hpp>
+#include <string>
+#include <vector>
 #include <sstream>
 #include <type_traits>
 #include <utility>
@@ -93,7 +96,17 @@ class HeadImpl final : public AnyHead {
     return copy;
   }
 
-  std::string state() const override {  // sharded: a collective, the single-process checkpoint
+  std::string state() const override {  // sharded: a collective, this rank's shard
+    std::ostringstream out(std::ios::binary);
+    if constexpr (Sharded) {
+      head_.memory().save_shard(out);
+    } else {
+      head_.memory().save(out);
+    }
+    return std::move(out).str();
+  }
+
+  std::string full_state() const override {  // sharded: a collective that gathers the memory
     std::ostringstream out(std::ios::binary);
     head_.memory().save(out);
     return std::move(out).str();
@@ -101,17 +114,79 @@ class HeadImpl final : public AnyHead {
 
   void load_state(const std::string& bytes, const std::string& source) override {
     if constexpr (Sharded) {
-      // Exactly one checkpoint, nothing after it - agreed on by every process before the load.
-      protomem::detail::collective_check(head_.communicator(), [&] { check_one(bytes, source); });
+      // Exactly one checkpoint or shard, nothing after it, the same kind on every process -
+      // agreed on by every process before the load.
+      bool shard = false;
+      protomem::detail::collective_check(head_.communicator(), [&] {
+        shard = is_shard(bytes);
+        if (shard) {
+          check_one_shard(bytes, source);
+        } else {
+          check_one(bytes, source);
+        }
+      });
+      std::int64_t kinds[2] = {shard ? 1 : 0, shard ? 0 : 1};
+      head_.communicator().all_reduce(kinds, 2, ReduceOp::max);
+      protomem::detail::collective_check(head_.communicator(), [&] {
+        if (kinds[0] != 0 && kinds[1] != 0) {
+          protomem::detail::fail(source, " is ", shard ? "a shard" : "a whole checkpoint",
+                                 " here but not on every process: every process loads a shard ",
+                                 "of the same save, or all the same whole checkpoint");
+        }
+      });
+      std::istringstream in(bytes, std::ios::binary);
+      if (shard) {
+        head_.memory().load_shard(in, source);
+      } else {
+        head_.memory().load(in, source);
+      }
     } else {
+      if (is_shard(bytes)) {
+        protomem::detail::fail(source, " is one rank's shard of a sharded memory's state_dict; a "
+                               "shard loads only into its own rank at the same world size. To "
+                               "move a sharded memory to one process, save(path) in every process "
+                               "and load(path) here (or save(path, gather=True))");
+      }
       check_one(bytes, source);
+      std::istringstream in(bytes, std::ios::binary);
+      head_.memory().load(in, source);
     }
-    std::istringstream in(bytes, std::ios::binary);
-    head_.memory().load(in, source);
   }
 
-  void save(const std::string& path) const override { head_.memory().save(path); }
-  void load(const std::string& path) override { head_.memory().load(path); }
+  std::string save(const std::string& path, bool gather) const override {
+    if constexpr (Sharded) {
+      if (!gather) {
+        const auto& m = head_.memory();
+        const std::string mine = protomem::shard_path(path, m.rank(), m.world_size());
+        m.save_shard(mine);
+        return mine;
+      }
+    }
+    head_.memory().save(path);
+    return path;
+  }
+
+  void load(const std::string& path, const std::vector<std::string>& shards) override {
+    if constexpr (Sharded) {
+      // Every process must take the same branch (both are collectives).
+      const std::int64_t mine = shards.empty() ? 1 : 0;
+      std::int64_t kinds[2] = {mine, 1 - mine};
+      head_.communicator().all_reduce(kinds, 2, ReduceOp::max);
+      protomem::detail::collective_check(head_.communicator(), [&] {
+        if (kinds[0] != 0 && kinds[1] != 0) {
+          protomem::detail::fail("load: ", protomem::detail::quoted_path(path), " is ",
+                                 shards.empty() ? "one file" : "a set of shard files",
+                                 " on this process but not on every one: every process must see ",
+                                 "the same files");
+        }
+      });
+    }
+    if (shards.empty()) {
+      head_.memory().load(path);
+    } else {
+      head_.memory().load_shards(shards);
+    }
+  }
 
   Contents contents() const override {
     const Memory& m = head_.memory();
@@ -210,6 +285,25 @@ class HeadImpl final : public AnyHead {
       protomem::detail::fail(source, " has ", bytes.size() - used,
                              " unexpected bytes after its checkpoint (", used, " bytes)");
     }
+  }
+
+  // Whether `bytes` begin as a shard (checkpoint format version 3) does.
+  static bool is_shard(const std::string& bytes) {
+    namespace d = protomem::detail;
+    return bytes.size() >= 12 && d::has_magic(bytes, d::checkpoint_magic) &&
+           static_cast<unsigned char>(bytes[8]) == d::shard_checkpoint_version &&
+           bytes[9] == 0 && bytes[10] == 0 && bytes[11] == 0;
+  }
+
+  // Exactly one shard in `bytes`, its checksum right, nothing after it: streamed (one record at a
+  // time) without touching the memory.
+  static void check_one_shard(const std::string& bytes, const std::string& source) {
+    std::istringstream in(bytes, std::ios::binary);
+    protomem::detail::ShardReader reader(in, source);
+    const protomem::detail::ShardHeader h = protomem::detail::read_shard_header(reader);
+    std::vector<char> skip(static_cast<std::size_t>(32 + h.dim * h.scalar_bytes));
+    for (std::uint64_t r = 0; r < h.records; ++r) reader.read(skip.data(), skip.size(), "a record");
+    reader.finish();
   }
 
   Maker make_;

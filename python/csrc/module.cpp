@@ -382,8 +382,11 @@ PYBIND11_MODULE(_C, m) {
            [](AnyHead& h, const at::Tensor& t, const std::string& source) {
              h.load_state(tensor_bytes(t, source), source);
            })
-      .def("save", &AnyHead::save, py::call_guard<py::gil_scoped_release>())
-      .def("load", &AnyHead::load, py::call_guard<py::gil_scoped_release>())
+      .def("full_state", [](const AnyHead& h) { return bytes_tensor(h.full_state()); })
+      .def("save", &AnyHead::save, py::arg("path"), py::arg("gather") = false,
+           py::call_guard<py::gil_scoped_release>())
+      .def("load", &AnyHead::load, py::arg("path"), py::arg("shards"),
+           py::call_guard<py::gil_scoped_release>())
       .def("contents",
            [](const AnyHead& h) {
              Contents c = h.contents();

@@ -1,6 +1,8 @@
 """protomem.PrototypeMemory: the C++ PrototypeHead (protomem/torch.hpp) as a torch.nn.Module."""
 import math
 import warnings
+import os
+import re
 
 import torch
 
@@ -69,6 +71,27 @@ def sharding_group(process_group, per_process):
             "tensors and needs a gloo group (e.g. torch.distributed.new_group(backend='gloo') next "
             "to an NCCL group for the encoder) - docs/python.md, 'Distributed training'")
     return process_group
+
+
+def shard_files(path):
+    """The shard files ``f"{path}.rank{r}-of-{W}"`` that exist, ordered by W then r (every file of
+    every world size found: the load names any set that is not exactly one save)."""
+    directory, base = os.path.split(path)
+    pattern = re.compile(re.escape(base) + r"\.rank(\d+)-of-(\d+)$")
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        m = pattern.match(name)
+        if m:
+            found.append((int(m.group(2)), int(m.group(1)), os.path.join(directory, name)))
+    found.sort()
+    if found:  # one save's world size: the files of rank 0 tell it, the others of W must exist
+        W = found[0][0]
+        return [f"{path}.rank{r}-of-{W}" for r in range(W)] + [f for w, _, f in found if w != W]
+    return []
 
 
 def check_distributed(process_group, per_process, what):
@@ -288,25 +311,51 @@ class PrototypeMemory(torch.nn.Module):
     # ---- state ------------------------------------------------------------------------------
 
     def get_extra_state(self):
-        """The whole memory as the library's checkpoint bytes (a uint8 tensor): in state_dict()."""
+        """The memory as the library's checkpoint bytes (a uint8 tensor): in state_dict(). In a
+        sharded memory (a collective) only this process's shard (checkpoint format version 3): each
+        process saves its own state_dict and loads it back at the same world size, as
+        arcface_torch does with ``softmax_fc_gpu_{rank}.pt``. To change the world size use
+        save(path) / load(path); for the whole memory as one checkpoint, full_state()."""
         return self._head.state()
 
     def set_extra_state(self, state):
         """Restores get_extra_state()'s bytes; raises protomem.Error, memory unchanged, when they
-        are corrupt or of another dtype, dim, policy or a larger memory."""
+        are corrupt or of another dtype, dim, policy or a larger memory, or (sharded) a shard of
+        another rank or world size. A sharded memory also takes a whole single-process checkpoint
+        (full_state(), or a one-process state_dict), the same in every process."""
         if not isinstance(state, torch.Tensor):
             raise Error("protomem: PrototypeMemory state must be the uint8 tensor of checkpoint bytes "
                         f"that state_dict() stores; got {type(state).__name__}")
         self._head.load_state(state, "state_dict checkpoint")
 
-    def save(self, path):
-        """Writes the memory to `path` in the library's checkpoint format (what C++ load() reads)."""
-        self._head.save(str(path))
+    def full_state(self):
+        """The whole memory as one single-process checkpoint (uint8 tensor; what C++
+        PrototypeMemory::load reads). In a sharded memory a collective that gathers every prototype
+        into every process: for exports and tests, not for routine checkpoints."""
+        return self._head.full_state()
+
+    def save(self, path, gather=False):
+        """Writes the memory in the library's checkpoint format and returns the path written.
+
+        One process: the checkpoint at `path` (what C++ PrototypeMemory::load reads). Sharded (a
+        collective): each process writes only its shard, to ``f"{path}.rank{r}-of-{W}"`` (C++
+        protomem::shard_path); load(path) reads the W files into any number of processes, or into
+        one. With ``gather=True`` a sharded memory instead writes the whole memory as one
+        single-process checkpoint at `path` (process 0 writes; every process holds the whole memory
+        while it does)."""
+        return self._head.save(str(path), bool(gather))
 
     def load(self, path):
-        """Reads a checkpoint written by save() here or by PrototypeMemory::save in C++."""
-        self._head.load(str(path))
-
+        """Reads a checkpoint: the single-process file at `path` when there is one (save() of a
+        one-process memory, save(gather=True), C++ PrototypeMemory::save), otherwise the shard
+        files ``f"{path}.rank{r}-of-{W}"`` written by save() in W processes, whatever W is and
+        whatever this memory's world size (one process included); each process streams the W
+        files and keeps only its own records. A missing, corrupt or foreign shard raises the same
+        protomem.Error in every process and changes nothing. Every process must see the same
+        files."""
+        path = str(path)
+        # Neither a file nor shards: the single-file load names `path` (in every process alike).
+        self._head.load(path, [] if os.path.isfile(path) else shard_files(path))
     # ---- what is stored ---------------------------------------------------------------------
 
     def labels(self):

@@ -1,6 +1,7 @@
 """Shared helpers of the Python package's tests: batches, and an independent PyTorch reference of
 the Prototype Memory step (normalise, mean prototypes, margin softmax) written from
 docs/algorithm.md, not from the C++ code."""
+import itertools
 import math
 import os
 import subprocess
@@ -169,14 +170,18 @@ def run_ranks(world, command, cwd=None, timeout=300):
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
 
 
-def run_worker(tmp_path, source, world):
+_stores = itertools.count()
+
+
+def run_worker(tmp_path, source, world, *args, timeout=300):
     """Writes the worker script `source` into tmp_path and runs it on `world` ranks (argv: rank,
-    world, a FileStore path for torch.distributed); asserts each exits 0 and prints "ok <rank>"."""
+    world, a fresh FileStore path for torch.distributed, then `args`); asserts each exits 0 and
+    prints "ok <rank>"."""
     path = tmp_path / "worker.py"
     path.write_text(source)
-    store = str(tmp_path / "store")
-    results = run_ranks(world, lambda r: [sys.executable, str(path), str(r), str(world), store],
-                        cwd=str(tmp_path))
+    store = str(tmp_path / f"store-{next(_stores)}")
+    results = run_ranks(world, lambda r: [sys.executable, str(path), str(r), str(world), store,
+                                          *args], cwd=str(tmp_path), timeout=timeout)
     for r, (code, out, err) in enumerate(results):
         assert code == 0, out + err
         assert f"ok {r}" in out, out + err

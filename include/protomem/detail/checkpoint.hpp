@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <istream>
 #include <iterator>
@@ -108,6 +109,7 @@ auto reading_stream(const std::string& source, Read&& read) -> decltype(read()) 
 inline constexpr char checkpoint_magic[9] = "PROTOMEM";
 inline constexpr std::uint32_t checkpoint_version = 2;
 inline constexpr std::uint32_t checkpoint_version_without_aging = 1;  // still read
+inline constexpr std::uint32_t shard_checkpoint_version = 3;  // one rank's shard, below
 inline constexpr int checkpoint_policies = 6;
 inline constexpr const char* policy_families[checkpoint_policies] = {
     "margin", "generator", "refresh", "queue", "mining", "aging"};
@@ -147,6 +149,25 @@ Holder load_policy(const StoredPolicy& stored, const char* family, const Holder&
   return policy;
 }
 
+/// The fields after the version that versions 2 and 3 share: scalar size, sizes, counters and the
+/// six policies.
+template <class Scalar, class... Policies>
+void put_memory_header(ByteWriter& out, index_t dim, index_t capacity, label_t num_classes,
+                       const Stats& stats, const Policies&... policies) {
+  static_assert(sizeof...(Policies) == checkpoint_policies,
+                "margin, generator, refresh, queue, mining, aging");
+  out.put<std::uint32_t>(sizeof(Scalar));
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(dim));
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(capacity));
+  out.put<std::int64_t>(num_classes);
+  out.put<std::uint64_t>(stats.steps);
+  out.put<std::uint64_t>(stats.refreshes);
+  out.put<std::uint64_t>(stats.insertions);
+  out.put<std::uint64_t>(stats.evictions);
+  int family = 0;
+  (save_policy(out, policy_families[family++], policies), ...);
+}
+
 /// Writes a memory's checkpoint: `record(out, slot)` writes the dim scalars of a slot's prototype.
 template <class Scalar, class WritePrototype, class... Policies>
 std::string write_checkpoint(index_t dim, index_t capacity, label_t num_classes, const Book& book,
@@ -155,16 +176,7 @@ std::string write_checkpoint(index_t dim, index_t capacity, label_t num_classes,
                 "margin, generator, refresh, queue, mining, aging");
   ByteWriter out;
   begin_frame(out, checkpoint_magic, checkpoint_version);
-  out.put<std::uint32_t>(sizeof(Scalar));
-  out.put<std::uint64_t>(static_cast<std::uint64_t>(dim));
-  out.put<std::uint64_t>(static_cast<std::uint64_t>(capacity));
-  out.put<std::int64_t>(num_classes);
-  out.put<std::uint64_t>(book.stats.steps);
-  out.put<std::uint64_t>(book.stats.refreshes);
-  out.put<std::uint64_t>(book.stats.insertions);
-  out.put<std::uint64_t>(book.stats.evictions);
-  int family = 0;
-  (save_policy(out, policy_families[family++], policies), ...);
+  put_memory_header<Scalar>(out, dim, capacity, num_classes, book.stats, policies...);
   out.put<std::uint64_t>(static_cast<std::uint64_t>(book.used));
   for (index_t slot = book.queue.front(); slot >= 0; slot = book.queue.next(slot)) {
     out.put<std::int64_t>(book.label[static_cast<std::size_t>(slot)]);
@@ -254,6 +266,10 @@ inline CheckpointHeader parse_checkpoint(const std::string& bytes, ByteReader& i
   }
   in.get<std::uint64_t>("the magic bytes");
   const auto version = in.get<std::uint32_t>("the format version");
+  if (version == shard_checkpoint_version) {
+    fail(source, " is one shard of a sharded checkpoint (format version ", version,
+         "): load the whole set of shard files with load_shards() (Python: load(path))");
+  }
   if (version != checkpoint_version && version != checkpoint_version_without_aging) {
     fail(source, " has checkpoint format version ", version, "; this build of protomem reads ",
          "versions ", checkpoint_version_without_aging, " and ", checkpoint_version);
@@ -449,6 +465,384 @@ Book book_from_records(Span<const label_t> labels, MatrixView<const Scalar> prot
     book.add_record(label, r, last_written[r]);
   }
   return book;
+}
+
+// ---- shard checkpoint, version 3: one rank's shard of a sharded memory ---------------------
+//   "PROTOMEM" | u32 version 3 | the version-2 fields up to the policies (scalar bytes, dim,
+//   capacity, num_classes, steps, refreshes, insertions, evictions, 6 x policy)
+//   | u64 save id (the same in every shard of one save) | u32 rank r | u32 world size W
+//   | u64 used (records over all W shards) | i64 next ticket
+//   | u64 n (this shard's records: the global slots g < used with g % W == r)
+//   | n x record (i64 label, u64 global slot, u64 last_written, i64 ticket, dim scalars), ascending
+//     ticket (the memory's eviction order is ascending ticket over all shards)
+//   | u32 CRC-32 (zlib) of every byte before it
+// Everything up to n is replicated: every shard of one save holds the same values there, but r.
+// A reader streams a shard (ShardReader): it holds one record at a time and checks the CRC-32 at
+// the end, so W shards load into W' ranks each holding only its own prototypes.
+
+/// The header of one shard file.
+struct ShardHeader {
+  std::uint32_t scalar_bytes = 0;
+  std::uint64_t dim = 0, capacity = 0;
+  std::int64_t num_classes = 0;
+  Stats stats;
+  StoredPolicy policies[checkpoint_policies];
+  std::uint64_t save_id = 0;
+  std::uint32_t rank = 0, world_size = 1;
+  std::uint64_t used = 0;
+  std::int64_t next_ticket = 0;
+  std::uint64_t records = 0;
+};
+
+/// One record of a shard file (a global slot; the eviction order is ascending ticket).
+struct ShardFileRecord {
+  label_t label = -1;
+  std::uint64_t slot = 0;
+  std::uint64_t last_written = 0;
+  std::int64_t ticket = -1;
+};
+
+/// The global slots g < used with g % W == r: how many records shard r of W holds.
+inline std::uint64_t shard_record_count(std::uint64_t used, std::uint64_t rank,
+                                        std::uint64_t world_size) {
+  return used > rank ? (used - rank - 1) / world_size + 1 : 0;
+}
+
+/// Writes one rank's shard: `records` in ascending ticket, `write_prototype(out, i)` writes the dim
+/// scalars of records[i]. `header`'s policies and records are taken from the arguments.
+template <class Scalar, class WritePrototype, class... Policies>
+std::string write_shard_checkpoint(const ShardHeader& header,
+                                   const std::vector<ShardFileRecord>& records,
+                                   WritePrototype write_prototype, const Policies&... policies) {
+  ByteWriter out;
+  begin_frame(out, checkpoint_magic, shard_checkpoint_version);
+  put_memory_header<Scalar>(out, static_cast<index_t>(header.dim),
+                            static_cast<index_t>(header.capacity), header.num_classes,
+                            header.stats, policies...);
+  out.put<std::uint64_t>(header.save_id);
+  out.put<std::uint32_t>(header.rank);
+  out.put<std::uint32_t>(header.world_size);
+  out.put<std::uint64_t>(header.used);
+  out.put<std::int64_t>(header.next_ticket);
+  out.put<std::uint64_t>(static_cast<std::uint64_t>(records.size()));
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    out.put<std::int64_t>(records[i].label);
+    out.put<std::uint64_t>(records[i].slot);
+    out.put<std::uint64_t>(records[i].last_written);
+    out.put<std::int64_t>(records[i].ticket);
+    write_prototype(out, i);
+  }
+  end_frame(out);
+  return std::move(out.bytes());
+}
+
+/// Reads a framed state from a stream field by field, keeping the CRC-32 of what it has read, so
+/// that a shard is checked without ever holding all its bytes. Truncation, a checksum mismatch and
+/// trailing bytes are protomem::Error naming `source`.
+class ShardReader {
+ public:
+  ShardReader(std::istream& in, std::string source) : in_(&in), source_(std::move(source)) {}
+
+  const std::string& source() const { return source_; }
+
+  void read(char* out, std::size_t n, const char* what) {
+    in_->read(out, static_cast<std::streamsize>(n));
+    const auto got = static_cast<std::size_t>(in_->gcount());
+    if (got < n) {
+      if (in_->bad()) fail(source_, ": reading failed at byte ", offset_ + got);
+      fail(source_, " is truncated: it ends at byte ", offset_ + got, ", in ", what);
+    }
+    crc_ = crc32(out, n, crc_);
+    offset_ += n;
+  }
+
+  template <class T>
+  T get(const char* what) {
+    char bytes[sizeof(T)];
+    read(bytes, sizeof(T), what);
+    ByteReader field(bytes, sizeof(T), source_);
+    return field.get<T>(what);
+  }
+
+  /// A u32- (`wide`: u64-) length-prefixed string, read in chunks: a corrupt length ends in
+  /// "truncated" before it can allocate much.
+  std::string get_string(const char* what, bool wide = false) {
+    const std::uint64_t n = wide ? get<std::uint64_t>(what) : get<std::uint32_t>(what);
+    std::string s;
+    for (std::uint64_t at = 0; at < n;) {
+      const auto chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n - at, 1 << 20));
+      s.resize(static_cast<std::size_t>(at) + chunk);
+      read(&s[static_cast<std::size_t>(at)], chunk, what);
+      at += chunk;
+    }
+    return s;
+  }
+
+  /// Bytes read so far.
+  std::uint64_t offset() const { return offset_; }
+
+  /// Reads the stored CRC-32 and checks it against the bytes read, then (`whole`: a file) that
+  /// nothing follows; a stream may hold more after the shard, as after a checkpoint.
+  void finish(bool whole = true) {
+    const std::uint32_t computed = crc_;
+    const auto stored = get<std::uint32_t>("the checksum");
+    if (computed != stored) {
+      fail(source_, " is corrupt: CRC-32 is ", computed, " but the file says ", stored);
+    }
+    if (whole && in_->peek() != std::char_traits<char>::eof()) {
+      fail(source_, " has unexpected bytes past its end (byte ", offset_, ")");
+    }
+  }
+
+ private:
+  std::istream* in_;
+  std::string source_;
+  std::uint32_t crc_ = 0;
+  std::uint64_t offset_ = 0;
+};
+
+/// Reads and checks a shard's header (structure only; the CRC-32 is checked by finish()).
+inline ShardHeader read_shard_header(ShardReader& in) {
+  const std::string& source = in.source();
+  char magic[8];
+  in.read(magic, 8, "the magic bytes");
+  if (std::string(magic, 8) != std::string(checkpoint_magic, 8)) {
+    fail(source, " is not a protomem checkpoint (its first bytes are not \"PROTOMEM\")");
+  }
+  const auto version = in.get<std::uint32_t>("the format version");
+  if (version == checkpoint_version || version == checkpoint_version_without_aging) {
+    fail(source, " is a single-process checkpoint (format version ", version,
+         "), not a shard: load it with load()");
+  }
+  if (version != shard_checkpoint_version) {
+    fail(source, " has checkpoint format version ", version, "; a shard has version ",
+         shard_checkpoint_version);
+  }
+  ShardHeader h;
+  h.scalar_bytes = in.get<std::uint32_t>("the scalar size");
+  h.dim = in.get<std::uint64_t>("dim");
+  h.capacity = in.get<std::uint64_t>("capacity");
+  h.num_classes = in.get<std::int64_t>("num_classes");
+  h.stats.steps = in.get<std::uint64_t>("steps");
+  h.stats.refreshes = in.get<std::uint64_t>("refreshes");
+  h.stats.insertions = in.get<std::uint64_t>("insertions");
+  h.stats.evictions = in.get<std::uint64_t>("evictions");
+  for (StoredPolicy& policy : h.policies) {
+    policy.family = in.get_string("a policy family");
+    policy.name = in.get_string("a policy name");
+    policy.state = in.get_string("a policy state", true);
+  }
+  h.save_id = in.get<std::uint64_t>("the save id");
+  h.rank = in.get<std::uint32_t>("the rank");
+  h.world_size = in.get<std::uint32_t>("the world size");
+  h.used = in.get<std::uint64_t>("the stored class count");
+  h.next_ticket = in.get<std::int64_t>("the next ticket");
+  h.records = in.get<std::uint64_t>("the record count");
+  if (h.scalar_bytes != 4 && h.scalar_bytes != 8) {
+    fail(source, " is corrupt: scalar size ", h.scalar_bytes, " is neither 4 nor 8");
+  }
+  if (h.dim == 0 || h.dim > (std::uint64_t{1} << 32)) {
+    fail(source, " is corrupt: dim ", h.dim, " is not a dimension");
+  }
+  if (h.world_size == 0 || h.rank >= h.world_size) {
+    fail(source, " is corrupt: rank ", h.rank, " of world size ", h.world_size);
+  }
+  if (h.used > h.capacity || h.next_ticket < 0 ||
+      static_cast<std::uint64_t>(h.next_ticket) < h.used) {
+    fail(source, " is corrupt: ", h.used, " stored classes, capacity ", h.capacity,
+         ", next ticket ", h.next_ticket);
+  }
+  const std::uint64_t expected = shard_record_count(h.used, h.rank, h.world_size);
+  if (h.records != expected) {
+    fail(source, " is corrupt: shard ", h.rank, " of ", h.world_size, " holds ", h.records,
+         " records, but ", expected, " of the ", h.used, " stored classes live on it");
+  }
+  return h;
+}
+
+/// A shard's compatibility with a memory of Scalar, `dim` and `capacity`.
+template <class Scalar>
+void check_shard_compatible(const ShardHeader& h, index_t dim, index_t capacity,
+                            const std::string& source) {
+  if (h.scalar_bytes != sizeof(Scalar)) {
+    fail(source, " stores ", h.scalar_bytes == 4 ? "float32" : "float64",
+         " prototypes; this memory stores ", sizeof(Scalar) == 4 ? "float32" : "float64");
+  }
+  if (h.dim != static_cast<std::uint64_t>(dim)) {
+    fail(source, " has dim ", h.dim, "; this memory has dim ", dim);
+  }
+  if (h.used > static_cast<std::uint64_t>(capacity)) {
+    fail(source, " holds ", h.used, " classes; this memory's capacity is ", capacity);
+  }
+}
+
+/// Reads one record of shard `h` into `prototype` (dim scalars) and checks it: the global slot is
+/// the shard's and < used, the label >= 0 (and < num_classes when declared), last_written <= the
+/// step count, the ticket < the next ticket, and the prototype a finite unit vector.
+template <class Scalar>
+ShardFileRecord read_shard_record(ShardReader& in, const ShardHeader& h, Scalar* prototype,
+                                  std::uint64_t r, label_t num_classes) {
+  const std::string& source = in.source();
+  ShardFileRecord record;
+  record.label = in.get<std::int64_t>("a record's label");
+  record.slot = in.get<std::uint64_t>("a record's slot");
+  record.last_written = in.get<std::uint64_t>("a record's last_written");
+  record.ticket = in.get<std::int64_t>("a record's ticket");
+  const label_t label = record.label;
+  if (label < 0) fail(source, ": record ", r, " has negative label ", label);
+  if (num_classes > 0 && label >= num_classes) {
+    fail(source, ": record ", r, " has label ", label,
+         ", outside the memory's declared range [0, ", num_classes, ") (Config::num_classes)");
+  }
+  if (record.slot >= h.used || record.slot % h.world_size != h.rank) {
+    fail(source, ": record ", r, " (label ", label, ") has global slot ", record.slot,
+         ", which is not on shard ", h.rank, " of ", h.world_size, " below ", h.used);
+  }
+  if (record.last_written > h.stats.steps) {
+    fail(source, ": record ", r, " (label ", label, ") was written at step ", record.last_written,
+         " after the checkpoint's last step ", h.stats.steps);
+  }
+  if (record.ticket < 0 || record.ticket >= h.next_ticket) {
+    fail(source, ": record ", r, " (label ", label, ") has ticket ", record.ticket,
+         ", outside [0, ", h.next_ticket, ")");
+  }
+  double norm2 = 0;
+  for (std::uint64_t k = 0; k < h.dim; ++k) {
+    prototype[k] = in.get<Scalar>("a prototype value");
+    if (!std::isfinite(prototype[k])) {
+      fail(source, ": the prototype of label ", label, " has a non-finite value");
+    }
+    norm2 += double(prototype[k]) * double(prototype[k]);
+  }
+  const double tolerance = unit_norm_tolerance<Scalar>;
+  if (!(std::abs(std::sqrt(norm2) - 1.0) <= tolerance)) {
+    fail(source, ": the prototype of label ", label, " has norm ", std::sqrt(norm2),
+         "; a stored prototype is a unit vector (within ", tolerance, ")");
+  }
+  return record;
+}
+
+/// What a set of shard files holds once every file has been read and checked.
+struct ShardSet {
+  ShardHeader header;  ///< the replicated state (rank: that of the first file)
+  std::vector<ShardFileRecord> records;  ///< all records, ascending ticket (the eviction order)
+};
+
+/// The quoted path of each file, for messages.
+inline std::string describe_paths(const std::vector<std::string>& paths) {
+  std::string text;
+  for (const std::string& p : paths) text += (text.empty() ? "" : ", ") + quoted_path(p);
+  return text;
+}
+
+/// Streams the shard files of one save (`paths`, any order, one per rank of the world size that
+/// wrote them) for a memory of Scalar, `dim`, `capacity` and `num_classes`: `keep(header, record,
+/// prototype)` is called for each checked record, one file at a time (it keeps what it needs: one
+/// rank keeps the prototypes of its slots). Throws protomem::Error naming the file and the value
+/// for a missing, unreadable, truncated or corrupt file, a file of another save, world size or
+/// memory, a rank twice or the wrong number of files, labels or slots twice. Memory: one record's
+/// prototype plus O(n) integers; each file's CRC-32 is checked as it streams, so a corrupt file
+/// fails on the first check its bytes break (a record's, or at the end the checksum).
+template <class Scalar, class Keep>
+ShardSet read_shard_set(const std::vector<std::string>& paths, index_t dim, index_t capacity,
+                        label_t num_classes, Keep keep) {
+  if (paths.empty()) fail("load_shards: no shard files given");
+  ShardSet set;
+  std::vector<char> rank_seen, slot_seen;
+  std::vector<Scalar> prototype(static_cast<std::size_t>(dim));
+  for (std::size_t f = 0; f < paths.size(); ++f) {
+    const std::string& path = paths[f];
+    const std::string source = quoted_path(path);
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error)) {
+      fail("load_shards: ", source, error || !std::filesystem::exists(path, error)
+                                       ? " does not exist (a missing shard?)"
+                                       : " is not a regular file",
+           "; the set given is ", describe_paths(paths));
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail("load_shards: cannot open ", source);
+    ShardReader reader(in, source);
+    reading_stream(source, [&] {
+      const ShardHeader h = read_shard_header(reader);
+      check_shard_compatible<Scalar>(h, dim, capacity, source);
+      if (f == 0) {
+        set.header = h;
+        if (paths.size() != h.world_size) {
+          fail("load_shards: ", source, " is shard ", h.rank, " of a save by ", h.world_size,
+               " ranks, but ", paths.size(), " files were given: ", describe_paths(paths));
+        }
+        rank_seen.assign(h.world_size, 0);
+        slot_seen.assign(static_cast<std::size_t>(h.used), 0);
+        set.records.reserve(static_cast<std::size_t>(h.used));
+      } else {
+        const ShardHeader& first = set.header;
+        const std::string of_first = " (" + quoted_path(paths[0]) + " has ";
+        if (h.save_id != first.save_id) {
+          fail("load_shards: ", source, " is of another save than ", quoted_path(paths[0]),
+               ": save id ", h.save_id, " and ", first.save_id, "; shards of two saves never mix");
+        }
+        if (h.world_size != first.world_size) {
+          fail("load_shards: ", source, " has world size ", h.world_size, of_first,
+               first.world_size, ")");
+        }
+        bool same = h.capacity == first.capacity && h.num_classes == first.num_classes &&
+                    h.used == first.used && h.next_ticket == first.next_ticket &&
+                    h.stats.steps == first.stats.steps &&
+                    h.stats.refreshes == first.stats.refreshes &&
+                    h.stats.insertions == first.stats.insertions &&
+                    h.stats.evictions == first.stats.evictions;
+        for (int p = 0; p < checkpoint_policies; ++p) {
+          same = same && h.policies[p].family == first.policies[p].family &&
+                 h.policies[p].name == first.policies[p].name &&
+                 h.policies[p].state == first.policies[p].state;
+        }
+        if (!same) {
+          fail("load_shards: ", source, " disagrees with ", quoted_path(paths[0]),
+               " on the replicated state (steps ", h.stats.steps, " vs ", first.stats.steps,
+               ", stored classes ", h.used, " vs ", first.used, ", or the counters or policies)",
+               " although both are of save ", h.save_id);
+        }
+      }
+      if (rank_seen[h.rank]) {
+        fail("load_shards: ", source, " is shard ", h.rank, " of ", h.world_size,
+             ", which another file of the set is too: ", describe_paths(paths));
+      }
+      rank_seen[h.rank] = 1;
+      for (std::uint64_t r = 0; r < h.records; ++r) {
+        const ShardFileRecord record =
+            read_shard_record<Scalar>(reader, h, prototype.data(), r, num_classes);
+        if (slot_seen[static_cast<std::size_t>(record.slot)]) {
+          fail(source, ": record ", r, " (label ", record.label, ") has global slot ",
+               record.slot, ", taken twice");
+        }
+        slot_seen[static_cast<std::size_t>(record.slot)] = 1;
+        set.records.push_back(record);
+        keep(static_cast<const ShardHeader&>(h), record,
+             static_cast<const Scalar*>(prototype.data()));
+      }
+      reader.finish();
+      return 0;
+    });
+  }
+  // Every rank's file was given (as many files as ranks, no rank twice) and held its count of
+  // records, so the slots are exactly 0 .. used - 1. Labels and tickets must be distinct.
+  std::sort(set.records.begin(), set.records.end(),
+            [](const ShardFileRecord& a, const ShardFileRecord& b) { return a.ticket < b.ticket; });
+  for (std::size_t i = 1; i < set.records.size(); ++i) {
+    if (set.records[i].ticket == set.records[i - 1].ticket) {
+      fail("load_shards: labels ", set.records[i - 1].label, " and ", set.records[i].label,
+           " have the same ticket ", set.records[i].ticket, " in ", describe_paths(paths));
+    }
+  }
+  std::vector<label_t> labels(set.records.size());
+  for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = set.records[i].label;
+  std::sort(labels.begin(), labels.end());
+  const auto twice = std::adjacent_find(labels.begin(), labels.end());
+  if (twice != labels.end()) {
+    fail("load_shards: label ", *twice, " is stored twice in ", describe_paths(paths));
+  }
+  return set;
 }
 
 }  // namespace protomem::detail

@@ -146,6 +146,61 @@ class ShardBook {
     return book;
   }
 
+  /// A book for `rank` of `world_size` from its own shard of a save by the same world size: the
+  /// records on its slots with their tickets, ascending, and the replicated count of stored
+  /// classes, next ticket and counters (what the other ranks' shards of that save hold). Throws
+  /// protomem::Error when a record is not on this rank's slots below `used`, a slot or label
+  /// repeats, tickets do not ascend below `next_ticket`, a last_written is beyond the step count,
+  /// or the records are not this rank's share of `used`.
+  static ShardBook from_shard(index_t capacity, int rank, int world_size,
+                              const std::vector<ShardRecord>& records, index_t used,
+                              std::int64_t next_ticket, const ShardCounters& counters) {
+    ShardBook book(capacity, rank, world_size);
+    const ShardLayout& layout = book.layout_;
+    if (used < 0 || used > capacity || next_ticket < used) {
+      fail("shard book: ", used, " stored classes, capacity ", capacity, ", next ticket ",
+           next_ticket);
+    }
+    const auto n = static_cast<index_t>(records.size());
+    if (n != layout.local_count(used)) {
+      fail("shard book: rank ", rank, " of ", world_size, " holds ", layout.local_count(used),
+           " of ", used, " stored classes, but its shard has ", n, " records");
+    }
+    std::int64_t last_ticket = -1;
+    for (index_t i = 0; i < n; ++i) {
+      const ShardRecord& r = records[static_cast<std::size_t>(i)];
+      if (r.slot < 0 || r.slot >= used || layout.owner(r.slot) != rank) {
+        fail("shard book: record ", i, " (label ", r.label, ") has global slot ", r.slot,
+             ", not one of rank ", rank, " of ", world_size, " below ", used);
+      }
+      const index_t slot = layout.local(r.slot);
+      if (book.label_[static_cast<std::size_t>(slot)] >= 0) {
+        fail("shard book: record ", i, " (label ", r.label, ") has slot ", r.slot, " taken twice");
+      }
+      if (r.label < 0 || book.map_.find(r.label) >= 0) {
+        fail("shard book: record ", i, " has label ", r.label, ", negative or twice");
+      }
+      if (r.ticket <= last_ticket || r.ticket >= next_ticket) {
+        fail("shard book: record ", i, " (label ", r.label, ") has ticket ", r.ticket,
+             " after ", last_ticket, " and below ", next_ticket, ": not ascending");
+      }
+      if (r.last_written > counters.steps) {
+        fail("shard book: record ", i, " (label ", r.label, ") was last written at step ",
+             r.last_written, ", after the memory's step ", counters.steps);
+      }
+      last_ticket = r.ticket;
+      book.label_[static_cast<std::size_t>(slot)] = r.label;
+      book.written_[static_cast<std::size_t>(slot)] = r.last_written;
+      book.ticket_[static_cast<std::size_t>(slot)] = r.ticket;
+      book.map_.insert(r.label, slot);
+      book.queue_.push_back(slot);
+    }
+    book.used_ = used;
+    book.next_ticket_ = next_ticket;
+    book.counters_ = counters;
+    return book;
+  }
+
   const ShardLayout& layout() const { return layout_; }
   // Replicated: the same on every rank.
   index_t used() const {
