@@ -94,8 +94,10 @@ def main():
     margin_loss = CombinedMarginLoss(cfg.scale, *cfg.margin_list)
     # train_v2: PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
     # cfg.fp16). The memory is sharded over the default (gloo) group.
+    # gemm="eigen": the same rounding in every run, so that a resumed run equals a straight one bit
+    # for bit (the default, "auto", measures the fastest GEMM in each process).
     module_partial_fc = protomem.PartialFCCompatible(
-        margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, cfg.fp16)
+        margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, cfg.fp16, gemm="eigen")
     module_partial_fc.train()
     opt = torch.optim.SGD(
         params=[{"params": backbone.parameters()}, {"params": module_partial_fc.parameters()}],
@@ -151,8 +153,10 @@ def main():
                             "state_sampler": sampler.state_dict()}, checkpoint_path)
             if global_step >= stop:
                 break
+    labels, prototypes, _ = module_partial_fc.contents()  # a collective: the whole memory
     print(json.dumps({"rank": rank, "global_step": global_step, "losses": losses,
-                      "memory": module_partial_fc.stats()}))
+                      "memory": module_partial_fc.stats(), "stored": labels.tolist(),
+                      "prototypes": prototypes.double().sum(1).tolist()}))
     distributed.destroy_process_group()
 
 

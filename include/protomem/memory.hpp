@@ -382,12 +382,7 @@ class PrototypeMemory {
           });
       const std::string source = "load_shards: " + detail::quoted_path(paths.front());
       const auto& stored = set.header.policies;
-      Policies policies{detail::load_policy(stored[0], "margin", margin_, source),
-                        detail::load_policy(stored[1], "generator", generator_, source),
-                        detail::load_policy(stored[2], "refresh", refresh_, source),
-                        detail::load_policy(stored[3], "queue", queue_, source),
-                        detail::load_policy(stored[4], "mining", mining_, source),
-                        detail::load_policy(stored[5], "aging", aging_, source)};
+      Policies policies = detail::load_policies(stored, policies_now(), source);
       policies.margin = checked_policy(std::move(policies.margin));
       Book book(config_.capacity);
       book.stats = set.header.stats;
@@ -419,7 +414,7 @@ class PrototypeMemory {
               Span<const std::uint64_t> last_written, std::uint64_t steps) {
     Book book = detail::book_from_records(labels, prototypes, last_written, steps, config_.capacity,
                                           config_.dim, config_.num_classes);
-    Policies policies{margin_, generator_, refresh_, queue_, mining_, aging_};
+    Policies policies = policies_now();
     policies.mining.clear();
     replace_state(std::move(book), std::move(policies), [&](index_t r) {
       return std::pair<index_t, const Scalar*>{r, prototypes.data + r * prototypes.row_stride};
@@ -427,15 +422,10 @@ class PrototypeMemory {
   }
 
  private:
-  // The policies a load replaces together.
-  struct Policies {
-    AnyMargin margin;
-    AnyGenerator generator;
-    AnyRefresh refresh;
-    AnyQueue queue;
-    AnyMining mining;
-    AnyAging aging;
-  };
+  // Copies of the memory's policies, which a load or an assign replaces together.
+  Policies policies_now() const {
+    return Policies(margin_, generator_, refresh_, queue_, mining_, aging_);
+  }
 
   // The one way load() and assign() replace the state: a backend filled from `n` = book.used
   // records (prototype_of(r) -> {slot, values}) is built aside (may throw), then the new state is
@@ -507,12 +497,7 @@ class PrototypeMemory {
     const detail::CheckpointHeader header = detail::parse_checkpoint(bytes, in, source);
     detail::check_compatible<Scalar>(header, config_.dim, config_.capacity, source);
     const auto& stored = header.policies;
-    Policies policies{detail::load_policy(stored[0], "margin", margin_, source),
-                      detail::load_policy(stored[1], "generator", generator_, source),
-                      detail::load_policy(stored[2], "refresh", refresh_, source),
-                      detail::load_policy(stored[3], "queue", queue_, source),
-                      detail::load_policy(stored[4], "mining", mining_, source),
-                      detail::load_policy(stored[5], "aging", aging_, source)};
+    Policies policies = detail::load_policies(stored, policies_now(), source);
     policies.margin = checked_policy(std::move(policies.margin));  // in Scalar too (s = 1e39)
 
     detail::CheckpointRecords<Scalar> records =

@@ -838,12 +838,7 @@ class ShardedPrototypeMemory {
   struct Loaded {
     detail::ShardBook book;
     Backend backend;
-    AnyMargin margin;
-    AnyGenerator generator;
-    AnyRefresh refresh;
-    AnyQueue queue;
-    AnyMining mining;
-    AnyAging aging;
+    Policies policies;
   };
 
   template <class Read>
@@ -899,14 +894,11 @@ class ShardedPrototypeMemory {
   // The state of a load, built aside from the stored policies (checked as this memory's).
   Loaded loaded_state(const detail::StoredPolicy (&stored)[detail::checkpoint_policies],
                       detail::ShardBook book, Backend backend, const std::string& source) const {
-    AnyMargin margin = checked_policy(detail::load_policy(stored[0], "margin", margin_, source));
-    AnyGenerator generator = detail::load_policy(stored[1], "generator", generator_, source);
-    AnyRefresh refresh = detail::load_policy(stored[2], "refresh", refresh_, source);
-    AnyQueue queue = checked_sharded_queue(detail::load_policy(stored[3], "queue", queue_, source));
-    AnyMining mining = detail::load_policy(stored[4], "mining", mining_, source);
-    AnyAging aging = detail::load_policy(stored[5], "aging", aging_, source);
-    return {std::move(book),      std::move(backend), std::move(margin), std::move(generator),
-            std::move(refresh),   std::move(queue),   std::move(mining), std::move(aging)};
+    Policies policies = detail::load_policies(
+        stored, Policies(margin_, generator_, refresh_, queue_, mining_, aging_), source);
+    policies.margin = checked_policy(std::move(policies.margin));
+    policies.queue = checked_sharded_queue(std::move(policies.queue));
+    return {std::move(book), std::move(backend), std::move(policies)};
   }
 
   // Every rank read a valid shard or set of shards; they must have read the same save (the
@@ -927,12 +919,12 @@ class ShardedPrototypeMemory {
   void install(Loaded& l) {
     book_ = std::move(l.book);
     backend_ = std::move(l.backend);
-    margin_ = std::move(l.margin);
-    generator_ = std::move(l.generator);
-    refresh_ = std::move(l.refresh);
-    queue_ = std::move(l.queue);
-    mining_ = std::move(l.mining);
-    aging_ = std::move(l.aging);
+    margin_ = std::move(l.policies.margin);
+    generator_ = std::move(l.policies.generator);
+    refresh_ = std::move(l.policies.refresh);
+    queue_ = std::move(l.policies.queue);
+    mining_ = std::move(l.policies.mining);
+    aging_ = std::move(l.policies.aging);
     pending_ = false;
   }
 

@@ -176,20 +176,19 @@ template <>
 struct head_argument<GradientScale> {
   using type = GradientScale;
 };
+template <>
+struct head_argument<Policies> {
+  using type = Policies;
+};
 template <class Family, class... Args>
 constexpr int count_argument() {
   return (0 + ... + int(std::is_same_v<typename head_argument<std::decay_t<Args>>::type, Family>));
 }
 
-/// A head's constructor arguments sorted into the six holders, the commit mode and the gradient
-/// scale.
+/// A head's constructor arguments sorted into the policies (a Policies object, or policies of any
+/// family), the commit mode and the gradient scale.
 struct HeadArguments {
-  AnyMargin margin;
-  AnyGenerator generator;
-  AnyRefresh refresh;
-  AnyQueue queue;
-  AnyMining mining;
-  AnyAging aging;
+  Policies policies;
   Commit mode = Commit::on_backward;
   GradientScale scale;
 
@@ -200,9 +199,10 @@ struct HeadArguments {
             count_argument<AnyRefresh, Args...>() <= 1 &&
             count_argument<AnyQueue, Args...>() <= 1 && count_argument<AnyMining, Args...>() <= 1 &&
             count_argument<AnyAging, Args...>() <= 1 && count_argument<Commit, Args...>() <= 1 &&
-            count_argument<GradientScale, Args...>() <= 1,
-        "protomem: a head takes at most one policy of each family, one Commit and one "
-        "GradientScale");
+            count_argument<GradientScale, Args...>() <= 1 &&
+            count_argument<Policies, Args...>() <= 1,
+        "protomem: a head takes at most one policy of each family (or one Policies), one Commit "
+        "and one GradientScale");
     (take(std::move(args)), ...);
   }
 
@@ -214,18 +214,10 @@ struct HeadArguments {
       mode = p;
     } else if constexpr (std::is_same_v<Family, GradientScale>) {
       scale = p;
-    } else if constexpr (std::is_same_v<Family, AnyMargin>) {
-      margin = AnyMargin(std::move(p));
-    } else if constexpr (std::is_same_v<Family, AnyGenerator>) {
-      generator = AnyGenerator(std::move(p));
-    } else if constexpr (std::is_same_v<Family, AnyRefresh>) {
-      refresh = AnyRefresh(std::move(p));
-    } else if constexpr (std::is_same_v<Family, AnyQueue>) {
-      queue = AnyQueue(std::move(p));
-    } else if constexpr (std::is_same_v<Family, AnyMining>) {
-      mining = AnyMining(std::move(p));
+    } else if constexpr (std::is_same_v<Family, Policies>) {
+      policies = std::move(p);
     } else {
-      aging = AnyAging(std::move(p));
+      policies.set(std::move(p));
     }
   }
 };
@@ -398,8 +390,9 @@ class PrototypeHead {
 
   PrototypeHead(const Config& config, detail::HeadArguments a)
       : state_(c10::make_intrusive<State>(
-            a.mode, config, std::move(a.margin), std::move(a.generator), std::move(a.refresh),
-            std::move(a.queue), std::move(a.mining), std::move(a.aging))) {
+            a.mode, config, std::move(a.policies.margin), std::move(a.policies.generator),
+            std::move(a.policies.refresh), std::move(a.policies.queue),
+            std::move(a.policies.mining), std::move(a.policies.aging))) {
     set_gradient_scale(a.scale.factor);
   }
   static std::string name() { return detail::head_name<Scalar, Device>("PrototypeHead"); }
@@ -463,8 +456,10 @@ class ShardedPrototypeHead {
 
   ShardedPrototypeHead(Comm comm, const Config& config, detail::HeadArguments a)
       : state_(c10::make_intrusive<State>(
-            a.mode, std::move(comm), config, std::move(a.margin), std::move(a.generator),
-            std::move(a.refresh), std::move(a.queue), std::move(a.mining), std::move(a.aging))) {
+            a.mode, std::move(comm), config, std::move(a.policies.margin),
+            std::move(a.policies.generator), std::move(a.policies.refresh),
+            std::move(a.policies.queue), std::move(a.policies.mining),
+            std::move(a.policies.aging))) {
     // A bad factor throws on every rank alike (the memory, built above, is a collective).
     protomem::detail::collective_check(state_->comm,
                                        [&] { set_gradient_scale(a.scale.factor); });

@@ -22,15 +22,8 @@
 namespace protomem {
 namespace python {
 
-/// The policy objects of a head, one per family.
-struct Policies {
-  AnyMargin margin;
-  AnyGenerator generator;
-  AnyRefresh refresh;
-  AnyQueue queue;
-  AnyMining mining;
-  AnyAging aging;
-};
+/// The policy objects of a head, one per family (policies/any.hpp).
+using Policies = protomem::Policies;
 
 /// How the prototypes are stored: in the head's dtype, or narrow (float32 arithmetic).
 enum class Storage { full, bfloat16, float16 };

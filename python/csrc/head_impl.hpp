@@ -254,7 +254,7 @@ class HeadImpl final : public AnyHead {
 
   Policies policies() const override {
     const Memory& m = head_.memory();
-    return {m.margin(), m.generator(), m.refresh(), m.queue(), m.mining(), m.aging()};
+    return Policies(m.margin(), m.generator(), m.refresh(), m.queue(), m.mining(), m.aging());
   }
   const AnyMining& mining() const override { return head_.mining(); }
   void set_margin(AnyMargin p) override { head_.memory().set_margin(std::move(p)); }
@@ -313,7 +313,7 @@ class HeadImpl final : public AnyHead {
 /// A head of `Head` built from the policies (any Head whose constructor takes config, policies).
 template <class Head>
 Head head_of(const Config& config, const Policies& p) {
-  return Head(config, p.margin, p.generator, p.refresh, p.queue, p.mining, p.aging);
+  return Head(config, p);
 }
 
 template <class Head>

@@ -177,8 +177,18 @@ namespace {
 
 // The Config and policies of make_head / make_sharded_head's arguments.
 Config config_of(index_t capacity, index_t dim, label_t num_classes, std::size_t workspace_bytes,
-                 int threads, index_t similar_k, bool allow_single_exemplar) {
+                 int threads, index_t similar_k, bool allow_single_exemplar,
+                 const std::string& gemm) {
   Config config;
+  if (gemm == "auto") {
+    config.gemm = Gemm::automatic;
+  } else if (gemm == "eigen") {
+    config.gemm = Gemm::eigen;
+  } else if (gemm == "blas") {
+    config.gemm = Gemm::blas;  // refused by the memory in a build without a BLAS
+  } else {
+    detail::fail("gemm must be 'auto', 'eigen' or 'blas'; got '", detail::escaped(gemm), "'");
+  }
   config.single_exemplar =
       allow_single_exemplar ? SingleExemplar::allow : SingleExemplar::refuse;
   config.capacity = capacity;
@@ -193,8 +203,8 @@ Config config_of(index_t capacity, index_t dim, label_t num_classes, std::size_t
 Policies policies_of(const py::object& margin, const py::object& generator,
                      const py::object& refresh, const py::object& queue, const py::object& mining,
                      const py::object& aging) {
-  return {margin_of(margin), generator_of(generator), refresh_of(refresh),
-          queue_of(queue),   mining_of(mining),       aging_of(aging)};
+  return Policies(margin_of(margin), generator_of(generator), refresh_of(refresh),
+                  queue_of(queue), mining_of(mining), aging_of(aging));
 }
 
 /// "float32" / "float64" (the dtype's own storage), "bfloat16" or "float16".
@@ -431,6 +441,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("workspace_bytes",
                              [](const AnyHead& h) { return h.config().workspace_bytes; })
       .def_property_readonly("similar_k", [](const AnyHead& h) { return h.config().similar_k; })
+      .def_property_readonly("gemm",
+                             [](const AnyHead& h) { return gemm_name(h.config().gemm); })
       .def_property_readonly("allow_single_exemplar",
                              [](const AnyHead& h) {
                                return h.config().single_exemplar == SingleExemplar::allow;
@@ -471,17 +483,17 @@ PYBIND11_MODULE(_C, m) {
       "make_head",
       [](bool double_precision, const std::string& storage, index_t capacity, index_t dim,
          label_t num_classes, std::size_t workspace_bytes, int threads, index_t similar_k,
-         bool allow_single_exemplar, const py::object& margin, const py::object& generator,
-         const py::object& refresh, const py::object& queue, const py::object& mining,
-         const py::object& aging) {
+         bool allow_single_exemplar, const std::string& gemm, const py::object& margin,
+         const py::object& generator, const py::object& refresh, const py::object& queue,
+         const py::object& mining, const py::object& aging) {
         const Config config =
             config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k,
-                      allow_single_exemplar);
+                      allow_single_exemplar, gemm);
         const Policies p = policies_of(margin, generator, refresh, queue, mining, aging);
         return make_any_head(nullptr, double_precision, storage, config, p);
       },
       "double_precision"_a, "storage"_a, "capacity"_a, "dim"_a, "num_classes"_a,
-      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "allow_single_exemplar"_a, "margin"_a,
+      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "allow_single_exemplar"_a, "gemm"_a, "margin"_a,
       "generator"_a, "refresh"_a, "queue"_a, "mining"_a, "aging"_a);
 
   // The sharded head: the memory spread over the processes of `group` (a collective: every
@@ -491,17 +503,18 @@ PYBIND11_MODULE(_C, m) {
       [](const c10::intrusive_ptr<c10d::ProcessGroup>& group, bool double_precision,
          const std::string& storage, index_t capacity, index_t dim, label_t num_classes,
          std::size_t workspace_bytes, int threads, index_t similar_k, bool allow_single_exemplar,
-         const py::object& margin, const py::object& generator, const py::object& refresh,
-         const py::object& queue, const py::object& mining, const py::object& aging) {
+         const std::string& gemm, const py::object& margin, const py::object& generator,
+         const py::object& refresh, const py::object& queue, const py::object& mining,
+         const py::object& aging) {
         const Config config =
             config_of(capacity, dim, num_classes, workspace_bytes, threads, similar_k,
-                      allow_single_exemplar);
+                      allow_single_exemplar, gemm);
         const Policies p = policies_of(margin, generator, refresh, queue, mining, aging);
         py::gil_scoped_release release;  // the constructor is a collective
         return make_any_head(&group, double_precision, storage, config, p);
       },
       "group"_a, "double_precision"_a, "storage"_a, "capacity"_a, "dim"_a, "num_classes"_a,
-      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "allow_single_exemplar"_a, "margin"_a,
+      "workspace_bytes"_a, "threads"_a, "similar_k"_a, "allow_single_exemplar"_a, "gemm"_a, "margin"_a,
       "generator"_a, "refresh"_a, "queue"_a, "mining"_a, "aging"_a);
 
   // ---- the sampler

@@ -22,8 +22,7 @@ std::unique_ptr<AnyHead> make_sharded(const void* group, const Config& config,
   const c10::intrusive_ptr<c10d::ProcessGroup> g =
       *static_cast<const c10::intrusive_ptr<c10d::ProcessGroup>*>(group);
   auto make = [g](const Config& c, const Policies& p) {
-    return Head(C10dCommunicator(g), c, p.margin, p.generator, p.refresh, p.queue, p.mining,
-                p.aging);
+    return Head(C10dCommunicator(g), c, p);
   };
   return std::make_unique<HeadImpl<Head, true>>(make, config, policies);
 }

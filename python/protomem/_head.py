@@ -175,12 +175,16 @@ class PrototypeMemory(torch.nn.Module):
             (a plain DistributedSampler). ``"error"`` (default): protomem.Error naming
             GroupedBatchSampler, nothing changes; ``"warn"``: the step runs, a warning once;
             ``"allow"``: the step runs.
+        gemm: the memory pass's GEMM: ``"auto"`` (default: the faster of those the build has,
+            measured once per process and shape class - two processes may then round
+            differently), ``"eigen"`` or ``"blas"``: forced, for the same rounding in every
+            process and every run (e.g. a resumed run that must equal a straight one).
     """
 
     def __init__(self, capacity, dim, margin=None, generator=None, refresh=None, queue=None,
                  mining=None, aging=None, *, dtype=torch.float32, storage=None, num_classes=0,
                  threads=0, workspace_bytes=64 << 20, similar_k=0, process_group=None,
-                 per_process=False, gradient_scale="ddp", single_exemplar="error"):
+                 per_process=False, gradient_scale="ddp", single_exemplar="error", gemm="auto"):
         super().__init__()
         if single_exemplar not in ("error", "warn", "allow"):
             raise Error(f"protomem: single_exemplar must be 'error', 'warn' or 'allow'; got "
@@ -199,6 +203,7 @@ class PrototypeMemory(torch.nn.Module):
         arguments = (
             _DTYPES[dtype], storage_name, int(capacity), int(dim), int(num_classes),
             int(workspace_bytes), int(threads), int(similar_k), single_exemplar != "error",
+            str(gemm),
             _policy(margin, _C.CosFace, "margin"), _policy(generator, _C.ExemplarMean, "generator"),
             _policy(refresh, _C.Replace, "refresh"),
             _policy(queue, _C.LeastRecentlyWritten, "queue"),

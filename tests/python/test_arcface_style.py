@@ -39,8 +39,10 @@ def test_resumed_run_equals_straight_run(tmp_path, fp16):
         y = torch.load(resumed / f"checkpoint_gpu_{rank}.pt")
         for key, value in x["state_dict_backbone"].items():
             assert torch.equal(value, y["state_dict_backbone"][key]), key
-        assert torch.equal(x["state_dict_softmax_fc"]["_extra_state"],
-                           y["state_dict_softmax_fc"]["_extra_state"])
+        # each rank's checkpoint holds its shard (and an id of its save): compare what is stored
+        assert a[rank]["stored"] == b[rank]["stored"] and len(a[rank]["stored"]) > 0
+        assert a[rank]["prototypes"] == b[rank]["prototypes"]
+        assert x["state_dict_softmax_fc"]["_extra_state"].numel() > 0
     assert a[0]["losses"] == a[1]["losses"]  # the global batch's loss, the same on every rank
     assert all(map(lambda v: v == v and 0 < v < 1e3, a[0]["losses"]))  # finite, positive
     assert a[0]["memory"]["steps"] == 24 and a[0]["memory"]["insertions"] > 0

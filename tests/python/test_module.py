@@ -462,3 +462,13 @@ def test_distributed_memory_built_before_init_is_refused(tmp_path):
     for r, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, out
         assert f"ok {r}" in out and "no error" not in out, out
+
+
+def test_gemm_can_be_forced(rng):
+    e, y = grouped_batch([1, 2], 2, DIM, torch.float64, rng)
+    h = protomem.PrototypeMemory(16, DIM, dtype=torch.float64, gemm="eigen")
+    train_step(h, e, y)
+    train_step(h, *grouped_batch([3, 4], 2, DIM, torch.float64, rng))
+    assert h._head.gemm == "eigen" and h.last_step["gemm"] == "eigen"
+    with pytest.raises(protomem.Error, match="gemm must be 'auto', 'eigen' or 'blas'; got 'fast'"):
+        protomem.PrototypeMemory(16, DIM, gemm="fast")

@@ -149,6 +149,19 @@ Holder load_policy(const StoredPolicy& stored, const char* family, const Holder&
   return policy;
 }
 
+/// Every policy a checkpoint stores, each as load_policy() gives it back against `current` (a
+/// protomem::Policies, policies/any.hpp: a template here, below the policies' layer).
+template <class PolicySet>
+PolicySet load_policies(const StoredPolicy (&stored)[checkpoint_policies],
+                        const PolicySet& current, const std::string& source) {
+  return PolicySet(load_policy(stored[0], "margin", current.margin, source),
+                   load_policy(stored[1], "generator", current.generator, source),
+                   load_policy(stored[2], "refresh", current.refresh, source),
+                   load_policy(stored[3], "queue", current.queue, source),
+                   load_policy(stored[4], "mining", current.mining, source),
+                   load_policy(stored[5], "aging", current.aging, source));
+}
+
 /// The fields after the version that versions 2 and 3 share: scalar size, sizes, counters and the
 /// six policies.
 template <class Scalar, class... Policies>

@@ -628,4 +628,52 @@ Holder checked_policy(Holder policy) {
 }
 
 }  // namespace detail
+
+/// One policy of each family: what a memory keeps and what load() replaces together, and what a
+/// head or a binding passes on. Built from policies in any order, each family at most once; a
+/// family left out takes its default (as the memory's constructor).
+struct Policies {
+  AnyMargin margin;
+  AnyGenerator generator;
+  AnyRefresh refresh;
+  AnyQueue queue;
+  AnyMining mining;
+  AnyAging aging;
+
+  Policies() = default;
+  template <class... P,
+            std::enable_if_t<(sizeof...(P) > 0) &&
+                                 (... && !std::is_same_v<std::decay_t<P>, Policies>),
+                             int> = 0>
+  explicit Policies(P... policies)
+      : margin(detail::pick_policy<AnyMargin>(policies...)),
+        generator(detail::pick_policy<AnyGenerator>(policies...)),
+        refresh(detail::pick_policy<AnyRefresh>(policies...)),
+        queue(detail::pick_policy<AnyQueue>(policies...)),
+        mining(detail::pick_policy<AnyMining>(policies...)),
+        aging(detail::pick_policy<AnyAging>(policies...)) {
+    static_assert(detail::each_family_at_most_once<P...>(),
+                  "protomem: at most one policy of each family");
+  }
+
+  /// Puts `policy` (any policy, or a holder) in its family's place.
+  template <class P>
+  void set(P policy) {
+    using Family = detail::policy_holder_t<P>;
+    if constexpr (std::is_same_v<Family, AnyMargin>) {
+      margin = AnyMargin(std::move(policy));
+    } else if constexpr (std::is_same_v<Family, AnyGenerator>) {
+      generator = AnyGenerator(std::move(policy));
+    } else if constexpr (std::is_same_v<Family, AnyRefresh>) {
+      refresh = AnyRefresh(std::move(policy));
+    } else if constexpr (std::is_same_v<Family, AnyQueue>) {
+      queue = AnyQueue(std::move(policy));
+    } else if constexpr (std::is_same_v<Family, AnyMining>) {
+      mining = AnyMining(std::move(policy));
+    } else {
+      aging = AnyAging(std::move(policy));
+    }
+  }
+};
+
 }  // namespace protomem
