@@ -477,6 +477,8 @@ TEST_CASE("single-exemplar batches are judged on the global batch, alike on ever
   for (const std::string& m : messages) {
     CHECK(m.find("6 of the batch's 6 classes have a single exemplar (B = 6)") != std::string::npos);
   }
+}
+
 namespace {
 
 std::string slurp(const std::string& path) {

@@ -386,24 +386,50 @@ PYBIND11_MODULE(_C, m) {
              }
              return py::make_tuple(loss, seconds);
            })
-      .def("clone", &AnyHead::clone)
-      .def("state", [](const AnyHead& h) { return bytes_tensor(h.state()); })
+      // Every call that may be a collective (sharded heads) runs without the GIL: gloo's worker
+      // threads may need it to free the tensors of a collective the user made before (a tensor
+      // with a Python object is released under the GIL), and a collective waiting for them with
+      // the GIL held would wait forever.
+      .def("clone", &AnyHead::clone, py::call_guard<py::gil_scoped_release>())
+      .def("state",
+           [](const AnyHead& h) {
+             std::string bytes;
+             {
+               py::gil_scoped_release release;
+               bytes = h.state();
+             }
+             return bytes_tensor(bytes);
+           })
       .def("load_state",
            [](AnyHead& h, const at::Tensor& t, const std::string& source) {
-             h.load_state(tensor_bytes(t, source), source);
+             std::string bytes = tensor_bytes(t, source);
+             py::gil_scoped_release release;
+             h.load_state(bytes, source);
            })
-      .def("full_state", [](const AnyHead& h) { return bytes_tensor(h.full_state()); })
+      .def("full_state",
+           [](const AnyHead& h) {
+             std::string bytes;
+             {
+               py::gil_scoped_release release;
+               bytes = h.full_state();
+             }
+             return bytes_tensor(bytes);
+           })
       .def("save", &AnyHead::save, py::arg("path"), py::arg("gather") = false,
            py::call_guard<py::gil_scoped_release>())
       .def("load", &AnyHead::load, py::arg("path"), py::arg("shards"),
            py::call_guard<py::gil_scoped_release>())
       .def("contents",
            [](const AnyHead& h) {
-             Contents c = h.contents();
+             Contents c;
+             {
+               py::gil_scoped_release release;
+               c = h.contents();
+             }
              return py::make_tuple(c.labels, c.prototypes, c.last_written);
            })
-      .def("prototype", &AnyHead::prototype)
-      .def("contains", &AnyHead::contains)
+      .def("prototype", &AnyHead::prototype, py::call_guard<py::gil_scoped_release>())
+      .def("contains", &AnyHead::contains, py::call_guard<py::gil_scoped_release>())
       .def("stats",
            [](const AnyHead& h) {
              const Stats s = h.stats();

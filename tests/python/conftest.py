@@ -182,9 +182,10 @@ def run_worker(tmp_path, source, world, *args, timeout=300):
     store = str(tmp_path / f"store-{next(_stores)}")
     results = run_ranks(world, lambda r: [sys.executable, str(path), str(r), str(world), store,
                                           *args], cwd=str(tmp_path), timeout=timeout)
+    everything = "".join(f"---- rank {r} (exit {code})\n{out}{err}"
+                         for r, (code, out, err) in enumerate(results))
     for r, (code, out, err) in enumerate(results):
-        assert code == 0, out + err
-        assert f"ok {r}" in out, out + err
+        assert code == 0 and f"ok {r}" in out, everything
 
 
 @pytest.fixture

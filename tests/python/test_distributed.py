@@ -176,10 +176,10 @@ SHARDS_WORKER = textwrap.dedent('''
     rank, world, store, phase = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
     torch.set_num_threads(1)
-    # The test's own exchanges run on a group of their own, not between the memory's collectives
-    # on the default group (an all_gather_object there was seen to leave the next collective of the
-    # memory waiting, now and then).
-    checks = dist.new_group(backend="gloo")
+    # The test's own exchanges (all_gather_object) run on the default group, between the memory's
+    # collectives, as a user's would: the binding releases the GIL in every collective, without
+    # which the memory's next collective waited forever now and then (gloo's worker thread freeing
+    # the user's tensors needed the GIL).
 
     def make(**kw):
         return protomem.PrototypeMemory(24, 6, margin=protomem.ArcFace(16, 0.3),
@@ -197,7 +197,7 @@ SHARDS_WORKER = textwrap.dedent('''
         except protomem.Error as error:
             message = str(error)
         messages = [None] * world
-        dist.all_gather_object(messages, message, group=checks)
+        dist.all_gather_object(messages, message)
         return messages
 
     if phase == "save":  # W = 2: steps, then shards, the gathered file, and 1 -> 2
@@ -253,7 +253,7 @@ SHARDS_WORKER = textwrap.dedent('''
         assert memory.size == 1 << 15
         whole_growth = peak_growth(lambda: protomem.PrototypeMemory(1 << 15, 128).load("big.ckpt"))
         growth = [None] * world
-        dist.all_gather_object(growth, (shard_growth, whole_growth), group=checks)
+        dist.all_gather_object(growth, (shard_growth, whole_growth))
         if rank == 0:
             with open("rss.txt", "w") as f:
                 f.write(repr(growth))
