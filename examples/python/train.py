@@ -56,6 +56,9 @@ def parse_args(argv=None):
     a("--queue", default="lrw", choices=("lrw", "fifo"), help="eviction order of the memory")
     a("--storage", default="float32", choices=("float32", "bfloat16", "float16"),
       help="how the memory stores its prototypes (narrow: half the memory, float32 arithmetic)")
+    a("--gemm", default="auto", choices=("auto", "eigen", "blas"),
+      help="the memory pass's GEMM (auto: the fastest, measured in each process; a forced one "
+           "rounds the same in every run, e.g. for a resumed run that must equal a straight one)")
     a("--lr", type=float, default=0.1)
     a("--momentum", type=float, default=0.9)
     a("--weight-decay", type=float, default=5e-4)
@@ -293,7 +296,7 @@ def main(argv=None):
     head = protomem.PrototypeMemory(args.capacity, args.dim,
                                     margin=protomem.CosFace(args.scale, args.margin),
                                     queue=queue, mining=mining, aging=aging, storage=args.storage,
-                                    num_classes=classes)
+                                    num_classes=classes, gemm=args.gemm)
     sampler = protomem.GroupedBatchSampler(dataset.labels, args.batch // args.exemplars,
                                            args.exemplars, seed=args.seed,
                                            doppelganger_fraction=args.mining,
