@@ -158,6 +158,22 @@ Global resplit(Global b, int W) {
   return b;
 }
 
+// Steps `batches` on a sharded memory of one process against `mine` (rows as one share) and on
+// the plain memory `one`, as a run continued in one process after a checkpoint.
+template <class Sharded>
+void continue_alone(Sharded& sharded1, protomem::test::ReferenceMemory<double>& mine,
+                    protomem::test::ReferenceMemory<double>& one, const std::vector<Global>& batches,
+                    Expect& expect) {
+  const index_t D = sharded1.dim();
+  for (const Global& b : batches) {
+    protomem::test::step_both(sharded1, mine, resplit(b, 1), 1e-10, expect);
+    std::vector<double> g(b.embeddings.size());
+    const auto B = static_cast<index_t>(b.labels.size());
+    one.step(protomem::matrix_view<const double>(b.embeddings.data(), B, D),
+             protomem::label_view(b.labels.data(), B), protomem::matrix_view(g.data(), B, D));
+  }
+}
+
 // Steps a sharded memory of W thread ranks (loaded from `checkpoint` when not empty) through
 // `batches` against `reference` (a copy per rank), and returns the sharded memory's checkpoint.
 std::string run_sharded(int W, const std::string& checkpoint, const std::vector<Global>& batches,
@@ -223,14 +239,7 @@ TEST_CASE("checkpoints move between world sizes: 4 -> 1 -> 2 -> 4, identical con
     std::istringstream in(from4);
     sharded1.load(in);
     protomem::test::ReferenceMemory<double> mine = reference;
-    for (const Global& b : second) {
-      protomem::test::step_both(sharded1, mine, resplit(b, 1), 1e-10, expect);
-      std::vector<double> g(b.embeddings.size());
-      const auto B = static_cast<index_t>(b.labels.size());
-      one.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
-               protomem::label_view(b.labels.data(), B),
-               protomem::matrix_view(g.data(), B, config.dim));
-    }
+    continue_alone(sharded1, mine, one, second, expect);
     protomem::test::expect_same_memory<double>(sharded1, mine, 1e-10, expect);
     protomem::test::expect_same_memory<double>(sharded1, one, 1e-10, expect);
     reference = mine;
@@ -617,14 +626,7 @@ TEST_CASE(
     sharded1.load_shards(paths);
     Expect expect;
     protomem::test::ReferenceMemory<double> mine = reference;
-    for (const Global& b : second) {
-      protomem::test::step_both(sharded1, mine, resplit(b, 1), 1e-10, expect);
-      std::vector<double> g(b.embeddings.size());
-      const auto B = static_cast<index_t>(b.labels.size());
-      one.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
-               protomem::label_view(b.labels.data(), B),
-               protomem::matrix_view(g.data(), B, config.dim));
-    }
+    continue_alone(sharded1, mine, one, second, expect);
     protomem::test::expect_same_memory<double>(sharded1, one, 1e-10, expect);
     protomem::test::expect_same_memory<double>(sharded1, mine, 1e-10, expect);
     CHECK(expect.report() == "");

@@ -110,20 +110,15 @@ class ShardedPrototypeMemory {
   /// must outlive the memory, and the memory's collectives must not interleave with other users'
   /// of it. Queue: LeastRecentlyWritten or FirstInFirstOut (a new order needs its sharded form in
   /// detail/shard_plan.hpp).
-  template <class... Policies>
-  ShardedPrototypeMemory(Comm& comm, const Config& config, Policies... policies)
+  template <class... P>
+  ShardedPrototypeMemory(Comm& comm, const Config& config, P... policies)
       : ShardedPrototypeMemory(comm, [&] {
-          static_assert(detail::each_family_at_most_once<Policies...>(),
+          static_assert(detail::each_family_at_most_once<P...>(),
                         "protomem: a ShardedPrototypeMemory takes at most one policy of each "
                         "family");
           std::vector<Shard> built;  // 0 or 1: what this rank built, if it could
           detail::collective_check(comm, [&] {
-            built.push_back(build(comm, config, detail::pick_policy<AnyMargin>(policies...),
-                                  detail::pick_policy<AnyGenerator>(policies...),
-                                  detail::pick_policy<AnyRefresh>(policies...),
-                                  detail::pick_policy<AnyQueue>(policies...),
-                                  detail::pick_policy<AnyMining>(policies...),
-                                  detail::pick_policy<AnyAging>(policies...)));
+            built.push_back(build(comm, config, Policies(std::move(policies)...)));
           });
           return std::move(built.front());
         }()) {}
@@ -400,32 +395,19 @@ class ShardedPrototypeMemory {
   // ---- construction: everything a rank could fail on, built aside and agreed ------------------
   struct Shard {
     Config config;
-    AnyMargin margin;
-    AnyGenerator generator;
-    AnyRefresh refresh;
-    AnyQueue queue;
-    AnyMining mining;
-    AnyAging aging;
+    Policies policies;
     detail::ShardBook book;
     Backend backend;
   };
 
   // This rank's share, or a protomem::Error for collective_check.
-  static Shard build(Comm& comm, const Config& config, AnyMargin margin, AnyGenerator generator,
-                     AnyRefresh refresh, AnyQueue queue, AnyMining mining, AnyAging aging) {
+  static Shard build(Comm& comm, const Config& config, Policies policies) {
     backend::check_gemm_request(config.gemm);  // a value, and blas only in a build with one
     const Config& checked = detail::checked_config<Scalar>(config);
     try {
       detail::ShardBook book(checked.capacity, comm.rank(), comm.world_size());
       const index_t local_capacity = book.layout().local_capacity();
-      return {checked,
-              checked_policy(std::move(margin)),
-              checked_policy(std::move(generator)),
-              checked_policy(std::move(refresh)),
-              checked_sharded_queue(std::move(queue)),
-              checked_policy(std::move(mining)),
-              checked_policy(std::move(aging)),
-              std::move(book),
+      return {checked, checked_policies(std::move(policies)), std::move(book),
               Backend(local_capacity, checked.dim, typename Backend::Resources{})};
     } catch (const std::bad_alloc&) {
       detail::fail_allocation<Scalar>("", checked.capacity, checked.dim);
@@ -437,15 +419,26 @@ class ShardedPrototypeMemory {
   ShardedPrototypeMemory(Comm& comm, Shard shard)
       : comm_(&comm),
         config_(shard.config),
-        margin_(std::move(shard.margin)),
-        generator_(std::move(shard.generator)),
-        refresh_(std::move(shard.refresh)),
-        queue_(std::move(shard.queue)),
-        mining_(std::move(shard.mining)),
-        aging_(std::move(shard.aging)),
+        margin_(std::move(shard.policies.margin)),
+        generator_(std::move(shard.policies.generator)),
+        refresh_(std::move(shard.policies.refresh)),
+        queue_(std::move(shard.policies.queue)),
+        mining_(std::move(shard.policies.mining)),
+        aging_(std::move(shard.policies.aging)),
         book_(std::move(shard.book)),
         backend_(std::move(shard.backend)) {
     agree_on_setup();
+  }
+
+  // Each policy as a checkpoint would give it back, the queue one the sharded plan knows.
+  static Policies checked_policies(Policies p) {
+    p.margin = checked_policy(std::move(p.margin));
+    p.generator = checked_policy(std::move(p.generator));
+    p.refresh = checked_policy(std::move(p.refresh));
+    p.queue = checked_sharded_queue(std::move(p.queue));
+    p.mining = checked_policy(std::move(p.mining));
+    p.aging = checked_policy(std::move(p.aging));
+    return p;
   }
 
   template <class Holder>
