@@ -134,11 +134,7 @@ class ShardBook {
       const ShardRecord& r = records[static_cast<std::size_t>(i)];
       if (book.layout_.owner(r.slot) != rank) continue;
       const index_t slot = book.layout_.local(r.slot);
-      book.label_[static_cast<std::size_t>(slot)] = r.label;
-      book.written_[static_cast<std::size_t>(slot)] = r.last_written;
-      book.ticket_[static_cast<std::size_t>(slot)] = i;
-      book.map_.insert(r.label, slot);
-      book.queue_.push_back(slot);
+      book.place(slot, r.label, r.last_written, i);
     }
     book.used_ = n;
     book.next_ticket_ = n;
@@ -189,11 +185,7 @@ class ShardBook {
              r.last_written, ", after the memory's step ", counters.steps);
       }
       last_ticket = r.ticket;
-      book.label_[static_cast<std::size_t>(slot)] = r.label;
-      book.written_[static_cast<std::size_t>(slot)] = r.last_written;
-      book.ticket_[static_cast<std::size_t>(slot)] = r.ticket;
-      book.map_.insert(r.label, slot);
-      book.queue_.push_back(slot);
+      book.place(slot, r.label, r.last_written, r.ticket);
     }
     book.used_ = used;
     book.next_ticket_ = next_ticket;
@@ -246,6 +238,16 @@ class ShardBook {
       fail("shard book: rank = ", rank, " is outside [0, ", world_size, ")");
     }
     return {capacity, rank, world_size};
+  }
+
+  // A loaded record at local slot `slot`, appended to the eviction order (records come in
+  // ascending ticket).
+  void place(index_t slot, label_t label, std::uint64_t written, std::int64_t ticket) {
+    label_[static_cast<std::size_t>(slot)] = label;
+    written_[static_cast<std::size_t>(slot)] = written;
+    ticket_[static_cast<std::size_t>(slot)] = ticket;
+    map_.insert(label, slot);
+    queue_.push_back(slot);
   }
 
   ShardLayout layout_;
