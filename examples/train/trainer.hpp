@@ -115,12 +115,14 @@ struct Options {
   bool progress = true;                  // progress bar on a terminal
 };
 
-/// The memory's sizes: M slots of dim D, labels below the number of identities.
+/// The memory's sizes: M slots of dim D, labels below the number of identities; batches of mostly
+/// single exemplars (--exemplars 1) are refused, as a trainer should (Config::single_exemplar).
 inline protomem::Config memory_config(const Options& o) {
   protomem::Config c;
   c.capacity = o.capacity;
   c.dim = o.dim;
   c.num_classes = o.identities;
+  c.single_exemplar = protomem::SingleExemplar::refuse;
   return c;
 }
 
