@@ -158,20 +158,28 @@ Global resplit(Global b, int W) {
   return b;
 }
 
+// Steps a plain memory on the whole of each batch (the single-process reference).
+void step_alone(protomem::test::ReferenceMemory<double>& memory,
+                const std::vector<Global>& batches) {
+  const index_t D = memory.dim();
+  for (const Global& b : batches) {
+    std::vector<double> g(b.embeddings.size());
+    const auto B = static_cast<index_t>(b.labels.size());
+    memory.step(protomem::matrix_view<const double>(b.embeddings.data(), B, D),
+                protomem::label_view(b.labels.data(), B), protomem::matrix_view(g.data(), B, D));
+  }
+}
+
 // Steps `batches` on a sharded memory of one process against `mine` (rows as one share) and on
 // the plain memory `one`, as a run continued in one process after a checkpoint.
 template <class Sharded>
 void continue_alone(Sharded& sharded1, protomem::test::ReferenceMemory<double>& mine,
                     protomem::test::ReferenceMemory<double>& one, const std::vector<Global>& batches,
                     Expect& expect) {
-  const index_t D = sharded1.dim();
   for (const Global& b : batches) {
     protomem::test::step_both(sharded1, mine, resplit(b, 1), 1e-10, expect);
-    std::vector<double> g(b.embeddings.size());
-    const auto B = static_cast<index_t>(b.labels.size());
-    one.step(protomem::matrix_view<const double>(b.embeddings.data(), B, D),
-             protomem::label_view(b.labels.data(), B), protomem::matrix_view(g.data(), B, D));
   }
+  step_alone(one, batches);
 }
 
 // Steps a sharded memory of W thread ranks (loaded from `checkpoint` when not empty) through
@@ -217,13 +225,7 @@ TEST_CASE("checkpoints move between world sizes: 4 -> 1 -> 2 -> 4, identical con
   const std::vector<Global> first = draw(stream, 40);
   const std::string from4 = run_sharded(4, "", first, reference, expects);
   for (const Expect& e : expects) CHECK(e.report() == "");
-  for (const Global& b : first) {
-    std::vector<double> g(b.embeddings.size());
-    const auto B = static_cast<index_t>(b.labels.size());
-    reference.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
-                   protomem::label_view(b.labels.data(), B),
-                   protomem::matrix_view(g.data(), B, config.dim));
-  }
+  step_alone(reference, first);
   // The sharded checkpoint is in the single-process format: a plain memory loads it.
   protomem::test::ReferenceMemory<double> one(config);
   {
@@ -251,13 +253,7 @@ TEST_CASE("checkpoints move between world sizes: 4 -> 1 -> 2 -> 4, identical con
   const std::vector<Global> third = draw(stream, 30);
   const std::string from2 = run_sharded(2, from1.str(), third, reference, expects);
   for (const Expect& e : expects) CHECK(e.report() == "");
-  for (const Global& b : third) {
-    std::vector<double> g(b.embeddings.size());
-    const auto B = static_cast<index_t>(b.labels.size());
-    reference.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
-                   protomem::label_view(b.labels.data(), B),
-                   protomem::matrix_view(g.data(), B, config.dim));
-  }
+  step_alone(reference, third);
   // 2 -> 4.
   const std::vector<Global> fourth = draw(stream, 30);
   run_sharded(4, from2, fourth, reference, expects);
@@ -541,13 +537,7 @@ TEST_CASE(
   Batches stream(41, config.capacity, config.dim, 1);
   const std::vector<Global> first = draw(stream, 40), second = draw(stream, 20);
   protomem::test::ReferenceMemory<double> reference(config);
-  for (const Global& b : first) {
-    std::vector<double> g(b.embeddings.size());
-    const auto B = static_cast<index_t>(b.labels.size());
-    reference.step(protomem::matrix_view<const double>(b.embeddings.data(), B, config.dim),
-                   protomem::label_view(b.labels.data(), B),
-                   protomem::matrix_view(g.data(), B, config.dim));
-  }
+  step_alone(reference, first);
 
   // 2 ranks: each writes its shard; a second save after 3 more steps to `path2`.
   Logical saved;

@@ -223,6 +223,17 @@ Storage storage_of(const std::string& storage, bool double_precision) {
                "or 'float16' (float32 heads); got '", storage, "'");
 }
 
+/// A head's checkpoint bytes (state() or full_state(): a collective when sharded) as a uint8
+/// tensor, made without the GIL (see the head's bindings).
+at::Tensor checkpoint_tensor(const AnyHead& head, std::string (AnyHead::*bytes)() const) {
+  std::string made;
+  {
+    py::gil_scoped_release release;
+    made = (head.*bytes)();
+  }
+  return bytes_tensor(made);
+}
+
 std::unique_ptr<AnyHead> make_any_head(const void* group, bool double_precision,
                                        const std::string& storage_name, const Config& config,
                                        const Policies& policies) {
@@ -391,15 +402,7 @@ PYBIND11_MODULE(_C, m) {
       // with a Python object is released under the GIL), and a collective waiting for them with
       // the GIL held would wait forever.
       .def("clone", &AnyHead::clone, py::call_guard<py::gil_scoped_release>())
-      .def("state",
-           [](const AnyHead& h) {
-             std::string bytes;
-             {
-               py::gil_scoped_release release;
-               bytes = h.state();
-             }
-             return bytes_tensor(bytes);
-           })
+      .def("state", [](const AnyHead& h) { return checkpoint_tensor(h, &AnyHead::state); })
       .def("load_state",
            [](AnyHead& h, const at::Tensor& t, const std::string& source) {
              std::string bytes = tensor_bytes(t, source);
@@ -407,14 +410,7 @@ PYBIND11_MODULE(_C, m) {
              h.load_state(bytes, source);
            })
       .def("full_state",
-           [](const AnyHead& h) {
-             std::string bytes;
-             {
-               py::gil_scoped_release release;
-               bytes = h.full_state();
-             }
-             return bytes_tensor(bytes);
-           })
+           [](const AnyHead& h) { return checkpoint_tensor(h, &AnyHead::full_state); })
       .def("save", &AnyHead::save, py::arg("path"), py::arg("gather") = false,
            py::call_guard<py::gil_scoped_release>())
       .def("load", &AnyHead::load, py::arg("path"), py::arg("shards"),

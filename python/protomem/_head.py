@@ -200,6 +200,9 @@ class PrototypeMemory(torch.nn.Module):
         self._process_group = group
         self._per_process = per_process
         self._dtype = dtype
+        # Checked before the head is built: building a sharded head is a collective, and a value
+        # refused in one process after it would leave the others waiting at the next forward.
+        scale = self._scale_of(gradient_scale)
         arguments = (
             _DTYPES[dtype], storage_name, int(capacity), int(dim), int(num_classes),
             int(workspace_bytes), int(threads), int(similar_k), single_exemplar != "error",
@@ -214,7 +217,7 @@ class PrototypeMemory(torch.nn.Module):
             self._head = _C.make_sharded_head(group, *arguments)
         self._single_exemplar = single_exemplar
         self._warned = set()  # the warnings this module gave (each at most once)
-        self.gradient_scale = gradient_scale
+        self._head.gradient_scale = scale
 
     @property
     def gradient_scale(self):
@@ -223,12 +226,24 @@ class PrototypeMemory(torch.nn.Module):
 
     @gradient_scale.setter
     def gradient_scale(self, value):
+        self._head.gradient_scale = self._scale_of(value)
+
+    def _scale_of(self, value):
+        """The factor of a gradient_scale value: 'ddp' is the sharding group's size; a number
+        must be finite and > 0."""
         if isinstance(value, str):
             if value != "ddp":
                 raise Error(f"protomem: gradient_scale must be 'ddp' or a number > 0; got {value!r}")
             group = self._process_group
-            value = 1 if group is None else torch.distributed.get_world_size(group)
-        self._head.gradient_scale = float(value)
+            return float(1 if group is None else torch.distributed.get_world_size(group))
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            raise Error(f"protomem: gradient_scale must be 'ddp' or a number > 0; got "
+                        f"{value!r}") from None
+        if not (math.isfinite(factor) and factor > 0):
+            raise Error(f"protomem: GradientScale factor = {factor} must be finite and > 0")
+        return factor
 
     @property
     def world_size(self):

@@ -117,4 +117,6 @@ def test_gradient_scale(rng):
     assert scaled.gradient_scale == 3.0
     with pytest.raises(protomem.Error, match="gradient_scale must be 'ddp' or a number"):
         head(gradient_scale="mean")
+    with pytest.raises(protomem.Error, match="GradientScale factor = -1.0 must be finite"):
+        head(gradient_scale=-1)  # refused before the head (a collective when sharded) is built
     assert scaled._clone().gradient_scale == 3.0

@@ -316,7 +316,10 @@ def test_default_arcface_is_the_exact_gradient_not_arcface_torchs(easy_margin):
     assert relative_error(st_loss, ref_loss) <= 1e-10
     assert relative_error(st_grad, ref_grad) <= 1e-10
     assert relative_error(ex_loss, ref_loss) <= 1e-10
-    assert relative_error(ex_grad, ref_grad) > 1e-2  # the gradients differ, measurably
+    gap = relative_error(ex_grad, ref_grad)
+    print(f"easy_margin={easy_margin}: exact vs arcface_torch's gradient, largest element "
+          f"difference over the largest element: {gap:.3f}")  # docs/python.md quotes it
+    assert gap > 1e-2  # the gradients differ, measurably
     # The exact one is the gradient of arcface_torch's earlier, autograd ArcFace branch.
     old_loss, old_grad, _ = arcface_torch_step(
         e, y, stored_labels, stored,
