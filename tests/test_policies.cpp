@@ -222,17 +222,11 @@ TEST_CASE("policy traits say what each alternative does", "[policies]") {
   STATIC_REQUIRE(protomem::LeaveOneOut::min_exemplars == 2);
 }
 
-TEST_CASE("queue policies place inserted and refreshed slots in the eviction order", "[policies]") {
-  auto order_after = [](const auto& queue) {
-    protomem::detail::SlotQueue order(4);
-    for (index_t slot : {0, 1, 2}) queue.on_insert(order, slot);
-    queue.on_refresh(order, 0);  // slot 0 written again
-    std::vector<index_t> slots;
-    for (index_t s = order.front(); s >= 0; s = order.next(s)) slots.push_back(s);
-    return slots;
-  };
-  CHECK(order_after(protomem::LeastRecentlyWritten{}) == std::vector<index_t>{1, 2, 0});
-  CHECK(order_after(protomem::FirstInFirstOut{}) == std::vector<index_t>{0, 1, 2});
+TEST_CASE("queue policies say whether a refresh renews a class's place", "[policies]") {
+  CHECK(protomem::LeastRecentlyWritten{}.refresh_renews());
+  CHECK_FALSE(protomem::FirstInFirstOut{}.refresh_renews());
+  CHECK(protomem::AnyQueue{}.refresh_renews());  // the default: LeastRecentlyWritten
+  CHECK_FALSE(protomem::AnyQueue(protomem::FirstInFirstOut{}).refresh_renews());
 }
 
 namespace {

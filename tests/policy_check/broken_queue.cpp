@@ -1,4 +1,4 @@
-// A Queue policy without on_refresh: PrototypeMemory must name the missing member (see
+// A Queue policy without refresh_renews: PrototypeMemory must name the missing member (see
 // complete.cpp for the whole set).
 #include <protomem/memory.hpp>
 
@@ -6,9 +6,6 @@ namespace {
 
 struct QueueWithoutOrder {
   static constexpr const char* name = "broken";
-  void on_insert(protomem::detail::SlotQueue& order, protomem::index_t slot) const noexcept {
-    order.push_back(slot);
-  }
   void save(protomem::detail::ByteWriter&) const {}
   void load(protomem::detail::ByteReader&) {}
 };

@@ -56,10 +56,7 @@ struct PlainRefresh {
 
 struct PlainQueue {
   static constexpr const char* name = "plain";
-  void on_insert(protomem::detail::SlotQueue& order, index_t slot) const noexcept {
-    order.push_back(slot);
-  }
-  void on_refresh(protomem::detail::SlotQueue&, index_t) const noexcept {}
+  bool refresh_renews() const noexcept { return false; }
   void save(protomem::detail::ByteWriter&) const {}
   void load(protomem::detail::ByteReader&) {}
 };

@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <protomem/error.hpp>
 #include <protomem/types.hpp>
 #include <protomem/view.hpp>
@@ -231,6 +232,98 @@ class SingleProcess {
 };
 
 static_assert(check_communicator<SingleProcess>());
+
+/// Any Communicator, borrowed: what a PrototypeMemory keeps of the communicator it was given, so
+/// that one memory type serves one process or many (FAISS-style: the choice is a value, the
+/// collectives a virtual call each, a handful per step). Default-constructed it is the single
+/// process (it owns a SingleProcess); built from a communicator it borrows it, which must outlive
+/// every AnyCommunicator that refers to it. Itself a Communicator.
+class AnyCommunicator {
+ public:
+  AnyCommunicator() = default;
+  template <class Comm, class = std::enable_if_t<!std::is_same_v<std::decay_t<Comm>, AnyCommunicator>>>
+  explicit AnyCommunicator(Comm& comm) : model_(std::make_shared<Model<Comm>>(comm)) {
+    static_assert(check_communicator<Comm>());
+  }
+
+  int rank() const { return model_ ? model_->rank() : 0; }
+  int world_size() const { return model_ ? model_->world_size() : 1; }
+  CommTraffic traffic() const { return model_ ? model_->traffic() : single_.traffic(); }
+
+  template <class T>
+  void all_gather(const T* mine, std::int64_t count, T* all, const std::int64_t* counts) {
+    static_assert(detail::is_comm_value_v<T>, "all_gather carries int64, uint64, float or double");
+    if (model_) {
+      model_->all_gather(mine, count, all, counts);
+    } else {
+      single_.all_gather(mine, count, all, counts);
+    }
+  }
+  template <class T>
+  void all_reduce(T* data, std::int64_t count, ReduceOp op) {
+    static_assert(detail::is_comm_value_v<T>, "all_reduce carries int64, uint64, float or double");
+    if (model_) {
+      model_->all_reduce(data, count, op);
+    } else {
+      single_.all_reduce(data, count, op);
+    }
+  }
+
+  /// Whether it was built from a communicator (false for the default single process). A memory
+  /// given one reports errors as a collective does, naming the rank, even with one rank.
+  bool given() const { return model_ != nullptr; }
+
+  /// The communicator it was built from, when it is a `Comm`; nullptr otherwise (and for the
+  /// single process of a default-constructed one).
+  template <class Comm>
+  Comm* get_if() const {
+    auto* model = dynamic_cast<Model<Comm>*>(model_.get());
+    return model ? &model->comm : nullptr;
+  }
+
+ private:
+  struct Concept {
+    virtual ~Concept() = default;
+    virtual int rank() const = 0;
+    virtual int world_size() const = 0;
+    virtual CommTraffic traffic() const = 0;
+#define PROTOMEM_COMM_VALUE(T)                                                               \
+  virtual void all_gather(const T* mine, std::int64_t count, T* all,                         \
+                          const std::int64_t* counts) = 0;                                   \
+  virtual void all_reduce(T* data, std::int64_t count, ReduceOp op) = 0;
+    PROTOMEM_COMM_VALUE(std::int64_t)
+    PROTOMEM_COMM_VALUE(std::uint64_t)
+    PROTOMEM_COMM_VALUE(float)
+    PROTOMEM_COMM_VALUE(double)
+#undef PROTOMEM_COMM_VALUE
+  };
+  template <class Comm>
+  struct Model final : Concept {
+    explicit Model(Comm& c) : comm(c) {}
+    int rank() const override { return comm.rank(); }
+    int world_size() const override { return comm.world_size(); }
+    CommTraffic traffic() const override { return comm.traffic(); }
+#define PROTOMEM_COMM_VALUE(T)                                                                \
+  void all_gather(const T* mine, std::int64_t count, T* all, const std::int64_t* counts)      \
+      override {                                                                              \
+    comm.all_gather(mine, count, all, counts);                                                \
+  }                                                                                           \
+  void all_reduce(T* data, std::int64_t count, ReduceOp op) override {                        \
+    comm.all_reduce(data, count, op);                                                         \
+  }
+    PROTOMEM_COMM_VALUE(std::int64_t)
+    PROTOMEM_COMM_VALUE(std::uint64_t)
+    PROTOMEM_COMM_VALUE(float)
+    PROTOMEM_COMM_VALUE(double)
+#undef PROTOMEM_COMM_VALUE
+    Comm& comm;
+  };
+
+  SingleProcess single_;             // the default: rank 0 of 1
+  std::shared_ptr<Concept> model_;   // the borrowed communicator, when one was given
+};
+
+static_assert(check_communicator<AnyCommunicator>());
 
 // ---- helpers built on the concept
 // ----------------------------------------------------------------

@@ -215,6 +215,9 @@ class ShardBook {
   std::int64_t ticket(index_t local_slot) const {
     return ticket_[static_cast<std::size_t>(local_slot)];
   }
+  /// This rank's occupied local slots in eviction order: first(), then next(slot) until -1.
+  index_t first() const { return queue_.front(); }
+  index_t next(index_t local_slot) const { return queue_.next(local_slot); }
   /// This rank's records, oldest first.
   std::vector<ShardRecord> local_records() const {
     std::vector<ShardRecord> records;

@@ -205,8 +205,7 @@ struct HeldRefresh final : HeldPolicy<P, RefreshConcept> {
 struct QueueConcept : PolicyConcept {
   static constexpr const char* family = "queue";
   virtual std::unique_ptr<QueueConcept> clone() const = 0;
-  virtual void on_insert(SlotQueue& order, index_t slot) const noexcept = 0;
-  virtual void on_refresh(SlotQueue& order, index_t slot) const noexcept = 0;
+  virtual bool refresh_renews() const noexcept = 0;
 };
 template <class P>
 struct HeldQueue final : HeldPolicy<P, QueueConcept> {
@@ -214,12 +213,7 @@ struct HeldQueue final : HeldPolicy<P, QueueConcept> {
   std::unique_ptr<QueueConcept> clone() const override {
     return std::make_unique<HeldQueue>(*this);
   }
-  void on_insert(SlotQueue& order, index_t slot) const noexcept override {
-    this->policy.on_insert(order, slot);
-  }
-  void on_refresh(SlotQueue& order, index_t slot) const noexcept override {
-    this->policy.on_refresh(order, slot);
-  }
+  bool refresh_renews() const noexcept override { return this->policy.refresh_renews(); }
 };
 
 // ---- Mining --------------------------------------------------------------------------------------
@@ -291,8 +285,7 @@ template <class P>
 using has_refresh_t = decltype(std::declval<const P&>().refresh(
     std::declval<const float*>(), std::declval<float*>(), index_t{}));
 template <class P>
-using has_queue_t = decltype(std::declval<const P&>().on_insert(std::declval<SlotQueue&>(),
-                                                                index_t{}));
+using has_queue_t = decltype(std::declval<const P&>().refresh_renews());
 template <class P>
 using has_mining_t = decltype(std::declval<const P&>().similar_k());
 template <class P>
@@ -463,12 +456,8 @@ class AnyQueue : public detail::PolicyHolder<detail::QueueConcept> {
   static AnyQueue builtin(const std::string& name, const std::string& source) {
     return detail::BuiltinQueues::make<AnyQueue>(name, source);
   }
-  void on_insert(detail::SlotQueue& order, index_t slot) const noexcept {
-    held().on_insert(order, slot);
-  }
-  void on_refresh(detail::SlotQueue& order, index_t slot) const noexcept {
-    held().on_refresh(order, slot);
-  }
+  /// Whether a refreshed class moves to the back of the eviction order.
+  bool refresh_renews() const noexcept { return held().refresh_renews(); }
 
  private:
   template <class P>

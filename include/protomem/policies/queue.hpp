@@ -1,21 +1,22 @@
 // Queue policies: the order in which a full memory gives up slots. A slot is never evicted in
 // favour of a class of the same batch.
 //
+// The eviction order is one rule for one process or many: every class holds a place in a single
+// order, and a write that renews a class's place moves it to the back. A new class always takes
+// the back; the one thing a Queue decides is whether a refresh (a class of the batch already
+// stored) renews its place. That is the form a sharded memory can plan without moving the order
+// between processes (detail/shard_plan.hpp: a place is a "ticket", a counter every rank keeps).
+//
 // Requires, of a Queue policy P (PrototypeMemory checks each member at compile time and names the
 // one that is missing: detail::check_queue_policy at the end of this header):
 //   static constexpr const char* name;           stored in checkpoints
-//   void on_insert(detail::SlotQueue& order, index_t slot) const noexcept;
-//       a class has entered `slot` (an empty one, or one just evicted and unlinked): link it
-//   void on_refresh(detail::SlotQueue& order, index_t slot) const noexcept;
-//       the class in `slot` was written again: move it, or leave it where it is
+//   bool refresh_renews() const noexcept;        whether a refreshed class moves to the back
 //   void save(detail::ByteWriter&) const;        its parameters, for checkpoints
 //   void load(detail::ByteReader&);              the same; bad values throw protomem::Error
 //   copy-constructible and move-assignable       load() checks a copy, then moves it in
-// `order` is the eviction order the memory's bookkeeping keeps (detail/bookkeeping.hpp): a queue
-// through the occupied slots whose front is the next victim; the bookkeeping evicts from the front
-// (skipping slots of the step's own classes) and unlinks an evicted slot before re-inserting it.
-// on_insert / on_refresh are noexcept because they run after the prototypes are written.
-// Guarantees: the rules below, whatever the backend (the bookkeeping runs on the host).
+// refresh_renews is noexcept because it is asked while the bookkeeping is applied, after the
+// prototypes are written. Guarantees: the rules below, whatever the backend and the number of
+// processes (the bookkeeping runs on the host).
 //
 // Alternatives, side by side:
 //   LeastRecentlyWritten  evict the slot written longest ago; a refresh counts as a write
@@ -30,21 +31,18 @@
 // first, skipping slots that hold a class of the batch.
 #pragma once
 
+#include <type_traits>
 #include <utility>
 
 #include <protomem/detail/detect.hpp>
 #include <protomem/detail/serialize.hpp>
-#include <protomem/detail/slot_queue.hpp>
 
 namespace protomem {
 
 /// Evict the least recently written slot (the default).
 struct LeastRecentlyWritten {
   static constexpr const char* name = "least_recently_written";
-  void on_insert(detail::SlotQueue& order, index_t slot) const noexcept { order.push_back(slot); }
-  void on_refresh(detail::SlotQueue& order, index_t slot) const noexcept {
-    order.move_to_back(slot);
-  }
+  bool refresh_renews() const noexcept { return true; }
   void save(detail::ByteWriter&) const {}
   void load(detail::ByteReader&) {}
 };
@@ -52,8 +50,7 @@ struct LeastRecentlyWritten {
 /// Evict in insertion order; a refresh leaves a class where it is in the queue.
 struct FirstInFirstOut {
   static constexpr const char* name = "first_in_first_out";
-  void on_insert(detail::SlotQueue& order, index_t slot) const noexcept { order.push_back(slot); }
-  void on_refresh(detail::SlotQueue&, index_t) const noexcept {}
+  bool refresh_renews() const noexcept { return false; }
   void save(detail::ByteWriter&) const {}
   void load(detail::ByteReader&) {}
 };
@@ -61,17 +58,12 @@ struct FirstInFirstOut {
 namespace detail {
 
 template <class P>
-using queue_on_insert_t = decltype(std::declval<const P&>().on_insert(std::declval<SlotQueue&>(),
-                                                                      std::declval<index_t>()));
+using queue_refresh_renews_t =
+    std::enable_if_t<std::is_convertible_v<decltype(std::declval<const P&>().refresh_renews()),
+                                           bool>>;
 template <class P>
-using queue_on_refresh_t = decltype(std::declval<const P&>().on_refresh(std::declval<SlotQueue&>(),
-                                                                        std::declval<index_t>()));
-template <class P>
-using queue_on_insert_noexcept_t = std::enable_if_t<noexcept(
-    std::declval<const P&>().on_insert(std::declval<SlotQueue&>(), std::declval<index_t>()))>;
-template <class P>
-using queue_on_refresh_noexcept_t = std::enable_if_t<noexcept(
-    std::declval<const P&>().on_refresh(std::declval<SlotQueue&>(), std::declval<index_t>()))>;
+using queue_refresh_renews_noexcept_t =
+    std::enable_if_t<noexcept(std::declval<const P&>().refresh_renews())>;
 
 /// The requirements of a Queue policy (this header's comment), one static_assert per member so
 /// that the compiler names the missing one. True when they all hold.
@@ -80,17 +72,12 @@ constexpr bool check_queue_policy() {
   static_assert(is_detected<policy_name_t, P>,
                 "protomem: a Queue policy needs `static constexpr const char* name` (stored in "
                 "checkpoints)");
-  static_assert(is_detected<queue_on_insert_t, P>,
-                "protomem: a Queue policy needs `void on_insert(protomem::detail::SlotQueue& "
-                "order, index_t slot) const noexcept` (link a class that entered `slot`)");
-  static_assert(is_detected<queue_on_refresh_t, P>,
-                "protomem: a Queue policy needs `void on_refresh(protomem::detail::SlotQueue& "
-                "order, index_t slot) const noexcept` (place a refreshed class)");
-  static_assert(!is_detected<queue_on_insert_t, P> || is_detected<queue_on_insert_noexcept_t, P>,
-                "protomem: a Queue policy's `on_insert(...)` must be noexcept (commit() calls it "
-                "after the prototypes are written)");
-  static_assert(!is_detected<queue_on_refresh_t, P> || is_detected<queue_on_refresh_noexcept_t, P>,
-                "protomem: a Queue policy's `on_refresh(...)` must be noexcept (commit() calls it "
+  static_assert(is_detected<queue_refresh_renews_t, P>,
+                "protomem: a Queue policy needs `bool refresh_renews() const noexcept` (whether a "
+                "refreshed class moves to the back of the eviction order)");
+  static_assert(!is_detected<queue_refresh_renews_t, P> ||
+                    is_detected<queue_refresh_renews_noexcept_t, P>,
+                "protomem: a Queue policy's `refresh_renews()` must be noexcept (commit() asks it "
                 "after the prototypes are written)");
   static_assert(is_detected<policy_save_t, P>,
                 "protomem: a Queue policy needs `void save(protomem::detail::ByteWriter&) const`");
