@@ -551,7 +551,7 @@ constexpr auto policy_holder_of() {
   static_assert(is_policy_holder<P> || policy_families_of<P>() == 1,
                 "protomem: a policy passed to PrototypeMemory must belong to exactly one family: "
                 "a Margin has scale(), a Generator min_exemplars or constant_target(n), a Refresh "
-                "refresh(old, fresh, dim), a Queue on_insert(order, slot), a Mining similar_k(), "
+                "refresh(old, fresh, dim), a Queue refresh_renews(), a Mining similar_k(), "
                 "an Aging log_weight(age) (policies/*.hpp list each family's requirements)");
   if constexpr (belongs_to<P, AnyMargin, has_margin_t>) {
     return static_cast<AnyMargin*>(nullptr);
