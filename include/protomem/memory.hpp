@@ -14,7 +14,7 @@
 //
 // One memory for one process or many: given a communicator (comm/communicator.hpp: MPI, a c10d
 // process group, ranks as threads, ...), the memory is one logical memory stored across the ranks,
-// each rank stepping its own rows of the global batch (docs/distributed.md, "The sharded step"):
+// each rank stepping its own rows of the global batch (docs/distributed.md, "The sharded memory"):
 //
 //   protomem::MpiCommunicator comm;
 //   protomem::PrototypeMemory<float> memory(comm, config, protomem::ArcFace(64, 0.5));

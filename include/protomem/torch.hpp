@@ -32,12 +32,14 @@
 // PrototypeHead<Scalar, Device> is compiled once per Scalar x Device: Device cpu, or cpu_bf16 /
 // cpu_fp16 (float arithmetic over bf16 / fp16 storage; the tensors stay float32).
 //
-// ShardedPrototypeHead<Scalar, Comm, Device>: the same head over a ShardedPrototypeMemory
-// (sharded.hpp) whose communicator it owns (e.g. protomem::C10dCommunicator over a gloo group,
+// PrototypeHead<Scalar, Device>(comm, config, ...): the same head over one memory spread over the
+// processes of a communicator it owns (e.g. protomem::C10dCommunicator over a gloo group,
 // c10d.hpp): each process passes its own rows (possibly none); the loss is the global batch's,
 // the gradient that of its rows. Tensors that fail the checks on one process fail the forward on
-// every process alike (ShardedPrototypeMemory::fail_forward), so the processes stay in step. Both heads share one autograd path (detail::HeadState,
-// detail::PrototypeLoss, detail::head_forward) - the Python package's heads are these classes.
+// every process alike (PrototypeMemory::fail_forward), so the processes stay in step.
+// ShardedPrototypeHead<Scalar, Comm, Device> is that head under its former name. One autograd path
+// (detail::HeadState, detail::PrototypeLoss, detail::head_forward) - the Python package's heads
+// are this class.
 //
 // Tensors: embeddings CPU, rank 2 (B x D, D = the memory's dim), of the head's Scalar (float32 for
 // PrototypeHead<float, *>, float64 for PrototypeHead<double>); labels CPU int64, rank 1, length B
@@ -57,6 +59,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <protomem/device.hpp>
 #include <protomem/error.hpp>
 #include <protomem/memory.hpp>
@@ -107,22 +110,19 @@ std::string head_name(const char* kind) {
   return name + ">";
 }
 
-/// No communicator: the state of a single-process head.
-struct NoComm {};
-
 // The state a head shares with the autograd nodes of its pending step, so that a graph that
-// outlives its head (or a head that outlives its graph) never dangles. Memory is a PrototypeMemory
-// (Comm = NoComm) or a ShardedPrototypeMemory that borrows `comm`, owned here beside it.
-template <class Memory, class Comm = NoComm>
+// outlives its head (or a head that outlives its graph) never dangles. A head given a
+// communicator owns it here, beside the memory that borrows it.
+template <class Memory>
 struct HeadState : ::torch::CustomClassHolder {
   using scalar_type = typename Memory::scalar_type;
-  template <class... Args, class C = Comm, std::enable_if_t<std::is_same_v<C, NoComm>, int> = 0>
+  template <class... Args>
   explicit HeadState(Commit mode_, Args&&... args)
       : memory(std::forward<Args>(args)...), mode(mode_) {}
-  template <class... Args, class C = Comm, std::enable_if_t<!std::is_same_v<C, NoComm>, int> = 0>
-  HeadState(Commit mode_, Comm comm_, Args&&... args)
-      : comm(std::move(comm_)), memory(comm, std::forward<Args>(args)...), mode(mode_) {}
-  Comm comm;  // declared before `memory`, which borrows it
+  template <class Comm, class... Args>
+  HeadState(Commit mode_, std::shared_ptr<Comm> comm_, Args&&... args)
+      : comm(comm_), memory(*comm_, std::forward<Args>(args)...), mode(mode_) {}
+  std::shared_ptr<void> comm;  // the communicator the memory borrows, if any (declared first)
   Memory memory;
   Commit mode;
   std::uint64_t generation = 0;  // id of the last training forward; its update is pending if
@@ -343,7 +343,20 @@ class PrototypeHead {
   /// e.g. PrototypeHead<float> head(config, ArcFace(64, 0.5), NoAging{}, Commit::manual).
   template <class... Args>
   explicit PrototypeHead(const Config& config, Args... args)
-      : PrototypeHead(config, detail::HeadArguments(std::move(args)...)) {}
+      : PrototypeHead(std::shared_ptr<void>(), config, detail::HeadArguments(std::move(args)...)) {}
+
+  /// A head over one memory spread over the processes of `comm` (any Communicator,
+  /// comm/communicator.hpp, e.g. C10dCommunicator over a gloo group), which the head owns (moved
+  /// in). Construction and forward are collectives: every process calls them, in the same order,
+  /// with the same configuration and policies. Each process passes its own rows (B >= 0); the
+  /// loss is that of the global batch (the same everywhere), the gradient that of its rows; the
+  /// backward through the loss commits on each process (commit() is local).
+  template <class Comm, class... Args,
+            class = std::enable_if_t<is_communicator_v<Comm> &&
+                                     !std::is_same_v<std::decay_t<Comm>, AnyCommunicator>>>
+  PrototypeHead(Comm comm, const Config& config, Args... args)
+      : PrototypeHead(std::make_shared<Comm>(std::move(comm)), config,
+                      detail::HeadArguments(std::move(args)...)) {}
 
   /// The mean margin-softmax loss of the batch (0-dim tensor); differentiable w.r.t. the
   /// embeddings when autograd records.
@@ -351,9 +364,18 @@ class PrototypeHead {
     return forward(embeddings, labels);
   }
 
+  /// With a communicator, a collective: tensors that fail the checks on one process fail the
+  /// forward on every process alike (PrototypeMemory::fail_forward): the same Error everywhere,
+  /// nothing changed, the processes still in step.
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
-    detail::check_tensors(name(), detail::scalar_type_of<Scalar>(), state_->memory.dim(),
-                          embeddings, labels, /*allow_empty=*/false);
+    const bool shared = state_->comm != nullptr;
+    try {
+      detail::check_tensors(name(), detail::scalar_type_of<Scalar>(), state_->memory.dim(),
+                            embeddings, labels, /*allow_empty=*/shared);
+    } catch (const Error& e) {
+      if (!shared) throw;
+      state_->memory.fail_forward(e.what());
+    }
     return detail::head_forward(state_, name(), embeddings, labels);
   }
 
@@ -385,88 +407,61 @@ class PrototypeHead {
   /// e.g. head.mining().get<DoppelgangerMining>().
   const AnyMining& mining() const { return state_->memory.mining(); }
 
- private:
+ protected:
   using State = detail::HeadState<Memory>;
 
-  PrototypeHead(const Config& config, detail::HeadArguments a)
-      : state_(c10::make_intrusive<State>(
-            a.mode, config, std::move(a.policies.margin), std::move(a.policies.generator),
-            std::move(a.policies.refresh), std::move(a.policies.queue),
-            std::move(a.policies.mining), std::move(a.policies.aging))) {
-    set_gradient_scale(a.scale.factor);
+  // `comm`: the communicator the head owns (nullptr: one process).
+  template <class Comm>
+  PrototypeHead(std::shared_ptr<Comm> comm, const Config& config, detail::HeadArguments a)
+      : state_(make_state(std::move(comm), config, a)) {
+    // With a communicator a bad factor throws on every rank alike (the memory, built above, is a
+    // collective).
+    if (state_->comm) {
+      protomem::detail::collective_check(state_->memory.communicator(),
+                                         [&] { set_gradient_scale(a.scale.factor); });
+    } else {
+      set_gradient_scale(a.scale.factor);
+    }
   }
-  static std::string name() { return detail::head_name<Scalar, Device>("PrototypeHead"); }
+  static c10::intrusive_ptr<State> make_state(std::shared_ptr<void> none, const Config& config,
+                                              detail::HeadArguments& a) {
+    (void)none;
+    return c10::make_intrusive<State>(
+        a.mode, config, std::move(a.policies.margin), std::move(a.policies.generator),
+        std::move(a.policies.refresh), std::move(a.policies.queue),
+        std::move(a.policies.mining), std::move(a.policies.aging));
+  }
+  template <class Comm, class = std::enable_if_t<!std::is_void_v<Comm>>>
+  static c10::intrusive_ptr<State> make_state(std::shared_ptr<Comm> comm, const Config& config,
+                                              detail::HeadArguments& a) {
+    return c10::make_intrusive<State>(
+        a.mode, std::move(comm), config, std::move(a.policies.margin),
+        std::move(a.policies.generator), std::move(a.policies.refresh),
+        std::move(a.policies.queue), std::move(a.policies.mining), std::move(a.policies.aging));
+  }
+  std::string name() const {
+    return detail::head_name<Scalar, Device>(state_ && state_->comm ? "ShardedPrototypeHead"
+                                                                    : "PrototypeHead");
+  }
 
   c10::intrusive_ptr<State> state_;
 };
 
-/// The head over a ShardedPrototypeMemory (sharded.hpp) spread over the processes of `comm`,
-/// which the head owns (moved in). Construction and forward are collectives: every process calls
-/// them, in the same order, with the same configuration and policies. Each process passes its own
-/// rows (B >= 0); the loss is that of the global batch (the same everywhere), the gradient that
-/// of its rows; the backward through the loss commits on each process (commit() is local).
+/// The name a head over several processes had before PrototypeHead took a communicator: a
+/// PrototypeHead<Scalar, Device> built with `comm`, plus the communicator typed as given. Kept so
+/// that code written against it compiles unchanged.
 template <class Scalar, class Comm = SingleProcess, class Device = cpu>
-class ShardedPrototypeHead {
- public:
-  using Memory = ShardedPrototypeMemory<Scalar, Comm, Device>;
-  using scalar_type = Scalar;
-  using device_type = Device;
+class ShardedPrototypeHead : public PrototypeHead<Scalar, Device> {
+  using Base = PrototypeHead<Scalar, Device>;
 
+ public:
   template <class... Args>
   ShardedPrototypeHead(Comm comm, const Config& config, Args... args)
-      : ShardedPrototypeHead(std::move(comm), config, detail::HeadArguments(std::move(args)...)) {}
+      : Base(std::make_shared<Comm>(std::move(comm)), config,
+             detail::HeadArguments(std::move(args)...)) {}
 
-  at::Tensor operator()(const at::Tensor& embeddings, const at::Tensor& labels) {
-    return forward(embeddings, labels);
-  }
-
-  /// A collective. Tensors that fail the checks on one process fail the forward on every process
-  /// alike (ShardedPrototypeMemory::fail_forward): the same Error everywhere, nothing changed,
-  /// the processes still in step.
-  at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
-    try {
-      detail::check_tensors(name(), detail::scalar_type_of<Scalar>(), state_->memory.dim(),
-                            embeddings, labels, /*allow_empty=*/true);
-    } catch (const Error& e) {
-      state_->memory.fail_forward(e.what());
-    }
-    return detail::head_forward(state_, name(), embeddings, labels);
-  }
-
-  void commit() { state_->memory.commit(); }
-  void discard() { state_->memory.discard(); }
-  bool pending() const { return state_->memory.pending(); }
-  Commit commit_mode() const { return state_->mode; }
-  double gradient_scale() const { return state_->gradient_scale; }
-  void set_gradient_scale(double factor) {
-    state_->gradient_scale = detail::checked_scale(name(), GradientScale{factor});
-  }
-  std::uint64_t dropped_updates() const { return state_->dropped; }
-  void set_drop_warning(bool warn) { state_->warn_dropped = warn; }
-  const StepResult<Scalar>& last_result() const { return state_->last; }
-
-  Memory& memory() { return state_->memory; }
-  const Memory& memory() const { return state_->memory; }
-  const AnyMining& mining() const { return state_->memory.mining(); }
-  Comm& communicator() { return state_->comm; }
-  const Comm& communicator() const { return state_->comm; }
-
- private:
-  using State = detail::HeadState<Memory, Comm>;
-
-  ShardedPrototypeHead(Comm comm, const Config& config, detail::HeadArguments a)
-      : state_(c10::make_intrusive<State>(
-            a.mode, std::move(comm), config, std::move(a.policies.margin),
-            std::move(a.policies.generator), std::move(a.policies.refresh),
-            std::move(a.policies.queue), std::move(a.policies.mining),
-            std::move(a.policies.aging))) {
-    // A bad factor throws on every rank alike (the memory, built above, is a collective).
-    protomem::detail::collective_check(state_->comm,
-                                       [&] { set_gradient_scale(a.scale.factor); });
-  }
-  static std::string name() { return detail::head_name<Scalar, Device>("ShardedPrototypeHead"); }
-
-  c10::intrusive_ptr<State> state_;
+  Comm& communicator() { return *static_cast<Comm*>(this->state_->comm.get()); }
+  const Comm& communicator() const { return *static_cast<const Comm*>(this->state_->comm.get()); }
 };
 
 }  // namespace torch

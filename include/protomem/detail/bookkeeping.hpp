@@ -1,12 +1,12 @@
-// The memory's bookkeeping of slots, on the host: which class each slot holds (slot map), the
-// eviction order (a queue through the slots, ordered by the Queue policy), when each slot was last
-// written, the counters; and the two halves of a commit that touch it: plan_writes() (may throw,
-// changes nothing) and apply_writes() (noexcept, after the backend has stored the prototypes).
+// Slot tables on the host: which class each slot holds (slot map) and an order through the
+// occupied slots (SlotTable: the doppelganger table of policies/mining.hpp); the record list a
+// checkpoint is read into and written from (Book: records in eviction order, their last-written
+// steps and the counters); and SlotWrite, what a commit writes for one batch class.
 //
-// Requires: occupied slots are [0, used); a plan is applied to the Book it was planned on.
-// Guarantees: plan_writes() is O(C) beyond the slot-map lookups and allocates O(C), never O(M);
-// apply_writes() cannot throw or allocate, so that a commit is all-or-nothing. A Book is built
-// aside and swapped in by load() and assign() (add_record() for each record).
+// The memory's own bookkeeping, for one process or many, is detail/shard_plan.hpp (ShardBook,
+// plan_shard_writes, apply_shard_writes).
+//
+// Requires: occupied slots are [0, used). Guarantees: SlotTable::claim_least_recent cannot throw.
 #pragma once
 
 #include <algorithm>
@@ -81,24 +81,14 @@ struct SlotTable {
   index_t capacity_;
 };
 
-/// The memory's bookkeeping: its slot table in eviction order (the Queue policy's), plus when each
-/// slot was last written and the counters.
+/// A checkpoint's records: a slot table in eviction order, plus when each slot was last written
+/// and the counters.
 struct Book : SlotTable {
   explicit Book(index_t capacity)
       : SlotTable(capacity), written(static_cast<std::size_t>(capacity), 0) {}
   std::vector<std::uint64_t> written;  // per slot: the step that last wrote it
   Stats stats;
 
-  /// The slots of those `labels` that are stored, ascending.
-  std::vector<index_t> slots_of(const std::vector<label_t>& labels) const {
-    std::vector<index_t> slots;
-    for (label_t label_value : labels) {
-      const index_t slot = map.find(label_value);
-      if (slot >= 0) slots.push_back(slot);
-    }
-    std::sort(slots.begin(), slots.end());
-    return slots;
-  }
   bool slot_taken(index_t slot) const { return label[static_cast<std::size_t>(slot)] >= 0; }
 
   /// A record of a checkpoint or of assign(), appended at the back of the eviction order. The
@@ -110,73 +100,6 @@ struct Book : SlotTable {
     queue.push_back(slot);
   }
 };
-
-/// Decides the slot of each batch class without changing anything: refresh where stored, else an
-/// empty slot, else the oldest slot in eviction order that holds no class of this batch.
-inline std::vector<SlotWrite> plan_writes(const Book& book, const std::vector<label_t>& classes,
-                                          index_t capacity) {
-  std::vector<SlotWrite> writes;
-  writes.reserve(classes.size());
-  std::vector<index_t> fresh_classes;
-  // Slots refreshed by this batch (at most C, sorted): eviction skips them. A sorted list, not a
-  // flag per slot, so that a step allocates O(C), not O(M) (docs/performance.md, peak memory).
-  std::vector<index_t> refreshed;
-  for (index_t c = 0; c < static_cast<index_t>(classes.size()); ++c) {
-    const index_t slot = book.map.find(classes[static_cast<std::size_t>(c)]);
-    if (slot >= 0) {
-      writes.push_back({c, slot, true});
-      refreshed.push_back(slot);
-    } else {
-      fresh_classes.push_back(c);
-    }
-  }
-  std::sort(refreshed.begin(), refreshed.end());
-  index_t next_empty = book.used;
-  index_t victim = book.queue.front();
-  for (index_t c : fresh_classes) {
-    if (next_empty < capacity) {
-      writes.push_back({c, next_empty++, false});
-      continue;
-    }
-    while (std::binary_search(refreshed.begin(), refreshed.end(), victim)) {
-      victim = book.queue.next(victim);
-    }
-    writes.push_back({c, victim, false});
-    victim = book.queue.next(victim);
-  }
-  return writes;
-}
-
-/// Applies a plan to the bookkeeping (the backend has written the prototypes): `classes` are the
-/// batch's labels the plan was made for; the Queue policy places refreshed and inserted slots in
-/// the eviction order. Cannot throw (the Queue policy's members are noexcept, checked at compile
-/// time).
-template <class Queue>
-void apply_writes(Book& book, const Queue& queue, const std::vector<SlotWrite>& writes,
-                  const std::vector<label_t>& classes) noexcept {
-  const std::uint64_t step = ++book.stats.steps;
-  for (const SlotWrite& w : writes) {
-    const label_t label = classes[static_cast<std::size_t>(w.batch_class)];
-    const auto slot = static_cast<std::size_t>(w.slot);
-    if (w.refresh) {
-      ++book.stats.refreshes;
-      queue.on_refresh(book.queue, w.slot);
-    } else {
-      if (w.slot < book.used) {
-        ++book.stats.evictions;
-        book.map.erase(book.label[slot]);
-        book.queue.unlink(w.slot);
-      } else {
-        book.used = w.slot + 1;
-      }
-      ++book.stats.insertions;
-      book.label[slot] = label;
-      book.map.insert(label, w.slot);
-      queue.on_insert(book.queue, w.slot);
-    }
-    book.written[slot] = step;
-  }
-}
 
 }  // namespace detail
 }  // namespace protomem

@@ -14,8 +14,8 @@
 //   void save(detail::ByteWriter&) const;        its parameters, for checkpoints
 //   void load(detail::ByteReader&);              the same; bad values throw protomem::Error
 //   copy-constructible and move-assignable       load() checks a copy, then moves it in
-// refresh_renews is noexcept because it is asked while the bookkeeping is applied, after the
-// prototypes are written. Guarantees: the rules below, whatever the backend and the number of
+// refresh_renews is asked when a forward plans the step's writes, and must not throw (a query of
+// the policy's parameters). Guarantees: the rules below, whatever the backend and the number of
 // processes (the bookkeeping runs on the host).
 //
 // Alternatives, side by side:
