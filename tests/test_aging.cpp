@@ -8,7 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <protomem/memory.hpp>
-#include <protomem/sharded.hpp>
+#include <protomem/memory.hpp>
 #include <random>
 #include <sstream>
 #include <string>
@@ -342,7 +342,7 @@ TEST_CASE("aging: checkpoints keep the policy, check it, and read version 1", "[
 }
 
 TEST_CASE("aging: the sharded memory equals one process", "[aging][sharded]") {
-  using Sharded = protomem::ShardedPrototypeMemory<double, protomem::test::ThreadComm>;
+  using Sharded = protomem::PrototypeMemory<double>;
   const auto cosface = protomem::CosFace(30.0, 0.35);
   const protomem::AgeDecay aging(2.0, 4);
   const auto steps = schedule(20, 6);

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include <protomem/memory.hpp>
-#include <protomem/sharded.hpp>
+#include <protomem/memory.hpp>
 
 #include "data/release-checkpoints/stream.hpp"
 #include "support/checkpoint.hpp"
@@ -355,7 +355,7 @@ TEST_CASE("sharded: set-up that fails on one rank fails on every rank", "[sharde
                                     [&](ThreadComm& comm) {
                                       protomem::Config config = small_config();
                                       if (comm.rank() == W - 1) config.capacity = 0;
-                                      protomem::ShardedPrototypeMemory<double, ThreadComm> m(
+                                      protomem::PrototypeMemory<double> m(
                                           comm, config);
                                     }),
                           "capacity");
@@ -364,7 +364,7 @@ TEST_CASE("sharded: set-up that fails on one rank fails on every rank", "[sharde
                                     [&](ThreadComm& comm) {
                                       protomem::CosFace margin(32, 0.3);
                                       if (comm.rank() == 0) margin.s = std::nan("");
-                                      protomem::ShardedPrototypeMemory<double, ThreadComm> m(
+                                      protomem::PrototypeMemory<double> m(
                                           comm, small_config(), margin);
                                     }),
                           "scale s = nan");
@@ -377,14 +377,14 @@ TEST_CASE("sharded: set-up that fails on one rank fails on every rank", "[sharde
                                         config.capacity = index_t{1} << 40;
                                         config.dim = 4096;
                                       }
-                                      protomem::ShardedPrototypeMemory<float, ThreadComm> m(
+                                      protomem::PrototypeMemory<float> m(
                                           comm, config);
                                     }),
                           "rank 1 of " + std::to_string(W) + ": cannot allocate");
     // Valid everywhere but different: the agreement names it.
     same_error_everywhere(run_ranks(W,
                                     [&](ThreadComm& comm) {
-                                      protomem::ShardedPrototypeMemory<double, ThreadComm> m(
+                                      protomem::PrototypeMemory<double> m(
                                           comm, small_config(),
                                           protomem::AgeDecay(comm.rank() == 0 ? 4.0 : 8.0));
                                     }),
@@ -392,7 +392,7 @@ TEST_CASE("sharded: set-up that fails on one rank fails on every rank", "[sharde
     // A policy changed on one rank only: the next forward throws on every rank.
     same_error_everywhere(run_ranks(W,
                                     [&](ThreadComm& comm) {
-                                      protomem::ShardedPrototypeMemory<double, ThreadComm> m(
+                                      protomem::PrototypeMemory<double> m(
                                           comm, small_config());
                                       if (comm.rank() == 0) m.set_aging(protomem::NoAging{});
                                       const release_stream::Batch b = release_stream::batch(0);
@@ -421,7 +421,7 @@ TEST_CASE("sharded: load agrees across the ranks on what it read", "[sharded][ch
     std::vector<std::string> before(static_cast<std::size_t>(W)),
         after(static_cast<std::size_t>(W));
     const auto errors = run_ranks(W, [&](ThreadComm& comm) {
-      protomem::ShardedPrototypeMemory<double, ThreadComm> m(comm, small_config(),
+      protomem::PrototypeMemory<double> m(comm, small_config(),
                                                              protomem::NoAging{});
       std::istringstream in(first);
       m.load(in);

@@ -1,4 +1,4 @@
-// The sharded memory (protomem/sharded.hpp) with W = 1..4 ranks as threads
+// A PrototypeMemory given a communicator (protomem/memory.hpp) with W = 1..4 ranks as threads
 // (tests/support/thread_comm.hpp): every step equals a PrototypeMemory stepped on the concatenated
 // batch (loss, each rank's gradient rows, the logical memory, the bytes exchanged); checkpoints move
 // between world sizes and to and from a plain PrototypeMemory with identical continuation; bad
@@ -13,7 +13,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
-#include <protomem/sharded.hpp>
+#include <protomem/memory.hpp>
+#include <protomem/sharded.hpp>  // the former name, tested once below
 #include <sstream>
 #include <string>
 #include <vector>
@@ -49,6 +50,15 @@ void matches_single(int W, int steps, double tolerance) {
   for (const Expect& e : expects) CHECK(e.report() == "");
 }
 
+// A Queue policy the library does not ship (policies/queue.hpp): a refresh keeps a class's place,
+// as FirstInFirstOut, under another name - a user-written policy, planned across ranks as well.
+struct KeepPlaceOnRefresh {
+  static constexpr const char* name = "keep_place_on_refresh";
+  bool refresh_renews() const noexcept { return false; }
+  void save(protomem::detail::ByteWriter&) const {}
+  void load(protomem::detail::ByteReader&) {}
+};
+
 }  // namespace
 
 TEST_CASE("sharded step equals the single-process step on the concatenated batch", "[sharded]") {
@@ -59,6 +69,9 @@ TEST_CASE("sharded step equals the single-process step on the concatenated batch
   }
   SECTION("double, FirstInFirstOut, W = 3") {
     matches_single<double, protomem::FirstInFirstOut>(3, 60, 1e-10);
+  }
+  SECTION("double, a user-written Queue, W = 2") {
+    matches_single<double, KeepPlaceOnRefresh>(2, 60, 1e-10);
   }
   SECTION("float, W = 2 and 4") {
     matches_single<float, protomem::LeastRecentlyWritten>(2, 60, 1e-5);
@@ -79,6 +92,23 @@ TEST_CASE("one rank without a communicator is the plain memory, bit for bit", "[
   protomem::test::expect_same_memory<double>(sharded, reference, 0.0, expect);
   CHECK(expect.report() == "");
   CHECK(comm.traffic().bytes() == 0);
+}
+
+TEST_CASE("ShardedPrototypeMemory, the former name, is the memory given its communicator",
+          "[sharded]") {
+  const protomem::Config config = protomem::test::sharded_test_config();
+  std::vector<Expect> expects(2);
+  const auto errors = run_ranks(2, [&](ThreadComm& comm) {
+    Expect& expect = expects[static_cast<std::size_t>(comm.rank())];
+    protomem::ShardedPrototypeMemory<double, ThreadComm> former(comm, config);
+    protomem::PrototypeMemory<double>& memory = former;  // the same object
+    expect(&former.communicator() == &comm, "communicator() is the one given");
+    expect(memory.communicator().get_if<ThreadComm>() == &comm,
+                 "the memory borrows the communicator given");
+    expect(memory.world_size() == 2 && memory.rank() == comm.rank(), "rank and world size");
+  });
+  CHECK(joined(errors) == "");
+  for (const Expect& e : expects) CHECK(e.report() == "");
 }
 
 TEST_CASE("bad input on one rank: every rank throws the same error and nothing changes",

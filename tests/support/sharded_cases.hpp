@@ -21,7 +21,7 @@
 #include <vector>
 
 #include <protomem/memory.hpp>
-#include <protomem/sharded.hpp>
+#include <protomem/memory.hpp>
 
 #include "comm_cases.hpp"
 
@@ -145,12 +145,12 @@ class ReferenceMemory : public PrototypeMemory<Scalar> {
  public:
   explicit ReferenceMemory(const Config& config) : PrototypeMemory<Scalar>(config, Queue{}) {}
 };
-/// The sharded memory with the same policies as ReferenceMemory.
+/// The same memory over the ranks of `comm`, with the same policies as ReferenceMemory.
 template <class Scalar, class Comm, class Queue = LeastRecentlyWritten>
-class Sharded : public ShardedPrototypeMemory<Scalar, Comm> {
+class Sharded : public PrototypeMemory<Scalar> {
  public:
-  Sharded(Comm& comm, const Config& config)
-      : ShardedPrototypeMemory<Scalar, Comm>(comm, config, Queue{}) {}
+  using communicator_type = Comm;  // what the traffic model needs to know of the engine
+  Sharded(Comm& comm, const Config& config) : PrototypeMemory<Scalar>(comm, config, Queue{}) {}
 };
 
 inline Config sharded_test_config() {
