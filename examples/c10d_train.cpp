@@ -1,8 +1,8 @@
 // A LibTorch trainer on several processes with the c10d process group it already has: the encoder
 // is data-parallel (its gradients all-reduced over the group), the prototype memory is sharded over
-// the same group: protomem::torch::ShardedPrototypeHead (protomem/torch.hpp), a
-// ShardedPrototypeMemory over a protomem::C10dCommunicator, as a loss head whose backward commits
-// the step - the same autograd path as the single-process PrototypeHead and the Python package.
+// the same group: protomem::torch::PrototypeHead (protomem/torch.hpp) given a
+// protomem::C10dCommunicator, as a loss head whose backward commits the step - the same head, and
+// the same autograd path, as in one process and in the Python package.
 //
 // Launch with torchrun (a TCPStore from RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
 //   torchrun --no_python --nproc_per_node=2 build/<dir>/examples/c10d_train
@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
     const c10::intrusive_ptr<c10d::ProcessGroup> group = make_group(rank, world, store_path);
     // The head owns the communicator (which holds a reference to the group); policies are
     // constructor objects, the omitted ones the memory's defaults.
-    protomem::torch::ShardedPrototypeHead<float, protomem::C10dCommunicator> head(
+    protomem::torch::PrototypeHead<float> head(
         protomem::C10dCommunicator(group), config, protomem::CosFace(16, 0.2),
         protomem::AgeDecay(8));
 

@@ -1,5 +1,6 @@
 // examples/train --distributed: data-parallel training over MPI ranks with one Prototype Memory
-// sharded across them (protomem::ShardedPrototypeMemory), as Partial FC shards its classifier.
+// sharded across them (a protomem::PrototypeMemory given an MpiCommunicator), as Partial FC shards
+// its classifier.
 //
 // Every rank builds the same encoder (same seed) and draws the same global batch; rank r keeps rows
 // [B r / W, B (r + 1) / W). Per step each rank
@@ -26,7 +27,7 @@
 #include <memory>
 #include <protomem/error.hpp>
 #include <protomem/comm/mpi.hpp>
-#include <protomem/sharded.hpp>
+#include <protomem/memory.hpp>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -114,7 +115,7 @@ TORCH_MODULE(SyncBatchNorm1d);
 /// commit. state_bytes() is this rank's share of the memory.
 class ShardedHead : public Head {
  public:
-  using Adapter = protomem::torch::ShardedPrototypeHead<float, protomem::MpiCommunicator>;
+  using Adapter = protomem::torch::PrototypeHead<float>;
   /// Every rank makes its head at the same point (the communicator is duplicated: a collective).
   explicit ShardedHead(const Options& o)
       : head_(protomem::MpiCommunicator(), memory_config(o), make_margin(o), make_generator(o),

@@ -406,6 +406,8 @@ class PrototypeHead {
   /// The memory's Mining policy (memory().mining()): the doppelganger table a sampler draws from,
   /// e.g. head.mining().get<DoppelgangerMining>().
   const AnyMining& mining() const { return state_->memory.mining(); }
+  /// The communicator the memory borrows from the head (a default AnyCommunicator: one process).
+  AnyCommunicator& communicator() const { return state_->memory.communicator(); }
 
  protected:
   using State = detail::HeadState<Memory>;

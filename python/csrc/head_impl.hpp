@@ -1,9 +1,10 @@
-// HeadImpl: AnyHead (head.hpp) over one protomem::torch head - PrototypeHead<Scalar, Device> or
-// ShardedPrototypeHead<Scalar, C10dCommunicator, Device> (protomem/torch.hpp). The autograd path
+// HeadImpl: AnyHead (head.hpp) over one protomem::torch::PrototypeHead<Scalar, Device>
+// (protomem/torch.hpp), in one process or, given a C10dCommunicator, over a process group - the
+// same class either way, so the package compiles one head per Scalar x Device. The autograd path
 // is the adapter's own (HeadState, PrototypeLoss, head_forward): this file adds only what the
-// Python layer reads and sets. Included by heads_*.cpp and sharded_*.cpp, one Scalar x Device each.
+// Python layer reads and sets. Included by heads_*.cpp, one Scalar x Device each.
 //
-// The sharded head: every call that touches the memory's contents is a collective (forward,
+// The head over a process group: every call that touches the memory's contents is a collective (forward,
 // clone, state, full_state, load_state, save, load, contents, prototype, contains), so every
 // process of the group makes it; a process's share of the batch may be empty. Its state() is this
 // process's shard (format version 3); save() writes it to protomem::shard_path(path, rank, W).
@@ -40,7 +41,7 @@ LastStep last_step_of(const StepResult<Scalar>& r) {
   return s;
 }
 
-template <class Head, bool Sharded>
+template <class Head>
 class HeadImpl final : public AnyHead {
  public:
   using Memory = typename Head::Memory;
@@ -50,7 +51,9 @@ class HeadImpl final : public AnyHead {
   using Maker = std::function<Head(const Config&, const Policies&)>;
 
   HeadImpl(Maker make, const Config& config, const Policies& policies)
-      : make_(std::move(make)), head_(make_(config, policies)) {
+      : make_(std::move(make)),
+        head_(make_(config, policies)),
+        sharded_(head_.memory().communicator().given()) {
     head_.set_drop_warning(false);  // the Python layer warns (warnings.warn), once per module
   }
 
@@ -59,7 +62,7 @@ class HeadImpl final : public AnyHead {
   }
 
   [[noreturn]] void fail_forward(const std::string& reason) override {
-    if constexpr (Sharded) {
+    if (sharded_) {
       head_.memory().fail_forward(reason);
     } else {
       const std::string prefix = "protomem: ";
@@ -98,7 +101,7 @@ class HeadImpl final : public AnyHead {
 
   std::string state() const override {  // sharded: a collective, this rank's shard
     std::ostringstream out(std::ios::binary);
-    if constexpr (Sharded) {
+    if (sharded_) {
       head_.memory().save_shard(out);
     } else {
       head_.memory().save(out);
@@ -113,11 +116,11 @@ class HeadImpl final : public AnyHead {
   }
 
   void load_state(const std::string& bytes, const std::string& source) override {
-    if constexpr (Sharded) {
+    if (sharded_) {
       // Exactly one checkpoint or shard, nothing after it, the same kind on every process -
       // agreed on by every process before the load.
       bool shard = false;
-      protomem::detail::collective_check(head_.communicator(), [&] {
+      protomem::detail::collective_check(comm(), [&] {
         shard = is_shard(bytes);
         if (shard) {
           check_one_shard(bytes, source);
@@ -126,8 +129,8 @@ class HeadImpl final : public AnyHead {
         }
       });
       std::int64_t kinds[2] = {shard ? 1 : 0, shard ? 0 : 1};
-      head_.communicator().all_reduce(kinds, 2, ReduceOp::max);
-      protomem::detail::collective_check(head_.communicator(), [&] {
+      comm().all_reduce(kinds, 2, ReduceOp::max);
+      protomem::detail::collective_check(comm(), [&] {
         if (kinds[0] != 0 && kinds[1] != 0) {
           protomem::detail::fail(source, " is ", shard ? "a shard" : "a whole checkpoint",
                                  " here but not on every process: every process loads a shard ",
@@ -154,7 +157,7 @@ class HeadImpl final : public AnyHead {
   }
 
   std::string save(const std::string& path, bool gather) const override {
-    if constexpr (Sharded) {
+    if (sharded_) {
       if (!gather) {
         const auto& m = head_.memory();
         const std::string mine = protomem::shard_path(path, m.rank(), m.world_size());
@@ -167,12 +170,12 @@ class HeadImpl final : public AnyHead {
   }
 
   void load(const std::string& path, const std::vector<std::string>& shards) override {
-    if constexpr (Sharded) {
+    if (sharded_) {
       // Every process must take the same branch (both are collectives).
       const std::int64_t mine = shards.empty() ? 1 : 0;
       std::int64_t kinds[2] = {mine, 1 - mine};
-      head_.communicator().all_reduce(kinds, 2, ReduceOp::max);
-      protomem::detail::collective_check(head_.communicator(), [&] {
+      comm().all_reduce(kinds, 2, ReduceOp::max);
+      protomem::detail::collective_check(comm(), [&] {
         if (kinds[0] != 0 && kinds[1] != 0) {
           protomem::detail::fail("load: ", protomem::detail::quoted_path(path), " is ",
                                  shards.empty() ? "one file" : "a set of shard files",
@@ -207,7 +210,7 @@ class HeadImpl final : public AnyHead {
         ++r;
       }
     };
-    if constexpr (Sharded) {
+    if (sharded_) {
       const auto records = m.gather_records();  // a collective: the whole logical memory
       fill(static_cast<index_t>(records.size()), records);
     } else {
@@ -217,7 +220,7 @@ class HeadImpl final : public AnyHead {
   }
 
   at::Tensor prototype(label_t label) const override {
-    if constexpr (Sharded) {  // a collective (through contents())
+    if (sharded_) {  // a collective (through contents())
       const Contents c = contents();
       const at::Tensor hits = c.labels.eq(label).nonzero();
       if (hits.size(0) == 0) protomem::detail::fail("label ", label, " is not in the memory");
@@ -232,10 +235,9 @@ class HeadImpl final : public AnyHead {
   }
 
   bool contains(label_t label) const override {
-    if constexpr (Sharded) {  // a collective: stored on any rank
+    if (sharded_) {  // a collective: stored on any rank
       std::int64_t stored = head_.memory().stores(label) ? 1 : 0;
-      auto& comm = const_cast<Head&>(head_).communicator();
-      comm.all_reduce(&stored, 1, ReduceOp::max);
+      comm().all_reduce(&stored, 1, ReduceOp::max);
       return stored > 0;
     } else {
       return head_.memory().contains(label);
@@ -272,7 +274,7 @@ class HeadImpl final : public AnyHead {
     if constexpr (std::is_same_v<Device, cpu_fp16>) return "float16";
     return dtype();
   }
-  bool sharded() const override { return Sharded; }
+  bool sharded() const override { return sharded_; }
 
  private:
   // Exactly one checkpoint in `bytes`, nothing after it (PrototypeMemory::load leaves trailing
@@ -306,8 +308,12 @@ class HeadImpl final : public AnyHead {
     reader.finish();
   }
 
+  // The process group's communicator, as the memory keeps it (collectives are not const).
+  AnyCommunicator& comm() const { return head_.memory().communicator(); }
+
   Maker make_;
   mutable Head head_;  // a handle: copies share the state (the autograd nodes hold it too)
+  bool sharded_;       // built over a process group
 };
 
 /// A head of `Head` built from the policies (any Head whose constructor takes config, policies).
@@ -318,7 +324,7 @@ Head head_of(const Config& config, const Policies& p) {
 
 template <class Head>
 std::unique_ptr<AnyHead> make_single(const Config& config, const Policies& policies) {
-  return std::make_unique<HeadImpl<Head, false>>(&head_of<Head>, config, policies);
+  return std::make_unique<HeadImpl<Head>>(&head_of<Head>, config, policies);
 }
 
 }  // namespace python

@@ -1,9 +1,11 @@
-// The sharded heads over a torch.distributed process group: protomem::torch::ShardedPrototypeHead
-// with a protomem::C10dCommunicator (protomem/comm/c10d.hpp) as AnyHead (head_impl.hpp). Included by
-// heads_*.cpp, one translation unit per Scalar x Device.
+// The head over a torch.distributed process group: protomem::torch::PrototypeHead given a
+// protomem::C10dCommunicator (protomem/comm/c10d.hpp), as AnyHead (head_impl.hpp) - the same
+// HeadImpl as the one-process head. Included by heads_*.cpp, one translation unit per
+// Scalar x Device.
 //
 // Requires: the process group's collectives take CPU tensors (Gloo); every process builds the head
-// with the same configuration and policies (checked). Guarantees: as ShardedPrototypeMemory's -
+// with the same configuration and policies (checked). Guarantees: as PrototypeMemory's given a
+// communicator -
 // loss and gradients equal the single-process head's on the concatenated batch; bad input on one
 // process raises the same protomem.Error, naming the rank, in every process, with nothing changed.
 #pragma once
@@ -18,13 +20,13 @@ namespace python {
 template <class Scalar, class Device>
 std::unique_ptr<AnyHead> make_sharded(const void* group, const Config& config,
                                       const Policies& policies) {
-  using Head = protomem::torch::ShardedPrototypeHead<Scalar, C10dCommunicator, Device>;
+  using Head = protomem::torch::PrototypeHead<Scalar, Device>;
   const c10::intrusive_ptr<c10d::ProcessGroup> g =
       *static_cast<const c10::intrusive_ptr<c10d::ProcessGroup>*>(group);
   auto make = [g](const Config& c, const Policies& p) {
     return Head(C10dCommunicator(g), c, p);
   };
-  return std::make_unique<HeadImpl<Head, true>>(make, config, policies);
+  return std::make_unique<HeadImpl<Head>>(make, config, policies);
 }
 
 }  // namespace python
