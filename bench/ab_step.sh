@@ -10,7 +10,7 @@ for round in $(seq "$rounds"); do
     bin=${!which}
     PROTOMEM_BENCH_THREADS=2 "$bin" --benchmark_filter='BM_Step<protomem::cpu>/B:256/D:512/M:65536/' \
       --benchmark_repetitions=3 --benchmark_min_time=2 --benchmark_report_aggregates_only=true \
-      --benchmark_out="$out/$which-$round.json" --benchmark_out_format=json > /dev/null
+      --benchmark_out="$out/$which-$round.json" --benchmark_out_format=json > /dev/null 2>&1
     python3 - "$out/$which-$round.json" "$which" "$round" <<'PY'
 import json, sys
 for b in json.load(open(sys.argv[1]))["benchmarks"]:
